@@ -1,0 +1,55 @@
+// hooklens: capture what happens inside transformer language models while they run.
+#include "cli.h"
+
+#include <hooklens/error.h>
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <iostream>
+#include <thread>
+
+namespace hooklens::cli {
+
+void set_threads(int threads) {
+  if (threads < 0) throw UsageError("--threads must be 0 (one per core) or positive");
+  at::set_num_threads(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency())));
+}
+
+}  // namespace hooklens::cli
+
+namespace {
+
+// Errors are one line: libtorch messages carry backtraces and notes after the first line.
+int fail(const std::string& message, int code) {
+  std::cerr << "hooklens: error: " << message.substr(0, message.find('\n')) << "\n";
+  if (code == 2) std::cerr << "Run 'hooklens --help' or 'hooklens COMMAND --help' for usage.\n";
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"hooklens: hook into transformer language models while they run and capture what happens "
+               "inside them (attention patterns, q/k/v, residual stream, MLP neurons, logits) at every step."};
+  app.name("hooklens");
+  app.require_subcommand(1);
+  app.footer("Run 'hooklens COMMAND --help' for a command's options. Exit status: 0 success, 1 error, 2 usage error.");
+  hooklens::cli::add_info_commands(app);
+  hooklens::cli::add_run_commands(app);
+  hooklens::cli::add_bench_command(app);
+  hooklens::cli::add_demo_model_command(app);
+  try {
+    app.parse(argc, argv);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    return fail(e.what(), 2);
+  } catch (const hooklens::UsageError& e) {
+    return fail(e.what(), 2);
+  } catch (const c10::Error& e) {
+    return fail(e.what_without_backtrace(), 1);
+  } catch (const std::exception& e) {
+    return fail(e.what(), 1);
+  }
+}

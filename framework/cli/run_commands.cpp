@@ -1,0 +1,314 @@
+// `hooklens capture` (one forward pass per prompt) and `hooklens generate` (every generation step),
+// both writing a run directory through the run_writer sink plugin.
+#include "cli.h"
+
+#include <hooklens/error.h>
+#include <hooklens/generate.h>
+#include <hooklens/model.h>
+#include <hooklens/plugin.h>
+#include <hooklens/sink.h>
+
+#include <ATen/ATen.h>
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <iostream>
+#include <set>
+
+namespace hooklens::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct RunOptions {
+  std::string model, adapter, tokenizer, out, dtype = "F32";
+  std::vector<std::string> prompts, prompt_ids, hooks{"blocks.*.attn.hook_pattern"}, ablate;
+  std::vector<int> layers;
+  int threads = 0;
+  bool overwrite = false;
+  std::size_t queue_mib = 256;
+  SamplingOptions sampling;
+  bool greedy = false, no_stop_at_eos = false;
+};
+
+struct Prompt {
+  std::string text;  // empty for --prompt-ids
+  std::vector<std::int64_t> ids;
+};
+
+std::vector<std::int64_t> parse_ids(const std::string& list) {
+  std::vector<std::int64_t> ids;
+  std::size_t pos = 0;
+  while (pos <= list.size()) {
+    const std::size_t comma = std::min(list.find(',', pos), list.size());
+    const std::string item = list.substr(pos, comma - pos);
+    std::size_t used = 0;
+    long long id = -1;
+    try {
+      id = std::stoll(item, &used);
+    } catch (const std::exception&) {
+    }
+    if (item.empty() || used != item.size() || id < 0)
+      throw UsageError(fmt::format("--prompt-ids '{}': '{}' is not a token id", list, item));
+    ids.push_back(id);
+    pos = comma + 1;
+  }
+  return ids;
+}
+
+std::vector<Prompt> read_prompts(const RunOptions& o, const Model& model) {
+  const ModelInfo& info = model.info();
+  std::vector<Prompt> prompts;
+  for (const auto& text : o.prompts) {
+    if (!model.tokenizer())
+      throw UsageError(fmt::format("{} has no tokenizer: pass --prompt-ids, or --tokenizer DIR", info.path));
+    prompts.push_back({text, model.tokenizer()->encode(text)});
+  }
+  for (const auto& list : o.prompt_ids) prompts.push_back({"", parse_ids(list)});
+  if (prompts.empty()) throw UsageError("give at least one --prompt TEXT or --prompt-ids 1,2,3");
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    const auto& p = prompts[i];
+    if (p.ids.empty()) throw UsageError(fmt::format("prompt {} has no tokens", i));
+    if (std::int64_t(p.ids.size()) > info.n_ctx)
+      throw UsageError(fmt::format("prompt {} has {} tokens, more than the model's context of {} tokens", i,
+                                   p.ids.size(), info.n_ctx));
+    for (auto id : p.ids)
+      if (id >= info.vocab_size)
+        throw UsageError(fmt::format("prompt {}: token id {} is outside the vocabulary of {}", i, id, info.vocab_size));
+  }
+  return prompts;
+}
+
+nlohmann::json prompt_json(const Prompt& p, const Model& model) {
+  const Tokenizer* tok = model.tokenizer();
+  nlohmann::json tokens = nlohmann::json::array();
+  for (auto id : p.ids) tokens.push_back(tok ? tok->token_string(id) : std::to_string(id));
+  return {{"text", tok && p.text.empty() ? tok->decode(p.ids) : p.text}, {"ids", p.ids}, {"tokens", tokens}};
+}
+
+// Every pattern must name at least one hook point of this model.
+void check_hook_patterns(const std::vector<std::string>& patterns, const Model& model) {
+  const auto points = model.hook_points();
+  for (const auto& pattern : patterns) {
+    const bool any = std::any_of(points.begin(), points.end(),
+                                 [&](const HookPointInfo& p) { return hook_name_matches(pattern, p.name); });
+    if (any) continue;
+    // Show each per-layer name once, as blocks.{L}.name.
+    std::vector<std::string> names;
+    std::set<std::string> seen;
+    for (const auto& p : points) {
+      std::string name = p.name;
+      if (p.layer >= 0) name.replace(name.find('.') + 1, std::to_string(p.layer).size(), "{L}");
+      if (seen.insert(name).second) names.push_back(name);
+    }
+    throw UsageError(fmt::format("--hooks '{}' matches no hook point of this model; valid names: {}", pattern,
+                                 fmt::join(names, ", ")));
+  }
+}
+
+// --ablate L.H zero-ablates head H of layer L by replacing its slice of blocks.L.attn.hook_z.
+void add_ablations(HookSet& hooks, const std::vector<std::string>& specs, const ModelInfo& info) {
+  for (const auto& spec : specs) {
+    int layer = -1, head = -1;
+    char dot = 0, extra = 0;
+    if (std::sscanf(spec.c_str(), "%d%c%d%c", &layer, &dot, &head, &extra) != 3 || dot != '.')
+      throw UsageError(fmt::format("--ablate '{}': expected LAYER.HEAD, e.g. 1.3", spec));
+    if (layer < 0 || layer >= info.n_layers || head < 0 || head >= info.n_heads)
+      throw UsageError(fmt::format("--ablate '{}': the model has layers 0-{} and heads 0-{}", spec, info.n_layers - 1,
+                                   info.n_heads - 1));
+    hooks.add({{fmt::format("blocks.{}.attn.hook_z", layer)}},
+              [head](std::string_view, const CaptureContext&, at::Tensor& z) {
+                z = z.clone();
+                z.select(2, head).zero_();
+              });
+  }
+}
+
+std::string default_out(const std::string& command) {
+  return fmt::format("runs/{}-{:%Y%m%d-%H%M%S}", command, fmt::localtime(std::time(nullptr)));
+}
+
+// Shows progress on stderr: rewritten in place on a terminal, every 10% otherwise.
+class Progress {
+ public:
+  Progress(std::string what, int total) : what_(std::move(what)), total_(total), tty_(isatty(2)) {}
+  void update(int done, const std::string& detail = {}) {
+    const bool milestone = total_ < 10 || done == total_ || done % std::max(1, total_ / 10) == 0;
+    if (!tty_ && !milestone) return;
+    std::cerr << (tty_ ? "\r\033[K" : "") << fmt::format("{} {}/{}{}", what_, done, total_, detail)
+              << (tty_ && done < total_ ? "" : "\n") << std::flush;
+  }
+
+ private:
+  std::string what_;
+  int total_;
+  bool tty_;
+};
+
+class RunSession {
+ public:
+  RunSession(const RunOptions& o, const std::string& command) : options_(o) {
+    set_threads(o.threads);
+    LoadOptions load;
+    load.tokenizer = o.tokenizer;
+    model_ = open_model(registry_, o.model, o.adapter, load);
+    prompts_ = read_prompts(o, *model_);
+    check_hook_patterns(o.hooks, *model_);
+    if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
+    add_ablations(hooks_, o.ablate, model_->info());
+    out_ = o.out.empty() ? default_out(command) : o.out;
+  }
+
+  // Opens the sink and hooks it up: from here on, every failure must abort the sink.
+  void open_sink() {
+    sink_ = registry_.create_sink("run_writer");
+    sink_->open({{"out", out_}, {"dtype", options_.dtype}, {"overwrite", options_.overwrite},
+                 {"queue_bytes", options_.queue_mib << 20}});
+    HookFilter filter;
+    filter.names = options_.hooks;
+    filter.layers = options_.layers;
+    hooks_.add(filter, [this](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
+      sink_->capture(name, ctx, t);
+      ++captures_;
+    });
+  }
+
+  template <class Work>
+  void run(Work work) {
+    try {
+      nlohmann::json manifest = work();
+      manifest["model"] = model_->info().to_json();
+      auto& prompts = manifest["prompts"] = nlohmann::json::array();
+      for (const auto& p : prompts_) prompts.push_back(prompt_json(p, *model_));
+      manifest["hooks"] = options_.hooks;
+      manifest["ablations"] = options_.ablate;
+      sink_->finish(manifest);
+    } catch (const std::exception& e) {
+      sink_->abort(e.what());
+      throw;
+    }
+    std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s); manifest {}\n",
+                             sink_->location(), captures_, fmt::join(options_.hooks, ", "), prompts_.size(),
+                             (fs::path(sink_->location()) / "manifest.json").string());
+  }
+
+  Model& model() { return *model_; }
+  const std::vector<Prompt>& prompts() const { return prompts_; }
+  const HookSet& hooks() const { return hooks_; }
+
+ private:
+  RunOptions options_;
+  PluginRegistry registry_;
+  std::shared_ptr<Model> model_;
+  std::vector<Prompt> prompts_;
+  HookSet hooks_;
+  std::shared_ptr<CaptureSink> sink_;
+  std::string out_;
+  std::size_t captures_ = 0;
+};
+
+void add_common_options(CLI::App& cmd, RunOptions& o) {
+  cmd.add_option("--model", o.model, "Model directory (or file) to load")->required();
+  cmd.add_option("--adapter", o.adapter, "Adapter plugin to use instead of the one chosen from config.json");
+  cmd.add_option("--tokenizer", o.tokenizer, "Directory with tokenizer.json or vocab.json + merges.txt");
+  cmd.add_option("--prompt", o.prompts, "Prompt text (repeatable: one run per prompt)");
+  cmd.add_option("--prompt-ids", o.prompt_ids, "Prompt as token ids, e.g. 464,3797,318 (repeatable)");
+  cmd.add_option("--hooks", o.hooks, "Hook points to capture: globs or re:REGEX, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd.add_option("--layers", o.layers, "Capture only these layers (comma-separated)")->delimiter(',');
+  cmd.add_option("--ablate", o.ablate, "Zero-ablate head H of layer L (LAYER.HEAD, repeatable)");
+  cmd.add_option("--out", o.out, "Run directory to write (default runs/COMMAND-DATE-TIME)");
+  cmd.add_flag("--overwrite", o.overwrite, "Replace an existing run directory");
+  cmd.add_option("--dtype", o.dtype, "Stored dtype of captures: F32 or F16")->capture_default_str();
+  cmd.add_option("--queue-mib", o.queue_mib, "Most MiB of captures waiting for the disk before the model waits")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  cmd.add_option("--threads", o.threads, "Compute threads (0 = one per core)")->capture_default_str();
+}
+
+}  // namespace
+
+void add_run_commands(CLI::App& app) {
+  auto capture = std::make_shared<RunOptions>();
+  CLI::App* cap = app.add_subcommand("capture", "Run one forward pass per prompt and capture hook points to a run directory");
+  add_common_options(*cap, *capture);
+  cap->callback([capture] {
+    RunSession session(*capture, "capture");
+    session.open_sink();
+    session.run([&] {
+      Progress progress("capture: prompt", int(session.prompts().size()));
+      for (std::size_t i = 0; i < session.prompts().size(); ++i) {
+        CaptureContext ctx;
+        ctx.prompt = int(i);
+        const auto& ids = session.prompts()[i].ids;
+        session.model().forward(at::tensor(at::ArrayRef<std::int64_t>(ids), at::kLong).unsqueeze(0), session.hooks(),
+                                ctx, nullptr);
+        progress.update(int(i) + 1);
+      }
+      return nlohmann::json{{"generation", {{"mode", "none"}}}};
+    });
+  });
+
+  auto gen = std::make_shared<RunOptions>();
+  CLI::App* g = app.add_subcommand("generate", "Generate text and capture hook points at every step (step 0 = prefill)");
+  add_common_options(*g, *gen);
+  g->add_option("--max-new-tokens", gen->sampling.max_new_tokens, "Tokens to generate")->capture_default_str();
+  auto* greedy = g->add_flag("--greedy", gen->greedy, "Pick the most likely token (the default)");
+  auto* temp = g->add_option("--temperature", gen->sampling.temperature, "Sample with this temperature");
+  auto* topk = g->add_option("--top-k", gen->sampling.top_k, "Sample from the k most likely tokens");
+  auto* topp = g->add_option("--top-p", gen->sampling.top_p, "Sample from the smallest set with this probability");
+  g->add_option("--seed", gen->sampling.seed, "Random seed for sampling")->capture_default_str();
+  g->add_flag("--no-stop-at-eos", gen->no_stop_at_eos, "Keep generating after the end-of-text token");
+  for (auto* opt : {temp, topk, topp}) greedy->excludes(opt);
+  g->callback([gen, temp, topk, topp] {
+    gen->sampling.greedy = !(temp->count() || topk->count() || topp->count());
+    gen->sampling.stop_at_eos = !gen->no_stop_at_eos;
+    gen->sampling.validate();
+    if (gen->prompts.size() + gen->prompt_ids.size() > 1)
+      throw UsageError("generate takes one prompt (--prompt or --prompt-ids)");
+    RunSession session(*gen, "generate");
+    const auto& prompt = session.prompts().at(0).ids;
+    const ModelInfo& info = session.model().info();
+    if (std::int64_t(prompt.size()) + gen->sampling.max_new_tokens > info.n_ctx)
+      throw UsageError(fmt::format("prompt of {} tokens + --max-new-tokens {} exceeds the model's context of {} tokens",
+                                   prompt.size(), gen->sampling.max_new_tokens, info.n_ctx));
+    session.open_sink();
+    session.run([&] {
+      const SamplingOptions& s = gen->sampling;
+      Progress progress("generate: token", s.max_new_tokens);
+      const Tokenizer* tok = session.model().tokenizer();
+      nlohmann::json steps = nlohmann::json::array();
+      auto result = generate_autoregressive(session.model(), prompt, s, session.hooks(), 0, [&](int step, std::int64_t token) {
+        steps.push_back({{"step", step},
+                         {"phase", step == 0 ? "prefill" : "decode"},
+                         {"query_offset", step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1},
+                         {"token", token},
+                         {"token_string", tok ? tok->token_string(token) : std::to_string(token)}});
+        progress.update(step + 1);
+      });
+      nlohmann::json g = {{"mode", "autoregressive"},
+                          {"max_new_tokens", s.max_new_tokens},
+                          {"greedy", s.greedy},
+                          {"temperature", s.temperature},
+                          {"top_k", s.top_k},
+                          {"top_p", s.top_p},
+                          {"seed", s.seed},
+                          {"stop_at_eos", s.stop_at_eos},
+                          {"output_ids", result.output_ids},
+                          {"new_ids", result.new_ids},
+                          {"stopped_on_eos", result.stopped_on_eos},
+                          {"steps", steps}};
+      if (tok) g["text"] = tok->decode(result.new_ids);
+      if (tok) std::cout << "generated: " << tok->decode(result.new_ids) << "\n";
+      return nlohmann::json{{"generation", g}};
+    });
+  });
+}
+
+}  // namespace hooklens::cli

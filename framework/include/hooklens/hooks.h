@@ -1,0 +1,76 @@
+// Hook points, capture contexts and hook sets: how anything observes or changes a running model.
+//
+// An adapter calls `hooks.wants(name, ctx)` before it materialises a tensor for a hook point and
+// `hooks.fire(name, ctx, tensor)` when something does. A hook may assign a new tensor of the same
+// shape to replace the value flowing through the model (ablation, patching, steering).
+// Adapters never modify a fired tensor in place afterwards, so a hook may keep a reference to it
+// without copying.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hooklens {
+
+enum class Phase : std::uint8_t { prefill, decode, denoise };
+const char* phase_name(Phase phase);
+std::optional<Phase> parse_phase(std::string_view name);
+
+// Where in a run a hook point fired.
+struct CaptureContext {
+  int prompt = 0;               // prompt (batch) index in the run
+  Phase phase = Phase::prefill;
+  int step = 0;                 // generation step (0 = prefill), or diffusion step
+  int block = -1;               // diffusion block, -1 when there is none
+  int layer = -1;               // -1 for model-level points (hook_embed, hook_logits, ...)
+  std::int64_t query_offset = 0;  // absolute position of the first query row / first position
+  int pass = 0;                 // 0 = conditional pass; 1 = unconditional pass (classifier-free guidance)
+};
+
+// Which events a hook listens to. Empty lists mean "all".
+struct HookFilter {
+  // Name patterns: shell-style globs ('*' any run of characters, '?' one character), or an
+  // ECMAScript regular expression prefixed with "re:". A name matches if any pattern matches.
+  std::vector<std::string> names;
+  std::vector<int> layers;
+  std::vector<int> steps;
+  std::vector<Phase> phases;
+  std::vector<int> prompts;
+
+  bool matches_name(std::string_view name) const;
+  bool matches(std::string_view name, const CaptureContext& ctx) const;
+};
+
+// `tensor` may be reassigned to replace the value (same shape and dtype).
+using HookFn = std::function<void(std::string_view name, const CaptureContext& ctx, at::Tensor& tensor)>;
+
+class HookSet {
+ public:
+  HookSet();
+  ~HookSet();
+  HookSet(HookSet&&) noexcept;
+  HookSet& operator=(HookSet&&) noexcept;
+
+  void add(HookFilter filter, HookFn fn);
+  bool empty() const { return entries_.empty(); }
+
+  // Cheap: no tensor is touched. Adapters skip all work for a point nobody wants.
+  bool wants(std::string_view name, const CaptureContext& ctx) const;
+  // Runs every matching hook in registration order. Throws Error if a hook replaced the tensor
+  // with one of another shape or dtype.
+  void fire(std::string_view name, const CaptureContext& ctx, at::Tensor& tensor) const;
+
+ private:
+  struct Entry;
+  std::vector<Entry> entries_;
+};
+
+// True if `pattern` (glob or "re:" regex, as in HookFilter::names) matches `name`.
+bool hook_name_matches(std::string_view pattern, std::string_view name);
+
+}  // namespace hooklens

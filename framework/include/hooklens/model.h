@@ -1,0 +1,99 @@
+// A running model as the framework sees it, whatever its architecture. Adapters implement Model.
+#pragma once
+#include <hooklens/hooks.h>
+#include <hooklens/tokenizer.h>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hooklens {
+
+class PluginRegistry;
+
+enum class AttentionKind { causal, local, bidirectional };
+const char* attention_kind_name(AttentionKind kind);
+
+struct ModelInfo {
+  std::string adapter;        // plugin name, e.g. "gpt_neo"
+  std::string architecture;   // e.g. "GPTNeoForCausalLM"
+  std::string path;           // the model directory or file
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int d_model = 0;
+  int d_head = 0;
+  int d_mlp = 0;
+  std::int64_t vocab_size = 0;
+  std::int64_t n_ctx = 0;     // longest sequence the model accepts
+  std::vector<AttentionKind> layer_attention;  // one per layer
+  int window_size = 0;        // for local layers
+  std::optional<std::int64_t> bos_id, eos_id, mask_id;
+  std::string weight_dtype = "F32";  // as stored on disk; compute is float32
+
+  nlohmann::json to_json() const;
+};
+
+struct HookPointInfo {
+  std::string name;               // e.g. "blocks.0.attn.hook_pattern"
+  std::vector<std::string> dims;  // e.g. {"batch", "head", "query", "key"}
+  int layer = -1;
+};
+
+// Per-sequence state kept between forward passes (the KV cache).
+class ModelState {
+ public:
+  virtual ~ModelState() = default;
+  virtual std::int64_t length() const = 0;  // positions already consumed
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelInfo& info() const = 0;
+  virtual std::vector<HookPointInfo> hook_points() const = 0;
+  virtual const Tokenizer* tokenizer() const = 0;  // null when the model ships none
+  // A fresh KV cache, or null if the model has none (every forward then recomputes everything).
+  virtual std::unique_ptr<ModelState> new_state() const = 0;
+  // ids: int64 [batch, positions]. With `state`, the positions follow those already cached and
+  // the state is extended; `ctx.query_offset` is set by the model. Returns float32 logits
+  // [batch, positions, vocab], or [batch, 1, vocab] for the last position only with
+  // `last_logits_only` (generation: saves the unembedding of every prompt position; hook_logits
+  // still sees all positions when someone listens). Fires hook points through `hooks` with `ctx`
+  // (layer filled in). Throws UsageError for ids outside the vocabulary or past n_ctx.
+  virtual at::Tensor forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx,
+                             ModelState* state, bool last_logits_only = false) = 0;
+};
+
+struct LoadOptions {
+  std::filesystem::path tokenizer;  // overrides the tokenizer found beside the model
+};
+
+// What an adapter plugin creates: knows which model directories it reads and loads them.
+class Adapter {
+ public:
+  virtual ~Adapter() = default;
+  // True if this adapter reads `model` (e.g. config.json's model_type is one of its own).
+  virtual bool accepts(const std::filesystem::path& model) const = 0;
+  virtual std::unique_ptr<Model> load(const std::filesystem::path& model, const LoadOptions& options) const = 0;
+};
+
+// Loads a model through its adapter plugin: the one named, or the one whose accepts() says yes.
+// The model keeps its plugin library loaded. `adapter_used` receives the adapter's name.
+std::shared_ptr<Model> open_model(const PluginRegistry& plugins, const std::filesystem::path& model,
+                                  const std::string& adapter = {}, const LoadOptions& options = {},
+                                  std::string* adapter_used = nullptr);
+
+// Reads a JSON file; throws Error naming the file when it is missing or malformed.
+nlohmann::json read_json_file(const std::filesystem::path& file);
+
+// The tokenizer for a model: `options.tokenizer` if given, else the Hugging Face tokenizer files in
+// `model_dir`, else null (the model then takes token ids only). Malformed files throw Error.
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir, const LoadOptions& options);
+
+}  // namespace hooklens

@@ -1,0 +1,40 @@
+// Reading weights as users have them (safetensors, sharded safetensors, pytorch_model.bin) and
+// writing safetensors files. Readers validate everything before touching tensor data: the file
+// may be truncated or hostile. Every error names the file.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace hooklens {
+
+using TensorMap = std::map<std::string, at::Tensor>;
+
+// "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL" <-> scalar types.
+std::string safetensors_dtype_name(c10::ScalarType type);
+c10::ScalarType parse_safetensors_dtype(const std::string& name);  // throws Error
+
+TensorMap read_safetensors(const std::filesystem::path& file);
+std::map<std::string, std::string> read_safetensors_metadata(const std::filesystem::path& file);
+TensorMap read_pytorch_bin(const std::filesystem::path& file);
+
+// A Hugging Face model directory's weights: model.safetensors, or the shards listed in
+// model.safetensors.index.json, or pytorch_model.bin (also its sharded index).
+TensorMap load_hf_weights(const std::filesystem::path& model_dir);
+
+// Writes tensors (contiguous copies are made as needed) in the given order.
+void write_safetensors(const std::filesystem::path& file,
+                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// Removes `name` from `weights` and checks its shape; throws Error naming the tensor, its shape
+// and the expected one. `what` names the source (file or directory) in messages.
+at::Tensor take_weight(TensorMap& weights, const std::string& name, std::vector<std::int64_t> shape,
+                       const std::string& what);
+
+}  // namespace hooklens

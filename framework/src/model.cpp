@@ -1,0 +1,124 @@
+#include <hooklens/error.h>
+#include <hooklens/hf_config.h>
+#include <hooklens/model.h>
+#include <hooklens/plugin.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+namespace hooklens {
+
+const char* attention_kind_name(AttentionKind kind) {
+  switch (kind) {
+    case AttentionKind::causal: return "causal";
+    case AttentionKind::local: return "local";
+    case AttentionKind::bidirectional: return "bidirectional";
+  }
+  return "?";
+}
+
+nlohmann::json ModelInfo::to_json() const {
+  nlohmann::json j = {{"adapter", adapter},       {"architecture", architecture}, {"path", path},
+                      {"n_layers", n_layers},     {"n_heads", n_heads},           {"n_kv_heads", n_kv_heads},
+                      {"d_model", d_model},       {"d_head", d_head},             {"d_mlp", d_mlp},
+                      {"vocab_size", vocab_size}, {"n_ctx", n_ctx},               {"window_size", window_size},
+                      {"weight_dtype", weight_dtype}};
+  auto& kinds = j["layer_attention"] = nlohmann::json::array();
+  for (auto k : layer_attention) kinds.push_back(attention_kind_name(k));
+  auto id = [](const std::optional<std::int64_t>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); };
+  j["bos_id"] = id(bos_id);
+  j["eos_id"] = id(eos_id);
+  j["mask_id"] = id(mask_id);
+  return j;
+}
+
+std::shared_ptr<Model> open_model(const PluginRegistry& plugins, const std::filesystem::path& model,
+                                  const std::string& adapter, const LoadOptions& options, std::string* adapter_used) {
+  if (!std::filesystem::exists(model)) throw Error(fmt::format("{}: no such file or directory", model.string()));
+  std::string name = adapter;
+  std::shared_ptr<Adapter> a = adapter.empty() ? plugins.adapter_for(model, &name) : plugins.create_adapter(adapter);
+  if (adapter_used) *adapter_used = name;
+  return tie_lifetime(a->load(model, options), a);
+}
+
+nlohmann::json read_json_file(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open", file.string()));
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: malformed JSON: {}", file.string(), e.what()));
+  }
+}
+
+HfConfig::HfConfig(const std::filesystem::path& model_dir) : file_((model_dir / "config.json").string()) {
+  if (!std::filesystem::is_regular_file(file_)) throw Error(fmt::format("{}: no such file", file_));
+  json_ = read_json_file(file_);
+  if (!json_.is_object()) fail("not a JSON object");
+}
+
+void HfConfig::fail(const std::string& message) const { throw Error(fmt::format("{}: {}", file_, message)); }
+
+bool HfConfig::has(const std::string& key) const { return json_.contains(key) && !json_[key].is_null(); }
+
+std::int64_t HfConfig::integer(const std::string& key) const {
+  if (!has(key)) fail(fmt::format("missing '{}'", key));
+  const auto& v = json_[key];
+  if (!v.is_number_integer() || v.get<std::int64_t>() <= 0)
+    fail(fmt::format("'{}' must be a positive integer, not {}", key, v.dump()));
+  return v.get<std::int64_t>();
+}
+
+std::int64_t HfConfig::integer(const std::string& key, std::int64_t fallback) const {
+  return has(key) ? integer(key) : fallback;
+}
+
+double HfConfig::number(const std::string& key, double fallback) const {
+  if (!has(key)) return fallback;
+  const auto& v = json_[key];
+  if (!v.is_number()) fail(fmt::format("'{}' must be a number, not {}", key, v.dump()));
+  return v.get<double>();
+}
+
+std::string HfConfig::string(const std::string& key) const {
+  if (!has(key)) fail(fmt::format("missing '{}'", key));
+  if (!json_[key].is_string()) fail(fmt::format("'{}' must be a string, not {}", key, json_[key].dump()));
+  return json_[key].get<std::string>();
+}
+
+std::string HfConfig::string(const std::string& key, const std::string& fallback) const {
+  return has(key) ? string(key) : fallback;
+}
+
+std::optional<std::int64_t> HfConfig::optional_id(const std::string& key) const {
+  if (!has(key)) return std::nullopt;
+  const auto& v = json_[key];
+  if (!v.is_number_integer() || v.get<std::int64_t>() < 0)
+    fail(fmt::format("'{}' must be a token id, not {}", key, v.dump()));
+  return v.get<std::int64_t>();
+}
+
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir, const LoadOptions& options) {
+  if (!options.tokenizer.empty()) {
+    const auto dir = std::filesystem::is_directory(options.tokenizer) ? options.tokenizer
+                                                                      : options.tokenizer.parent_path();
+    return load_hf_tokenizer(dir);
+  }
+  for (const char* file : {"tokenizer.json", "vocab.json"})
+    if (std::filesystem::exists(model_dir / file)) return load_hf_tokenizer(model_dir);
+  return nullptr;
+}
+
+std::string peek_model_type(const std::filesystem::path& model_dir) {
+  try {
+    auto j = read_json_file(model_dir / "config.json");
+    if (j.is_object() && j.contains("model_type") && j["model_type"].is_string())
+      return j["model_type"].get<std::string>();
+  } catch (const Error&) {
+  }
+  return "";
+}
+
+}  // namespace hooklens

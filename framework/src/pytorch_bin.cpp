@@ -1,0 +1,460 @@
+// pytorch_model.bin reader: the zip format of torch.save (torch >= 1.6), i.e. records
+// <archive>/data.pkl (a pickle) and <archive>/data/<key> (raw storage bytes).
+//
+// torch::jit::Unpickler (1.13) cannot read state dicts: it turns collections.OrderedDict into None
+// before any type resolver is asked, and it trusts the stack layout of its input. So this file has
+// its own small pickle machine for the subset that state dicts use, where every pop is checked and
+// every value lives in one arena (no recursive destruction, cycles are harmless).
+#include "hooklens/weights.h"
+
+#include "hooklens/error.h"
+
+#include <ATen/ops/empty.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
+#include <caffe2/serialize/inline_container.h>
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <unordered_map>
+
+namespace hooklens {
+namespace {
+
+// A storage record, shared by every tensor that views it (tied weights share one).
+struct StorageRecord {
+  c10::Storage storage;
+  c10::ScalarType type;
+  bool claimed = false;  // a result tensor already uses this memory without a copy
+};
+
+struct Value {
+  enum class Kind { None, Bool, Int, Float, String, Tuple, List, Dict, Global, Storage, Tensor };
+  Kind kind = Kind::None;
+  std::int64_t integer = 0;
+  std::string text;           // String; Global as "module.name"
+  std::vector<Value*> items;  // Tuple, List; Dict as key, value, key, value...
+  StorageRecord* storage = nullptr;  // Storage, and the storage a Tensor views
+  at::Tensor tensor;
+};
+
+using Kind = Value::Kind;
+
+const char* kind_name(Kind k) {
+  static const char* names[] = {"None", "bool",   "int",    "float",   "str", "tuple",
+                                "list", "dict",   "global", "storage", "tensor"};
+  return names[static_cast<int>(k)];
+}
+
+c10::ScalarType storage_dtype(const std::string& global) {
+  static const std::unordered_map<std::string, c10::ScalarType> types = {
+      {"torch.FloatStorage", c10::kFloat},   {"torch.DoubleStorage", c10::kDouble},
+      {"torch.HalfStorage", c10::kHalf},     {"torch.BFloat16Storage", c10::kBFloat16},
+      {"torch.LongStorage", c10::kLong},     {"torch.IntStorage", c10::kInt},
+      {"torch.ShortStorage", c10::kShort},   {"torch.CharStorage", c10::kChar},
+      {"torch.ByteStorage", c10::kByte},     {"torch.BoolStorage", c10::kBool},
+  };
+  const auto it = types.find(global);
+  if (it == types.end()) throw Error(fmt::format("unsupported storage type {}", global));
+  return it->second;
+}
+
+// Bounds the memory a hostile pickle can make us spend; a state dict needs ~15 values per tensor.
+constexpr std::size_t kMaxValues = std::size_t(1) << 22;
+
+// Runs a pickle program. Errors are thrown as Error without the file name; the caller adds it.
+class PickleMachine {
+ public:
+  PickleMachine(const char* data, std::size_t size, caffe2::serialize::PyTorchStreamReader& zip)
+      : data_(data), size_(size), zip_(zip) {}
+
+  Value* run();
+
+ private:
+  // ---- input
+  std::uint8_t byte() {
+    need(1);
+    return static_cast<std::uint8_t>(data_[pos_++]);
+  }
+  template <typename T>
+  T little() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, data_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  std::string bytes(std::uint64_t n) {
+    need(n);
+    std::string s(data_ + pos_, n);
+    pos_ += n;
+    return s;
+  }
+  std::string line() {
+    const void* nl = std::memchr(data_ + pos_, '\n', size_ - pos_);
+    if (!nl) throw Error("pickle ends inside a GLOBAL name");
+    std::string s = bytes(static_cast<const char*>(nl) - (data_ + pos_));
+    ++pos_;
+    return s;
+  }
+  void need(std::uint64_t n) const {
+    if (n > size_ - pos_) throw Error("pickle data ends early");
+  }
+
+  // ---- values and stack
+  Value* make(Kind kind) {
+    if (arena_.size() >= kMaxValues) throw Error("pickle holds too many values for a state dict");
+    arena_.emplace_back();
+    arena_.back().kind = kind;
+    return &arena_.back();
+  }
+  Value* make_int(std::int64_t v) {
+    Value* x = make(Kind::Int);
+    x->integer = v;
+    return x;
+  }
+  Value* make_string(std::string s, Kind kind = Kind::String) {
+    Value* x = make(kind);
+    x->text = std::move(s);
+    return x;
+  }
+  void push(Value* v) {
+    if (stack_.size() >= kMaxValues) throw Error("pickle stack grows too deep for a state dict");
+    stack_.push_back(v);
+  }
+  Value* pop() {
+    if (stack_.size() <= floor()) throw Error("pickle stack underflow");
+    Value* v = stack_.back();
+    stack_.pop_back();
+    return v;
+  }
+  Value* top() {
+    if (stack_.size() <= floor()) throw Error("pickle stack underflow");
+    return stack_.back();
+  }
+  std::size_t floor() const { return marks_.empty() ? 0 : marks_.back(); }
+  // Pops everything above the last MARK, and the mark.
+  std::vector<Value*> pop_mark() {
+    if (marks_.empty()) throw Error("pickle uses a MARK that was never set");
+    std::vector<Value*> items(stack_.begin() + marks_.back(), stack_.end());
+    stack_.resize(marks_.back());
+    marks_.pop_back();
+    return items;
+  }
+  Value* expect(Value* v, Kind kind, const char* what) {
+    if (v->kind != kind)
+      throw Error(fmt::format("pickle has a {} where {} needs a {}", kind_name(v->kind), what, kind_name(kind)));
+    return v;
+  }
+  std::vector<std::int64_t> int_tuple(Value* v, const char* what) {
+    expect(v, Kind::Tuple, what);
+    std::vector<std::int64_t> out;
+    for (Value* x : v->items) out.push_back(expect(x, Kind::Int, what)->integer);
+    return out;
+  }
+  void memo_put(std::uint64_t index) { memo_[index] = top(); }
+  Value* memo_get(std::uint64_t index) {
+    const auto it = memo_.find(index);
+    if (it == memo_.end()) throw Error(fmt::format("pickle refers to memo entry {} that was never set", index));
+    return it->second;
+  }
+
+  // ---- opcodes that do real work
+  bool step();
+  Value* long1(std::size_t n);
+  Value* tuple(std::vector<Value*> items) {
+    Value* t = make(Kind::Tuple);
+    t->items = std::move(items);
+    return t;
+  }
+  void add_to(Value* container, const std::vector<Value*>& items);
+  Value* persistent_load(Value* pid);
+  Value* call(Value* callable, Value* args);
+  Value* rebuild_tensor(const std::vector<Value*>& args);
+
+  const char* data_;
+  std::size_t size_;
+  std::size_t pos_ = 0;
+  caffe2::serialize::PyTorchStreamReader& zip_;
+  std::deque<Value> arena_;
+  std::vector<Value*> stack_;
+  std::vector<std::size_t> marks_;
+  std::unordered_map<std::uint64_t, Value*> memo_;
+  std::unordered_map<std::string, StorageRecord> storages_;
+  Value none_;
+};
+
+Value* PickleMachine::run() {
+  while (step()) {
+  }
+  if (stack_.size() != 1 || !marks_.empty()) throw Error("pickle does not end with exactly one value");
+  return stack_.back();
+}
+
+// Executes one opcode; false at STOP.
+bool PickleMachine::step() {
+  const std::uint8_t op = byte();
+  switch (op) {
+    case 0x80: {  // PROTO
+      const int protocol = byte();
+      if (protocol < 2 || protocol > 5) throw Error(fmt::format("unsupported pickle protocol {}", protocol));
+      break;
+    }
+    case 0x95: little<std::uint64_t>(); break;  // FRAME: only a read-ahead hint
+    case '.': return false;                     // STOP
+    case '(': marks_.push_back(stack_.size()); break;
+    case 'N': push(&none_); break;
+    case 0x88:
+    case 0x89: {  // NEWTRUE, NEWFALSE
+      Value* b = make(Kind::Bool);
+      b->integer = op == 0x88;
+      push(b);
+      break;
+    }
+    case 'K': push(make_int(byte())); break;                     // BININT1
+    case 'M': push(make_int(little<std::uint16_t>())); break;    // BININT2
+    case 'J': push(make_int(little<std::int32_t>())); break;     // BININT
+    case 0x8a: push(long1(byte())); break;                       // LONG1
+    case 'G': little<std::uint64_t>(); push(make(Kind::Float)); break;  // BINFLOAT (value unused)
+    case 'X': push(make_string(bytes(little<std::uint32_t>()))); break;  // BINUNICODE
+    case 0x8c: push(make_string(bytes(byte()))); break;                  // SHORT_BINUNICODE
+    case 0x8d: push(make_string(bytes(little<std::uint64_t>()))); break; // BINUNICODE8
+    case 'c': {  // GLOBAL module\nname\n
+      std::string module = line();
+      push(make_string(module + "." + line(), Kind::Global));
+      break;
+    }
+    case 0x93: {  // STACK_GLOBAL
+      Value* name = expect(pop(), Kind::String, "STACK_GLOBAL");
+      Value* module = expect(pop(), Kind::String, "STACK_GLOBAL");
+      push(make_string(module->text + "." + name->text, Kind::Global));
+      break;
+    }
+    case 'q': memo_put(byte()); break;                        // BINPUT
+    case 'r': memo_put(little<std::uint32_t>()); break;       // LONG_BINPUT
+    case 0x94: memo_put(memo_.size()); break;                 // MEMOIZE
+    case 'h': push(memo_get(byte())); break;                  // BINGET
+    case 'j': push(memo_get(little<std::uint32_t>())); break; // LONG_BINGET
+    case ')': push(tuple({})); break;                         // EMPTY_TUPLE
+    case 't': push(tuple(pop_mark())); break;                 // TUPLE
+    case 0x85:
+    case 0x86:
+    case 0x87: {  // TUPLE1..3
+      std::vector<Value*> items(op - 0x84);
+      for (auto it = items.rbegin(); it != items.rend(); ++it) *it = pop();
+      push(tuple(std::move(items)));
+      break;
+    }
+    case ']': push(make(Kind::List)); break;  // EMPTY_LIST
+    case '}': push(make(Kind::Dict)); break;  // EMPTY_DICT
+    case 'a': {                               // APPEND
+      Value* item = pop();
+      add_to(top(), {item});
+      break;
+    }
+    case 's': {  // SETITEM
+      Value* value = pop();
+      Value* key = pop();
+      add_to(top(), {key, value});
+      break;
+    }
+    case 'e':    // APPENDS
+    case 'u': {  // SETITEMS
+      std::vector<Value*> items = pop_mark();
+      add_to(top(), items);
+      break;
+    }
+    case 'Q': push(persistent_load(pop())); break;  // BINPERSID
+    case 'R': {                                     // REDUCE
+      Value* args = pop();
+      Value* callable = pop();
+      push(call(callable, args));
+      break;
+    }
+    case 'b':  // BUILD: only OrderedDict._metadata and tensor attributes get here; both unused
+      pop();
+      top();
+      break;
+    default:
+      throw Error(fmt::format("unsupported pickle opcode 0x{:02x} at byte {}", op, pos_ - 1));
+  }
+  return true;
+}
+
+Value* PickleMachine::long1(std::size_t n) {
+  if (n > 8) throw Error("pickle integer is wider than 64 bits");
+  std::string raw = bytes(n);
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < n; ++i) v |= std::uint64_t(static_cast<std::uint8_t>(raw[i])) << (8 * i);
+  if (n > 0 && n < 8 && (raw[n - 1] & 0x80)) v |= ~std::uint64_t(0) << (8 * n);  // sign-extend
+  return make_int(static_cast<std::int64_t>(v));
+}
+
+void PickleMachine::add_to(Value* container, const std::vector<Value*>& items) {
+  if (container->kind == Kind::List) {
+    container->items.insert(container->items.end(), items.begin(), items.end());
+  } else if (container->kind == Kind::Dict) {
+    if (items.size() % 2 != 0) throw Error("pickle SETITEMS has an odd number of items");
+    container->items.insert(container->items.end(), items.begin(), items.end());
+  } else {
+    throw Error(fmt::format("pickle adds items to a {}", kind_name(container->kind)));
+  }
+}
+
+// ('storage', torch.XStorage, key, location, numel): the record data/<key>, loaded once.
+Value* PickleMachine::persistent_load(Value* pid) {
+  expect(pid, Kind::Tuple, "a persistent id");
+  if (pid->items.size() != 5 || pid->items[0]->kind != Kind::String || pid->items[0]->text != "storage")
+    throw Error("pickle has a persistent id that is not ('storage', type, key, location, numel)");
+  const c10::ScalarType type = storage_dtype(expect(pid->items[1], Kind::Global, "a storage type")->text);
+  const std::string& key = expect(pid->items[2], Kind::String, "a storage key")->text;
+  const std::int64_t numel = expect(pid->items[4], Kind::Int, "a storage size")->integer;
+
+  auto found = storages_.find(key);
+  if (found == storages_.end()) {
+    const std::string record = "data/" + key;
+    if (!zip_.hasRecord(record)) throw Error(fmt::format("archive has no record '{}'", record));
+    auto [data, bytes] = zip_.getRecord(record);
+    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(data), c10::GetCPUAllocator(),
+                         /*resizable=*/true);
+    found = storages_.emplace(key, StorageRecord{std::move(storage), type}).first;
+  }
+  StorageRecord& s = found->second;
+  const std::size_t item = c10::elementSize(type);
+  if (s.type != type)
+    throw Error(fmt::format("storage '{}' is used as both {} and {}", key, c10::toString(s.type), c10::toString(type)));
+  if (numel < 0 || s.storage.nbytes() / item != static_cast<std::uint64_t>(numel) || s.storage.nbytes() % item != 0)
+    throw Error(fmt::format("storage '{}' has {} bytes, not {} elements of {}", key, s.storage.nbytes(), numel,
+                            c10::toString(type)));
+  Value* v = make(Kind::Storage);
+  v->storage = &s;
+  return v;
+}
+
+Value* PickleMachine::call(Value* callable, Value* args) {
+  expect(callable, Kind::Global, "REDUCE");
+  expect(args, Kind::Tuple, "REDUCE arguments");
+  const std::string& name = callable->text;
+  const auto& a = args->items;
+  if (name == "collections.OrderedDict" && a.empty()) return make(Kind::Dict);
+  if (name == "torch._utils._rebuild_tensor_v2" || name == "torch._utils._rebuild_tensor") return rebuild_tensor(a);
+  // nn.Parameter: (data, requires_grad, backward_hooks[, state]); the data is what a state dict needs.
+  if ((name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") &&
+      !a.empty())
+    return expect(a[0], Kind::Tensor, "a parameter's data");
+  throw Error(fmt::format("pickle calls {} which a state dict does not use", name));
+}
+
+// (storage, storage_offset, size, stride, ...): a view of the storage, bounds checked here.
+Value* PickleMachine::rebuild_tensor(const std::vector<Value*>& args) {
+  if (args.size() < 4) throw Error("pickle rebuilds a tensor with too few arguments");
+  StorageRecord& s = *expect(args[0], Kind::Storage, "a tensor's storage")->storage;
+  const std::int64_t offset = expect(args[1], Kind::Int, "a tensor's offset")->integer;
+  const std::vector<std::int64_t> size = int_tuple(args[2], "a tensor's size");
+  const std::vector<std::int64_t> stride = int_tuple(args[3], "a tensor's stride");
+  if (size.size() != stride.size()) throw Error("pickle rebuilds a tensor whose size and stride differ in rank");
+
+  bool empty = false;
+  for (std::size_t i = 0; i < size.size(); ++i) {
+    if (size[i] < 0 || stride[i] < 0) throw Error("pickle rebuilds a tensor with a negative size or stride");
+    empty = empty || size[i] == 0;
+  }
+  if (offset < 0) throw Error("pickle rebuilds a tensor with a negative storage offset");
+  // Index of the last element, in 128 bits and stopping once past the end so nothing can wrap.
+  const auto storage_numel = static_cast<__int128>(s.storage.nbytes() / c10::elementSize(s.type));
+  __int128 last = offset;
+  for (std::size_t i = 0; i < size.size() && !empty && last < storage_numel; ++i)
+    last += static_cast<__int128>(size[i] - 1) * stride[i];
+  if (!empty && last >= storage_numel)
+    throw Error(fmt::format("pickle rebuilds a tensor that reaches past its storage of {} elements",
+                            static_cast<std::int64_t>(storage_numel)));
+
+  Value* v = make(Kind::Tensor);
+  v->tensor = at::empty({0}, at::TensorOptions().dtype(s.type));
+  v->tensor.set_(s.storage, empty ? 0 : offset, size, stride);
+  v->storage = &s;
+  return v;
+}
+
+// A result tensor owns its memory alone: the first tensor that covers a whole storage keeps it,
+// every other tensor (views, tied weights) gets a contiguous copy.
+at::Tensor independent(Value* v) {
+  StorageRecord& s = *v->storage;
+  const at::Tensor& t = v->tensor;
+  const bool whole = t.is_contiguous() && t.storage_offset() == 0 && t.nbytes() == s.storage.nbytes();
+  if (whole && !s.claimed) {
+    s.claimed = true;
+    return t;
+  }
+  return t.clone(at::MemoryFormat::Contiguous);
+}
+
+TensorMap to_state_dict(Value* root) {
+  if (root->kind != Kind::Dict) throw Error(fmt::format("holds a {}, not a state dict", kind_name(root->kind)));
+  TensorMap out;
+  for (std::size_t i = 0; i < root->items.size(); i += 2) {
+    Value* key = root->items[i];
+    Value* value = root->items[i + 1];
+    if (key->kind != Kind::String) throw Error(fmt::format("state dict has a {} key", kind_name(key->kind)));
+    if (value->kind != Kind::Tensor)
+      throw Error(fmt::format("state dict entry '{}' is a {}, not a tensor", key->text, kind_name(value->kind)));
+    out[key->text] = independent(value);
+  }
+  return out;
+}
+
+// Legacy torch.save files are a bare pickle stream (starting with PROTO), not a zip.
+void check_zip_magic(const std::filesystem::path& file) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec))
+    throw Error(fmt::format("{}: cannot open: not an existing regular file", file.string()));
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open", file.string()));
+  char magic[4] = {};
+  in.read(magic, 4);
+  if (in.gcount() >= 1 && static_cast<unsigned char>(magic[0]) == 0x80)
+    throw Error(fmt::format("{}: legacy torch.save format is not supported; re-save with torch>=1.6", file.string()));
+  if (in.gcount() < 4 || std::memcmp(magic, "PK\x03\x04", 4) != 0)
+    throw Error(fmt::format("{}: not a torch.save zip archive", file.string()));
+}
+
+// Messages stay one readable line even when pickle strings (keys, global names) from the file
+// hold control characters or megabytes.
+std::string one_line(std::string s) {
+  if (s.size() > 1000) s = s.substr(0, 1000) + "...";
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  return s;
+}
+
+// torch's messages may continue with context lines.
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+}  // namespace
+
+TensorMap read_pytorch_bin(const std::filesystem::path& file) {
+  check_zip_magic(file);
+  try {
+    caffe2::serialize::PyTorchStreamReader zip(file.string());
+    if (zip.hasRecord("byteorder")) {
+      auto [order, n] = zip.getRecord("byteorder");
+      if (std::string(static_cast<const char*>(order.get()), n) != "little")
+        throw Error("big-endian archives are not supported");
+    }
+    if (!zip.hasRecord("data.pkl")) throw Error("archive has no data.pkl record");
+    auto [pickle, size] = zip.getRecord("data.pkl");
+    PickleMachine machine(static_cast<const char*>(pickle.get()), size, zip);
+    return to_state_dict(machine.run());
+  } catch (const Error& e) {
+    throw Error(one_line(fmt::format("{}: {}", file.string(), e.what())));
+  } catch (const c10::Error& e) {
+    throw Error(one_line(fmt::format("{}: cannot read the archive: {}", file.string(), first_line(e.what_without_backtrace()))));
+  } catch (const std::exception& e) {
+    throw Error(one_line(fmt::format("{}: cannot read the archive: {}", file.string(), first_line(e.what()))));
+  }
+}
+
+}  // namespace hooklens

@@ -1,0 +1,362 @@
+#include <hooklens/error.h>
+#include <hooklens/transformer.h>
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <limits>
+
+namespace hooklens {
+namespace {
+
+using Spec = TransformerSpec;
+
+// Hook point names of one block, built once so the forward pass does no string formatting.
+struct LayerNames {
+  std::string resid_pre, q, k, v, rot_q, rot_k, scores, pattern, z, attn_out, resid_mid;
+  std::string mlp_pre, mlp_pre_linear, mlp_post, mlp_out, resid_post;
+
+  explicit LayerNames(int l) {
+    auto n = [l](const char* suffix) { return fmt::format("blocks.{}.{}", l, suffix); };
+    resid_pre = n("hook_resid_pre");
+    q = n("attn.hook_q");
+    k = n("attn.hook_k");
+    v = n("attn.hook_v");
+    rot_q = n("attn.hook_rot_q");
+    rot_k = n("attn.hook_rot_k");
+    scores = n("attn.hook_attn_scores");
+    pattern = n("attn.hook_pattern");
+    z = n("attn.hook_z");
+    attn_out = n("hook_attn_out");
+    resid_mid = n("hook_resid_mid");
+    mlp_pre = n("mlp.hook_pre");
+    mlp_pre_linear = n("mlp.hook_pre_linear");
+    mlp_post = n("mlp.hook_post");
+    mlp_out = n("hook_mlp_out");
+    resid_post = n("hook_resid_post");
+  }
+};
+
+// The KV cache: per layer, keys and values after positional rotation, [batch, kv_heads, capacity,
+// d_head]; the first `len` positions are valid. Capacity doubles so appending is amortised O(1).
+class KvCache final : public ModelState {
+ public:
+  explicit KvCache(size_t n_layers) : k_(n_layers), v_(n_layers) {}
+  std::int64_t length() const override { return len_; }
+
+  // Appends this forward's keys/values for `layer`; returns views over every cached position.
+  std::pair<at::Tensor, at::Tensor> append(size_t layer, const at::Tensor& k, const at::Tensor& v) {
+    return {append_one(k_[layer], k), append_one(v_[layer], v)};
+  }
+  void advance(std::int64_t n) { len_ += n; }
+
+ private:
+  at::Tensor append_one(at::Tensor& buffer, const at::Tensor& x) {
+    const std::int64_t needed = len_ + x.size(2);
+    if (!buffer.defined() || buffer.size(2) < needed) {
+      const std::int64_t capacity = std::max<std::int64_t>(needed, buffer.defined() ? 2 * buffer.size(2) : 64);
+      at::Tensor grown = at::empty({x.size(0), x.size(1), capacity, x.size(3)}, x.options());
+      if (len_ > 0) grown.narrow(2, 0, len_).copy_(buffer.narrow(2, 0, len_));
+      buffer = grown;
+    }
+    buffer.narrow(2, len_, x.size(2)).copy_(x);
+    return buffer.narrow(2, 0, needed);
+  }
+
+  std::vector<at::Tensor> k_, v_;
+  std::int64_t len_ = 0;
+};
+
+struct Layer {
+  LayerWeights w;
+  at::Tensor W_qkv, b_qkv;  // q, k and v fused into one matmul
+  AttentionKind attention;
+  LayerNames names;
+};
+
+class HookedTransformer final : public Model {
+ public:
+  HookedTransformer(ModelInfo info, Spec spec, TransformerWeights weights, std::unique_ptr<Tokenizer> tokenizer);
+
+  const ModelInfo& info() const override { return info_; }
+  const Tokenizer* tokenizer() const override { return tokenizer_.get(); }
+  std::unique_ptr<ModelState> new_state() const override { return std::make_unique<KvCache>(layers_.size()); }
+  std::vector<HookPointInfo> hook_points() const override;
+  at::Tensor forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx, ModelState* state,
+                     bool last_logits_only) override;
+
+ private:
+  at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
+  at::Tensor activation(const at::Tensor& x) const;
+  at::Tensor rotate(const at::Tensor& x, std::int64_t offset) const;  // RoPE on [batch, pos, head, d_head]
+  at::Tensor allowed_keys(AttentionKind kind, std::int64_t offset, std::int64_t queries, std::int64_t keys) const;
+  at::Tensor block(Layer& layer, size_t index, at::Tensor x, const HookSet& hooks, const CaptureContext& ctx,
+                   KvCache* cache) const;
+
+  ModelInfo info_;
+  Spec spec_;
+  TransformerWeights w_;
+  std::vector<Layer> layers_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  at::Tensor rope_inv_freq_;
+};
+
+// Converts to contiguous float32 and checks the shape.
+at::Tensor prepare(const at::Tensor& t, std::vector<std::int64_t> shape, const std::string& what, bool required = true) {
+  if (!t.defined()) {
+    if (required) throw Error(fmt::format("model weights: missing {}", what));
+    return t;
+  }
+  if (t.sizes() != at::IntArrayRef(shape))
+    throw Error(fmt::format("model weights: {} has shape [{}], expected [{}]", what, fmt::join(t.sizes(), ", "),
+                            fmt::join(shape, ", ")));
+  return t.to(at::kFloat).contiguous();
+}
+
+HookedTransformer::HookedTransformer(ModelInfo info, Spec spec, TransformerWeights weights,
+                                     std::unique_ptr<Tokenizer> tokenizer)
+    : info_(std::move(info)), spec_(spec), w_(std::move(weights)), tokenizer_(std::move(tokenizer)) {
+  const std::int64_t D = info_.d_model, V = info_.vocab_size, F = info_.d_mlp;
+  const std::int64_t HQ = std::int64_t(info_.n_heads) * info_.d_head;
+  const std::int64_t HKV = std::int64_t(info_.n_kv_heads) * info_.d_head;
+  if (info_.n_layers <= 0 || info_.n_heads <= 0 || info_.n_kv_heads <= 0 || info_.n_heads % info_.n_kv_heads ||
+      D <= 0 || info_.d_head <= 0 || V <= 0 || F <= 0 || info_.n_ctx <= 0)
+    throw Error(fmt::format("{}: inconsistent model shape (layers {}, heads {}, kv heads {}, d_model {}, d_head {})",
+                            info_.path, info_.n_layers, info_.n_heads, info_.n_kv_heads, D, info_.d_head));
+  if (info_.layer_attention.size() != size_t(info_.n_layers))
+    throw Error(fmt::format("{}: {} attention kinds for {} layers", info_.path, info_.layer_attention.size(),
+                            info_.n_layers));
+  if (w_.layers.size() != size_t(info_.n_layers))
+    throw Error(fmt::format("{}: weights for {} layers, config says {}", info_.path, w_.layers.size(), info_.n_layers));
+
+  const bool tied = w_.unembed.defined() && w_.unembed.is_same(w_.embed);
+  w_.embed = prepare(w_.embed, {V, D}, "embedding");
+  w_.unembed = tied ? w_.embed : prepare(w_.unembed, {V, D}, "unembedding");
+  w_.unembed_b = prepare(w_.unembed_b, {V}, "unembedding bias", false);
+  if (spec_.positions == Spec::Positions::learned) w_.pos_embed = prepare(w_.pos_embed, {info_.n_ctx, D}, "position embedding");
+  const bool layer_norm = spec_.norm == Spec::Norm::layer_norm;
+  w_.lnf_w = prepare(w_.lnf_w, {D}, "final norm weight");
+  w_.lnf_b = prepare(w_.lnf_b, {D}, "final norm bias", false);
+
+  for (int l = 0; l < info_.n_layers; ++l) {
+    LayerWeights& lw = w_.layers[l];
+    auto what = [l](const char* name) { return fmt::format("layer {} {}", l, name); };
+    lw.ln1_w = prepare(lw.ln1_w, {D}, what("attention norm weight"));
+    lw.ln1_b = prepare(lw.ln1_b, {D}, what("attention norm bias"), false);
+    lw.ln2_w = prepare(lw.ln2_w, {D}, what("mlp norm weight"));
+    lw.ln2_b = prepare(lw.ln2_b, {D}, what("mlp norm bias"), false);
+    lw.W_q = prepare(lw.W_q, {HQ, D}, what("W_q"));
+    lw.W_k = prepare(lw.W_k, {HKV, D}, what("W_k"));
+    lw.W_v = prepare(lw.W_v, {HKV, D}, what("W_v"));
+    lw.b_q = prepare(lw.b_q, {HQ}, what("b_q"), false);
+    lw.b_k = prepare(lw.b_k, {HKV}, what("b_k"), false);
+    lw.b_v = prepare(lw.b_v, {HKV}, what("b_v"), false);
+    lw.W_o = prepare(lw.W_o, {D, HQ}, what("W_o"));
+    lw.b_o = prepare(lw.b_o, {D}, what("b_o"), false);
+    lw.W_in = prepare(lw.W_in, {F, D}, what("W_in"));
+    lw.b_in = prepare(lw.b_in, {F}, what("b_in"), false);
+    lw.W_gate = prepare(lw.W_gate, {F, D}, what("W_gate"), spec_.gated_mlp);
+    lw.W_out = prepare(lw.W_out, {D, F}, what("W_out"));
+    lw.b_out = prepare(lw.b_out, {D}, what("b_out"), false);
+    if (layer_norm && (!lw.ln1_b.defined() || !lw.ln2_b.defined()))
+      throw Error(fmt::format("model weights: layer {} LayerNorm without bias", l));
+
+    Layer layer{lw, at::cat({lw.W_q, lw.W_k, lw.W_v}, 0), {}, info_.layer_attention[l], LayerNames(l)};
+    if (lw.b_q.defined() || lw.b_k.defined() || lw.b_v.defined()) {
+      auto or_zero = [](const at::Tensor& b, std::int64_t n) { return b.defined() ? b : at::zeros({n}, at::kFloat); };
+      layer.b_qkv = at::cat({or_zero(lw.b_q, HQ), or_zero(lw.b_k, HKV), or_zero(lw.b_v, HKV)}, 0);
+    }
+    layers_.push_back(std::move(layer));
+  }
+  if (spec_.positions == Spec::Positions::rope_neox) {
+    if (info_.d_head % 2) throw Error(fmt::format("{}: RoPE needs an even head size, not {}", info_.path, info_.d_head));
+    // As the reference computes it: theta ** (arange(0, d_head, 2) / d_head) in float32.
+    at::Tensor exponent = at::arange(0, info_.d_head, 2, at::kFloat) / float(info_.d_head);
+    rope_inv_freq_ = 1.0 / at::pow(at::scalar_tensor(spec_.rope_theta, at::kFloat), exponent);
+  }
+}
+
+std::vector<HookPointInfo> HookedTransformer::hook_points() const {
+  const std::vector<std::string> resid{"batch", "pos", "d_model"}, heads{"batch", "pos", "head", "d_head"},
+      pattern{"batch", "head", "query", "key"}, mlp{"batch", "pos", "d_mlp"};
+  std::vector<HookPointInfo> points{{"hook_embed", resid, -1}};
+  if (spec_.positions == Spec::Positions::learned) points.push_back({"hook_pos_embed", resid, -1});
+  for (const auto& layer : layers_) {
+    const int l = int(&layer - layers_.data());
+    const LayerNames& n = layer.names;
+    points.push_back({n.resid_pre, resid, l});
+    for (const auto* name : {&n.q, &n.k, &n.v}) points.push_back({*name, heads, l});
+    if (spec_.positions == Spec::Positions::rope_neox) {
+      points.push_back({n.rot_q, heads, l});
+      points.push_back({n.rot_k, heads, l});
+    }
+    points.push_back({n.scores, pattern, l});
+    points.push_back({n.pattern, pattern, l});
+    points.push_back({n.z, heads, l});
+    points.push_back({n.attn_out, resid, l});
+    points.push_back({n.resid_mid, resid, l});
+    points.push_back({n.mlp_pre, mlp, l});
+    if (spec_.gated_mlp) points.push_back({n.mlp_pre_linear, mlp, l});
+    points.push_back({n.mlp_post, mlp, l});
+    points.push_back({n.mlp_out, resid, l});
+    points.push_back({n.resid_post, resid, l});
+  }
+  points.push_back({"ln_final.hook_normalized", resid, -1});
+  points.push_back({"hook_logits", {"batch", "pos", "vocab"}, -1});
+  return points;
+}
+
+at::Tensor HookedTransformer::norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const {
+  if (spec_.norm == Spec::Norm::layer_norm) return at::layer_norm(x, {x.size(-1)}, w, b, spec_.norm_eps);
+  at::Tensor normed = x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + spec_.norm_eps);
+  normed = normed * w;
+  return b.defined() ? normed + b : normed;
+}
+
+at::Tensor HookedTransformer::activation(const at::Tensor& x) const {
+  switch (spec_.activation) {
+    case Spec::Activation::gelu_new: return at::gelu(x, "tanh");
+    case Spec::Activation::gelu: return at::gelu(x);
+    case Spec::Activation::relu: return at::relu(x);
+    case Spec::Activation::silu: return at::silu(x);
+  }
+  return x;
+}
+
+// NeoX "rotate half" RoPE: dims [0, d/2) pair with [d/2, d).
+at::Tensor HookedTransformer::rotate(const at::Tensor& x, std::int64_t offset) const {
+  const std::int64_t T = x.size(1), half = x.size(3) / 2;
+  at::Tensor positions = at::arange(offset, offset + T, at::kFloat);
+  at::Tensor freqs = at::outer(positions, rope_inv_freq_);
+  at::Tensor angles = at::cat({freqs, freqs}, -1).view({1, T, 1, 2 * half});
+  at::Tensor rotated_half = at::cat({-x.narrow(3, half, half), x.narrow(3, 0, half)}, -1);
+  return x * angles.cos() + rotated_half * angles.sin();
+}
+
+// [queries, keys] bool: may query offset+i see key j?
+at::Tensor HookedTransformer::allowed_keys(AttentionKind kind, std::int64_t offset, std::int64_t queries,
+                                           std::int64_t keys) const {
+  at::Tensor q = at::arange(offset, offset + queries, at::kLong).unsqueeze(1);
+  at::Tensor k = at::arange(0, keys, at::kLong).unsqueeze(0);
+  at::Tensor allowed = k <= q;
+  if (kind == AttentionKind::local) allowed = allowed & (k > q - info_.window_size);
+  return allowed;
+}
+
+at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, const HookSet& hooks,
+                                    const CaptureContext& ctx, KvCache* cache) const {
+  const LayerWeights& w = layer.w;
+  const LayerNames& n = layer.names;
+  const std::int64_t B = x.size(0), T = x.size(1), H = info_.n_heads, HKV = info_.n_kv_heads, dh = info_.d_head;
+  const std::int64_t offset = ctx.query_offset;
+
+  hooks.fire(n.resid_pre, ctx, x);
+  at::Tensor h = norm(x, w.ln1_w, w.ln1_b);
+  at::Tensor qkv = layer.b_qkv.defined() ? at::linear(h, layer.W_qkv, layer.b_qkv) : at::linear(h, layer.W_qkv);
+  at::Tensor q = qkv.narrow(2, 0, H * dh).view({B, T, H, dh});
+  at::Tensor k = qkv.narrow(2, H * dh, HKV * dh).view({B, T, HKV, dh});
+  at::Tensor v = qkv.narrow(2, (H + HKV) * dh, HKV * dh).view({B, T, HKV, dh});
+  hooks.fire(n.q, ctx, q);
+  hooks.fire(n.k, ctx, k);
+  hooks.fire(n.v, ctx, v);
+  if (spec_.positions == Spec::Positions::rope_neox) {
+    q = rotate(q, offset);
+    k = rotate(k, offset);
+    hooks.fire(n.rot_q, ctx, q);
+    hooks.fire(n.rot_k, ctx, k);
+  }
+  at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);  // [B, heads, T, dh]
+  if (cache) std::tie(kh, vh) = cache->append(index, kh, vh);
+  const std::int64_t S = kh.size(2);
+  if (HKV != H) {  // grouped kv heads: query head h reads kv head h / (H / HKV)
+    kh = kh.repeat_interleave(H / HKV, 1);
+    vh = vh.repeat_interleave(H / HKV, 1);
+  }
+  at::Tensor scores = at::matmul(qh, kh.transpose(2, 3));
+  if (spec_.attn_scale != 1.0) scores = scores * spec_.attn_scale;
+  if (layer.attention != AttentionKind::bidirectional)
+    scores = scores.masked_fill(allowed_keys(layer.attention, offset, T, S).logical_not(),
+                                -std::numeric_limits<float>::infinity());
+  hooks.fire(n.scores, ctx, scores);
+  at::Tensor pattern = at::softmax(scores, -1);
+  hooks.fire(n.pattern, ctx, pattern);
+  at::Tensor z = at::matmul(pattern, vh).transpose(1, 2);  // [B, T, H, dh]
+  hooks.fire(n.z, ctx, z);
+  at::Tensor attn_out = at::linear(z.reshape({B, T, H * dh}), w.W_o, w.b_o);
+  hooks.fire(n.attn_out, ctx, attn_out);
+  x = x + attn_out;
+  hooks.fire(n.resid_mid, ctx, x);
+
+  h = norm(x, w.ln2_w, w.ln2_b);
+  at::Tensor pre = at::linear(h, spec_.gated_mlp ? w.W_gate : w.W_in, spec_.gated_mlp ? at::Tensor() : w.b_in);
+  hooks.fire(n.mlp_pre, ctx, pre);
+  at::Tensor post = activation(pre);
+  if (spec_.gated_mlp) {
+    at::Tensor up = at::linear(h, w.W_in, w.b_in);
+    hooks.fire(n.mlp_pre_linear, ctx, up);
+    post = post * up;
+  }
+  hooks.fire(n.mlp_post, ctx, post);
+  at::Tensor mlp_out = at::linear(post, w.W_out, w.b_out);
+  hooks.fire(n.mlp_out, ctx, mlp_out);
+  x = x + mlp_out;
+  hooks.fire(n.resid_post, ctx, x);
+  return x;
+}
+
+at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx,
+                                      ModelState* state, bool last_logits_only) {
+  auto* cache = dynamic_cast<KvCache*>(state);
+  if (state && !cache) throw Error("forward: the state was not made by this model");
+  if (ids.dim() != 2 || ids.scalar_type() != at::kLong || ids.size(1) == 0)
+    throw UsageError("forward: ids must be a non-empty int64 tensor [batch, positions]");
+  const std::int64_t offset = cache ? cache->length() : 0, T = ids.size(1);
+  if (offset + T > info_.n_ctx)
+    throw UsageError(fmt::format("sequence of {} tokens is longer than the model's context of {} tokens",
+                                 offset + T, info_.n_ctx));
+  if (ids.min().item<std::int64_t>() < 0 || ids.max().item<std::int64_t>() >= info_.vocab_size)
+    throw UsageError(fmt::format("token ids must lie in [0, {})", info_.vocab_size));
+
+  ctx.query_offset = offset;
+  ctx.layer = -1;
+  at::Tensor x = at::embedding(w_.embed, ids);
+  hooks.fire("hook_embed", ctx, x);
+  if (spec_.positions == Spec::Positions::learned) {
+    at::Tensor pos = w_.pos_embed.narrow(0, offset, T).unsqueeze(0).expand({ids.size(0), T, info_.d_model});
+    hooks.fire("hook_pos_embed", ctx, pos);
+    x = x + pos;
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    ctx.layer = int(l);
+    x = block(layers_[l], l, x, hooks, ctx, cache);
+  }
+  ctx.layer = -1;
+  if (cache) cache->advance(T);
+  x = norm(x, w_.lnf_w, w_.lnf_b);
+  hooks.fire("ln_final.hook_normalized", ctx, x);
+  const bool all_logits = !last_logits_only || hooks.wants("hook_logits", ctx);
+  if (!all_logits) x = x.narrow(1, T - 1, 1);
+  at::Tensor logits = w_.unembed_b.defined() ? at::linear(x, w_.unembed, w_.unembed_b) : at::linear(x, w_.unembed);
+  hooks.fire("hook_logits", ctx, logits);
+  return last_logits_only && all_logits ? logits.narrow(1, T - 1, 1) : logits;
+}
+
+}  // namespace
+
+void check_all_weights_used(const TensorMap& rest, const std::string& what) {
+  if (rest.empty()) return;
+  std::vector<std::string> names;
+  for (const auto& entry : rest) names.push_back(entry.first);
+  if (names.size() > 8) names.resize(8), names.push_back("...");
+  throw Error(fmt::format("{}: {} unexpected tensor(s) for this architecture: {}", what, rest.size(),
+                          fmt::join(names, ", ")));
+}
+
+std::unique_ptr<Model> make_transformer(ModelInfo info, TransformerSpec spec, TransformerWeights weights,
+                                        std::unique_ptr<Tokenizer> tokenizer) {
+  return std::make_unique<HookedTransformer>(std::move(info), spec, std::move(weights), std::move(tokenizer));
+}
+
+}  // namespace hooklens

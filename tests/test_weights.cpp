@@ -1,0 +1,641 @@
+// Weight readers and the safetensors writer, checked against the upstream fixtures, files made by
+// PyTorch itself (/usr/bin/python3), and hand-made hostile files.
+#include "hooklens/error.h"
+#include "hooklens/weights.h"
+
+#include <ATen/ops/arange.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
+// After the torch headers: glog (pulled in by them) also defines CHECK, and Catch's must win.
+#include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <string>
+
+namespace fs = std::filesystem;
+using hooklens::TensorMap;
+
+namespace {
+
+const fs::path kFixtures = HOOKLENS_FIXTURES_DIR;
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& tag)
+      : path(fs::temp_directory_path() / ("hooklens_test_weights_" + tag + "_" + std::to_string(::getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+void write_bytes(const fs::path& file, const std::string& bytes) {
+  std::ofstream out(file, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+std::string read_bytes(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A safetensors file with the given header text and data bytes, the length prefix made to match.
+void write_raw_safetensors(const fs::path& file, const std::string& header, const std::string& data) {
+  std::string bytes(8, '\0');
+  std::uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  write_bytes(file, bytes + header + data);
+}
+
+// `f` must throw hooklens::Error whose message names `file` and contains `fragment`.
+void require_error(const std::function<void()>& f, const fs::path& file, const std::string& fragment) {
+  try {
+    f();
+  } catch (const hooklens::Error& e) {
+    const std::string message = e.what();
+    INFO("message: " << message);
+    CHECK(message.find(file.string()) != std::string::npos);
+    CHECK(message.find(fragment) != std::string::npos);
+    CHECK(message.find('\n') == std::string::npos);
+    return;
+  }
+  FAIL("no hooklens::Error for " << file << " (expected '" << fragment << "')");
+}
+
+// Same names, dtypes, shapes and bit-equal values.
+void require_same(const TensorMap& a, const TensorMap& b) {
+  REQUIRE(a.size() == b.size());
+  for (const auto& [name, t] : a) {
+    INFO("tensor " << name);
+    const auto it = b.find(name);
+    REQUIRE(it != b.end());
+    CHECK(t.scalar_type() == it->second.scalar_type());
+    CHECK(t.sizes() == it->second.sizes());
+    CHECK(at::equal(t, it->second));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fixtures: safetensors and pytorch_model.bin hold the same tensors", "[weights]") {
+  for (const char* name : {"tiny-neo-a", "tiny-gpt2-a"}) {
+    INFO("fixture " << name);
+    const fs::path dir = kFixtures / name;
+    TensorMap st = hooklens::read_safetensors(dir / "model.safetensors");
+    TensorMap bin = hooklens::read_pytorch_bin(dir / "pytorch_model.bin");
+    REQUIRE(!st.empty());
+    CHECK(hooklens::read_safetensors_metadata(dir / "model.safetensors") ==
+          std::map<std::string, std::string>{{"format", "pt"}});
+
+    const auto lm_head = bin.find("lm_head.weight");
+    if (lm_head != bin.end()) {
+      // Tied to wte in the file (one storage), but the reader returns independent tensors.
+      const at::Tensor& wte = bin.at("transformer.wte.weight");
+      CHECK(at::equal(lm_head->second, wte));
+      CHECK(lm_head->second.data_ptr() != wte.data_ptr());
+      bin.erase(lm_head);
+    }
+    require_same(st, bin);
+    for (const auto& [key, t] : bin) {
+      CHECK(t.is_contiguous());
+      CHECK(t.storage_offset() == 0);
+      CHECK(t.nbytes() == t.storage().nbytes());
+    }
+    CHECK(st.at("transformer.wte.weight").sizes() == at::IntArrayRef{50257, 32});
+    CHECK(st.at("transformer.wte.weight").scalar_type() == at::kFloat);
+  }
+  TensorMap neo = hooklens::read_pytorch_bin(kFixtures / "tiny-neo-a" / "pytorch_model.bin");
+  CHECK(neo.count("lm_head.weight") == 1);
+}
+
+TEST_CASE("safetensors: dtype names", "[weights]") {
+  const std::pair<c10::ScalarType, const char*> names[] = {
+      {at::kDouble, "F64"}, {at::kFloat, "F32"}, {at::kHalf, "F16"}, {at::kBFloat16, "BF16"}, {at::kLong, "I64"},
+      {at::kInt, "I32"},    {at::kShort, "I16"}, {at::kChar, "I8"},  {at::kByte, "U8"},       {at::kBool, "BOOL"}};
+  for (const auto& [type, name] : names) {
+    CHECK(hooklens::safetensors_dtype_name(type) == name);
+    CHECK(hooklens::parse_safetensors_dtype(name) == type);
+  }
+  CHECK_THROWS_AS(hooklens::parse_safetensors_dtype("f32"), hooklens::Error);
+  CHECK_THROWS_AS(hooklens::safetensors_dtype_name(at::kComplexFloat), hooklens::Error);
+}
+
+TEST_CASE("safetensors: write then read", "[weights]") {
+  TempDir tmp("roundtrip");
+  const fs::path file = tmp.path / "t.safetensors";
+  const at::Tensor base = at::arange(24, at::kFloat).reshape({4, 6});
+  const std::vector<std::pair<std::string, at::Tensor>> tensors = {
+      {"f32", at::randn({3, 5})},
+      {"f16", at::randn({7}).to(at::kHalf)},
+      {"bf16", at::randn({2, 3}).to(at::kBFloat16)},
+      {"i64", at::tensor(std::vector<std::int64_t>{-1, 0, std::int64_t(1) << 40})},
+      {"u8", at::arange(256, at::kInt).to(at::kByte)},
+      {"bool", at::tensor(std::vector<std::int64_t>{1, 0, 1}).to(at::kBool)},
+      {"scalar", at::scalar_tensor(2.5, at::kDouble)},
+      {"empty", at::zeros({0, 3}, at::kFloat)},
+      {"transposed", base.t()},
+      {"strided", base.slice(0, 1).slice(1, 0, 6, 2)},
+  };
+  REQUIRE_FALSE(tensors[8].second.is_contiguous());
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"note", "h\u00e9llo \"q\""}};
+  hooklens::write_safetensors(file, tensors, metadata);
+
+  const std::string bytes = read_bytes(file);
+  std::uint64_t header_size = 0;
+  std::memcpy(&header_size, bytes.data(), 8);
+  CHECK(header_size % 8 == 0);
+  std::uint64_t data_bytes = 0;
+  for (const auto& [name, t] : tensors) data_bytes += t.nbytes();
+  CHECK(bytes.size() == 8 + header_size + data_bytes);
+
+  TensorMap back = hooklens::read_safetensors(file);
+  REQUIRE(back.size() == tensors.size());
+  for (const auto& [name, t] : tensors) {
+    INFO("tensor " << name);
+    CHECK(back.at(name).scalar_type() == t.scalar_type());
+    CHECK(back.at(name).sizes() == t.sizes());
+    CHECK(at::equal(back.at(name), t));
+  }
+  CHECK(back.at("scalar").dim() == 0);
+  CHECK(hooklens::read_safetensors_metadata(file) == metadata);
+
+  SECTION("no __metadata__ without metadata") {
+    hooklens::write_safetensors(file, {{"x", at::ones({2})}});
+    CHECK(read_bytes(file).find("__metadata__") == std::string::npos);
+    CHECK(hooklens::read_safetensors_metadata(file).empty());
+    CHECK(hooklens::read_safetensors(file).size() == 1);
+  }
+  SECTION("writer errors name the file") {
+    require_error([&] { hooklens::write_safetensors(tmp.path / "no" / "dir.safetensors", {{"x", at::ones({2})}}); },
+                  tmp.path / "no" / "dir.safetensors", "cannot open");
+    require_error([&] { hooklens::write_safetensors(file, {{"x", at::ones({2})}, {"x", at::ones({2})}}); }, file,
+                  "'x'");
+    require_error([&] { hooklens::write_safetensors(file, {{"c", at::ones({2}, at::kComplexFloat)}}); }, file,
+                  "cannot be stored");
+    require_error([&] { hooklens::write_safetensors(file, {{"bad\xff", at::ones({2})}}); }, file, "UTF-8");
+  }
+}
+
+TEST_CASE("safetensors: hostile files are rejected with the file name", "[weights]") {
+  TempDir tmp("hostile");
+  const fs::path f = tmp.path / "bad.safetensors";
+  const auto read = [&] { hooklens::read_safetensors(f); };
+  const std::string entry_f32_2 = R"({"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+
+  SECTION("missing file") { require_error(read, f, "cannot open"); }
+  SECTION("shorter than the length prefix") {
+    write_bytes(f, "abcde");
+    require_error(read, f, "too short");
+  }
+  SECTION("truncated data") {
+    hooklens::write_safetensors(f, {{"x", at::ones({64})}});
+    const std::string full = read_bytes(f);
+    write_bytes(f, full.substr(0, full.size() - 10));
+    require_error(read, f, "outside the data section");
+  }
+  SECTION("header length larger than the file") {
+    write_bytes(f, std::string("\xe8\x03\0\0\0\0\0\0", 8) + "{}");
+    require_error(read, f, "exceeds the file size");
+    require_error([&] { hooklens::read_safetensors_metadata(f); }, f, "exceeds the file size");
+  }
+  SECTION("header length over the limit") {
+    const std::uint64_t n = 200u * 1024u * 1024u;
+    std::string prefix(8, '\0');
+    for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    write_bytes(f, prefix);
+    fs::resize_file(f, 8 + n);  // sparse: costs no disk
+    require_error(read, f, "limit");
+  }
+  SECTION("header not JSON") {
+    write_raw_safetensors(f, "{\"a\": nope}", "");
+    require_error(read, f, "not valid JSON");
+  }
+  SECTION("header not an object") {
+    write_raw_safetensors(f, "[1, 2]", "");
+    require_error(read, f, "not a JSON object");
+  }
+  SECTION("deeply nested header") {
+    write_raw_safetensors(f, std::string(1000000, '[') + std::string(1000000, ']'), "");
+    require_error(read, f, "not a JSON object");
+  }
+  SECTION("offsets out of range") {
+    write_raw_safetensors(f, R"({"a":)" + entry_f32_2 + "}", std::string(4, '\0'));
+    require_error(read, f, "outside the data section");
+  }
+  SECTION("begin after end") {
+    write_raw_safetensors(f, R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[4,0]}})", std::string(8, '\0'));
+    require_error(read, f, "outside the data section");
+  }
+  SECTION("overlapping tensors") {
+    write_raw_safetensors(f,
+                          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                          R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                          std::string(12, '\0'));
+    require_error(read, f, "overlap");
+  }
+  SECTION("shape and offsets disagree") {
+    write_raw_safetensors(f, R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0'));
+    require_error(read, f, "different size");
+  }
+  SECTION("shape whose byte size overflows 64 bits") {
+    write_raw_safetensors(f, R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}})", "");
+    require_error(read, f, "different size");
+  }
+  SECTION("unknown dtype") {
+    write_raw_safetensors(f, R"({"a":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})", std::string(2, '\0'));
+    require_error(read, f, "unknown safetensors dtype 'F8'");
+  }
+  SECTION("negative or fractional shape") {
+    write_raw_safetensors(f, R"({"a":{"dtype":"U8","shape":[-2],"data_offsets":[0,2]}})", std::string(2, '\0'));
+    require_error(read, f, "non-negative integer");
+    write_raw_safetensors(f, R"({"a":{"dtype":"U8","shape":[2.0],"data_offsets":[0,2]}})", std::string(2, '\0'));
+    require_error(read, f, "non-negative integer");
+  }
+  SECTION("missing fields") {
+    write_raw_safetensors(f, R"({"a":{"dtype":"U8","shape":[2]}})", std::string(2, '\0'));
+    require_error(read, f, "needs dtype, shape and data_offsets");
+  }
+  SECTION("duplicate names") {
+    write_raw_safetensors(f, R"({"a":)" + entry_f32_2 + R"(,"a":)" + entry_f32_2 + "}", std::string(8, '\0'));
+    require_error(read, f, "appears twice");
+  }
+  SECTION("control characters in names stay out of the one-line message") {
+    write_raw_safetensors(f, R"({"a\nb":{"dtype":"F8","shape":[2],"data_offsets":[0,2]}})", std::string(2, '\0'));
+    require_error(read, f, "tensor 'a b': unknown safetensors dtype");
+  }
+  SECTION("a directory") { require_error([&] { hooklens::read_safetensors(tmp.path); }, tmp.path, "not a regular file"); }
+  SECTION("metadata values must be strings") {
+    write_raw_safetensors(f, R"({"__metadata__":{"n":1}})", "");
+    require_error([&] { hooklens::read_safetensors_metadata(f); }, f, "not a string");
+  }
+  SECTION("gaps are allowed, empty tensors may share an offset") {
+    write_raw_safetensors(f,
+                          R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[4,6]},)"
+                          R"("e":{"dtype":"F32","shape":[0,5],"data_offsets":[4,4]},)"
+                          R"("b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})",
+                          std::string("\x07...\x01\x02..", 8));
+    TensorMap t = hooklens::read_safetensors(f);
+    CHECK(at::equal(t.at("a"), at::tensor(std::vector<std::int64_t>{1, 2}).to(at::kByte)));
+    CHECK(t.at("b").item<std::uint8_t>() == 7);
+    CHECK(t.at("e").sizes() == at::IntArrayRef{0, 5});
+  }
+}
+
+TEST_CASE("pytorch_model.bin: truncated, garbage and legacy files are errors", "[weights]") {
+  TempDir tmp("bin");
+  const fs::path f = tmp.path / "pytorch_model.bin";
+  const auto read = [&] { hooklens::read_pytorch_bin(f); };
+  SECTION("missing") { require_error(read, f, "cannot open"); }
+  SECTION("first half of the fixture") {
+    const std::string full = read_bytes(kFixtures / "tiny-neo-a" / "pytorch_model.bin");
+    write_bytes(f, full.substr(0, full.size() / 2));
+    require_error(read, f, "cannot read the archive");
+  }
+  SECTION("a directory") { require_error([&] { hooklens::read_pytorch_bin(tmp.path); }, tmp.path, "cannot open"); }
+  SECTION("zip magic followed by garbage") {
+    std::string junk = "PK\x03\x04";
+    for (int i = 0; i < 5000; ++i) junk += static_cast<char>((i * 7919) & 0xff);
+    write_bytes(f, junk);
+    require_error(read, f, "cannot read the archive");
+  }
+  SECTION("not a zip") {
+    write_bytes(f, "hello, this is not a checkpoint");
+    require_error(read, f, "not a torch.save zip archive");
+  }
+  SECTION("empty") {
+    write_bytes(f, "");
+    require_error(read, f, "not a torch.save zip archive");
+  }
+  SECTION("safetensors passed as bin") {
+    fs::copy_file(kFixtures / "tiny-neo-a" / "model.safetensors", f);
+    require_error(read, f, "not a torch.save zip archive");
+  }
+}
+
+// The Python side saves checkpoints with torch.save and writes the expected tensors with a tiny
+// independent safetensors writer; it also checks a file written by our writer.
+static const char* kPythonScript = R"PY(
+import collections, io, json, os, pickle, struct, sys
+import torch
+d = sys.argv[1]
+NAMES = {torch.float64: 'F64', torch.float32: 'F32', torch.float16: 'F16', torch.bfloat16: 'BF16',
+         torch.int64: 'I64', torch.int32: 'I32', torch.int16: 'I16', torch.int8: 'I8',
+         torch.uint8: 'U8', torch.bool: 'BOOL'}
+DTYPES = {v: k for k, v in NAMES.items()}
+
+def raw(t):
+    t = t.detach().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b''
+
+def write_st(path, tensors):
+    header, blobs, off = {}, [], 0
+    for k, t in tensors.items():
+        b = raw(t)
+        header[k] = {'dtype': NAMES[t.dtype], 'shape': list(t.shape), 'data_offsets': [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b' ' * ((8 - len(h) % 8) % 8)
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(h)) + h + b''.join(blobs))
+
+def read_st(path):
+    data = open(path, 'rb').read()
+    n = struct.unpack('<Q', data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    meta = header.pop('__metadata__', {})
+    out = {}
+    for k, e in header.items():
+        b, end = e['data_offsets']
+        buf = bytearray(data[8 + n + b: 8 + n + end])
+        t = torch.frombuffer(buf, dtype=torch.uint8) if buf else torch.zeros(0, dtype=torch.uint8)
+        out[k] = t.view(DTYPES[e['dtype']]).reshape(e['shape'])
+    return out, meta
+
+torch.manual_seed(0)
+base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+tied = torch.randn(7, 3)
+mixed = collections.OrderedDict()
+mixed['f16'] = torch.randn(3, 4).half()
+mixed['bf16'] = torch.randn(5).bfloat16()
+mixed['f64'] = torch.randn(2, 2, dtype=torch.float64)
+mixed['view'] = base[1:, ::2]
+mixed['transposed'] = base.t()
+mixed['row'] = base[3]
+mixed['wte'] = tied
+mixed['lm_head'] = tied
+mixed['param'] = torch.nn.Parameter(torch.randn(2, 2))
+mixed['ids'] = torch.tensor([-5, 0, 2**40])
+mixed['i32'] = torch.tensor([1, -2], dtype=torch.int32)
+mixed['i16'] = torch.tensor([3], dtype=torch.int16)
+mixed['i8'] = torch.tensor([-4], dtype=torch.int8)
+mixed['u8'] = torch.arange(256).to(torch.uint8)
+mixed['mask'] = torch.tensor([True, False, True])
+mixed['scalar'] = torch.tensor(1.5)
+mixed['empty'] = torch.zeros(0, 3)
+torch.save(mixed, os.path.join(d, 'mixed.bin'))
+torch.save(mixed, os.path.join(d, 'mixed_p4.bin'), pickle_protocol=4)
+write_st(os.path.join(d, 'mixed.expect.safetensors'), {k: v.detach().clone() for k, v in mixed.items()})
+
+module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Embedding(5, 2))
+sd = module.state_dict()
+assert hasattr(sd, '_metadata')
+torch.save(sd, os.path.join(d, 'module.bin'))
+write_st(os.path.join(d, 'module.expect.safetensors'), dict(sd))
+
+torch.save({'x': torch.ones(2)}, os.path.join(d, 'legacy.bin'), _use_new_zipfile_serialization=False)
+
+# Sharded pytorch_model.bin from the fixture, plus its index.
+sharded = os.path.join(d, 'sharded')
+os.makedirs(sharded)
+full = torch.load(sys.argv[2])
+names = list(full)
+shards = {'pytorch_model-00001-of-00002.bin': names[:len(names) // 2],
+          'pytorch_model-00002-of-00002.bin': names[len(names) // 2:]}
+weight_map = {}
+for fname, keys in shards.items():
+    torch.save({k: full[k].clone() for k in keys}, os.path.join(sharded, fname))
+    weight_map.update({k: fname for k in keys})
+json.dump({'metadata': {}, 'weight_map': weight_map}, open(os.path.join(sharded, 'pytorch_model.bin.index.json'), 'w'))
+
+# Hand-made archives: a real zip with a crafted pickle, to check the reader's own validation.
+class Stub:
+    def __init__(self, numel, key='0'):
+        self.numel, self.key = numel, key
+class Rebuild:
+    def __init__(self, *args):
+        self.args = args
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args + (False, collections.OrderedDict()))
+class Evil:
+    def __reduce__(self):
+        return (eval, ('1+1',))
+class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, Stub):
+            return ('storage', torch.FloatStorage, obj.key, 'cpu', obj.numel)
+        return None
+def craft(name, obj, data=struct.pack('<4f', 1, 2, 3, 4), pkl=None):
+    if pkl is None:
+        buf = io.BytesIO()
+        Pickler(buf, protocol=2).dump(obj)
+        pkl = buf.getvalue()
+    w = torch._C.PyTorchFileWriter(os.path.join(d, name))
+    w.write_record('data.pkl', pkl, len(pkl))
+    w.write_record('data/0', data, len(data))
+    w.write_end_of_file()
+craft('crafted_ok.bin', {'x': Rebuild(Stub(4), 1, (3,), (1,))})
+assert torch.equal(torch.load(os.path.join(d, 'crafted_ok.bin'))['x'], torch.tensor([2., 3., 4.]))
+craft('past_end.bin', {'x': Rebuild(Stub(4), 0, (5,), (1,))})
+craft('huge_stride.bin', {'x': Rebuild(Stub(4), 0, (2, 2), (2**62, 1))})
+craft('negative_stride.bin', {'x': Rebuild(Stub(4), 3, (2,), (-1,))})
+craft('numel_mismatch.bin', {'x': Rebuild(Stub(100), 0, (4,), (1,))})
+craft('missing_record.bin', {'x': Rebuild(Stub(4, '7'), 0, (4,), (1,))})
+craft('not_a_dict.bin', [Rebuild(Stub(4), 0, (4,), (1,))])
+craft('not_a_tensor.bin', {'x': 3})
+craft('evil.bin', {'x': Evil()})
+craft('underflow.bin', None, pkl=b'\x80\x02R.')
+craft('bad_mark.bin', None, pkl=b'\x80\x02K\x01K\x02(\x86.')
+craft('bad_memo.bin', None, pkl=b'\x80\x02h\x05.')
+craft('cut_pickle.bin', None, pkl=b'\x80\x02X\xff\x00\x00\x00abc')
+craft('many_values.bin', None, pkl=b'\x80\x02' + b')' * 5000000 + b'.')
+
+# A file written by hooklens: check it with this independent reader.
+ours = os.path.join(d, 'ours.safetensors')
+if os.path.exists(ours):
+    t, meta = read_st(ours)
+    assert meta == {'format': 'pt'}, meta
+    assert list(t) == ['t', 'b', 'z', 'e'], list(t)
+    assert torch.equal(t['t'], torch.arange(12, dtype=torch.float32).reshape(3, 4).t())
+    assert torch.equal(t['b'], torch.arange(5).to(torch.bfloat16))
+    assert t['z'].shape == () and t['z'].item() == -7
+    assert t['e'].shape == (0, 2) and t['e'].dtype == torch.float16
+    open(os.path.join(d, 'ours.ok'), 'w').close()
+)PY";
+
+// Runs the script once per process (Catch re-enters a test case for every SECTION); empty path
+// when /usr/bin/python3 has no torch.
+const fs::path& python_outputs() {
+  static const std::unique_ptr<TempDir> dir = []() -> std::unique_ptr<TempDir> {
+    if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) return nullptr;
+    auto tmp = std::make_unique<TempDir>("python");
+    const fs::path& d = tmp->path;
+    hooklens::write_safetensors(d / "ours.safetensors",
+                                {{"t", at::arange(12, at::kFloat).reshape({3, 4}).t()},
+                                 {"b", at::arange(5, at::kLong).to(at::kBFloat16)},
+                                 {"z", at::scalar_tensor(-7, at::kLong)},
+                                 {"e", at::zeros({0, 2}, at::kHalf)}},
+                                {{"format", "pt"}});
+    write_bytes(d / "script.py", kPythonScript);
+    const std::string cmd = "/usr/bin/python3 '" + (d / "script.py").string() + "' '" + d.string() + "' '" +
+                            (kFixtures / "tiny-neo-a" / "pytorch_model.bin").string() + "'";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    return tmp;
+  }();
+  static const fs::path none;
+  return dir ? dir->path : none;
+}
+
+TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
+  const fs::path& d = python_outputs();
+  if (d.empty()) {
+    WARN("SKIPPED: /usr/bin/python3 with torch is not available, so no checkpoints can be made");
+    return;
+  }
+  const fs::path fixture_bin = kFixtures / "tiny-neo-a" / "pytorch_model.bin";
+
+  SECTION("our safetensors file reads back in Python") { CHECK(fs::exists(d / "ours.ok")); }
+
+  SECTION("dtypes, views with offsets and strides, tied weights, parameters, 0-d and empty") {
+    const TensorMap expected = hooklens::read_safetensors(d / "mixed.expect.safetensors");
+    for (const char* name : {"mixed.bin", "mixed_p4.bin"}) {
+      INFO("file " << name);
+      const TensorMap got = hooklens::read_pytorch_bin(d / name);
+      require_same(got, expected);
+      CHECK(got.at("lm_head").data_ptr() != got.at("wte").data_ptr());
+      for (const auto& [key, t] : got) {
+        INFO("tensor " << key);
+        CHECK(t.is_contiguous());
+        CHECK(t.nbytes() == t.storage().nbytes());
+        CHECK_FALSE(t.requires_grad());
+      }
+    }
+  }
+
+  SECTION("nn.Module state dict with _metadata") {
+    const TensorMap got = hooklens::read_pytorch_bin(d / "module.bin");
+    require_same(got, hooklens::read_safetensors(d / "module.expect.safetensors"));
+    CHECK(got.at("1.num_batches_tracked").scalar_type() == at::kLong);
+    CHECK(got.at("1.num_batches_tracked").dim() == 0);
+  }
+
+  SECTION("legacy format") {
+    require_error([&] { hooklens::read_pytorch_bin(d / "legacy.bin"); }, d / "legacy.bin", "legacy torch.save format");
+  }
+
+  SECTION("crafted archives") {
+    const TensorMap ok = hooklens::read_pytorch_bin(d / "crafted_ok.bin");
+    CHECK(at::equal(ok.at("x"), at::arange(2, 5, at::kFloat)));
+    const std::pair<const char*, const char*> bad[] = {
+        {"past_end.bin", "past its storage"},
+        {"huge_stride.bin", "past its storage"},
+        {"negative_stride.bin", "negative size or stride"},
+        {"numel_mismatch.bin", "not 100 elements"},
+        {"missing_record.bin", "no record 'data/7'"},
+        {"not_a_dict.bin", "not a state dict"},
+        {"not_a_tensor.bin", "not a tensor"},
+        {"evil.bin", "eval which a state dict does not use"},
+        {"underflow.bin", "stack underflow"},
+        {"bad_mark.bin", "stack underflow"},
+        {"bad_memo.bin", "memo entry 5"},
+        {"cut_pickle.bin", "ends early"},
+        {"many_values.bin", "too many values"},
+    };
+    for (const auto& [name, fragment] : bad) require_error([&] { hooklens::read_pytorch_bin(d / name); }, d / name, fragment);
+  }
+
+  SECTION("sharded pytorch_model.bin") {
+    require_same(hooklens::load_hf_weights(d / "sharded"), hooklens::read_pytorch_bin(fixture_bin));
+  }
+}
+
+TEST_CASE("load_hf_weights: formats, priority, shards and errors", "[weights]") {
+  TempDir tmp("hf");
+  const fs::path neo = kFixtures / "tiny-neo-a";
+  const TensorMap st = hooklens::read_safetensors(neo / "model.safetensors");
+
+  SECTION("the fixture directory prefers model.safetensors") {
+    const TensorMap got = hooklens::load_hf_weights(neo);
+    CHECK(got.count("lm_head.weight") == 0);
+    require_same(got, st);
+  }
+  SECTION("pytorch_model.bin alone") {
+    fs::copy_file(neo / "pytorch_model.bin", tmp.path / "pytorch_model.bin");
+    CHECK(hooklens::load_hf_weights(tmp.path).count("lm_head.weight") == 1);
+  }
+  SECTION("missing, empty and weightless directories") {
+    require_error([&] { hooklens::load_hf_weights(tmp.path / "nope"); }, tmp.path / "nope", "does not exist");
+    require_error([&] { hooklens::load_hf_weights(tmp.path); }, tmp.path,
+                  "looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin, "
+                  "pytorch_model.bin.index.json");
+    write_bytes(tmp.path / "config.json", "{}");
+    require_error([&] { hooklens::load_hf_weights(tmp.path); }, tmp.path, "no weights found");
+  }
+
+  SECTION("sharded safetensors") {
+    std::vector<std::pair<std::string, at::Tensor>> shard1, shard2;
+    std::string index = R"({"metadata": {"total_size": 0}, "weight_map": {)";
+    std::size_t i = 0;
+    for (const auto& [name, t] : st) {
+      const bool first = i++ % 2 == 0;
+      (first ? shard1 : shard2).emplace_back(name, t);
+      index += (i > 1 ? "," : "") + ("\"" + name + "\": \"model-0000" + (first ? "1" : "2") + "-of-00002.safetensors\"");
+    }
+    index += "}}";
+    hooklens::write_safetensors(tmp.path / "model-00001-of-00002.safetensors", shard1);
+    hooklens::write_safetensors(tmp.path / "model-00002-of-00002.safetensors", shard2);
+    const fs::path index_file = tmp.path / "model.safetensors.index.json";
+    write_bytes(index_file, index);
+    require_same(hooklens::load_hf_weights(tmp.path), st);
+
+    SECTION("index naming a missing shard") {
+      fs::remove(tmp.path / "model-00002-of-00002.safetensors");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "does not exist");
+    }
+    SECTION("tensor missing from its shard") {
+      shard2.pop_back();
+      hooklens::write_safetensors(tmp.path / "model-00002-of-00002.safetensors", shard2);
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, tmp.path / "model-00002-of-00002.safetensors",
+                    "'" + st.rbegin()->first + "' is missing");
+    }
+    SECTION("shard outside the directory") {
+      write_bytes(index_file, R"({"weight_map": {"a": "../model.safetensors"}})");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not inside the model directory");
+      write_bytes(index_file, R"({"weight_map": {"a": "/etc/passwd"}})");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not inside the model directory");
+    }
+    SECTION("malformed index") {
+      write_bytes(index_file, R"({"weights": {}})");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "weight_map");
+      write_bytes(index_file, R"({"weight_map": {)");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not valid JSON");
+      write_bytes(index_file, R"({"weight_map": {"a": 3}})");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not a file name");
+    }
+  }
+}
+
+TEST_CASE("take_weight", "[weights]") {
+  TensorMap w;
+  w["a"] = at::arange(6, at::kLong).reshape({2, 3});
+  w["b"] = at::ones({4}, at::kHalf);
+  const void* a_data = w["a"].data_ptr();
+
+  const at::Tensor a = hooklens::take_weight(w, "a", {2, 3}, "dir/x.safetensors");
+  CHECK(a.data_ptr() == a_data);
+  CHECK(a.scalar_type() == at::kLong);
+  CHECK(w.count("a") == 0);
+  CHECK_THROWS_WITH(hooklens::take_weight(w, "a", {2, 3}, "dir/x.safetensors"),
+                    "dir/x.safetensors: missing tensor 'a'");
+  CHECK_THROWS_WITH(hooklens::take_weight(w, "b", {2, 2}, "src"), "src: tensor 'b' has shape [4], expected [2, 2]");
+  CHECK(w.count("b") == 1);  // a failed take leaves the map alone
+  CHECK_THROWS_WITH(hooklens::take_weight(w, "b", {}, "src"), "src: tensor 'b' has shape [4], expected []");
+  CHECK(hooklens::take_weight(w, "b", {4}, "src").scalar_type() == at::kHalf);
+  CHECK(w.empty());
+}
