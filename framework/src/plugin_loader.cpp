@@ -47,8 +47,8 @@ void check_elf_extents(const fs::path& path) {
   auto fail = [&] {
     throw Error(fmt::format("{}: cannot load plugin: truncated or corrupt ELF file ({} bytes)", path.string(), size));
   };
-  if (ec || header.e_phentsize != sizeof(Elf64_Phdr) ||
-      header.e_phoff + std::uint64_t(header.e_phnum) * sizeof(Elf64_Phdr) > size)
+  if (ec || header.e_phentsize != sizeof(Elf64_Phdr) || header.e_phoff > size ||
+      std::uint64_t(header.e_phnum) * sizeof(Elf64_Phdr) > size - header.e_phoff)
     fail();
   in.seekg(static_cast<std::streamoff>(header.e_phoff));
   for (unsigned i = 0; i < header.e_phnum; ++i) {

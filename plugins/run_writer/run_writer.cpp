@@ -16,12 +16,11 @@
 // lists what reached the disk), and says "complete": true only after finish() wrote everything.
 #include <hooklens/error.h>
 #include <hooklens/hooks.h>
-#include <hooklens/plugin.h>
+#include <hooklens/plugin_define.h>
 #include <hooklens/sink.h>
 #include <hooklens/weights.h>
 
 #include <ATen/core/Tensor.h>
-#include <boost/dll/alias.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -484,20 +483,5 @@ class RunWriter final : public CaptureSink {
 }  // namespace
 }  // namespace hooklens
 
-namespace {
-
-const hooklens_plugin_info* run_writer_info() {
-  static const hooklens_plugin_info info{
-      HOOKLENS_PLUGIN_ABI_VERSION,
-      "sink",
-      "run_writer",
-      "0.1.0",
-      "writes captures to a run directory: manifest.json + captures-NNNNN.safetensors shards",
-      []() -> void* { return static_cast<hooklens::CaptureSink*>(new hooklens::RunWriter); },
-      [](void* object) { delete static_cast<hooklens::CaptureSink*>(object); }};
-  return &info;
-}
-
-}  // namespace
-
-HOOKLENS_PLUGIN(run_writer_info)
+HOOKLENS_DEFINE_PLUGIN(hooklens::CaptureSink, hooklens::RunWriter, "sink", "run_writer", "0.1.0",
+                       "writes captures to a run directory: manifest.json + captures-NNNNN.safetensors shards")
