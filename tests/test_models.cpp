@@ -1,7 +1,9 @@
 // GPT-Neo and GPT-2 adapters against the Hugging Face references in ../shared/fixtures: token ids
 // and strings, every layer's attention, hidden states, logits, greedy generation with the KV cache
 // (every step's attention), from both weight formats; ablation through hooks.
-#include "test_util.h"
+#include "model_util.h"
+
+#include <ATen/ATen.h>
 
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
@@ -17,13 +19,10 @@
 using namespace hooklens;
 namespace fs = std::filesystem;
 
-namespace {
+using test::load_model;
+using test::Recorder;
 
-std::shared_ptr<Model> load_model(const std::string& adapter, const fs::path& dir) {
-  auto a = std::static_pointer_cast<Adapter>(PluginRegistry::create_from(test::plugin_file(adapter), "adapter"));
-  REQUIRE(a->accepts(dir));
-  return tie_lifetime(a->load(dir, {}), a);
-}
+namespace {
 
 // A copy of a fixture directory holding one weight format only (links, not copies).
 fs::path with_only(const test::TempDir& tmp, const fs::path& fixture, const std::string& weights) {
@@ -31,22 +30,6 @@ fs::path with_only(const test::TempDir& tmp, const fs::path& fixture, const std:
   fs::create_symlink(fixture / weights, tmp / weights);
   return tmp.path;
 }
-
-// Records every event of the hooked names, keyed "name@step".
-struct Recorder {
-  std::map<std::string, at::Tensor> seen;
-  HookSet hooks;
-  explicit Recorder(std::vector<std::string> names) {
-    hooks.add({std::move(names)}, [this](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
-      seen[fmt::format("{}@{}", name, ctx.step)] = t;
-    });
-  }
-  const at::Tensor& at(const std::string& name, int step = 0) const {
-    auto it = seen.find(fmt::format("{}@{}", name, step));
-    REQUIRE(it != seen.end());
-    return it->second;
-  }
-};
 
 nlohmann::json prompts_of(const fs::path& fixture) {
   auto j = read_json_file(fixture / "prompts.json");

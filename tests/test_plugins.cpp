@@ -1,5 +1,7 @@
 // The plugin loader against small test plugins (tests/plugins/, built into build/test_plugins):
 // good ones are found, described and created; bad ones are refused with a message naming the file.
+#include "test_util.h"
+
 #include <hooklens/error.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
@@ -17,6 +19,9 @@
 namespace fs = std::filesystem;
 using hooklens::PluginRecord;
 using hooklens::PluginRegistry;
+
+using test::error_of;
+using test::TempDir;
 
 namespace {
 
@@ -36,24 +41,6 @@ const PluginRecord* find(const PluginRegistry& registry, const std::string& name
     if (p.name == name) return &p;
   return nullptr;
 }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const hooklens::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-struct TempDir {
-  fs::path path = fs::temp_directory_path() / ("hooklens_test_plugins_" + std::to_string(getpid()));
-  TempDir() {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 void write_text(const fs::path& file, const std::string& text) { std::ofstream(file, std::ios::binary) << text; }
 

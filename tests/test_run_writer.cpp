@@ -1,5 +1,7 @@
 // The run_writer sink plugin, loaded as users load it (build/plugins/hooklens_run_writer.so), read
 // back with RunReader, the safetensors reader, and plain Python (struct + json + numpy).
+#include "test_util.h"
+
 #include <hooklens/error.h>
 #include <hooklens/plugin.h>
 #include <hooklens/run.h>
@@ -24,21 +26,15 @@ using hooklens::Phase;
 using hooklens::RunReader;
 using nlohmann::json;
 
+using test::error_of;
+using test::TempDir;
+
 namespace {
 
 std::shared_ptr<hooklens::CaptureSink> make_sink() {
   return std::static_pointer_cast<hooklens::CaptureSink>(
       hooklens::PluginRegistry::create_from(HOOKLENS_BUILD_DIR "/plugins/hooklens_run_writer.so", "sink"));
 }
-
-struct TempDir {
-  fs::path path = fs::temp_directory_path() / ("hooklens_test_run_writer_" + std::to_string(getpid()));
-  TempDir() {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 CaptureContext context(int prompt, Phase phase, int step, int block, int layer, std::int64_t query_offset, int pass = 0) {
   CaptureContext ctx;
@@ -92,15 +88,6 @@ std::set<std::string> files_in(const fs::path& dir) {
   std::set<std::string> names;
   for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
   return names;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const hooklens::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 void check_entry(const json& entry, const Capture& c, const char* dtype) {

@@ -1,10 +1,13 @@
 // Shared helpers for the tests: fixture paths, temporary directories, tensor comparison.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <hooklens/error.h>
+
 #include <cstdlib>
+#include <functional>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -37,7 +40,17 @@ struct TempDir {
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   REQUIRE(a.sizes() == b.sizes());
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+  return a.to(at::kDouble).sub(b.to(at::kDouble)).abs().max().item<double>();
+}
+
+// The message of the hooklens::Error `f` throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const hooklens::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 }  // namespace test

@@ -22,11 +22,9 @@ TransformerSpec read_spec(const HfConfig& cfg, int d_head) {
   spec.norm = TransformerSpec::Norm::layer_norm;
   spec.norm_eps = cfg.number("layer_norm_epsilon", 1e-5);
   spec.positions = TransformerSpec::Positions::learned;
-  const std::string act = cfg.string("activation_function", "gelu_new");
-  if (act == "gelu_new") spec.activation = TransformerSpec::Activation::gelu_new;
-  else if (act == "gelu") spec.activation = TransformerSpec::Activation::gelu;
-  else if (act == "relu") spec.activation = TransformerSpec::Activation::relu;
-  else cfg.fail(fmt::format("activation_function '{}' is not supported (gelu_new, gelu, relu)", act));
+  const std::string activation = cfg.string("activation_function", "gelu_new");
+  if (auto a = parse_activation(activation)) spec.activation = *a;
+  else cfg.fail(fmt::format("activation_function '{}' is not supported", activation));
   const auto& j = cfg.json();
   if (j.value("scale_attn_by_inverse_layer_idx", false) == true)
     cfg.fail("'scale_attn_by_inverse_layer_idx' is not supported");
@@ -54,7 +52,6 @@ class Gpt2Adapter final : public Adapter {
     info.d_mlp = int(cfg.integer("n_inner", 4 * info.d_model));
     info.vocab_size = cfg.integer("vocab_size");
     info.n_ctx = cfg.integer("n_positions", cfg.integer("n_ctx", 1024));
-    info.layer_attention.assign(info.n_layers, AttentionKind::causal);
     info.bos_id = cfg.optional_id("bos_token_id");
     info.eos_id = cfg.optional_id("eos_token_id");
     const TransformerSpec spec = read_spec(cfg, info.d_head);
@@ -102,6 +99,8 @@ class Gpt2Adapter final : public Adapter {
       tensors.erase(p + b + "attn.masked_bias");
       w.layers.push_back(std::move(lw));
     }
+    // Only now that the weights hold n_layers layers: a lying n_layer must not allocate billions.
+    info.layer_attention.assign(info.n_layers, AttentionKind::causal);
     w.lnf_w = take("ln_f.weight", {D});
     w.lnf_b = take("ln_f.bias", {D});
     tensors.erase("lm_head.weight");  // tied to wte

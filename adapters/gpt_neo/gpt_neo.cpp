@@ -25,10 +25,16 @@ std::vector<AttentionKind> attention_layers(const HfConfig& cfg, int n_layers) {
       else cfg.fail("'attention_layers' must list strings");
   } else if (cfg.has("attention_types") && j["attention_types"].is_array()) {
     for (const auto& group : j["attention_types"]) {
-      if (!group.is_array() || group.size() != 2 || !group[0].is_array() || !group[1].is_number_integer())
+      if (!group.is_array() || group.size() != 2 || !group[0].is_array() || !group[1].is_number_integer() ||
+          group[1].get<std::int64_t>() < 0)
         cfg.fail("'attention_types' entries must look like [[\"global\", \"local\"], 2]");
-      for (int r = 0; r < group[1].get<int>(); ++r)
-        for (const auto& k : group[0])
+      // A huge repeat count must fail here, not after expanding into billions of entries.
+      const auto& names = group[0];
+      const std::uint64_t repeats = group[1].get<std::uint64_t>();
+      if (!names.empty() && repeats > (std::size_t(n_layers) - kinds.size()) / names.size())
+        cfg.fail(fmt::format("'attention_types' names more layers than 'num_layers' ({})", n_layers));
+      for (std::uint64_t r = 0; r < repeats && !names.empty(); ++r)
+        for (const auto& k : names)
           if (k.is_string()) kinds.push_back(k.get<std::string>());
           else cfg.fail("'attention_types' must list strings");
     }
@@ -44,14 +50,6 @@ std::vector<AttentionKind> attention_layers(const HfConfig& cfg, int n_layers) {
     else cfg.fail(fmt::format("unknown attention type '{}' (expected global or local)", k));
   }
   return result;
-}
-
-TransformerSpec::Activation activation(const HfConfig& cfg) {
-  const std::string name = cfg.string("activation_function", "gelu_new");
-  if (name == "gelu_new") return TransformerSpec::Activation::gelu_new;
-  if (name == "gelu") return TransformerSpec::Activation::gelu;
-  if (name == "relu") return TransformerSpec::Activation::relu;
-  cfg.fail(fmt::format("activation_function '{}' is not supported (gelu_new, gelu, relu)", name));
 }
 
 class GptNeoAdapter final : public Adapter {
@@ -79,7 +77,9 @@ class GptNeoAdapter final : public Adapter {
 
     TransformerSpec spec;
     spec.norm_eps = cfg.number("layer_norm_epsilon", 1e-5);
-    spec.activation = activation(cfg);
+    const std::string activation = cfg.string("activation_function", "gelu_new");
+    if (auto a = parse_activation(activation)) spec.activation = *a;
+    else cfg.fail(fmt::format("activation_function '{}' is not supported", activation));
     spec.attn_scale = 1.0;  // GPT-Neo does not scale attention scores
 
     TensorMap tensors = load_hf_weights(dir);

@@ -5,6 +5,8 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <iostream>
 #include <thread>
@@ -44,6 +46,10 @@ int main(int argc, char** argv) {
     return 0;
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    // CLI11 checks required options before unknown ones; a misspelt option is the real culprit.
+    const auto extras = app.remaining(true);
+    if (dynamic_cast<const CLI::RequiredError*>(&e) && !extras.empty())
+      return fail(fmt::format("unknown argument{} {}", extras.size() > 1 ? "s" : "", fmt::join(extras, " ")), 2);
     return fail(e.what(), 2);
   } catch (const hooklens::UsageError& e) {
     return fail(e.what(), 2);

@@ -16,6 +16,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <set>
@@ -91,12 +92,21 @@ nlohmann::json prompt_json(const Prompt& p, const Model& model) {
   return {{"text", tok && p.text.empty() ? tok->decode(p.ids) : p.text}, {"ids", p.ids}, {"tokens", tokens}};
 }
 
-// Every pattern must name at least one hook point of this model.
-void check_hook_patterns(const std::vector<std::string>& patterns, const Model& model) {
+// Every --layers entry must be a layer of the model, and every pattern must name at least one hook
+// point of this model in those layers: a filter that can never fire is a mistake, not an empty run.
+void check_hook_patterns(const std::vector<std::string>& patterns, const std::vector<int>& layers, const Model& model) {
+  const int n_layers = model.info().n_layers;
+  for (int layer : layers)
+    if (layer < 0 || layer >= n_layers)
+      throw UsageError(fmt::format("--layers {}: the model has layers 0-{}", layer, n_layers - 1));
   const auto points = model.hook_points();
+  const auto selected = [&](const HookPointInfo& p) {
+    return layers.empty() || std::find(layers.begin(), layers.end(), p.layer) != layers.end();
+  };
   for (const auto& pattern : patterns) {
-    const bool any = std::any_of(points.begin(), points.end(),
-                                 [&](const HookPointInfo& p) { return hook_name_matches(pattern, p.name); });
+    const bool any = std::any_of(points.begin(), points.end(), [&](const HookPointInfo& p) {
+      return selected(p) && hook_name_matches(pattern, p.name);
+    });
     if (any) continue;
     // Show each per-layer name once, as blocks.{L}.name.
     std::vector<std::string> names;
@@ -106,7 +116,8 @@ void check_hook_patterns(const std::vector<std::string>& patterns, const Model& 
       if (p.layer >= 0) name.replace(name.find('.') + 1, std::to_string(p.layer).size(), "{L}");
       if (seen.insert(name).second) names.push_back(name);
     }
-    throw UsageError(fmt::format("--hooks '{}' matches no hook point of this model; valid names: {}", pattern,
+    throw UsageError(fmt::format("--hooks '{}' matches no hook point of this model{}; valid names: {}", pattern,
+                                 layers.empty() ? "" : fmt::format(" in --layers {}", fmt::join(layers, ",")),
                                  fmt::join(names, ", ")));
   }
 }
@@ -138,7 +149,7 @@ class Progress {
  public:
   Progress(std::string what, int total) : what_(std::move(what)), total_(total), tty_(isatty(2)) {}
   void update(int done, const std::string& detail = {}) {
-    const bool milestone = total_ < 10 || done == total_ || done % std::max(1, total_ / 10) == 0;
+    const bool milestone = total_ < 10 || done == total_ || done % std::max(1, (total_ + 9) / 10) == 0;
     if (!tty_ && !milestone) return;
     std::cerr << (tty_ ? "\r\033[K" : "") << fmt::format("{} {}/{}{}", what_, done, total_, detail)
               << (tty_ && done < total_ ? "" : "\n") << std::flush;
@@ -158,7 +169,7 @@ class RunSession {
     load.tokenizer = o.tokenizer;
     model_ = open_model(registry_, o.model, o.adapter, load);
     prompts_ = read_prompts(o, *model_);
-    check_hook_patterns(o.hooks, *model_);
+    check_hook_patterns(o.hooks, o.layers, *model_);
     if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
     add_ablations(hooks_, o.ablate, model_->info());
     out_ = o.out.empty() ? default_out(command) : o.out;

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <fstream>
 
 namespace hooklens {
@@ -66,8 +67,9 @@ bool HfConfig::has(const std::string& key) const { return json_.contains(key) &&
 std::int64_t HfConfig::integer(const std::string& key) const {
   if (!has(key)) fail(fmt::format("missing '{}'", key));
   const auto& v = json_[key];
-  if (!v.is_number_integer() || v.get<std::int64_t>() <= 0)
-    fail(fmt::format("'{}' must be a positive integer, not {}", key, v.dump()));
+  // Sizes are stored as int: a larger value would silently wrap (and is never a real model's).
+  if (!v.is_number_integer() || v.get<std::int64_t>() <= 0 || v.get<std::int64_t>() > INT32_MAX)
+    fail(fmt::format("'{}' must be a positive integer below 2^31, not {}", key, v.dump()));
   return v.get<std::int64_t>();
 }
 

@@ -5,8 +5,29 @@
 #include <hooklens/plugin.h>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 namespace hooklens {
+namespace {
+
+// Why no adapter recognised a model directory, from its config.json (where adapters look first).
+std::string config_clue(const std::filesystem::path& model) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(model, ec)) return "";
+  const auto file = model / "config.json";
+  if (!std::filesystem::exists(file, ec)) return fmt::format("; {} has no config.json", model.string());
+  try {
+    const nlohmann::json config = read_json_file(file);
+    const auto type = config.is_object() ? config.find("model_type") : config.end();
+    if (type == config.end() || !type->is_string())
+      return fmt::format("; {} has no string \"model_type\"", file.string());
+    return fmt::format("; {} says model_type '{}'", file.string(), type->get<std::string>());
+  } catch (const Error& e) {
+    return fmt::format("; {}", e.what());
+  }
+}
+
+}  // namespace
 
 std::shared_ptr<Adapter> PluginRegistry::adapter_for(const std::filesystem::path& model, std::string* name) const {
   std::string tried;
@@ -25,8 +46,9 @@ std::shared_ptr<Adapter> PluginRegistry::adapter_for(const std::filesystem::path
   }
   std::string searched;
   for (const auto& dir : search_path_) searched += (searched.empty() ? "" : ":") + dir.string();
-  throw Error(fmt::format("{}: no adapter plugin accepts this model (tried: {}; searched: {})", model.string(),
-                          tried.empty() ? "none found" : tried, searched.empty() ? "no directory" : searched));
+  throw Error(fmt::format("{}: no adapter plugin accepts this model (tried: {}; searched: {}){}", model.string(),
+                          tried.empty() ? "none found" : tried, searched.empty() ? "no directory" : searched,
+                          config_clue(model)));
 }
 
 }  // namespace hooklens

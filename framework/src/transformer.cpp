@@ -128,6 +128,9 @@ HookedTransformer::HookedTransformer(ModelInfo info, Spec spec, TransformerWeigh
   if (info_.layer_attention.size() != size_t(info_.n_layers))
     throw Error(fmt::format("{}: {} attention kinds for {} layers", info_.path, info_.layer_attention.size(),
                             info_.n_layers));
+  for (const auto& [what, id] : {std::pair{"bos", info_.bos_id}, {"eos", info_.eos_id}, {"mask", info_.mask_id}})
+    if (id && *id >= V)
+      throw Error(fmt::format("{}: the {} token id {} is outside the vocabulary of {}", info_.path, what, *id, V));
   if (w_.layers.size() != size_t(info_.n_layers))
     throw Error(fmt::format("{}: weights for {} layers, config says {}", info_.path, w_.layers.size(), info_.n_layers));
 
@@ -344,6 +347,15 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
 }
 
 }  // namespace
+
+std::optional<TransformerSpec::Activation> parse_activation(std::string_view name) {
+  using A = TransformerSpec::Activation;
+  if (name == "gelu_new") return A::gelu_new;
+  if (name == "gelu") return A::gelu;
+  if (name == "relu") return A::relu;
+  if (name == "silu") return A::silu;
+  return std::nullopt;
+}
 
 void check_all_weights_used(const TensorMap& rest, const std::string& what) {
   if (rest.empty()) return;

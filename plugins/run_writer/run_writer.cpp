@@ -417,7 +417,7 @@ class RunWriter final : public CaptureSink {
 
   void write_item(const Item& item) {
     const auto [t, dtype] = convert(item);
-    if (shard_ && !shard_->empty() && shard_->bytes() + t.nbytes() > options_.shard_bytes) close_shard();
+    if (shard_ && !shard_->empty() && shard_->bytes() + t.nbytes() > options_.shard_bytes) close_shard(true);
     if (!shard_) shard_ = std::make_unique<Shard>(options_.out, next_shard_++);
     shard_->add(item.key, t, dtype);
     pending_.push_back({{"key", item.key},
@@ -435,15 +435,19 @@ class RunWriter final : public CaptureSink {
   }
 
   // Closing a shard is also a checkpoint: the manifest then lists every capture on disk.
-  void close_shard() {
+  // `rotating`: a new shard follows (the run goes on).
+  void close_shard(bool rotating = false) {
     if (!shard_) return;
     shard_->close();
     shard_.reset();
 #ifdef __GLIBC__
     // Tensors are allocated on the model's thread and freed on this one; glibc tends to keep such
     // freed blocks rather than reuse them, and the RSS crept towards the run's total size (1 GB
-    // run: 0.5-1 GB). Returning free memory once per shard kept it near queue_bytes (~190 MB).
-    malloc_trim(0);
+    // run: 0.5-1 GB). Returning free memory at each shard rotation kept it near queue_bytes
+    // (~190 MB). Not at the end of a run: a trim makes the model's next forward pass fault its
+    // working memory in again (+50 % on a 128-token forward in `hooklens bench`), which a
+    // process running several runs would pay for nothing.
+    if (rotating) malloc_trim(0);
 #endif
     for (auto& entry : pending_) captures_.push_back(std::move(entry));
     pending_.clear();

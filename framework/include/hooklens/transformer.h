@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <vector>
 
 namespace hooklens {
@@ -50,6 +52,9 @@ struct TransformerWeights {
 // against `info`; a mismatch throws Error naming the tensor.
 std::unique_ptr<Model> make_transformer(ModelInfo info, TransformerSpec spec, TransformerWeights weights,
                                         std::unique_ptr<Tokenizer> tokenizer);
+
+// Hugging Face's activation_function names: "gelu_new", "gelu", "relu", "silu".
+std::optional<TransformerSpec::Activation> parse_activation(std::string_view name);
 
 // Adapters call this after taking every tensor they know: leftovers mean the checkpoint is not
 // what the adapter thinks it is, so they are an Error listing them (with `what`, the source).

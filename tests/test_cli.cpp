@@ -1,0 +1,671 @@
+// The `hooklens` command line as a user meets it: the real binary run as a subprocess, checked for
+// its exit code (0 success, 1 error, 2 usage error), its stderr (exactly one "hooklens: error:"
+// line naming the culprit), what it leaves on disk (never a run that looks complete after a
+// failure), and on success the run directory against the tiny-neo-a reference outputs.
+//
+// Every invocation gets its own working directory, runs under a deadline (a hang fails the test),
+// and independent invocations run two at a time: each one pays ~0.8 s for loading libtorch.
+#include "test_util.h"
+
+#include <ATen/ATen.h>
+
+#include <hooklens/run.h>
+#include <hooklens/weights.h>
+
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using test::TempDir;
+
+const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
+constexpr auto kDeadline = std::chrono::seconds(60);
+
+fs::path neo_fixture() { return test::fixtures() / "tiny-neo-a"; }
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Replaces whatever is at `file` (a symlink into the fixtures is removed, never written through).
+void write_text(const fs::path& file, const std::string& text) {
+  fs::remove(file);
+  std::ofstream out(file, std::ios::binary);
+  out << text;
+  REQUIRE(out.flush());
+}
+
+json fixture_prompts() { return json::parse(read_text(neo_fixture() / "prompts.json"))["prompts"]; }
+
+// ---- running the CLI ------------------------------------------------------------------------------
+
+struct Invocation {
+  std::string name;  // shown when a check fails
+  std::vector<std::string> args;
+  fs::path cwd;      // created if missing; stdout and stderr are kept beside it
+  std::vector<std::string> env;  // "NAME=value" entries added to (or replacing) the environment
+};
+
+struct Outcome {
+  std::string name, command;
+  int code = -1;          // exit status; 128 + signal if killed by one
+  bool timed_out = false;
+  std::string out, err;
+  std::string describe() const {
+    return fmt::format("case '{}': {}\nexit {}{}\n--- stdout ---\n{}--- stderr ---\n{}", name, command, code,
+                       timed_out ? " (timed out)" : "", out, err);
+  }
+};
+
+struct Running {
+  pid_t pid;
+  std::chrono::steady_clock::time_point deadline;
+  bool timed_out = false;
+};
+
+fs::path out_file(const Invocation& inv) { return fs::path(inv.cwd) += ".stdout"; }
+fs::path err_file(const Invocation& inv) { return fs::path(inv.cwd) += ".stderr"; }
+
+// Everything the child needs is built before fork(): between fork and exec only async-signal-safe
+// calls are allowed (the test process has libtorch's threads).
+Running start(const Invocation& inv) {
+  fs::create_directories(inv.cwd);
+  std::vector<std::string> args{kCli.string()};
+  args.insert(args.end(), inv.args.begin(), inv.args.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry = *e;
+    const auto replaced = [&](const std::string& mine) {
+      return entry.compare(0, mine.find('=') + 1, mine, 0, mine.find('=') + 1) == 0;
+    };
+    if (std::none_of(inv.env.begin(), inv.env.end(), replaced)) env.push_back(entry);
+  }
+  env.insert(env.end(), inv.env.begin(), inv.env.end());
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  const std::string cwd = inv.cwd.string(), out = out_file(inv).string(), err = err_file(inv).string();
+
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int e = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int null = open("/dev/null", O_RDONLY);
+    if (o < 0 || e < 0 || null < 0 || chdir(cwd.c_str()) != 0 || dup2(null, 0) < 0 || dup2(o, 1) < 0 ||
+        dup2(e, 2) < 0)
+      _exit(125);
+    execve(argv[0], argv.data(), envp.data());
+    _exit(126);
+  }
+  return {pid, std::chrono::steady_clock::now() + kDeadline};
+}
+
+// Runs the invocations, `jobs` at a time; a process past its deadline is killed.
+std::vector<Outcome> run_all(const std::vector<Invocation>& invocations, std::size_t jobs = 2) {
+  std::vector<Outcome> outcomes(invocations.size());
+  std::vector<std::pair<std::size_t, Running>> running;
+  std::size_t next = 0;
+  while (next < invocations.size() || !running.empty()) {
+    while (next < invocations.size() && running.size() < jobs) {
+      running.emplace_back(next, start(invocations[next]));
+      ++next;
+    }
+    for (auto it = running.begin(); it != running.end();) {
+      auto& [index, r] = *it;
+      int status = 0;
+      const pid_t done = waitpid(r.pid, &status, WNOHANG);
+      if (done == 0) {
+        if (std::chrono::steady_clock::now() > r.deadline && !r.timed_out) {
+          kill(r.pid, SIGKILL);
+          r.timed_out = true;
+        }
+        ++it;
+        continue;
+      }
+      const Invocation& inv = invocations[index];
+      Outcome& o = outcomes[index];
+      o.name = inv.name;
+      o.command = "hooklens";
+      for (const auto& a : inv.args) o.command += " '" + a + "'";
+      o.timed_out = r.timed_out;
+      o.code = done < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      o.out = read_text(out_file(inv));
+      o.err = read_text(err_file(inv));
+      it = running.erase(it);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return outcomes;
+}
+
+Outcome run_one(const Invocation& inv) { return run_all({inv}).front(); }
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+// A manifest.json saying "complete": true anywhere below `root`.
+bool has_complete_run(const fs::path& root) {
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() != "manifest.json") continue;
+    const json m = json::parse(read_text(it->path()), nullptr, false);
+    if (m.is_object() && m.value("complete", false) == true) return true;
+  }
+  return false;
+}
+
+void check_success(const Outcome& r) {
+  INFO(r.describe());
+  CHECK(r.code == 0);
+  CHECK(r.err.find("hooklens: error") == std::string::npos);
+}
+
+// Exit `code`, stderr exactly one error line naming every culprit (plus, for usage errors, at most
+// the one "Run 'hooklens --help'" hint line), and nothing below `workdir` that looks like a run.
+void check_error(const Outcome& r, int code, const std::vector<std::string>& culprits, const fs::path& workdir) {
+  INFO(r.describe());
+  CHECK(!r.timed_out);
+  CHECK(r.code == code);
+  const auto lines = lines_of(r.err);
+  if (lines.empty()) {
+    FAIL_CHECK("no error line on stderr");
+    return;
+  }
+  CHECK(lines[0].rfind("hooklens: error: ", 0) == 0);
+  const bool hint = lines.size() == 2 && lines[1].rfind("Run 'hooklens --help'", 0) == 0;
+  CHECK((lines.size() == 1 || (code == 2 && hint)));
+  for (const auto& culprit : culprits) CHECK_THAT(lines[0], Catch::Contains(culprit));
+  CHECK_FALSE(has_complete_run(workdir));
+}
+
+// ---- model directories -------------------------------------------------------------------------
+
+// A model directory whose files are symlinks to tiny-neo-a (safetensors weights only).
+fs::path link_neo(const fs::path& dir) {
+  fs::create_directories(dir);
+  for (const char* file : {"config.json", "model.safetensors", "vocab.json", "merges.txt"})
+    fs::create_symlink(neo_fixture() / file, dir / file);
+  return dir;
+}
+
+fs::path neo_with_config(const fs::path& dir, const std::function<void(json&)>& edit) {
+  link_neo(dir);
+  json config = json::parse(read_text(neo_fixture() / "config.json"));
+  edit(config);
+  write_text(dir / "config.json", config.dump(2));
+  return dir;
+}
+
+// Rewrites model.safetensors with the header edited; the data section is kept byte for byte.
+fs::path neo_with_header(const fs::path& dir, const std::function<void(json&)>& edit) {
+  link_neo(dir);
+  const std::string file = read_text(neo_fixture() / "model.safetensors");
+  std::uint64_t n = 0;
+  std::memcpy(&n, file.data(), 8);
+  json header = json::parse(file.substr(8, n));
+  edit(header);
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const std::uint64_t size = text.size();
+  write_text(dir / "model.safetensors",
+             std::string(reinterpret_cast<const char*>(&size), 8) + text + file.substr(8 + n));
+  return dir;
+}
+
+fs::path neo_with_weights(const fs::path& dir, const std::function<void(hooklens::TensorMap&)>& edit) {
+  link_neo(dir);
+  hooklens::TensorMap tensors = hooklens::read_safetensors(neo_fixture() / "model.safetensors");
+  edit(tensors);
+  fs::remove(dir / "model.safetensors");
+  hooklens::write_safetensors(dir / "model.safetensors", {tensors.begin(), tensors.end()}, {{"format", "pt"}});
+  return dir;
+}
+
+fs::path neo_with_file(const fs::path& dir, const std::string& name, const std::string& content) {
+  link_neo(dir);
+  write_text(dir / name, content);
+  return dir;
+}
+
+// ---- run directories ---------------------------------------------------------------------------
+
+std::string key_of(const json& c) {
+  return fmt::format("{}/{}/{}", c["prompt"].get<int>(), c["step"].get<int>(), c["hook"].get<std::string>());
+}
+
+std::set<std::string> capture_keys(const hooklens::RunReader& run) {
+  std::set<std::string> keys;
+  for (std::size_t i = 0; i < run.capture_count(); ++i) keys.insert(key_of(run.capture(i)));
+  return keys;
+}
+
+std::string join_ids(const json& ids) {
+  std::string s;
+  for (const auto& id : ids) s += (s.empty() ? "" : ",") + std::to_string(id.get<std::int64_t>());
+  return s;
+}
+
+hooklens::TensorMap reference(int prompt) {
+  return hooklens::read_safetensors(neo_fixture() / fmt::format("reference_{}.safetensors", prompt));
+}
+
+// Every capture of the run is a prefill hook_pattern, compared with reference_<prompt> attn.L<layer>.
+void check_prefill_patterns(hooklens::RunReader& run, double tolerance) {
+  std::map<int, hooklens::TensorMap> refs;
+  for (std::size_t i = 0; i < run.capture_count(); ++i) {
+    const json& c = run.capture(i);
+    INFO(c.dump());
+    const int prompt = c["prompt"], layer = c["layer"];
+    if (!refs.count(prompt)) refs[prompt] = reference(prompt);
+    const at::Tensor expected = refs[prompt].at(fmt::format("attn.L{}", layer));
+    CHECK(c["phase"] == "prefill");
+    CHECK(c["query_offset"] == 0);
+    CHECK(c["shape"].get<std::vector<std::int64_t>>() == expected.sizes().vec());
+    CHECK(test::max_abs_diff(run.load(i), expected) <= tolerance);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("hooklens --help and command-line usage errors") {
+  TempDir tmp;
+  const std::vector<std::string> commands{"info", "plugins", "capture", "generate", "bench", "demo-model"};
+  std::vector<Invocation> help{{"app --help", {"--help"}, tmp / "help"}};
+  for (const auto& c : commands) help.push_back({c + " --help", {c, "--help"}, tmp / ("help-" + c)});
+  const auto helped = run_all(help);
+  for (std::size_t i = 0; i < helped.size(); ++i) {
+    INFO(helped[i].describe());
+    CHECK(helped[i].code == 0);
+    CHECK(helped[i].err.empty());
+    CHECK_THAT(helped[i].out, Catch::Contains(i == 0 ? "Usage: hooklens" : "Usage: hooklens " + commands[i - 1]));
+  }
+  // Every subcommand is listed in the app's help.
+  for (const auto& c : commands) CHECK_THAT(helped[0].out, Catch::Contains(c));
+
+  const std::string model = link_neo(tmp / "model").string();
+  struct Case {
+    Invocation inv;
+    std::vector<std::string> culprits;
+  };
+  const std::vector<Case> cases{
+      {{"no subcommand", {}, tmp / "none"}, {"subcommand"}},
+      {{"unknown option", {"capture", "--model", model, "--prompt", "hi", "--bogus"}, tmp / "bogus"}, {"--bogus"}},
+      {{"unknown option before a missing one", {"capture", "--bogus"}, tmp / "bogus2"}, {"--bogus"}},
+      {{"capture without --model", {"capture", "--prompt", "hi", "--out", "run"}, tmp / "nomodel"}, {"--model"}},
+  };
+  std::vector<Invocation> invocations;
+  for (const auto& c : cases) invocations.push_back(c.inv);
+  const auto outcomes = run_all(invocations);
+  for (std::size_t i = 0; i < cases.size(); ++i) check_error(outcomes[i], 2, cases[i].culprits, cases[i].inv.cwd);
+}
+
+TEST_CASE("capture and generate on tiny-neo-a store exactly what was asked, equal to the reference") {
+  TempDir tmp;
+  const std::string model = link_neo(tmp / "model").string();
+  const json prompts = fixture_prompts();
+  const std::string text0 = prompts[0]["text"], text1 = prompts[1]["text"];
+  const std::vector<std::string> base{"--model", model};
+  auto args = [&](std::vector<std::string> head, std::vector<std::string> tail) {
+    head.insert(head.end(), base.begin(), base.end());
+    head.insert(head.end(), tail.begin(), tail.end());
+    return head;
+  };
+  const fs::path work = tmp / "work";
+  const auto outcomes = run_all({
+      {"capture two prompts",
+       args({"capture"}, {"--prompt", text0, "--prompt", text1, "--hooks", "blocks.*.attn.hook_pattern", "--out",
+                          "capture"}),
+       work / "a"},
+      {"generate layers 1,3",
+       args({"generate"}, {"--prompt", text0, "--max-new-tokens", "12", "--hooks", "blocks.*.attn.hook_pattern",
+                           "--layers", "1,3", "--out", "generate"}),
+       work / "b"},
+      {"capture F16", args({"capture"}, {"--prompt", text0, "--dtype", "F16", "--out", "f16"}), work / "c"},
+      {"capture with --ablate 1.2",
+       args({"capture"}, {"--prompt", text0, "--ablate", "1.2", "--hooks",
+                          "blocks.1.attn.hook_z,blocks.1.attn.hook_pattern,blocks.2.attn.hook_pattern", "--out",
+                          "ablate"}),
+       work / "d"},
+      {"capture --prompt-ids", args({"capture"}, {"--prompt-ids", join_ids(prompts[0]["input_ids"]), "--out", "ids"}),
+       work / "e"},
+  });
+  for (const auto& o : outcomes) check_success(o);
+
+  {  // two prompts: 2 prompts x 4 layers of hook_pattern, the reference attention
+    hooklens::RunReader run(work / "a" / "capture");
+    const json& m = run.manifest();
+    CHECK(m["complete"] == true);
+    CHECK(m["generation"]["mode"] == "none");
+    std::set<std::string> expected;
+    for (int p = 0; p < 2; ++p)
+      for (int l = 0; l < 4; ++l) expected.insert(fmt::format("{}/0/blocks.{}.attn.hook_pattern", p, l));
+    CHECK(capture_keys(run) == expected);
+    CHECK(run.capture_count() == expected.size());
+    for (int p = 0; p < 2; ++p) {
+      CHECK(m["prompts"][p]["text"] == prompts[p]["text"]);
+      CHECK(m["prompts"][p]["ids"] == prompts[p]["input_ids"]);
+      CHECK(m["prompts"][p]["tokens"] == prompts[p]["token_strings"]);
+    }
+    check_prefill_patterns(run, 1e-5);
+  }
+
+  {  // generate --layers 1,3: layers 1 and 3 at steps 0-11, KV-cached shapes, greedy ids, reference
+    hooklens::RunReader run(work / "b" / "generate");
+    const json& g = run.manifest()["generation"];
+    const json& expected_gen = prompts[0]["generation"];
+    CHECK(g["mode"] == "autoregressive");
+    CHECK(g["output_ids"] == expected_gen["sequence_ids"]);
+    CHECK(g["new_ids"] == expected_gen["new_ids"]);
+    const std::int64_t T = prompts[0]["num_tokens"];
+    std::set<std::string> expected;
+    for (int s = 0; s < 12; ++s)
+      for (int l : {1, 3}) expected.insert(fmt::format("0/{}/blocks.{}.attn.hook_pattern", s, l));
+    CHECK(capture_keys(run) == expected);
+    CHECK(run.capture_count() == expected.size());
+    const hooklens::TensorMap ref = reference(0);
+    for (std::size_t i = 0; i < run.capture_count(); ++i) {
+      const json& c = run.capture(i);
+      INFO(c.dump());
+      const int s = c["step"], l = c["layer"];
+      const std::vector<std::int64_t> shape =
+          s == 0 ? std::vector<std::int64_t>{1, 4, T, T} : std::vector<std::int64_t>{1, 4, 1, T + s};
+      CHECK(c["shape"].get<std::vector<std::int64_t>>() == shape);
+      CHECK(c["phase"] == (s == 0 ? "prefill" : "decode"));
+      CHECK(c["query_offset"] == (s == 0 ? 0 : T + s - 1));
+      CHECK(c["dtype"] == "F32");
+      CHECK(test::max_abs_diff(run.load(i), ref.at(fmt::format("gen.step{}.attn.L{}", s, l))) <= 1e-5);
+    }
+  }
+
+  {  // --dtype F16 stores F16
+    hooklens::RunReader run(work / "c" / "f16");
+    REQUIRE(run.capture_count() == 4);
+    for (std::size_t i = 0; i < run.capture_count(); ++i) {
+      CHECK(run.capture(i)["dtype"] == "F16");
+      CHECK(run.load(i).scalar_type() == at::kHalf);
+    }
+    check_prefill_patterns(run, 1e-3);  // probabilities in [0, 1]: F16 rounds by at most 2^-11
+  }
+
+  {  // --ablate 1.2 zeroes head 2 of blocks.1.attn.hook_z, and only later layers change
+    hooklens::RunReader run(work / "d" / "ablate");
+    CHECK(capture_keys(run) == std::set<std::string>{"0/0/blocks.1.attn.hook_z", "0/0/blocks.1.attn.hook_pattern",
+                                                      "0/0/blocks.2.attn.hook_pattern"});
+    CHECK(run.manifest()["ablations"] == json{"1.2"});
+    const hooklens::TensorMap ref = reference(0);
+    for (std::size_t i = 0; i < run.capture_count(); ++i) {
+      const json& c = run.capture(i);
+      const at::Tensor t = run.load(i);
+      INFO(c.dump());
+      if (c["hook"] == "blocks.1.attn.hook_z") {
+        REQUIRE(t.sizes() == at::IntArrayRef({1, 3, 4, 8}));  // [batch, pos, head, d_head]
+        for (int h = 0; h < 4; ++h) {
+          const double peak = t.select(2, h).abs().max().item<double>();
+          if (h == 2) CHECK(peak == 0.0);
+          else CHECK(peak > 1e-3);
+        }
+      } else if (c["hook"] == "blocks.1.attn.hook_pattern") {
+        CHECK(test::max_abs_diff(t, ref.at("attn.L1")) <= 1e-5);  // computed before the ablated z
+      } else {
+        CHECK(test::max_abs_diff(t, ref.at("attn.L2")) > 1e-3);  // the ablation reached layer 2
+      }
+    }
+  }
+
+  {  // --prompt-ids gives the same run as the text
+    hooklens::RunReader run(work / "e" / "ids");
+    CHECK(run.manifest()["prompts"][0]["ids"] == prompts[0]["input_ids"]);
+    CHECK(run.manifest()["prompts"][0]["text"] == prompts[0]["text"]);  // decoded from the ids
+    CHECK(run.capture_count() == 4);
+    check_prefill_patterns(run, 1e-5);
+  }
+}
+
+TEST_CASE("bad requests are usage errors: exit 2, one line, no run left") {
+  TempDir tmp;
+  const std::string model = link_neo(tmp / "model").string();
+  std::string long_prompt;
+  for (int i = 0; i < 129; ++i) long_prompt += " a";  // 129 tokens; the context is 128
+  struct Case {
+    std::string name;
+    std::vector<std::string> args;
+    std::vector<std::string> culprits;
+  };
+  const std::vector<Case> cases{
+      {"unknown hook",
+       {"capture", "--prompt", "hi", "--hooks", "blocks.*.attn.hook_nope"},
+       {"blocks.*.attn.hook_nope", "valid names", "blocks.{L}.attn.hook_pattern", "hook_logits"}},
+      {"hook outside --layers", {"capture", "--prompt", "hi", "--hooks", "hook_embed", "--layers", "1"}, {"hook_embed"}},
+      {"layer out of range", {"capture", "--prompt", "hi", "--layers", "4"}, {"--layers", "4"}},
+      {"prompt longer than the context", {"capture", "--prompt", long_prompt}, {"129 tokens", "128"}},
+      {"generation longer than the context",
+       {"generate", "--prompt", "The cat is", "--max-new-tokens", "126"},
+       {"--max-new-tokens", "128"}},
+      {"prompt ids not numbers", {"capture", "--prompt-ids", "1,x"}, {"--prompt-ids", "'x'"}},
+      {"prompt id outside the vocabulary", {"capture", "--prompt-ids", "1,50257"}, {"50257"}},
+      {"--ablate outside the model", {"capture", "--prompt", "hi", "--ablate", "9.9"}, {"--ablate", "9.9"}},
+      {"--temperature 0", {"generate", "--prompt", "hi", "--temperature", "0"}, {"temperature"}},
+      {"--greedy with --temperature",
+       {"generate", "--prompt", "hi", "--greedy", "--temperature", "1"},
+       {"--greedy", "--temperature"}},
+  };
+  std::vector<Invocation> invocations;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    auto args = cases[i].args;
+    args.insert(args.begin() + 1, {"--model", model, "--out", "run"});
+    invocations.push_back({cases[i].name, args, tmp / fmt::format("case{}", i)});
+  }
+  const auto outcomes = run_all(invocations);
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    check_error(outcomes[i], 2, cases[i].culprits, invocations[i].cwd);
+    CHECK_FALSE(fs::exists(invocations[i].cwd / "run"));  // refused before anything was written
+  }
+}
+
+TEST_CASE("broken models and directories are errors: exit 1, one line naming the file, no run left") {
+  TempDir tmp;
+  const fs::path models = tmp / "models";
+  fs::create_directories(models / "empty");
+  const std::string fixture_config = read_text(neo_fixture() / "config.json");
+  const std::string fixture_weights = read_text(neo_fixture() / "model.safetensors");
+  std::uint64_t header_size = 0;
+  std::memcpy(&header_size, fixture_weights.data(), 8);
+  struct Case {
+    std::string name;
+    fs::path model;
+    std::vector<std::string> culprits;
+  };
+  const std::vector<Case> cases{
+      {"missing model directory", models / "nowhere", {"nowhere"}},
+      {"empty directory", models / "empty", {"empty", "config.json"}},
+      {"config.json not JSON", neo_with_file(models / "c1", "config.json", "{\"model_type\": \"gpt_neo\","),
+       {"config.json"}},
+      {"config.json without num_heads", neo_with_config(models / "c2", [](json& c) { c.erase("num_heads"); }),
+       {"config.json", "num_heads"}},
+      {"unknown model_type", neo_with_config(models / "c3", [](json& c) { c["model_type"] = "llamazoid"; }),
+       {"gpt_neo", "gpt2", "llamazoid"}},
+      {"hidden_size wrapping an int",
+       neo_with_config(models / "c4", [](json& c) { c["hidden_size"] = (std::int64_t(1) << 32) + 32; }),
+       {"config.json", "hidden_size"}},
+      {"attention_types repeated a billion times", neo_with_config(models / "c5", [](json& c) {
+         c.erase("attention_layers");
+         c["attention_types"] = json::parse(R"([[["global", "local"], 1000000000]])");
+       }),
+       {"config.json", "attention_types"}},
+      {"model.safetensors truncated", neo_with_file(models / "w1", "model.safetensors", fixture_weights.substr(0, 100000)),
+       {"model.safetensors"}},
+      {"model.safetensors cut inside its header",
+       neo_with_file(models / "w2", "model.safetensors", fixture_weights.substr(0, 8 + header_size / 2)),
+       {"model.safetensors", "header"}},
+      {"header shape lies about the size", neo_with_header(models / "w4", [](json& h) {
+         h["transformer.ln_f.bias"]["shape"] = {64};
+       }),
+       {"model.safetensors", "transformer.ln_f.bias"}},
+      {"header offsets past the end", neo_with_header(models / "w5", [](json& h) {
+         auto& offsets = h["transformer.ln_f.bias"]["data_offsets"];
+         offsets = {offsets[0].get<std::uint64_t>() + (1ull << 40), offsets[1].get<std::uint64_t>() + (1ull << 40)};
+       }),
+       {"model.safetensors", "transformer.ln_f.bias"}},
+      {"hidden_size changed: every tensor has the wrong shape",
+       neo_with_config(models / "s1", [](json& c) { c["hidden_size"] = 64; }), {"transformer.wte.weight", "shape"}},
+      {"missing tensor", neo_with_weights(models / "s3", [](hooklens::TensorMap& t) {
+         t.erase("transformer.h.3.attn.attention.out_proj.bias");
+       }),
+       {"transformer.h.3.attn.attention.out_proj.bias"}},
+      {"no weights at all", [&] {
+         const fs::path dir = link_neo(models / "s4");
+         fs::remove(dir / "model.safetensors");
+         return dir;
+       }(),
+       {"no weights"}},
+      {"vocab.json truncated", neo_with_file(models / "v1", "vocab.json", read_text(neo_fixture() / "vocab.json").substr(0, 5000)),
+       {"vocab.json"}},
+      {"merges.txt broken", neo_with_file(models / "v3", "merges.txt", "#version: 0.2\n\xc4\xa0 t\nthree symbols here\n"),
+       {"merges.txt"}},
+  };
+  std::vector<Invocation> invocations;
+  for (std::size_t i = 0; i < cases.size(); ++i)
+    invocations.push_back({cases[i].name,
+                           {"capture", "--model", cases[i].model.string(), "--prompt", "The cat is", "--out", "run"},
+                           tmp / fmt::format("case{}", i)});
+  const auto outcomes = run_all(invocations);
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    check_error(outcomes[i], 1, cases[i].culprits, invocations[i].cwd);
+    CHECK_FALSE(fs::exists(invocations[i].cwd / "run"));
+  }
+  CHECK(read_text(neo_fixture() / "config.json") == fixture_config);  // nothing was written through a link
+}
+
+TEST_CASE("--out refuses an existing directory that is not a run, and leaves it untouched") {
+  TempDir tmp;
+  const std::string model = link_neo(tmp / "model").string();
+  const fs::path keep = tmp / "keep";
+  fs::create_directories(keep);
+  write_text(keep / "notes.txt", "precious");
+  const std::vector<std::string> args{"capture", "--model", model, "--prompt", "hi", "--out", keep.string()};
+  auto with_overwrite = args;
+  with_overwrite.push_back("--overwrite");
+  const auto outcomes = run_all({{"existing directory", args, tmp / "a"}, {"--overwrite", with_overwrite, tmp / "b"}});
+  for (const auto& o : outcomes) {
+    const auto lines = lines_of(o.err);
+    INFO(o.describe());
+    CHECK((o.code == 1 || o.code == 2));
+    REQUIRE(!lines.empty());
+    CHECK(lines[0].rfind("hooklens: error: ", 0) == 0);
+    CHECK_THAT(lines[0], Catch::Contains(keep.string()));
+    CHECK((lines.size() == 1 || (o.code == 2 && lines.size() == 2)));
+  }
+  std::vector<fs::path> left;
+  for (const auto& e : fs::directory_iterator(keep)) left.push_back(e.path());
+  CHECK(left == std::vector<fs::path>{keep / "notes.txt"});
+  CHECK(read_text(keep / "notes.txt") == "precious");
+}
+
+TEST_CASE("hooklens plugins lists the plugins and warns about a broken library") {
+  TempDir tmp;
+  const fs::path bad = tmp / "bad-plugins";
+  fs::create_directories(bad);
+  write_text(bad / "hooklens_bad.so", "this is not a shared library\n");
+  // A real plugin cut short: mapping it without checks would kill the process with SIGBUS.
+  write_text(bad / "hooklens_cut.so", read_text(test::plugin_file("gpt2")).substr(0, 4096));
+  const auto outcomes = run_all({{"plugins", {"plugins"}, tmp / "a", {"HOOKLENS_PLUGIN_PATH="}},
+                                 {"plugins with broken libraries", {"plugins"}, tmp / "b",
+                                  {"HOOKLENS_PLUGIN_PATH=" + bad.string()}}});
+  for (const auto& o : outcomes) {
+    INFO(o.describe());
+    CHECK(o.code == 0);
+    std::set<std::string> listed;  // "KIND NAME" of each table row
+    for (const auto& line : lines_of(o.out)) {
+      std::istringstream row(line);
+      std::string kind, name;
+      if (row >> kind >> name) listed.insert(kind + " " + name);
+    }
+    for (const char* plugin : {"adapter gpt_neo", "adapter gpt2", "sink run_writer"}) CHECK(listed.count(plugin));
+  }
+  CHECK(outcomes[0].err.empty());
+  const auto warnings = lines_of(outcomes[1].err);
+  INFO(outcomes[1].describe());
+  CHECK(warnings.size() == 2);
+  for (const char* file : {"hooklens_bad.so", "hooklens_cut.so"}) {
+    const bool named = std::any_of(warnings.begin(), warnings.end(), [&](const std::string& w) {
+      return w.rfind("hooklens: warning: ", 0) == 0 && w.find((bad / file).string()) != std::string::npos;
+    });
+    CHECK(named);
+  }
+}
+
+TEST_CASE("hooklens info --json describes tiny-neo-a and its hook points") {
+  TempDir tmp;
+  const Outcome o = run_one({"info --json", {"info", "--json", "--model", link_neo(tmp / "model").string()}, tmp / "a"});
+  check_success(o);
+  const json info = json::parse(o.out, nullptr, false);
+  INFO(o.describe());
+  REQUIRE(info.is_object());
+  CHECK(info["model"]["adapter"] == "gpt_neo");
+  CHECK(info["model"]["n_layers"] == 4);
+  CHECK(info["model"]["n_heads"] == 4);
+  CHECK(info["model"]["n_ctx"] == 128);
+  CHECK(info["model"]["vocab_size"] == 50257);
+  // The TransformerLens names of DESIGN.md, per layer and model-wide.
+  std::set<std::string> expected{"hook_embed", "hook_pos_embed", "ln_final.hook_normalized", "hook_logits"};
+  for (int l = 0; l < 4; ++l)
+    for (const char* name : {"hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
+                             "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre",
+                             "mlp.hook_post", "hook_mlp_out", "hook_resid_post"})
+      expected.insert(fmt::format("blocks.{}.{}", l, name));
+  std::set<std::string> names;
+  for (const auto& p : info["hook_points"]) names.insert(p["name"].get<std::string>());
+  CHECK(names == expected);
+  CHECK(info["hook_points"].size() == expected.size());
+}
+
+TEST_CASE("hooklens demo-model writes a model that capture runs end to end") {
+  TempDir tmp;
+  const Outcome made = run_one({"demo-model", {"demo-model", "--out", "demo"}, tmp / "a"});
+  check_success(made);
+  const fs::path demo = tmp / "a" / "demo";
+  const Outcome captured =
+      run_one({"capture on the demo model", {"capture", "--model", demo.string(), "--prompt", "hi there", "--out", "run"},
+               tmp / "b"});
+  check_success(captured);
+  hooklens::RunReader run(tmp / "b" / "run");
+  // The demo tokenizer is byte-level: one token per byte.
+  const std::string prompt = "hi there";
+  CHECK(run.manifest()["prompts"][0]["ids"] == std::vector<std::int64_t>(prompt.begin(), prompt.end()));
+  REQUIRE(run.capture_count() == 4);
+  for (std::size_t i = 0; i < run.capture_count(); ++i) {
+    const at::Tensor p = run.load(i);
+    INFO(run.capture(i).dump());
+    REQUIRE(p.sizes() == at::IntArrayRef({1, 4, 8, 8}));
+    // Rows are probability distributions over the keys a causal query may see.
+    CHECK(test::max_abs_diff(p.sum(-1), at::ones({1, 4, 8})) <= 1e-5);
+    CHECK(p.triu(1).abs().max().item<double>() == 0.0);
+  }
+}
