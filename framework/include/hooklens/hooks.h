@@ -2,7 +2,8 @@
 //
 // An adapter calls `hooks.wants(name, ctx)` before it materialises a tensor for a hook point and
 // `hooks.fire(name, ctx, tensor)` when something does. A hook may assign a new tensor of the same
-// shape to replace the value flowing through the model (ablation, patching, steering).
+// shape to replace the value flowing through the model (ablation, patching, steering); it must
+// never modify the tensor in place, which may be a view of the model's weights or KV cache.
 // Adapters never modify a fired tensor in place afterwards, so a hook may keep a reference to it
 // without copying.
 #pragma once
