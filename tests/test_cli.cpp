@@ -475,6 +475,11 @@ TEST_CASE("bad requests are usage errors: exit 2, one line, no run left") {
       {"--greedy with --temperature",
        {"generate", "--prompt", "hi", "--greedy", "--temperature", "1"},
        {"--greedy", "--temperature"}},
+      {"--capture-steps past the run", {"generate", "--prompt", "hi", "--max-new-tokens", "4", "--capture-steps", "4"}, {"--capture-steps 4", "0-3"}},
+      {"--capture-blocks on an autoregressive run", {"generate", "--prompt", "hi", "--capture-blocks", "0"}, {"--capture-blocks"}},
+      {"--heads outside the model", {"capture", "--prompt", "hi", "--heads", "4"}, {"--heads 4"}},
+      {"backwards --query-range", {"capture", "--prompt", "hi", "--query-range", "5:2"}, {"5:2"}},
+      {"diffusion option on a causal model", {"generate", "--prompt", "hi", "--gen-length", "8"}, {"--gen-length", "autoregressive"}},
   };
   std::vector<Invocation> invocations;
   for (std::size_t i = 0; i < cases.size(); ++i) {
@@ -667,5 +672,69 @@ TEST_CASE("hooklens demo-model writes a model that capture runs end to end") {
     // Rows are probability distributions over the keys a causal query may see.
     CHECK(test::max_abs_diff(p.sum(-1), at::ones({1, 4, 8})) <= 1e-5);
     CHECK(p.triu(1).abs().max().item<double>() == 0.0);
+  }
+}
+
+TEST_CASE("masked diffusion from the CLI: the upstream sampler's sequence, sliced captures, usage errors") {
+  TempDir tmp;
+  const fs::path llada = test::fixtures() / "llada-tiny-a";
+  const std::string prompt = "85,294,223,181,193,390,258,97,335,300,120,241";
+  const auto ok = run_all({{"full", {"generate", "--model", llada.string(), "--prompt-ids", prompt, "--gen-length", "16",
+                                     "--steps", "8", "--block-length", "8", "--out", "run"}, tmp / "full"},
+                           {"sliced", {"generate", "--model", llada.string(), "--prompt-ids", prompt, "--gen-length", "16",
+                                       "--steps", "8", "--block-length", "8", "--query-range", "12:", "--key-range", ":12",
+                                       "--heads", "3,1", "--capture-blocks", "1", "--dtype", "F16", "--out", "run"},
+                            tmp / "sliced"}});
+  for (const auto& r : ok) check_success(r);
+  const hooklens::TensorMap ref = hooklens::read_safetensors(llada / "reference_0.safetensors");
+  {
+    hooklens::RunReader run(tmp / "full" / "run");
+    const json& g = run.manifest()["generation"];
+    CHECK(g["mode"] == "masked_diffusion");
+    const at::Tensor final_x = ref.at("final.x").reshape({-1});
+    CHECK(g["output_ids"].get<std::vector<std::int64_t>>() ==
+          std::vector<std::int64_t>(final_x.data_ptr<std::int64_t>(), final_x.data_ptr<std::int64_t>() + final_x.numel()));
+    REQUIRE(g["steps"].size() == 8);
+    REQUIRE(run.capture_count() == 16);
+    for (std::size_t i = 0; i < run.capture_count(); ++i) {
+      const json& c = run.capture(i);
+      CHECK(c["phase"] == "denoise");
+      CHECK(c["block"] == c["step"].get<int>() / 4);
+      const at::Tensor expected = ref.at(fmt::format("step{}.attn.L{}", c["step"].get<int>(), c["layer"].get<int>()));
+      CHECK(test::max_abs_diff(run.load(i), expected) < 1e-5);
+    }
+  }
+  {
+    hooklens::RunReader run(tmp / "sliced" / "run");
+    REQUIRE(run.capture_count() == 8);  // 2 layers x the 4 steps of block 1
+    for (std::size_t i = 0; i < run.capture_count(); ++i) {
+      const json& c = run.capture(i);
+      CHECK(c["block"] == 1);
+      CHECK(c["query_offset"] == 12);
+      CHECK(c["key_offset"] == 0);
+      CHECK(c["dtype"] == "F16");
+      const at::Tensor full = ref.at(fmt::format("step{}.attn.L{}", c["step"].get<int>(), c["layer"].get<int>()));
+      const at::Tensor expected = full.index_select(1, at::tensor({3, 1}, at::kLong)).narrow(2, 12, 16).narrow(3, 0, 12);
+      CHECK(test::max_abs_diff(run.load(i), expected) < 1e-3);
+    }
+    CHECK(run.manifest()["capture"]["heads"] == json({3, 1}));
+  }
+  const std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>> bad{
+      {{"--gen-length", "10", "--block-length", "4"}, {"not a multiple of block length"}},
+      {{"--gen-length", "16", "--block-length", "8", "--steps", "3"}, {"multiple of the number of blocks"}},
+      {{"--max-new-tokens", "4"}, {"--max-new-tokens", "masked-diffusion"}},
+      {{"--remasking", "sometimes"}, {"--remasking", "sometimes"}},
+      {{"--gen-length", "250"}, {"--gen-length 250", "256"}},
+  };
+  std::vector<Invocation> invocations;
+  for (std::size_t i = 0; i < bad.size(); ++i) {
+    std::vector<std::string> args{"generate", "--model", llada.string(), "--prompt-ids", prompt, "--out", "run"};
+    args.insert(args.end(), bad[i].first.begin(), bad[i].first.end());
+    invocations.push_back({fmt::format("diffusion usage {}", i), args, tmp / fmt::format("bad{}", i)});
+  }
+  const auto outcomes = run_all(invocations);
+  for (std::size_t i = 0; i < bad.size(); ++i) {
+    check_error(outcomes[i], 2, bad[i].second, invocations[i].cwd);
+    CHECK_FALSE(fs::exists(invocations[i].cwd / "run"));
   }
 }

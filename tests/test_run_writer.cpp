@@ -94,7 +94,7 @@ void check_entry(const json& entry, const Capture& c, const char* dtype) {
   std::set<std::string> fields;
   for (const auto& [k, v] : entry.items()) fields.insert(k);
   CHECK(fields == std::set<std::string>{"key", "hook", "prompt", "phase", "step", "block", "layer", "query_offset",
-                                        "pass", "shape", "dtype", "file"});
+                                        "key_offset", "pass", "shape", "dtype", "file"});
   CHECK(entry.at("key") == c.key);
   CHECK(entry.at("hook") == c.hook);
   CHECK(entry.at("prompt") == c.ctx.prompt);
@@ -103,6 +103,7 @@ void check_entry(const json& entry, const Capture& c, const char* dtype) {
   CHECK(entry.at("block") == c.ctx.block);
   CHECK(entry.at("layer") == c.ctx.layer);
   CHECK(entry.at("query_offset") == c.ctx.query_offset);
+  CHECK(entry.at("key_offset") == c.ctx.key_offset);
   CHECK(entry.at("pass") == c.ctx.pass);
   CHECK(entry.at("shape") == json(c.tensor.sizes().vec()));
   CHECK(entry.at("dtype") == dtype);

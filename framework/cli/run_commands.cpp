@@ -2,6 +2,7 @@
 // both writing a run directory through the run_writer sink plugin.
 #include "cli.h"
 
+#include <hooklens/capture_slice.h>
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
@@ -20,6 +21,7 @@
 #include <chrono>
 #include <iostream>
 #include <set>
+#include <unordered_map>
 
 namespace hooklens::cli {
 namespace {
@@ -29,12 +31,16 @@ namespace fs = std::filesystem;
 struct RunOptions {
   std::string model, adapter, tokenizer, out, dtype = "F32";
   std::vector<std::string> prompts, prompt_ids, hooks{"blocks.*.attn.hook_pattern"}, ablate;
-  std::vector<int> layers;
+  std::vector<int> layers, heads, capture_steps, capture_blocks;
+  std::string query_range, key_range;
   int threads = 0;
   bool overwrite = false;
   std::size_t queue_mib = 256;
   SamplingOptions sampling;
   bool greedy = false, no_stop_at_eos = false;
+  DiffusionOptions diffusion;
+  std::string remasking = "low_confidence", confidence_dtype = "float32";
+  std::int64_t mask_id = -1;
 };
 
 struct Prompt {
@@ -172,6 +178,12 @@ class RunSession {
     check_hook_patterns(o.hooks, o.layers, *model_);
     if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
     add_ablations(hooks_, o.ablate, model_->info());
+    slice_.heads = o.heads;
+    for (int h : o.heads)
+      if (h < 0 || h >= model_->info().n_heads)
+        throw UsageError(fmt::format("--heads {}: the model has heads 0-{}", h, model_->info().n_heads - 1));
+    if (!o.query_range.empty()) slice_.queries = CaptureSlice::parse_range(o.query_range);
+    if (!o.key_range.empty()) slice_.keys = CaptureSlice::parse_range(o.key_range);
     out_ = o.out.empty() ? default_out(command) : o.out;
   }
 
@@ -183,10 +195,31 @@ class RunSession {
     HookFilter filter;
     filter.names = options_.hooks;
     filter.layers = options_.layers;
+    filter.steps = options_.capture_steps;
+    filter.blocks = options_.capture_blocks;
+    if (slice_.empty()) {
+      hooks_.add(filter, [this](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
+        sink_->capture(name, ctx, t);
+        ++captures_;
+      });
+      return;
+    }
+    for (auto& point : model_->hook_points()) points_.emplace(point.name, std::move(point));
     hooks_.add(filter, [this](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
-      sink_->capture(name, ctx, t);
+      auto sliced = slice_capture(points_.at(std::string(name)), t, ctx, slice_);
+      if (!sliced) return;  // nothing of this event lies in the slice
+      sink_->capture(name, sliced->second, sliced->first);
       ++captures_;
     });
+  }
+
+  // What was asked to be captured, for the manifest.
+  nlohmann::json capture_json() const {
+    auto range = [](const std::string& r) { return r.empty() ? nlohmann::json() : nlohmann::json(r); };
+    return {{"hooks", options_.hooks},         {"layers", options_.layers},
+            {"heads", options_.heads},         {"query_range", range(options_.query_range)},
+            {"key_range", range(options_.key_range)}, {"steps", options_.capture_steps},
+            {"blocks", options_.capture_blocks}, {"dtype", options_.dtype}};
   }
 
   template <class Work>
@@ -197,6 +230,7 @@ class RunSession {
       auto& prompts = manifest["prompts"] = nlohmann::json::array();
       for (const auto& p : prompts_) prompts.push_back(prompt_json(p, *model_));
       manifest["hooks"] = options_.hooks;
+      manifest["capture"] = capture_json();
       manifest["ablations"] = options_.ablate;
       sink_->finish(manifest);
     } catch (const std::exception& e) {
@@ -219,9 +253,119 @@ class RunSession {
   std::vector<Prompt> prompts_;
   HookSet hooks_;
   std::shared_ptr<CaptureSink> sink_;
+  CaptureSlice slice_;
+  std::unordered_map<std::string, HookPointInfo> points_;  // for slicing: each point's dims
   std::string out_;
   std::size_t captures_ = 0;
 };
+
+// --capture-steps / --capture-blocks that no event of this run can match are mistakes.
+void check_capture_schedule(const RunOptions& o, int steps, int blocks) {
+  for (int s : o.capture_steps)
+    if (s < 0 || s >= steps)
+      throw UsageError(fmt::format("--capture-steps {}: this run has steps 0-{}", s, steps - 1));
+  for (int b : o.capture_blocks)
+    if (b < 0 || b >= blocks)
+      throw UsageError(blocks ? fmt::format("--capture-blocks {}: this run has blocks 0-{}", b, blocks - 1)
+                              : std::string("--capture-blocks is for masked-diffusion runs"));
+}
+
+void generate_tokens(RunSession& session, const RunOptions& o) {
+  const SamplingOptions& s = o.sampling;
+  s.validate();
+  const auto& prompt = session.prompts().at(0).ids;
+  const ModelInfo& info = session.model().info();
+  if (std::int64_t(prompt.size()) + s.max_new_tokens > info.n_ctx)
+    throw UsageError(fmt::format("prompt of {} tokens + --max-new-tokens {} exceeds the model's context of {} tokens",
+                                 prompt.size(), s.max_new_tokens, info.n_ctx));
+  check_capture_schedule(o, s.max_new_tokens, 0);
+  session.open_sink();
+  session.run([&] {
+    Progress progress("generate: token", s.max_new_tokens);
+    const Tokenizer* tok = session.model().tokenizer();
+    nlohmann::json steps = nlohmann::json::array();
+    auto result = generate_autoregressive(session.model(), prompt, s, session.hooks(), 0, [&](int step, std::int64_t token) {
+      steps.push_back({{"step", step},
+                       {"phase", step == 0 ? "prefill" : "decode"},
+                       {"query_offset", step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1},
+                       {"token", token},
+                       {"token_string", tok ? tok->token_string(token) : std::to_string(token)}});
+      progress.update(step + 1);
+    });
+    nlohmann::json g = {{"mode", "autoregressive"},
+                        {"max_new_tokens", s.max_new_tokens},
+                        {"greedy", s.greedy},
+                        {"temperature", s.temperature},
+                        {"top_k", s.top_k},
+                        {"top_p", s.top_p},
+                        {"seed", s.seed},
+                        {"stop_at_eos", s.stop_at_eos},
+                        {"output_ids", result.output_ids},
+                        {"new_ids", result.new_ids},
+                        {"stopped_on_eos", result.stopped_on_eos},
+                        {"steps", steps}};
+    if (tok) {
+      g["text"] = tok->decode(result.new_ids);
+      std::cout << "generated: " << tok->decode(result.new_ids) << "\n";
+    }
+    return nlohmann::json{{"generation", g}};
+  });
+}
+
+void generate_diffusion(RunSession& session, RunOptions& o) {
+  DiffusionOptions& d = o.diffusion;
+  d.seed = o.sampling.seed;
+  const auto remasking = parse_remasking(o.remasking);
+  if (!remasking) throw UsageError(fmt::format("--remasking must be low_confidence or random, not '{}'", o.remasking));
+  d.remasking = *remasking;
+  if (o.confidence_dtype != "float32" && o.confidence_dtype != "float64")
+    throw UsageError(fmt::format("--confidence-dtype must be float32 or float64, not '{}'", o.confidence_dtype));
+  d.confidence_float64 = o.confidence_dtype == "float64";
+  if (o.mask_id >= 0) d.mask_id = o.mask_id;
+  d.validate();
+  const auto& prompt = session.prompts().at(0).ids;
+  const ModelInfo& info = session.model().info();
+  if (std::int64_t(prompt.size()) + d.gen_length > info.n_ctx)
+    throw UsageError(fmt::format("prompt of {} tokens + --gen-length {} exceeds the model's context of {} tokens",
+                                 prompt.size(), d.gen_length, info.n_ctx));
+  if (!d.mask_id && !info.mask_id) throw UsageError(fmt::format("{} names no mask token: give --mask-id", info.path));
+  check_capture_schedule(o, d.steps, d.gen_length / d.block_length_or_all());
+  session.open_sink();
+  session.run([&] {
+    Progress progress("generate: denoising step", d.steps);
+    nlohmann::json steps = nlohmann::json::array();
+    auto result = generate_masked_diffusion(session.model(), prompt, d, session.hooks(), 0, [&](const DiffusionStep& s) {
+      steps.push_back({{"step", s.step}, {"block", s.block}, {"ids", s.ids}, {"committed", s.committed},
+                       {"confidences", s.confidences}});
+      progress.update(s.step + 1, fmt::format(" (block {})", s.block));
+    });
+    const std::vector<std::int64_t> generated(result.output_ids.begin() + std::ptrdiff_t(prompt.size()), result.output_ids.end());
+    nlohmann::json g = {{"mode", "masked_diffusion"},
+                        {"prompt_length", prompt.size()},
+                        {"gen_length", d.gen_length},
+                        {"steps_total", d.steps},
+                        {"block_length", d.block_length_or_all()},
+                        {"temperature", d.temperature},
+                        {"cfg_scale", d.cfg_scale},
+                        {"remasking", remasking_name(d.remasking)},
+                        {"confidence_dtype", o.confidence_dtype},
+                        {"mask_id", result.mask_id},
+                        {"seed", d.seed},
+                        {"stop_at_eos", d.stop_at_eos},
+                        {"stopped_on_eos", result.stopped_on_eos},
+                        {"output_ids", result.output_ids},
+                        {"new_ids", generated},
+                        {"steps", steps}};
+    if (const Tokenizer* tok = session.model().tokenizer()) {
+      std::vector<std::int64_t> shown;  // mask tokens left (if any) are not text
+      for (auto id : generated)
+        if (id != result.mask_id && id < tok->vocab_size()) shown.push_back(id);
+      g["text"] = tok->decode(shown);
+      std::cout << "generated: " << tok->decode(shown) << "\n";
+    }
+    return nlohmann::json{{"generation", g}};
+  });
+}
 
 void add_common_options(CLI::App& cmd, RunOptions& o) {
   cmd.add_option("--model", o.model, "Model directory (or file) to load")->required();
@@ -233,6 +377,12 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
       ->delimiter(',')
       ->capture_default_str();
   cmd.add_option("--layers", o.layers, "Capture only these layers (comma-separated)")->delimiter(',');
+  const std::string slicing = "Capture slicing (cuts what is stored, not what is computed)";
+  cmd.add_option("--heads", o.heads, "Capture only these heads (comma-separated)")->delimiter(',')->group(slicing);
+  cmd.add_option("--query-range", o.query_range, "Capture only query (and pos) positions A:B, A: or :B")->group(slicing);
+  cmd.add_option("--key-range", o.key_range, "Capture only key positions A:B, A: or :B")->group(slicing);
+  cmd.add_option("--capture-steps", o.capture_steps, "Capture only at these generation steps")->delimiter(',')->group(slicing);
+  cmd.add_option("--capture-blocks", o.capture_blocks, "Capture only in these diffusion blocks")->delimiter(',')->group(slicing);
   cmd.add_option("--ablate", o.ablate, "Zero-ablate head H of layer L (LAYER.HEAD, repeatable)");
   cmd.add_option("--out", o.out, "Run directory to write (default runs/COMMAND-DATE-TIME)");
   cmd.add_flag("--overwrite", o.overwrite, "Replace an existing run directory");
@@ -251,6 +401,7 @@ void add_run_commands(CLI::App& app) {
   add_common_options(*cap, *capture);
   cap->callback([capture] {
     RunSession session(*capture, "capture");
+    check_capture_schedule(*capture, 1, 0);
     session.open_sink();
     session.run([&] {
       Progress progress("capture: prompt", int(session.prompts().size()));
@@ -267,58 +418,50 @@ void add_run_commands(CLI::App& app) {
   });
 
   auto gen = std::make_shared<RunOptions>();
-  CLI::App* g = app.add_subcommand("generate", "Generate text and capture hook points at every step (step 0 = prefill)");
+  CLI::App* g = app.add_subcommand(
+      "generate",
+      "Generate and capture hook points at every step. Causal models generate token by token (step 0 = "
+      "prefill); bidirectional models (LLaDA, MMaDA) by masked diffusion (every denoising step of every block)");
   add_common_options(*g, *gen);
-  g->add_option("--max-new-tokens", gen->sampling.max_new_tokens, "Tokens to generate")->capture_default_str();
-  auto* greedy = g->add_flag("--greedy", gen->greedy, "Pick the most likely token (the default)");
-  auto* temp = g->add_option("--temperature", gen->sampling.temperature, "Sample with this temperature");
-  auto* topk = g->add_option("--top-k", gen->sampling.top_k, "Sample from the k most likely tokens");
-  auto* topp = g->add_option("--top-p", gen->sampling.top_p, "Sample from the smallest set with this probability");
-  g->add_option("--seed", gen->sampling.seed, "Random seed for sampling")->capture_default_str();
-  g->add_flag("--no-stop-at-eos", gen->no_stop_at_eos, "Keep generating after the end-of-text token");
-  for (auto* opt : {temp, topk, topp}) greedy->excludes(opt);
-  g->callback([gen, temp, topk, topp] {
-    gen->sampling.greedy = !(temp->count() || topk->count() || topp->count());
-    gen->sampling.stop_at_eos = !gen->no_stop_at_eos;
-    gen->sampling.validate();
+  auto* temp = g->add_option("--temperature", gen->sampling.temperature,
+                             "Sampling temperature (autoregressive), or Gumbel-noise temperature (diffusion; default 0)");
+  g->add_option("--seed", gen->sampling.seed, "Random seed")->capture_default_str();
+  const std::string ar = "Autoregressive", md = "Masked diffusion";
+  std::vector<CLI::Option*> ar_only{
+      g->add_option("--max-new-tokens", gen->sampling.max_new_tokens, "Tokens to generate")->capture_default_str()->group(ar),
+      g->add_flag("--greedy", gen->greedy, "Pick the most likely token (the default)")->group(ar),
+      g->add_option("--top-k", gen->sampling.top_k, "Sample from the k most likely tokens")->group(ar),
+      g->add_option("--top-p", gen->sampling.top_p, "Sample from the smallest set with this probability")->group(ar),
+      g->add_flag("--no-stop-at-eos", gen->no_stop_at_eos, "Keep generating after the end-of-text token")->group(ar)};
+  ar_only[1]->excludes(temp)->excludes(ar_only[2])->excludes(ar_only[3]);
+  DiffusionOptions& d = gen->diffusion;
+  std::vector<CLI::Option*> md_only{
+      g->add_option("--gen-length", d.gen_length, "Tokens to generate (mask tokens after the prompt)")->capture_default_str()->group(md),
+      g->add_option("--steps", d.steps, "Denoising steps in all (a multiple of the number of blocks)")->capture_default_str()->group(md),
+      g->add_option("--block-length", d.block_length, "Semi-autoregressive block length (default: gen length, one block)")->group(md),
+      g->add_option("--cfg-scale", d.cfg_scale, "Classifier-free guidance scale (0 = off)")->capture_default_str()->group(md),
+      g->add_option("--remasking", gen->remasking, "Which positions to commit: low_confidence | random")->capture_default_str()->group(md),
+      g->add_option("--confidence-dtype", gen->confidence_dtype, "Confidence softmax in float32 (LLaDA) or float64 (MMaDA)")->capture_default_str()->group(md),
+      g->add_option("--mask-id", gen->mask_id, "Mask token id (default: config.json's mask_token_id)")->group(md),
+      g->add_flag("--stop-at-eos", d.stop_at_eos, "Stop after the first block in which end-of-text was committed")->group(md)};
+  g->callback([gen, temp, topk = ar_only[2], topp = ar_only[3], ar_only, md_only] {
     if (gen->prompts.size() + gen->prompt_ids.size() > 1)
       throw UsageError("generate takes one prompt (--prompt or --prompt-ids)");
     RunSession session(*gen, "generate");
-    const auto& prompt = session.prompts().at(0).ids;
     const ModelInfo& info = session.model().info();
-    if (std::int64_t(prompt.size()) + gen->sampling.max_new_tokens > info.n_ctx)
-      throw UsageError(fmt::format("prompt of {} tokens + --max-new-tokens {} exceeds the model's context of {} tokens",
-                                   prompt.size(), gen->sampling.max_new_tokens, info.n_ctx));
-    session.open_sink();
-    session.run([&] {
-      const SamplingOptions& s = gen->sampling;
-      Progress progress("generate: token", s.max_new_tokens);
-      const Tokenizer* tok = session.model().tokenizer();
-      nlohmann::json steps = nlohmann::json::array();
-      auto result = generate_autoregressive(session.model(), prompt, s, session.hooks(), 0, [&](int step, std::int64_t token) {
-        steps.push_back({{"step", step},
-                         {"phase", step == 0 ? "prefill" : "decode"},
-                         {"query_offset", step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1},
-                         {"token", token},
-                         {"token_string", tok ? tok->token_string(token) : std::to_string(token)}});
-        progress.update(step + 1);
-      });
-      nlohmann::json g = {{"mode", "autoregressive"},
-                          {"max_new_tokens", s.max_new_tokens},
-                          {"greedy", s.greedy},
-                          {"temperature", s.temperature},
-                          {"top_k", s.top_k},
-                          {"top_p", s.top_p},
-                          {"seed", s.seed},
-                          {"stop_at_eos", s.stop_at_eos},
-                          {"output_ids", result.output_ids},
-                          {"new_ids", result.new_ids},
-                          {"stopped_on_eos", result.stopped_on_eos},
-                          {"steps", steps}};
-      if (tok) g["text"] = tok->decode(result.new_ids);
-      if (tok) std::cout << "generated: " << tok->decode(result.new_ids) << "\n";
-      return nlohmann::json{{"generation", g}};
-    });
+    const bool diffusion = std::all_of(info.layer_attention.begin(), info.layer_attention.end(),
+                                       [](AttentionKind k) { return k == AttentionKind::bidirectional; });
+    for (const auto* opt : diffusion ? ar_only : md_only)
+      if (opt->count())
+        throw UsageError(fmt::format("{} is for {} models; {} is {}", opt->get_name(), diffusion ? "autoregressive" : "masked-diffusion",
+                                     info.path, diffusion ? "a masked-diffusion model" : "autoregressive"));
+    if (diffusion) {
+      gen->diffusion.temperature = temp->count() ? gen->sampling.temperature : 0.0;
+      return generate_diffusion(session, *gen);
+    }
+    gen->sampling.greedy = !(temp->count() || topk->count() || topp->count());
+    gen->sampling.stop_at_eos = !gen->no_stop_at_eos;
+    generate_tokens(session, *gen);
   });
 }
 

@@ -64,7 +64,8 @@ bool listed(const std::vector<T>& allowed, const T& value) {
 }
 
 bool context_matches(const HookFilter& f, const CaptureContext& ctx) {
-  return listed(f.phases, ctx.phase) && listed(f.steps, ctx.step) && listed(f.prompts, ctx.prompt) &&
+  return listed(f.phases, ctx.phase) && listed(f.steps, ctx.step) && listed(f.blocks, ctx.block) &&
+         listed(f.prompts, ctx.prompt) &&
          (f.layers.empty() || (ctx.layer >= 0 && listed(f.layers, ctx.layer)));
 }
 

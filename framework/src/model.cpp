@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <fstream>
+#include <ostream>
 
 namespace hooklens {
 
@@ -19,6 +20,8 @@ const char* attention_kind_name(AttentionKind kind) {
   }
   return "?";
 }
+
+std::ostream& operator<<(std::ostream& out, AttentionKind kind) { return out << attention_kind_name(kind); }
 
 nlohmann::json ModelInfo::to_json() const {
   nlohmann::json j = {{"adapter", adapter},       {"architecture", architecture}, {"path", path},

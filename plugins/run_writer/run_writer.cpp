@@ -428,6 +428,7 @@ class RunWriter final : public CaptureSink {
                         {"block", item.ctx.block},
                         {"layer", item.ctx.layer},
                         {"query_offset", item.ctx.query_offset},
+                        {"key_offset", item.ctx.key_offset},
                         {"pass", item.ctx.pass},
                         {"shape", t.sizes().vec()},
                         {"dtype", dtype},

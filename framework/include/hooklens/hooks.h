@@ -31,6 +31,7 @@ struct CaptureContext {
   int layer = -1;               // -1 for model-level points (hook_embed, hook_logits, ...)
   std::int64_t query_offset = 0;  // absolute position of the first query row / first position
   int pass = 0;                 // 0 = conditional pass; 1 = unconditional pass (classifier-free guidance)
+  std::int64_t key_offset = 0;  // absolute position of the first key column of a pattern/scores capture
 };
 
 // Which events a hook listens to. Empty lists mean "all".
@@ -40,6 +41,7 @@ struct HookFilter {
   std::vector<std::string> names;
   std::vector<int> layers;
   std::vector<int> steps;
+  std::vector<int> blocks;
   std::vector<Phase> phases;
   std::vector<int> prompts;
 

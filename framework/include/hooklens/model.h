@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <iosfwd>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,6 +19,7 @@ class PluginRegistry;
 
 enum class AttentionKind { causal, local, bidirectional };
 const char* attention_kind_name(AttentionKind kind);
+std::ostream& operator<<(std::ostream& out, AttentionKind kind);
 
 struct ModelInfo {
   std::string adapter;        // plugin name, e.g. "gpt_neo"
