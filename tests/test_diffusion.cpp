@@ -203,3 +203,34 @@ TEST_CASE("bad diffusion parameters are refused") {
   o.gen_length = 0;
   refuse(o, "gen length");
 }
+
+TEST_CASE("MMaDA configs and half-precision LLaDA checkpoints load through the same adapter") {
+  test::TempDir tmp;
+  auto config = read_json_file(kFixture / "config.json");
+  config["model_type"] = "mmada";
+  std::ofstream(tmp / "config.json") << config.dump(2);
+  // The fixture's weights stored as BF16, as LLaDA-8B ships them.
+  std::vector<std::pair<std::string, at::Tensor>> half;
+  for (auto& [name, t] : read_safetensors(kFixture / "model.safetensors")) half.emplace_back(name, t.to(at::kBFloat16));
+  write_safetensors(tmp / "model.safetensors", half);
+  auto model = load_model("diffusion", tmp.path);
+  CHECK(model->info().architecture == "MMadaModelLM");
+  CHECK(model->info().weight_dtype == "BF16");
+  // Same computation on the rounded weights: close to the float32 reference, not equal.
+  TensorMap ref = read_safetensors(kFixture / "reference_0.safetensors");
+  HookSet none;
+  at::Tensor logits = model->forward(ref.at("x.init"), none, {}, nullptr);
+  const double diff = test::max_abs_diff(logits, ref.at("fwd.logits"));
+  CHECK(diff > 0);
+  CHECK(diff < 0.1);
+}
+
+TEST_CASE("unsupported LLaDA options are refused, naming the key") {
+  test::TempDir tmp;
+  auto config = read_json_file(kFixture / "config.json");
+  config["block_type"] = "sequential";
+  std::ofstream(tmp / "config.json") << config.dump(2);
+  fs::create_symlink(kFixture / "model.safetensors", tmp / "model.safetensors");
+  auto adapter = std::static_pointer_cast<Adapter>(PluginRegistry::create_from(test::plugin_file("diffusion"), "adapter"));
+  CHECK_THAT(test::error_of([&] { adapter->load(tmp.path, {}); }), Catch::Contains("block_type") && Catch::Contains("config.json"));
+}

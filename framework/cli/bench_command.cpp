@@ -7,6 +7,7 @@
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/runtime.h>
 #include <hooklens/sink.h>
 
 #include <ATen/ATen.h>
@@ -92,7 +93,7 @@ class Bench {
 };
 
 void run_bench(const BenchOptions& o) {
-  set_threads(o.threads);
+  init_runtime(o.threads);
   const fs::path scratch = fs::temp_directory_path() / fmt::format("hooklens-bench-{}", ::getpid());
   struct Cleanup {
     fs::path dir;

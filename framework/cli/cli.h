@@ -14,9 +14,6 @@ void add_run_commands(CLI::App& app);    // capture, generate
 void add_bench_command(CLI::App& app);   // bench
 void add_demo_model_command(CLI::App& app);  // demo-model
 
-// 0 means one thread per core.
-void set_threads(int threads);
-
 // The shape of a randomly initialised GPT-Neo written as a Hugging Face directory (demo, bench).
 struct RandomNeoShape {
   int d_model = 64, n_layers = 4, n_heads = 4, window = 16, n_ctx = 256;

@@ -3,22 +3,11 @@
 
 #include <hooklens/error.h>
 
-#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <iostream>
-#include <thread>
-
-namespace hooklens::cli {
-
-void set_threads(int threads) {
-  if (threads < 0) throw UsageError("--threads must be 0 (one per core) or positive");
-  at::set_num_threads(threads > 0 ? threads : int(std::max(1u, std::thread::hardware_concurrency())));
-}
-
-}  // namespace hooklens::cli
 
 namespace {
 

@@ -7,6 +7,7 @@
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/runtime.h>
 #include <hooklens/sink.h>
 
 #include <ATen/ATen.h>
@@ -170,7 +171,7 @@ class Progress {
 class RunSession {
  public:
   RunSession(const RunOptions& o, const std::string& command) : options_(o) {
-    set_threads(o.threads);
+    init_runtime(o.threads);
     LoadOptions load;
     load.tokenizer = o.tokenizer;
     model_ = open_model(registry_, o.model, o.adapter, load);

@@ -107,10 +107,16 @@ DiffusionResult generate_masked_diffusion(Model& model, const std::vector<std::i
       step.block = b;
       if (k > 0) {
         at::Tensor chosen = std::get<0>(std::get<1>(at::topk(confidence, k)).sort());
-        x.index_put_({chosen}, x0.index({chosen}));
-        at::Tensor chosen_confidence = confidence.index({chosen}).to(at::kDouble);
-        step.committed.assign(chosen.data_ptr<std::int64_t>(), chosen.data_ptr<std::int64_t>() + k);
-        step.confidences.assign(chosen_confidence.data_ptr<double>(), chosen_confidence.data_ptr<double>() + k);
+        const at::Tensor tokens = x0.index({chosen});
+        x.index_put_({chosen}, tokens);
+        // A position whose prediction is the mask id stays masked (and competes again): only the
+        // positions this step unmasked count as committed, as in the upstream trace's `unmasked`.
+        const at::Tensor unmasked = tokens.ne(*mask);
+        at::Tensor committed = chosen.masked_select(unmasked);
+        at::Tensor committed_confidence = confidence.index({chosen}).masked_select(unmasked).to(at::kDouble);
+        step.committed.assign(committed.data_ptr<std::int64_t>(), committed.data_ptr<std::int64_t>() + committed.numel());
+        step.confidences.assign(committed_confidence.data_ptr<double>(),
+                                committed_confidence.data_ptr<double>() + committed_confidence.numel());
       }
       step.ids.assign(x.data_ptr<std::int64_t>(), x.data_ptr<std::int64_t>() + T);
       if (on_step) on_step(step);

@@ -66,7 +66,8 @@ struct DiffusionStep {
   int step = 0;                            // global denoising step
   int block = 0;
   std::vector<std::int64_t> ids;           // the whole sequence after this step
-  std::vector<std::int64_t> committed;     // positions committed at this step (ascending)
+  std::vector<std::int64_t> committed;     // positions unmasked at this step (ascending; a position
+                                           // whose prediction was the mask id stays masked)
   std::vector<double> confidences;         // their confidences, in the same order
 };
 
