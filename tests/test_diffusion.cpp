@@ -234,3 +234,21 @@ TEST_CASE("unsupported LLaDA options are refused, naming the key") {
   auto adapter = std::static_pointer_cast<Adapter>(PluginRegistry::create_from(test::plugin_file("diffusion"), "adapter"));
   CHECK_THAT(test::error_of([&] { adapter->load(tmp.path, {}); }), Catch::Contains("block_type") && Catch::Contains("config.json"));
 }
+
+TEST_CASE("stop at end-of-text ends generation after the block that committed it") {
+  test::TempDir tmp;
+  auto config = read_json_file(kFixture / "config.json");
+  config["eos_token_id"] = 496;  // the fixture's sampler commits 496 in the first block
+  std::ofstream(tmp / "config.json") << config.dump(2);
+  fs::create_symlink(kFixture / "model.safetensors", tmp / "model.safetensors");
+  auto model = load_model("diffusion", tmp.path);
+  TensorMap ref = read_safetensors(kFixture / "reference_0.safetensors");
+  HookSet none;
+  DiffusionOptions o = fixture_options();
+  o.stop_at_eos = true;
+  auto r = generate_masked_diffusion(*model, to_vector(ref.at("prompt_ids")), o, none);
+  CHECK(r.stopped_on_eos);
+  REQUIRE(r.steps.size() == 4);  // block 0 only
+  CHECK(r.output_ids == to_vector(ref.at("step3.x")));
+  CHECK(std::count(r.output_ids.begin() + 20, r.output_ids.end(), 500) == 8);  // block 1 still masked
+}
