@@ -26,7 +26,7 @@ using test::load_model;
 
 namespace {
 
-const char* const kPython = "/usr/bin/python3";  // Debian's, the interpreter that has torch
+using test::kPython;
 
 // `n` prompt ids below `below` (so never the mask id nor a padded row).
 std::vector<std::int64_t> prompt_ids(int n, std::int64_t below, int salt) {
@@ -86,7 +86,7 @@ struct References {
   bool available = false;
 
   References() {
-    if (std::system((std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1").c_str()) != 0) return;
+    if (!test::python_has("torch, numpy")) return;
     available = true;
     // gqa: 6 query heads over 2 kv heads, rope_theta 10000, vocabulary 300 padded to 320, mask 290.
     // mqa: 4 query heads over 1 kv head, head size 12, rope_theta 500000, mask 199 = the last id.

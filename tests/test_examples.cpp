@@ -136,17 +136,6 @@ struct Capture {
   at::Tensor tensor;
 };
 
-CaptureContext context(Phase phase, int step, int block, int layer, std::int64_t query_offset, int pass = 0) {
-  CaptureContext ctx;
-  ctx.phase = phase;
-  ctx.step = step;
-  ctx.block = block;
-  ctx.layer = layer;
-  ctx.query_offset = query_offset;
-  ctx.pass = pass;
-  return ctx;
-}
-
 std::string pattern_hook(int layer) { return fmt::format("blocks.{}.attn.hook_pattern", layer); }
 
 void write_run(const fs::path& dir, const json& fields, const std::vector<Capture>& captures, bool finish = true) {
@@ -202,9 +191,9 @@ std::vector<Capture> diffusion_captures() {
         if (pass == 1) one_hot_rows(p, -1, kP, 3);
         else if (s == kSteps - 1 && l == 0) one_hot_rows(p, -1, kP, 1);
         else if (s == kSteps - 1) one_hot_rows(p, 0, kP, 1), one_hot_rows(p, 1, kP, 2);
-        captures.push_back({pattern_hook(l), context(Phase::denoise, s, s / 2, l, 0, pass), p});
+        captures.push_back({pattern_hook(l), test::context(0, Phase::denoise, s, s / 2, l, 0, pass), p});
       }
-      captures.push_back({"hook_logits", context(Phase::denoise, s, s / 2, -1, 0, pass), at::zeros({1, kT, 10})});
+      captures.push_back({"hook_logits", test::context(0, Phase::denoise, s, s / 2, -1, 0, pass), at::zeros({1, kT, 10})});
     }
   return captures;
 }
@@ -502,12 +491,12 @@ TEST_CASE("diffusion_attention on an autoregressive run: prefill heatmaps, decod
   // Prompt of 3 tokens, 3 decode steps; each decode row attends only to prompt position 2.
   std::vector<Capture> captures;
   for (int l = 0; l < 2; ++l)
-    captures.push_back({pattern_hook(l), context(Phase::prefill, 0, -1, l, 0), uniform(2, 3, 3)});
+    captures.push_back({pattern_hook(l), test::context(0, Phase::prefill, 0, -1, l, 0), uniform(2, 3, 3)});
   for (int s = 1; s <= 3; ++s)
     for (int l = 0; l < 2; ++l) {
       at::Tensor p = uniform(2, 1, 3 + s);
       one_hot_rows(p, -1, 0, 2);
-      captures.push_back({pattern_hook(l), context(Phase::decode, s, -1, l, 3 + s - 1), p});
+      captures.push_back({pattern_hook(l), test::context(0, Phase::decode, s, -1, l, 3 + s - 1), p});
     }
   write_run(run,
             {{"model", {{"adapter", "test"}}},
@@ -604,7 +593,7 @@ TEST_CASE("diffusion_attention on the LLaDA fixture's attention matches masses c
   std::vector<Capture> captures;
   for (int s = 0; s < 8; ++s)
     for (int l = 0; l < 2; ++l)
-      captures.push_back({pattern_hook(l), context(Phase::denoise, s, s / 4, l, 0),
+      captures.push_back({pattern_hook(l), test::context(0, Phase::denoise, s, s / 4, l, 0),
                           reference.at(fmt::format("step{}.attn.L{}", s, l))});
   TempDir tmp;
   const fs::path run = tmp.path / "run", out = tmp.path / "out";
@@ -633,7 +622,7 @@ TEST_CASE("diffusion_attention refuses bad runs and options with one error line"
   const fs::path incomplete = f.tmp.path / "incomplete", no_patterns = f.tmp.path / "no_patterns";
   write_run(incomplete, diffusion_fields(), diffusion_captures(), /*finish=*/false);
   write_run(no_patterns, diffusion_fields(),
-            {{"hook_logits", context(Phase::denoise, 0, 0, -1, 0), at::zeros({1, kT, 10})}});
+            {{"hook_logits", test::context(0, Phase::denoise, 0, 0, -1, 0), at::zeros({1, kT, 10})}});
   auto nan_captures = diffusion_captures();
   nan_captures[0].tensor[0][0][0][0] = NAN;
   const fs::path nan_run = f.tmp.path / "nan";

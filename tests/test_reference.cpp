@@ -26,7 +26,7 @@ using test::Recorder;
 
 namespace {
 
-const char* const kPython = "/usr/bin/python3";  // Debian's, the interpreter that has torch
+using test::kPython;
 
 // A prompt of `n` ids below `vocab` that repeats every 29 tokens, so long-range attention matters.
 std::vector<std::int64_t> repeating_ids(int n, std::int64_t vocab) {
@@ -73,7 +73,7 @@ struct References {
   bool available = false;
 
   References() {
-    if (std::system((std::string(kPython) + " -c 'import torch, numpy' >/dev/null 2>&1").c_str()) != 0) return;
+    if (!test::python_has("torch, numpy")) return;
     available = true;
     const fs::path fixtures = test::fixtures();
     const fs::path neo = dir / "neo-w4", gpt2 = dir / "gpt2";

@@ -28,24 +28,13 @@ using nlohmann::json;
 
 using test::error_of;
 using test::TempDir;
+using test::context;
 
 namespace {
 
 std::shared_ptr<hooklens::CaptureSink> make_sink() {
   return std::static_pointer_cast<hooklens::CaptureSink>(
       hooklens::PluginRegistry::create_from(HOOKLENS_BUILD_DIR "/plugins/hooklens_run_writer.so", "sink"));
-}
-
-CaptureContext context(int prompt, Phase phase, int step, int block, int layer, std::int64_t query_offset, int pass = 0) {
-  CaptureContext ctx;
-  ctx.prompt = prompt;
-  ctx.phase = phase;
-  ctx.step = step;
-  ctx.block = block;
-  ctx.layer = layer;
-  ctx.query_offset = query_offset;
-  ctx.pass = pass;
-  return ctx;
 }
 
 struct Capture {

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <hooklens/error.h>
+#include <hooklens/hooks.h>
 
 #include <cstdlib>
 #include <functional>
@@ -41,6 +42,27 @@ struct TempDir {
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   REQUIRE(a.sizes() == b.sizes());
   return a.to(at::kDouble).sub(b.to(at::kDouble)).abs().max().item<double>();
+}
+
+// Debian's interpreter: the one that has python3-torch (the python3 first on PATH may not).
+inline const char* const kPython = "/usr/bin/python3";
+
+// True if kPython can import every module in `modules` (e.g. "torch, numpy").
+inline bool python_has(const std::string& modules) {
+  return std::system(fmt::format("{} -c 'import {}' >/dev/null 2>&1", kPython, modules).c_str()) == 0;
+}
+
+inline hooklens::CaptureContext context(int prompt, hooklens::Phase phase, int step, int block, int layer,
+                                        std::int64_t query_offset, int pass = 0) {
+  hooklens::CaptureContext ctx;
+  ctx.prompt = prompt;
+  ctx.phase = phase;
+  ctx.step = step;
+  ctx.block = block;
+  ctx.layer = layer;
+  ctx.query_offset = query_offset;
+  ctx.pass = pass;
+  return ctx;
 }
 
 // The message of the hooklens::Error `f` throws, or "(no error)".

@@ -90,6 +90,9 @@ class HookedTransformer final : public Model {
  private:
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
   at::Tensor activation(const at::Tensor& x) const;
+  bool uses_rope() const {
+    return spec_.positions == Spec::Positions::rope_neox || spec_.positions == Spec::Positions::rope_interleaved;
+  }
   at::Tensor rotate(const at::Tensor& x, std::int64_t offset) const;  // RoPE on [batch, pos, head, d_head]
   at::Tensor allowed_keys(AttentionKind kind, std::int64_t offset, std::int64_t queries, std::int64_t keys) const;
   at::Tensor block(Layer& layer, size_t index, at::Tensor x, const HookSet& hooks, const CaptureContext& ctx,
@@ -173,7 +176,7 @@ HookedTransformer::HookedTransformer(ModelInfo info, Spec spec, TransformerWeigh
     }
     layers_.push_back(std::move(layer));
   }
-  if (spec_.positions == Spec::Positions::rope_neox) {
+  if (uses_rope()) {
     if (info_.d_head % 2) throw Error(fmt::format("{}: RoPE needs an even head size, not {}", info_.path, info_.d_head));
     // As the reference computes it: theta ** (arange(0, d_head, 2) / d_head) in float32.
     at::Tensor exponent = at::arange(0, info_.d_head, 2, at::kFloat) / float(info_.d_head);
@@ -191,7 +194,7 @@ std::vector<HookPointInfo> HookedTransformer::hook_points() const {
     const LayerNames& n = layer.names;
     points.push_back({n.resid_pre, resid, l});
     for (const auto* name : {&n.q, &n.k, &n.v}) points.push_back({*name, heads, l});
-    if (spec_.positions == Spec::Positions::rope_neox) {
+    if (uses_rope()) {
       points.push_back({n.rot_q, heads, l});
       points.push_back({n.rot_k, heads, l});
     }
@@ -228,11 +231,19 @@ at::Tensor HookedTransformer::activation(const at::Tensor& x) const {
   return x;
 }
 
-// NeoX "rotate half" RoPE: dims [0, d/2) pair with [d/2, d).
+// RoPE at positions offset.. with frequency i for pair i. NeoX "rotate half": dims [0, d/2) pair
+// with [d/2, d); interleaved: dims 2i and 2i+1 pair.
 at::Tensor HookedTransformer::rotate(const at::Tensor& x, std::int64_t offset) const {
   const std::int64_t T = x.size(1), half = x.size(3) / 2;
   at::Tensor positions = at::arange(offset, offset + T, at::kFloat);
   at::Tensor freqs = at::outer(positions, rope_inv_freq_);
+  if (spec_.positions == Spec::Positions::rope_interleaved) {
+    at::Tensor angles = freqs.view({1, T, 1, half});
+    at::Tensor cos = angles.cos(), sin = angles.sin();
+    at::Tensor pairs = x.unflatten(3, {half, 2});
+    at::Tensor x0 = pairs.select(4, 0), x1 = pairs.select(4, 1);
+    return at::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1).flatten(3);
+  }
   at::Tensor angles = at::cat({freqs, freqs}, -1).view({1, T, 1, 2 * half});
   at::Tensor rotated_half = at::cat({-x.narrow(3, half, half), x.narrow(3, 0, half)}, -1);
   return x * angles.cos() + rotated_half * angles.sin();
@@ -264,7 +275,7 @@ at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, co
   hooks.fire(n.q, ctx, q);
   hooks.fire(n.k, ctx, k);
   hooks.fire(n.v, ctx, v);
-  if (spec_.positions == Spec::Positions::rope_neox) {
+  if (uses_rope()) {
     q = rotate(q, offset);
     k = rotate(k, offset);
     hooks.fire(n.rot_q, ctx, q);

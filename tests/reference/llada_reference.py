@@ -46,54 +46,22 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 
 import numpy as np
 import torch
 
+import safetensors_io  # beside this script
+
 # ---------------------------------------------------------------------------------------------
 # safetensors: 8-byte little-endian header length, a JSON header, then the raw little-endian data.
 
-_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "I64": "<i8", "I32": "<i4", "U8": "u1"}
-_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8"}
-
-
 def read_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (header_len,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + header_len])
-    base = 8 + header_len
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        raw = data[base + begin:base + end]
-        if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-            array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            array = np.frombuffer(raw, _NUMPY_DTYPES[entry["dtype"]])
-        tensors[name] = torch.from_numpy(array.reshape(entry["shape"]).copy())
-    return tensors
+    return {name: torch.from_numpy(array) for name, array in safetensors_io.read(path).items()}
 
 
 def write_safetensors(path, tensors, metadata=None):
-    header, blobs, offset = {}, [], 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name, tensor in tensors.items():
-        array = tensor.detach().contiguous().numpy()
-        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+    safetensors_io.write(path, {name: t.detach().contiguous().numpy() for name, t in tensors.items()}, metadata)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ namespace hooklens {
 
 struct TransformerSpec {
   enum class Norm { layer_norm, rms_norm };
-  enum class Positions { learned, rope_neox, none };
+  // rope_neox rotates dims (i, i + d/2) together; rope_interleaved (llama2.c, Meta's LLaMA) dims (2i, 2i + 1).
+  enum class Positions { learned, rope_neox, rope_interleaved, none };
   enum class Activation { gelu_new, gelu, relu, silu };
 
   Norm norm = Norm::layer_norm;
