@@ -50,7 +50,7 @@ void add_info_commands(CLI::App& app) {
   CLI::App* info = app.add_subcommand("info", "Show a model's architecture, sizes and hook points");
   info->add_option("--model", o->model, "Model directory (or file)")->required();
   info->add_option("--adapter", o->adapter, "Adapter plugin to use instead of the one chosen from config.json");
-  info->add_option("--tokenizer", o->tokenizer, "Directory with tokenizer.json or vocab.json + merges.txt");
+  info->add_option("--tokenizer", o->tokenizer, "Tokenizer: a directory with tokenizer.json or vocab.json + merges.txt, or a llama2.c tokenizer file");
   info->add_flag("--json", o->json, "Print JSON: {\"model\": {...}, \"hook_points\": [...]}");
   info->callback([o] {
     PluginRegistry registry;
