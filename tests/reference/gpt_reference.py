@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import safetensors_io  # beside this script
+from command_chain import run_chained
 
 # ---------------------------------------------------------------------------------------------
 # safetensors: 8-byte little-endian header length, a JSON header, then the raw little-endian data.
@@ -321,17 +322,7 @@ def parser():
 
 def main(argv):
     torch.set_grad_enabled(False)
-    commands, current = [], []
-    for arg in argv:  # "+" separates commands run in this one process
-        if arg == "+":
-            commands.append(current)
-            current = []
-        else:
-            current.append(arg)
-    commands.append(current)
-    for command in commands:
-        args = parser().parse_args(command)
-        args.func(args)
+    run_chained(argv, parser)
 
 
 if __name__ == "__main__":
