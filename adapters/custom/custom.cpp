@@ -1,4 +1,5 @@
-// Custom checkpoints that are not Hugging Face directories. First format: llama2.c's `.bin`.
+// Custom checkpoints that are not Hugging Face directories: llama2.c's `.bin`, and TorchScript archives
+// (.pt/.pth/.ts, see torchscript.cpp).
 //
 // llama2.c (karpathy/llama2.c) writes a LLaMA body: RMSNorm (eps 1e-5), RoPE on interleaved pairs
 // (dims 2i, 2i+1) with theta 10000, causal attention scaled by 1/sqrt(head_dim) with grouped kv heads,
@@ -12,6 +13,8 @@
 // Version 2 (int8 quantised) is refused. Files are assumed little-endian, like the host.
 // The tokenizer is llama2.c's tokenizer.bin found beside the checkpoint (see find_tokenizer); without
 // one the model loads with no tokenizer and takes token ids only.
+#include "torchscript.h"
+
 #include <hooklens/error.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/tokenizer.h>
@@ -371,6 +374,7 @@ TransformerWeights read_weights(const fs::path& file, const Header& h) {
 class CustomAdapter final : public Adapter {
  public:
   bool accepts(const fs::path& model) const override {
+    if (is_torchscript(model)) return true;
     std::error_code ec;
     if (model.extension() != ".bin" || !fs::is_regular_file(model, ec)) return false;
     try {
@@ -382,6 +386,7 @@ class CustomAdapter final : public Adapter {
   }
 
   std::unique_ptr<Model> load(const fs::path& file, const LoadOptions& options) const override {
+    if (is_torchscript(file)) return load_torchscript(file, options);
     const Header h = parse_header(file);
     if (h.version == 2)
       throw Error(fmt::format("{}: int8-quantised llama2.c checkpoints (version 2) are not supported; export float32 "
@@ -419,4 +424,4 @@ class CustomAdapter final : public Adapter {
 }  // namespace hooklens
 
 HOOKLENS_DEFINE_PLUGIN(hooklens::Adapter, hooklens::CustomAdapter, "adapter", "custom", "1.0",
-                       "custom checkpoints: llama2.c .bin files (legacy and version 1 float32)")
+                       "custom checkpoints: llama2.c .bin files (legacy and version 1 float32), TorchScript archives")

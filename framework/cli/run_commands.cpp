@@ -86,7 +86,7 @@ std::vector<Prompt> read_prompts(const RunOptions& o, const Model& model) {
       throw UsageError(fmt::format("prompt {} has {} tokens, more than the model's context of {} tokens", i,
                                    p.ids.size(), info.n_ctx));
     for (auto id : p.ids)
-      if (id >= info.vocab_size)
+      if (info.vocab_size > 0 && id >= info.vocab_size)  // 0: not known before a forward (TorchScript)
         throw UsageError(fmt::format("prompt {}: token id {} is outside the vocabulary of {}", i, id, info.vocab_size));
   }
   return prompts;
