@@ -39,13 +39,6 @@ constexpr auto kDeadline = std::chrono::seconds(60);
 
 fs::path neo_fixture() { return test::fixtures() / "tiny-neo-a"; }
 
-std::string read_text(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // Replaces whatever is at `file` (a symlink into the fixtures is removed, never written through).
 void write_text(const fs::path& file, const std::string& text) {
   fs::remove(file);
@@ -54,7 +47,7 @@ void write_text(const fs::path& file, const std::string& text) {
   REQUIRE(out.flush());
 }
 
-json fixture_prompts() { return json::parse(read_text(neo_fixture() / "prompts.json"))["prompts"]; }
+json fixture_prompts() { return json::parse(test::read_file(neo_fixture() / "prompts.json"))["prompts"]; }
 
 // ---- running the CLI ------------------------------------------------------------------------------
 
@@ -152,8 +145,8 @@ std::vector<Outcome> run_all(const std::vector<Invocation>& invocations, std::si
       for (const auto& a : inv.args) o.command += " '" + a + "'";
       o.timed_out = r.timed_out;
       o.code = done < 0 ? -1 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      o.out = read_text(out_file(inv));
-      o.err = read_text(err_file(inv));
+      o.out = test::read_file(out_file(inv));
+      o.err = test::read_file(err_file(inv));
       it = running.erase(it);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -175,7 +168,7 @@ bool has_complete_run(const fs::path& root) {
   std::error_code ec;
   for (fs::recursive_directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
     if (it->path().filename() != "manifest.json") continue;
-    const json m = json::parse(read_text(it->path()), nullptr, false);
+    const json m = json::parse(test::read_file(it->path()), nullptr, false);
     if (m.is_object() && m.value("complete", false) == true) return true;
   }
   return false;
@@ -217,7 +210,7 @@ fs::path link_neo(const fs::path& dir) {
 
 fs::path neo_with_config(const fs::path& dir, const std::function<void(json&)>& edit) {
   link_neo(dir);
-  json config = json::parse(read_text(neo_fixture() / "config.json"));
+  json config = json::parse(test::read_file(neo_fixture() / "config.json"));
   edit(config);
   write_text(dir / "config.json", config.dump(2));
   return dir;
@@ -226,7 +219,7 @@ fs::path neo_with_config(const fs::path& dir, const std::function<void(json&)>& 
 // Rewrites model.safetensors with the header edited; the data section is kept byte for byte.
 fs::path neo_with_header(const fs::path& dir, const std::function<void(json&)>& edit) {
   link_neo(dir);
-  const std::string file = read_text(neo_fixture() / "model.safetensors");
+  const std::string file = test::read_file(neo_fixture() / "model.safetensors");
   std::uint64_t n = 0;
   std::memcpy(&n, file.data(), 8);
   json header = json::parse(file.substr(8, n));
@@ -498,8 +491,8 @@ TEST_CASE("broken models and directories are errors: exit 1, one line naming the
   TempDir tmp;
   const fs::path models = tmp / "models";
   fs::create_directories(models / "empty");
-  const std::string fixture_config = read_text(neo_fixture() / "config.json");
-  const std::string fixture_weights = read_text(neo_fixture() / "model.safetensors");
+  const std::string fixture_config = test::read_file(neo_fixture() / "config.json");
+  const std::string fixture_weights = test::read_file(neo_fixture() / "model.safetensors");
   std::uint64_t header_size = 0;
   std::memcpy(&header_size, fixture_weights.data(), 8);
   struct Case {
@@ -550,7 +543,7 @@ TEST_CASE("broken models and directories are errors: exit 1, one line naming the
          return dir;
        }(),
        {"no weights"}},
-      {"vocab.json truncated", neo_with_file(models / "v1", "vocab.json", read_text(neo_fixture() / "vocab.json").substr(0, 5000)),
+      {"vocab.json truncated", neo_with_file(models / "v1", "vocab.json", test::read_file(neo_fixture() / "vocab.json").substr(0, 5000)),
        {"vocab.json"}},
       {"merges.txt broken", neo_with_file(models / "v3", "merges.txt", "#version: 0.2\n\xc4\xa0 t\nthree symbols here\n"),
        {"merges.txt"}},
@@ -565,7 +558,7 @@ TEST_CASE("broken models and directories are errors: exit 1, one line naming the
     check_error(outcomes[i], 1, cases[i].culprits, invocations[i].cwd);
     CHECK_FALSE(fs::exists(invocations[i].cwd / "run"));
   }
-  CHECK(read_text(neo_fixture() / "config.json") == fixture_config);  // nothing was written through a link
+  CHECK(test::read_file(neo_fixture() / "config.json") == fixture_config);  // nothing was written through a link
 }
 
 TEST_CASE("--out refuses an existing directory that is not a run, and leaves it untouched") {
@@ -590,7 +583,7 @@ TEST_CASE("--out refuses an existing directory that is not a run, and leaves it 
   std::vector<fs::path> left;
   for (const auto& e : fs::directory_iterator(keep)) left.push_back(e.path());
   CHECK(left == std::vector<fs::path>{keep / "notes.txt"});
-  CHECK(read_text(keep / "notes.txt") == "precious");
+  CHECK(test::read_file(keep / "notes.txt") == "precious");
 }
 
 TEST_CASE("hooklens plugins lists the plugins and warns about a broken library") {
@@ -599,7 +592,7 @@ TEST_CASE("hooklens plugins lists the plugins and warns about a broken library")
   fs::create_directories(bad);
   write_text(bad / "hooklens_bad.so", "this is not a shared library\n");
   // A real plugin cut short: mapping it without checks would kill the process with SIGBUS.
-  write_text(bad / "hooklens_cut.so", read_text(test::plugin_file("gpt2")).substr(0, 4096));
+  write_text(bad / "hooklens_cut.so", test::read_file(test::plugin_file("gpt2")).substr(0, 4096));
   const auto outcomes = run_all({{"plugins", {"plugins"}, tmp / "a", {"HOOKLENS_PLUGIN_PATH="}},
                                  {"plugins with broken libraries", {"plugins"}, tmp / "b",
                                   {"HOOKLENS_PLUGIN_PATH=" + bad.string()}}});

@@ -118,8 +118,7 @@ struct References {
     cases["mask-argmax"] = {gqa_mask, {}, gqa_prompt, options(12, 6, 6)};
 
     std::ostringstream cmd;
-    cmd << kPython << " '" << (fs::path(HOOKLENS_SOURCE_DIR) / "tests/reference/llada_reference.py").string() << "'"
-        << " check-fixture '" << (test::fixtures() / "llada-tiny-a").string() << "'"
+    cmd << "check-fixture '" << (test::fixtures() / "llada-tiny-a").string() << "'"
         << " + create '" << gqa.string() << "' --d-model 48 --layers 3 --heads 6 --kv-heads 2 --mlp 96 --vocab 300"
         << " --embedding-size 320 --mask-id 290 --eos 291 --rope-theta 10000 --seed 1"
         << " + create '" << mqa.string() << "' --d-model 48 --layers 2 --heads 4 --kv-heads 1 --mlp 80 --vocab 200"
@@ -131,10 +130,8 @@ struct References {
       cmd << run_arguments(c);
     }
     const fs::path log = dir / "reference.log";
-    const int status = std::system((cmd.str() + " >'" + log.string() + "' 2>&1").c_str());
-    std::ifstream in(log);
-    const std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    INFO(output);
+    const int status = test::run_python(fs::path(HOOKLENS_SOURCE_DIR) / "tests/reference/llada_reference.py", cmd.str(), log);
+    INFO(test::read_file(log));
     REQUIRE(status == 0);  // also fails when the reference disagrees with the upstream fixture
   }
 };

@@ -37,11 +37,6 @@ std::shared_ptr<Model> load(const fs::path& file, const LoadOptions& options = {
   return tie_lifetime(a->load(file, options), a);
 }
 
-std::string read_bytes(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 void write_bytes(const fs::path& file, const std::string& bytes) {
   std::ofstream(file, std::ios::binary) << bytes;
 }
@@ -95,12 +90,11 @@ TEST_CASE("llama2.c fixture: logits, attention and encodes match the float64 ref
   test::TempDir dir;
   const fs::path out = dir / "ref.safetensors", log = dir / "ref.log";
   std::ostringstream cmd;
-  cmd << kPython << " '" << (fs::path(HOOKLENS_SOURCE_DIR) / "tests/reference/llama2c_reference.py").string() << "' '"
-      << checkpoint().string() << "' '" << tokenizer_file().string() << "' '" << out.string() << "' "
+  cmd << "'" << checkpoint().string() << "' '" << tokenizer_file().string() << "' '" << out.string() << "' "
       << hex(kTexts[0]);
   for (const auto& t : kTexts) cmd << " '" << hex(t) << "'";
-  const int status = std::system((cmd.str() + " >'" + log.string() + "' 2>&1").c_str());
-  INFO(read_bytes(log));
+  const int status = test::run_python(fs::path(HOOKLENS_SOURCE_DIR) / "tests/reference/llama2c_reference.py", cmd.str(), log);
+  INFO(test::read_file(log));
   REQUIRE(status == 0);
   TensorMap ref = read_safetensors(out);
 
@@ -166,7 +160,7 @@ TEST_CASE("llama2.c fixture: greedy generation with the KV cache continues as ll
 
 TEST_CASE("llama2.c version-1 layout gives the same model as the legacy one") {
   test::TempDir dir;
-  write_bytes(dir / "v1.bin", to_v1(read_bytes(checkpoint())));
+  write_bytes(dir / "v1.bin", to_v1(test::read_file(checkpoint())));
   REQUIRE(adapter()->accepts(dir / "v1.bin"));
   auto legacy = load(checkpoint());
   auto v1 = load(dir / "v1.bin");
@@ -177,7 +171,7 @@ TEST_CASE("llama2.c version-1 layout gives the same model as the legacy one") {
 
 TEST_CASE("llama2.c: malformed files are refused with an Error naming the file") {
   test::TempDir dir;
-  const std::string good = read_bytes(checkpoint());
+  const std::string good = test::read_file(checkpoint());
   auto refused = [&](const std::string& name, const std::string& bytes, const std::string& why) {
     INFO(name);
     const fs::path file = dir / name;
@@ -219,7 +213,7 @@ TEST_CASE("llama2.c: malformed files are refused with an Error naming the file")
 
 TEST_CASE("llama2.c: the tokenizer beside the checkpoint, by name or by vocabulary size") {
   test::TempDir dir;
-  const std::string good = read_bytes(checkpoint()), tok = read_bytes(tokenizer_file());
+  const std::string good = test::read_file(checkpoint()), tok = test::read_file(tokenizer_file());
   write_bytes(dir / "m.bin", good);
   CHECK(load(dir / "m.bin")->tokenizer() == nullptr);  // none: the model takes ids only
 

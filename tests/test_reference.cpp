@@ -87,8 +87,7 @@ struct References {
                             encode_prefix("gpt2", fixtures / "tiny-gpt2-a", 44), 20};
 
     std::ostringstream cmd;
-    cmd << kPython << " '" << (fs::path(HOOKLENS_SOURCE_DIR) / "tests/reference/gpt_reference.py").string() << "'"
-        << " check-fixture '" << (fixtures / "tiny-neo-a").string() << "'"
+    cmd << "check-fixture '" << (fixtures / "tiny-neo-a").string() << "'"
         << " + check-fixture '" << (fixtures / "tiny-gpt2-a").string() << "'"
         << " + create '" << neo.string() << "' --arch gpt_neo --hidden 48 --layers 3 --heads 6 --window 4"
         << " --positions 112 --vocab 1000 --intermediate 100 --seed 5"
@@ -99,10 +98,8 @@ struct References {
       cmd << " + run '" << c.model.string() << "' '" << c.reference.string() << "' --ids " << join_ids(c.ids)
           << " --generate " << c.new_tokens;
     const fs::path log = dir / "reference.log";
-    const int status = std::system((cmd.str() + " >'" + log.string() + "' 2>&1").c_str());
-    std::ifstream in(log);
-    const std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    INFO(output);
+    const int status = test::run_python(fs::path(HOOKLENS_SOURCE_DIR) / "tests/reference/gpt_reference.py", cmd.str(), log);
+    INFO(test::read_file(log));
     REQUIRE(status == 0);  // also fails when the reference disagrees with the Hugging Face fixtures
   }
 };

@@ -26,12 +26,8 @@ std::shared_ptr<Adapter> adapter() {
 bool make_models(const test::TempDir& dir) {
   if (!test::python_has("torch, numpy")) return false;
   const fs::path script = fs::path(HOOKLENS_SOURCE_DIR) / "tests/reference/make_torchscript.py";
-  const std::string cmd = fmt::format("{} '{}' '{}' >'{}' 2>&1", test::kPython, script.string(), dir.path.string(),
-                                      (dir / "log").string());
-  if (std::system(cmd.c_str()) != 0) {
-    std::ifstream log(dir / "log");
-    FAIL("make_torchscript.py failed: " << std::string(std::istreambuf_iterator<char>(log), {}));
-  }
+  if (test::run_python(script, "'" + dir.path.string() + "'", dir / "log") != 0)
+    FAIL("make_torchscript.py failed: " << test::read_file(dir / "log"));
   return true;
 }
 

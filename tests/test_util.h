@@ -8,7 +8,9 @@
 #include <hooklens/hooks.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -50,6 +52,17 @@ inline const char* const kPython = "/usr/bin/python3";
 // True if kPython can import every module in `modules` (e.g. "torch, numpy").
 inline bool python_has(const std::string& modules) {
   return std::system(fmt::format("{} -c 'import {}' >/dev/null 2>&1", kPython, modules).c_str()) == 0;
+}
+
+inline std::string read_file(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Runs `kPython SCRIPT ARGS` (ARGS quoted by the caller) with stdout and stderr in `log`; returns
+// the exit status.
+inline int run_python(const fs::path& script, const std::string& args, const fs::path& log) {
+  return std::system(fmt::format("{} '{}' {} >'{}' 2>&1", kPython, script.string(), args, log.string()).c_str());
 }
 
 inline hooklens::CaptureContext context(int prompt, hooklens::Phase phase, int step, int block, int layer,

@@ -1,5 +1,7 @@
 // Weight readers and the safetensors writer, checked against the upstream fixtures, files made by
 // PyTorch itself (/usr/bin/python3), and hand-made hostile files.
+#include "test_util.h"
+
 #include "hooklens/error.h"
 #include "hooklens/weights.h"
 
@@ -48,11 +50,6 @@ void write_bytes(const fs::path& file, const std::string& bytes) {
   std::ofstream out(file, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   REQUIRE(out.good());
-}
-
-std::string read_bytes(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 // A safetensors file with the given header text and data bytes, the length prefix made to match.
@@ -156,7 +153,7 @@ TEST_CASE("safetensors: write then read", "[weights]") {
   const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"note", "h\u00e9llo \"q\""}};
   hooklens::write_safetensors(file, tensors, metadata);
 
-  const std::string bytes = read_bytes(file);
+  const std::string bytes = test::read_file(file);
   std::uint64_t header_size = 0;
   std::memcpy(&header_size, bytes.data(), 8);
   CHECK(header_size % 8 == 0);
@@ -177,7 +174,7 @@ TEST_CASE("safetensors: write then read", "[weights]") {
 
   SECTION("no __metadata__ without metadata") {
     hooklens::write_safetensors(file, {{"x", at::ones({2})}});
-    CHECK(read_bytes(file).find("__metadata__") == std::string::npos);
+    CHECK(test::read_file(file).find("__metadata__") == std::string::npos);
     CHECK(hooklens::read_safetensors_metadata(file).empty());
     CHECK(hooklens::read_safetensors(file).size() == 1);
   }
@@ -205,7 +202,7 @@ TEST_CASE("safetensors: hostile files are rejected with the file name", "[weight
   }
   SECTION("truncated data") {
     hooklens::write_safetensors(f, {{"x", at::ones({64})}});
-    const std::string full = read_bytes(f);
+    const std::string full = test::read_file(f);
     write_bytes(f, full.substr(0, full.size() - 10));
     require_error(read, f, "outside the data section");
   }
@@ -303,7 +300,7 @@ TEST_CASE("pytorch_model.bin: truncated, garbage and legacy files are errors", "
   const auto read = [&] { hooklens::read_pytorch_bin(f); };
   SECTION("missing") { require_error(read, f, "cannot open"); }
   SECTION("first half of the fixture") {
-    const std::string full = read_bytes(kFixtures / "tiny-neo-a" / "pytorch_model.bin");
+    const std::string full = test::read_file(kFixtures / "tiny-neo-a" / "pytorch_model.bin");
     write_bytes(f, full.substr(0, full.size() / 2));
     require_error(read, f, "cannot read the archive");
   }
@@ -473,7 +470,7 @@ if os.path.exists(ours):
 // when /usr/bin/python3 has no torch.
 const fs::path& python_outputs() {
   static const std::unique_ptr<TempDir> dir = []() -> std::unique_ptr<TempDir> {
-    if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) return nullptr;
+    if (!test::python_has("torch")) return nullptr;
     auto tmp = std::make_unique<TempDir>("python");
     const fs::path& d = tmp->path;
     hooklens::write_safetensors(d / "ours.safetensors",
