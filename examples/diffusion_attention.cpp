@@ -14,6 +14,8 @@
 // slicing kept, placed by query_offset / key_offset): every step of a masked-diffusion run, only the
 // prefill (step 0) of an autoregressive one, whose decode steps have one query row each. Exit status:
 // 0 success, 1 error, 2 usage error.
+#include "figures.h"
+
 #include <hooklens/error.h>
 #include <hooklens/run.h>
 
@@ -23,8 +25,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
-#include <stb/stb_easy_font.h>
-#include <stb/stb_image_write.h>
 
 #include <algorithm>
 #include <charconv>
@@ -47,213 +47,18 @@ using hooklens::Error;
 using hooklens::UsageError;
 using nlohmann::json;
 
-// ---- colour maps ---------------------------------------------------------------------------------
-
-struct Rgb {
-  std::uint8_t r, g, b;
-};
-
-// Viridis at 11 evenly spaced points: perceptually uniform, dark purple (low) to yellow (high).
-constexpr Rgb kViridisStops[] = {{68, 1, 84},    {72, 36, 117},  {65, 68, 135},  {53, 95, 141},
-                                 {42, 120, 142}, {33, 145, 140}, {34, 168, 132}, {68, 191, 112},
-                                 {122, 209, 81}, {189, 223, 38}, {253, 231, 37}};
-// Blue - white - red for signed differences: white is zero.
-constexpr Rgb kDivergingStops[] = {{33, 102, 172}, {103, 169, 207}, {247, 247, 247}, {239, 138, 98}, {178, 24, 43}};
-
-struct ColourMap {
-  const char* name;
-  const Rgb* stops;
-  std::size_t count;
-};
-constexpr ColourMap kViridis{"viridis", kViridisStops, std::size(kViridisStops)};
-constexpr ColourMap kDiverging{"blue-white-red", kDivergingStops, std::size(kDivergingStops)};
-
-// t in [0, 1], interpolated linearly between the stops.
-Rgb colour_at(const ColourMap& map, double t) {
-  const double x = std::clamp(t, 0.0, 1.0) * double(map.count - 1);
-  const std::size_t i = std::min(std::size_t(x), map.count - 2);
-  const double f = x - double(i);
-  auto mix = [f](std::uint8_t a, std::uint8_t b) { return std::uint8_t(std::lround(a + (b - a) * f)); };
-  const Rgb &lo = map.stops[i], &hi = map.stops[i + 1];
-  return {mix(lo.r, hi.r), mix(lo.g, hi.g), mix(lo.b, hi.b)};
-}
-
-// ---- matrices ------------------------------------------------------------------------------------
-
-struct Matrix {
-  std::int64_t rows = 0, cols = 0;
-  std::vector<double> values;                 // row-major
-  std::int64_t first_row = 0, first_col = 0;  // absolute positions, for captions
-  double at(std::int64_t r, std::int64_t c) const { return values[std::size_t(r * cols + c)]; }
-};
-
-// `pattern` is a contiguous float [1, H, Q, K] whose first row and column are at absolute positions
-// first_row, first_col; `head` < 0 averages the heads.
-Matrix head_matrix(const at::Tensor& pattern, std::int64_t head, std::int64_t first_row, std::int64_t first_col) {
-  const std::int64_t heads = pattern.size(1), rows = pattern.size(2), cols = pattern.size(3);
-  Matrix m{rows, cols, std::vector<double>(std::size_t(rows * cols), 0.0), first_row, first_col};
-  const float* data = pattern.data_ptr<float>();
-  const std::int64_t first = head < 0 ? 0 : head, last = head < 0 ? heads : head + 1;
-  for (std::int64_t h = first; h < last; ++h)
-    for (std::int64_t i = 0; i < rows * cols; ++i) m.values[std::size_t(i)] += data[h * rows * cols + i];
-  for (auto& v : m.values) v /= double(last - first);
-  return m;
-}
-
-Matrix difference(const Matrix& later, const Matrix& earlier) {
-  Matrix d = later;
-  for (std::size_t i = 0; i < d.values.size(); ++i) d.values[i] -= earlier.values[i];
-  return d;
-}
-
-struct Scale {
-  double lo = 0, hi = 1;
-  const ColourMap* map = &kViridis;
-};
-
-// From 0 (or the minimum, if negative) to the largest value of all `matrices`, so panels that share
-// a scale can be compared by colour.
-Scale sequential_scale(const std::vector<const Matrix*>& matrices) {
-  Scale s{0.0, 0.0, &kViridis};
-  for (const Matrix* m : matrices)
-    for (double v : m->values) s.lo = std::min(s.lo, v), s.hi = std::max(s.hi, v);
-  if (s.hi <= s.lo) s.hi = s.lo + 1.0;  // a constant matrix: any range draws it in one colour
-  return s;
-}
-
-// Symmetric around zero, so white is "no change".
-Scale signed_scale(const Matrix& m) {
-  double largest = 0.0;
-  for (double v : m.values) largest = std::max(largest, std::abs(v));
-  if (largest == 0.0) largest = 1.0;
-  return {-largest, largest, &kDiverging};
-}
-
-// ---- images --------------------------------------------------------------------------------------
-
-constexpr int kFontScale = 2;  // stb_easy_font glyphs are ~7 px tall: doubled to be readable
-
-std::string printable(const std::string& text) {
-  std::string s = text;
-  for (char& c : s)
-    if (c < 32 || c > 126) c = '?';  // the font is ASCII only
-  return s;
-}
-int text_width(const std::string& text) {
-  std::string s = printable(text);
-  return stb_easy_font_width(s.data()) * kFontScale;
-}
-int text_height() { return 12 * kFontScale; }
-
-class Image {
- public:
-  Image(int width, int height) : width_(width), height_(height), pixels_(std::size_t(width) * height * 3, 255) {}
-  int width() const { return width_; }
-  int height() const { return height_; }
-
-  void fill(int x, int y, int w, int h, Rgb c) {
-    for (int py = std::max(y, 0); py < std::min(y + h, height_); ++py)
-      for (int px = std::max(x, 0); px < std::min(x + w, width_); ++px) {
-        std::uint8_t* p = &pixels_[(std::size_t(py) * width_ + px) * 3];
-        p[0] = c.r, p[1] = c.g, p[2] = c.b;
-      }
-  }
-
-  // Black text with its top-left corner at (x, y): the font's quads, scaled up.
-  void text(int x, int y, const std::string& text) {
-    std::string s = printable(text);
-    std::vector<char> quads(s.size() * 300 + 64);
-    const int count = stb_easy_font_print(0, 0, s.data(), nullptr, quads.data(), int(quads.size()));
-    for (int q = 0; q < count; ++q) {
-      float x0 = 1e9f, y0 = 1e9f, x1 = -1e9f, y1 = -1e9f;
-      for (int v = 0; v < 4; ++v) {
-        const float* xyz = reinterpret_cast<const float*>(quads.data() + (q * 4 + v) * 16);
-        x0 = std::min(x0, xyz[0]), x1 = std::max(x1, xyz[0]);
-        y0 = std::min(y0, xyz[1]), y1 = std::max(y1, xyz[1]);
-      }
-      fill(x + int(x0) * kFontScale, y + int(y0) * kFontScale, int(x1 - x0) * kFontScale, int(y1 - y0) * kFontScale,
-           {0, 0, 0});
-    }
-  }
-
-  void save(const fs::path& file) const {
-    if (!stbi_write_png(file.string().c_str(), width_, height_, 3, pixels_.data(), width_ * 3))
-      throw Error(fmt::format("{}: cannot write the PNG", file.string()));
-  }
-
- private:
-  int width_, height_;
-  std::vector<std::uint8_t> pixels_;
-};
-
-// ---- figures: panels of one heatmap each, side by side --------------------------------------------
-
-constexpr int kMargin = 10, kPanelGap = 28, kBarGap = 8, kBarWidth = 16, kLabelGap = 4;
-constexpr int kMaxSide = 16384;  // pixels: keeps a mistaken --cell from writing a gigantic file
-
-struct Panel {
-  std::string title;
-  std::string caption;  // under the matrix: what its rows and columns are
-  Matrix matrix;
-  Scale scale;
-  int cell_w = 1, cell_h = 1;
-
-  int matrix_width() const { return int(matrix.cols) * cell_w; }
-  int matrix_height() const { return int(matrix.rows) * cell_h; }
-  std::string label(double v) const { return fmt::format("{:.3g}", v); }
-  int label_width() const { return std::max(text_width(label(scale.lo)), text_width(label(scale.hi))); }
-  int width() const {
-    return std::max({text_width(title), text_width(caption),
-                     matrix_width() + kBarGap + kBarWidth + kLabelGap + label_width()});
-  }
-  int title_height() const { return text_height() + 6; }
-  int body_height() const { return std::max(matrix_height(), 2 * text_height()); }
-  int height() const { return title_height() + body_height() + 6 + text_height(); }
-};
-
-// Pixels per cell: a 64-token sequence gets 8 px cells (a 512 px heatmap), short ones larger cells.
-int cell_size(std::int64_t cells, int requested) {
-  if (requested > 0) return requested;
-  return int(std::clamp<std::int64_t>(512 / std::max<std::int64_t>(cells, 1), 1, 24));
-}
-
-// Draws `p` with its top-left corner at (x, y); returns where its matrix went, for summary.json.
-json draw_panel(Image& image, const Panel& p, int x, int y) {
-  image.text(x, y, p.title);
-  const int mx = x, my = y + p.title_height();
-  const double span = p.scale.hi - p.scale.lo;
-  for (std::int64_t r = 0; r < p.matrix.rows; ++r)
-    for (std::int64_t c = 0; c < p.matrix.cols; ++c)
-      image.fill(mx + int(c) * p.cell_w, my + int(r) * p.cell_h, p.cell_w, p.cell_h,
-                 colour_at(*p.scale.map, (p.matrix.at(r, c) - p.scale.lo) / span));
-  const int bar_x = mx + p.matrix_width() + kBarGap, bar_h = p.body_height();
-  for (int py = 0; py < bar_h; ++py)  // top = scale.hi
-    image.fill(bar_x, my + py, kBarWidth, 1, colour_at(*p.scale.map, 1.0 - (py + 0.5) / bar_h));
-  image.text(bar_x + kBarWidth + kLabelGap, my, p.label(p.scale.hi));
-  image.text(bar_x + kBarWidth + kLabelGap, my + bar_h - text_height(), p.label(p.scale.lo));
-  image.text(x, my + bar_h + 6, p.caption);
-  return {{"title", p.title},
-          {"matrix", {{"x", mx}, {"y", my}, {"cell_width", p.cell_w}, {"cell_height", p.cell_h},
-                      {"rows", p.matrix.rows}, {"cols", p.matrix.cols}, {"first_row", p.matrix.first_row},
-                      {"first_col", p.matrix.first_col}}},
-          {"colour_bar", {{"x", bar_x}, {"y", my}, {"width", kBarWidth}, {"height", bar_h}}},
-          {"scale", {{"min", p.scale.lo}, {"max", p.scale.hi}, {"colormap", p.scale.map->name}}}};
-}
-
-// Writes the panels side by side as one PNG; returns the figure's geometry for summary.json.
-json write_figure(const fs::path& file, const std::vector<Panel>& panels) {
-  int width = 2 * kMargin - kPanelGap, height = 0;
-  for (const Panel& p : panels) width += p.width() + kPanelGap, height = std::max(height, p.height());
-  Image image(width, height + 2 * kMargin);
-  json geometry = json::array();
-  int x = kMargin;
-  for (const Panel& p : panels) {
-    geometry.push_back(draw_panel(image, p, x, kMargin));
-    x += p.width() + kPanelGap;
-  }
-  image.save(file);
-  return {{"width", image.width()}, {"height", image.height()}, {"panels", geometry}};
-}
+using figures::cell_size;
+using figures::difference;
+using figures::dump;
+using figures::head_matrix;
+using figures::Matrix;
+using figures::kMaxSide;
+using figures::Panel;
+using figures::Scale;
+using figures::sequential_scale;
+using figures::signed_scale;
+using figures::write_figure;
+using figures::write_text;
 
 // ---- the run -------------------------------------------------------------------------------------
 
@@ -624,14 +429,6 @@ std::string csv_field(const std::string& s) {
   for (char c : s) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
   return quoted + "\"";
 }
-
-void write_text(const fs::path& file, const std::string& text) {
-  std::ofstream f(file, std::ios::binary);
-  f << text;
-  if (!f.flush()) throw Error(fmt::format("{}: cannot write the file", file.string()));
-}
-
-std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n"; }
 
 void write_influence(const std::vector<Influence>& rows, const RunView& view, const Options& o, const Plan& plan,
                      Outputs& out) {

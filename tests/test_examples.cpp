@@ -64,9 +64,9 @@ struct Child {
 };
 
 // posix_spawn (no fork of this multi-threaded process); stdout and stderr go to files in `logs`.
-Child start_program(const std::vector<std::string>& args, const fs::path& logs) {
+Child start_program(const std::vector<std::string>& args, const fs::path& logs, const fs::path& program = kProgram) {
   fs::create_directories(logs);
-  std::vector<std::string> all{kProgram.string()};
+  std::vector<std::string> all{program.string()};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : all) argv.push_back(a.data());
@@ -101,17 +101,18 @@ Outcome wait_program(const Child& child) {
   return o;
 }
 
-Outcome run_program(const std::vector<std::string>& args, const fs::path& logs) {
-  return wait_program(start_program(args, logs));
+Outcome run_program(const std::vector<std::string>& args, const fs::path& logs, const fs::path& program = kProgram) {
+  return wait_program(start_program(args, logs, program));
 }
 
 // Independent invocations two at a time: each one spends most of its time loading libtorch.
-std::vector<Outcome> run_programs(const std::vector<std::vector<std::string>>& invocations, const fs::path& logs) {
+std::vector<Outcome> run_programs(const std::vector<std::vector<std::string>>& invocations, const fs::path& logs,
+                                  const fs::path& program = kProgram) {
   std::vector<Outcome> outcomes;
   for (std::size_t i = 0; i < invocations.size(); i += 2) {
-    const Child a = start_program(invocations[i], logs / std::to_string(i));
+    const Child a = start_program(invocations[i], logs / std::to_string(i), program);
     if (i + 1 < invocations.size()) {
-      const Child b = start_program(invocations[i + 1], logs / std::to_string(i + 1));
+      const Child b = start_program(invocations[i + 1], logs / std::to_string(i + 1), program);
       outcomes.push_back(wait_program(a));
       outcomes.push_back(wait_program(b));
     } else {
@@ -680,4 +681,203 @@ TEST_CASE("diffusion_attention refuses bad runs and options with one error line"
   CHECK(help.code == 0);
   for (const char* option : {"RUN", "--out", "--steps", "--layers", "--pass", "--heads"})
     CHECK_THAT(help.out, Catch::Contains(option));
+}
+
+// ---- analyze_attention ------------------------------------------------------------------------------
+
+using Square = std::vector<std::vector<double>>;
+Square square(std::int64_t n) { return Square(std::size_t(n), std::vector<double>(std::size_t(n), 0.0)); }
+
+// analyze_attention makes its example model (a short training: --train-steps 30), and its outputs are
+// checked against tests/reference/attention_reference.py, which recomputes the patterns from the
+// model's weights with its own forward pass (and checks its logits against the scripted model's).
+// One test case without SECTIONs: Catch2 reruns a case per section, which would train the model again.
+TEST_CASE("analyze_attention on the example model it makes agrees with an eager recomputation") {
+  if (!test::python_has("torch")) {
+    WARN("skipped: " << test::kPython << " has no torch (apt install python3-torch)");
+    return;
+  }
+  const fs::path program = HOOKLENS_BUILD_DIR "/bin/analyze_attention";
+  TempDir tmp;
+  const std::string prompt = "The cat sat on the mat. The cat";
+  const int top = 3;
+  const fs::path out = tmp / "out";
+  const Outcome made = run_program({"--out", out.string(), "--train-steps", "30", "--prompt", prompt, "--top",
+                                    std::to_string(top)},
+                                   tmp / "logs-made", program);
+  INFO(made.describe());
+  REQUIRE(made.code == 0);
+  CHECK(made.err.empty());
+
+  const fs::path model = out / "model" / "model.pt";
+  const json shape = load_json(out / "model" / "example_model.json");
+  const int layers = shape.at("layers"), heads = shape.at("heads");
+  const std::int64_t T = std::int64_t(prompt.size());  // byte-level: one token per byte
+
+  const json summary = load_json(out / "summary.json");
+  CHECK(summary.at("format") == "hooklens-analyze-attention");
+  CHECK(summary.at("prompt") == prompt);
+  CHECK(summary.at("ids") == json(std::vector<int>(prompt.begin(), prompt.end())));
+  CHECK(summary.at("tokens").at(4) == "c");
+  CHECK(summary.at("model").at("adapter") == "custom");
+  CHECK(summary.at("model").at("example_model").at("train_steps") == 30);
+  std::set<std::string> expected{"top_attended.txt", "top_attended.json", "attention_flow.png", "attention_flow.json"};
+  for (int l = 0; l < layers; ++l)
+    expected.insert({fmt::format("heatmap_layer{}.png", l), fmt::format("heads_layer{}.png", l)});
+  std::map<std::string, json> listed;
+  for (const json& f : summary.at("files")) listed[f.at("file").get<std::string>()] = f;
+  for (const auto& name : expected) {
+    INFO(name);
+    REQUIRE(listed.count(name));
+    CHECK(fs::is_regular_file(out / name));
+    CHECK_FALSE(listed[name].at("shows").get<std::string>().empty());
+  }
+  CHECK(listed.size() == expected.size());
+
+  {  // the PNGs decode to the size summary.json gives and show the patterns
+    for (const auto& [name, entry] : listed) {
+      if (fs::path(name).extension() != ".png") continue;
+      INFO(name);
+      const Png png = load_png(out / name);
+      CHECK(png.width == entry.at("width").get<int>());
+      CHECK(png.height == entry.at("height").get<int>());
+      CHECK(distinct_colours(png) > 20);  // not blank: cells in many colours, text, colour bar
+    }
+    const json heads0 = listed.at("heads_layer0.png");
+    REQUIRE(heads0.at("panels").size() == std::size_t(heads));
+    CHECK(heads0.at("panels").at(heads - 1).at("title") == fmt::format("L0H{}", heads - 1));
+    // Query 0 can attend only to itself: weight 1 (the top of the scale); a future key gets 0.
+    const json& panel = listed.at("heatmap_layer1.png").at("panels").at(0);
+    CHECK(panel.at("matrix").at("rows") == T);
+    CHECK(panel.at("scale").at("max").get<double>() == Approx(1.0).margin(1e-6));
+    const Png png = load_png(out / "heatmap_layer1.png");
+    CHECK(cell(png, panel, 0, 0) == kHigh);
+    CHECK(cell(png, panel, 0, int(T) - 1) == kLow);
+    CHECK(cell(png, panel, 3, 5) == kLow);
+  }
+
+  {  // top_attended.json and attention_flow.json match patterns recomputed in Python
+    const fs::path ref_file = tmp / "reference.json";
+    const int status = test::run_python(HOOKLENS_SOURCE_DIR "/tests/reference/attention_reference.py",
+                                        fmt::format("'{}' '{}' '{}'", model.string(), prompt, ref_file.string()),
+                                        tmp / "reference.log");
+    INFO(test::read_file(tmp / "reference.log"));
+    REQUIRE(status == 0);
+    const json ref = load_json(ref_file);
+    CHECK(ref.at("ids") == summary.at("ids"));
+    // ref patterns [layer][head][query][key] -> head means [layer][query][key]
+    std::vector<Square> mean(std::size_t(layers), square(T));
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < heads; ++h)
+        for (std::int64_t q = 0; q < T; ++q)
+          for (std::int64_t k = 0; k < T; ++k)
+            mean[l][q][k] += ref["patterns"][l][h][q][k].get<double>() / heads;
+
+    const json top_json = load_json(out / "top_attended.json");
+    REQUIRE(top_json.at("layers").size() == std::size_t(layers));
+    for (const json& layer : top_json.at("layers")) {
+      const int l = layer.at("layer");
+      REQUIRE(layer.at("queries").size() == std::size_t(T));
+      for (const json& query : layer.at("queries")) {
+        const std::int64_t q = query.at("query");
+        INFO("layer " << l << " query " << q);
+        const json& listed_top = query.at("top");
+        REQUIRE(listed_top.size() == std::size_t(top));
+        std::set<std::int64_t> keys;
+        double lowest = 2.0;
+        for (const json& e : listed_top) {
+          const std::int64_t k = e.at("key");
+          keys.insert(k);
+          CHECK(e.at("weight").get<double>() == Approx(mean[l][q][k]).margin(1e-5));
+          CHECK(e.at("token") == std::string(1, prompt[std::size_t(k)]));
+          lowest = std::min(lowest, mean[l][q][k]);
+        }
+        CHECK(keys.size() == std::size_t(top));
+        for (std::int64_t k = 0; k < T; ++k)  // nothing left out weighs more than what was listed
+          if (!keys.count(k)) CHECK(mean[l][q][k] <= lowest + 1e-5);
+        for (const json& e : query.at("by_head")) {
+          const int h = e.at("head");
+          double best = 0.0;
+          for (std::int64_t k = 0; k < T; ++k) best = std::max(best, ref["patterns"][l][h][q][k].get<double>());
+          CHECK(ref["patterns"][l][h][q][e.at("key").get<std::int64_t>()].get<double>() == Approx(best).margin(1e-5));
+        }
+      }
+    }
+    CHECK_THAT(read_text(out / "top_attended.txt"), Catch::Contains(fmt::format("L{}H{}:", layers - 1, heads - 1)));
+
+    // Rollout of the recomputed head means: R_l = A_l R_(l-1), A = (0.5 W + 0.5 I) with rows renormalised.
+    Square rolled;
+    for (int l = 0; l < layers; ++l) {
+      auto a = square(T);
+      for (std::int64_t i = 0; i < T; ++i) {
+        double sum = 0;
+        for (std::int64_t j = 0; j < T; ++j) sum += a[i][j] = 0.5 * mean[l][i][j] + (i == j ? 0.5 : 0.0);
+        for (auto& v : a[i]) v /= sum;
+      }
+      if (l > 0) {
+        auto r = square(T);
+        for (std::int64_t i = 0; i < T; ++i)
+          for (std::int64_t m = 0; m < T; ++m)
+            for (std::int64_t j = 0; j < T; ++j) r[i][j] += a[i][m] * rolled[m][j];
+        a = r;
+      }
+      rolled = a;
+      const json flow = load_json(out / "attention_flow.json");
+      for (std::int64_t k = 0; k < T; ++k) {
+        INFO("layer " << l << " key " << k);
+        CHECK(flow.at("last_token_rollout").at(std::size_t(l * T + k)).get<double>() ==
+              Approx(rolled[T - 1][k]).margin(1e-5));
+        CHECK(flow.at("last_token_attention").at(std::size_t(l * T + k)).get<double>() ==
+              Approx(mean[l][T - 1][k]).margin(1e-5));
+      }
+    }
+  }
+
+  {  // a second run reuses the model; --layers draws only those layers
+    const fs::path again = tmp / "again";
+    fs::create_directories(again);
+    fs::create_symlink(out / "model", again / "model");
+    const Outcome r = run_program({"--out", again.string(), "--train-steps", "30", "--prompt", "ab", "--layers", "1"},
+                                  tmp / "logs-again", program);
+    INFO(r.describe());
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.out, Catch::Contains("using the example model already in"));
+    CHECK(fs::exists(again / "heatmap_layer1.png"));
+    CHECK_FALSE(fs::exists(again / "heatmap_layer0.png"));
+    CHECK(load_json(again / "summary.json").at("layers") == json({1}));
+  }
+
+  {  // bad input: one error line, exit 1 or 2
+    struct Case {
+      std::vector<std::string> args;
+      int code;
+      std::vector<std::string> culprits;
+    };
+    const std::string missing = (tmp / "missing.pt").string();
+    const std::vector<Case> cases{
+        {{"--model", missing}, 1, {missing, "no such model file"}},
+        {{"--model", model.string(), "--layers", "7"}, 2, {"--layers 7", model.string(), "layer 7"}},
+        {{"--model", model.string(), "--layers", "0,x"}, 2, {"'x'"}},
+        {{"--model", model.string(), "--top", "0"}, 2, {"--top 0"}},
+        {{"--model", model.string(), "--prompt", ""}, 2, {"--prompt"}},
+        {{"--model", model.string(), "--prompt", std::string(200, 'a')}, 2, {"--prompt: 200 tokens, at most 128"}},
+        {{"--tokenizer", tmp.path.string()}, 2, {"--tokenizer needs --model"}},
+    };
+    std::vector<std::vector<std::string>> invocations;
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+      invocations.push_back(cases[i].args);
+      invocations.back().insert(invocations.back().end(), {"--out", (tmp / fmt::format("bad{}", i)).string()});
+    }
+    const auto outcomes = run_programs(invocations, tmp / "logs-bad", program);
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+      const Outcome& r = outcomes[i];
+      INFO(r.describe());
+      CHECK(r.code == cases[i].code);
+      const auto lines = lines_of(r.err);
+      REQUIRE(lines.size() == 1);
+      CHECK_THAT(lines[0], Catch::StartsWith("analyze_attention: error: "));
+      for (const auto& culprit : cases[i].culprits) CHECK_THAT(lines[0], Catch::Contains(culprit));
+      CHECK_FALSE(fs::exists(tmp / fmt::format("bad{}", i)));  // nothing written
+    }
+  }
 }

@@ -1,5 +1,6 @@
-// Custom checkpoints that are not Hugging Face directories: llama2.c's `.bin`, and TorchScript archives
-// (.pt/.pth/.ts, see torchscript.cpp).
+// Custom checkpoints that are not Hugging Face directories: llama2.c's `.bin`, TorchScript archives
+// (.pt/.pth/.ts, see torchscript.cpp), and PyTorch state dicts of from-scratch GPTs (.pt/.pth) with an
+// architecture spec (see state_dict.cpp).
 //
 // llama2.c (karpathy/llama2.c) writes a LLaMA body: RMSNorm (eps 1e-5), RoPE on interleaved pairs
 // (dims 2i, 2i+1) with theta 10000, causal attention scaled by 1/sqrt(head_dim) with grouped kv heads,
@@ -13,6 +14,7 @@
 // Version 2 (int8 quantised) is refused. Files are assumed little-endian, like the host.
 // The tokenizer is llama2.c's tokenizer.bin found beside the checkpoint (see find_tokenizer); without
 // one the model loads with no tokenizer and takes token ids only.
+#include "state_dict.h"
 #include "torchscript.h"
 
 #include <hooklens/error.h>
@@ -371,10 +373,23 @@ TransformerWeights read_weights(const fs::path& file, const Header& h) {
   return w;
 }
 
+// The tokenizer of a .pt model, which ships none: only one named by --tokenizer (a directory beside
+// the file need not belong to it). A file that is not a Hugging Face tokenizer file is read as
+// llama2.c's tokenizer.bin; null when none is named.
+std::unique_ptr<Tokenizer> named_tokenizer(const LoadOptions& options) {
+  if (options.tokenizer.empty()) return nullptr;
+  const std::string name = options.tokenizer.filename().string();
+  std::error_code ec;
+  if (fs::is_regular_file(options.tokenizer, ec) && name != "tokenizer.json" && name != "vocab.json" &&
+      name != "merges.txt")
+    return read_tokenizer(options.tokenizer);
+  return load_model_tokenizer({}, options);
+}
+
 class CustomAdapter final : public Adapter {
  public:
   bool accepts(const fs::path& model) const override {
-    if (is_torchscript(model)) return true;
+    if (is_torchscript(model) || is_state_dict(model)) return true;
     std::error_code ec;
     if (model.extension() != ".bin" || !fs::is_regular_file(model, ec)) return false;
     try {
@@ -386,7 +401,12 @@ class CustomAdapter final : public Adapter {
   }
 
   std::unique_ptr<Model> load(const fs::path& file, const LoadOptions& options) const override {
-    if (is_torchscript(file)) return load_torchscript(file, options);
+    if (is_torchscript(file)) return load_torchscript(file, named_tokenizer(options));
+    // Every other .pt/.pth is taken for a torch.save archive: its reader says why a broken one fails.
+    const std::string ext = file.extension().string();
+    if (ext == ".pt" || ext == ".pth") return load_state_dict(file, options, named_tokenizer(options));
+    if (!options.spec.empty())
+      throw UsageError(fmt::format("{}: --spec is for PyTorch state dicts (.pt/.pth), not this file", file.string()));
     const Header h = parse_header(file);
     if (h.version == 2)
       throw Error(fmt::format("{}: int8-quantised llama2.c checkpoints (version 2) are not supported; export float32 "
@@ -424,4 +444,5 @@ class CustomAdapter final : public Adapter {
 }  // namespace hooklens
 
 HOOKLENS_DEFINE_PLUGIN(hooklens::Adapter, hooklens::CustomAdapter, "adapter", "custom", "1.0",
-                       "custom checkpoints: llama2.c .bin files (legacy and version 1 float32), TorchScript archives")
+                       "custom checkpoints: llama2.c .bin files (legacy and version 1 float32), TorchScript archives, "
+                       "PyTorch state dicts with an architecture spec")

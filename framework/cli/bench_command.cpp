@@ -121,6 +121,10 @@ void run_bench(const BenchOptions& o) {
   if (o.forward_tokens > info.n_ctx || o.prompt_tokens + o.new_tokens > info.n_ctx)
     throw UsageError(fmt::format("the model's context of {} tokens is too short for this bench", info.n_ctx));
 
+  if (info.vocab_size == 0)  // e.g. TorchScript: known only after a forward
+    model->forward(at::zeros({1, 1}, at::kLong), HookSet(), {}, nullptr);
+  if (info.vocab_size <= 0) throw Error(fmt::format("{}: the model does not report its vocabulary size", info.path));
+
   std::mt19937_64 rng(1);
   std::vector<std::int64_t> ids(o.forward_tokens);
   for (auto& id : ids) id = std::int64_t(rng() % std::uint64_t(info.vocab_size));

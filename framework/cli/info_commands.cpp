@@ -15,7 +15,7 @@ namespace hooklens::cli {
 namespace {
 
 struct InfoOptions {
-  std::string model, adapter, tokenizer;
+  std::string model, adapter, tokenizer, spec;
   bool json = false;
 };
 
@@ -51,11 +51,13 @@ void add_info_commands(CLI::App& app) {
   info->add_option("--model", o->model, "Model directory (or file)")->required();
   info->add_option("--adapter", o->adapter, "Adapter plugin to use instead of the one chosen from config.json");
   info->add_option("--tokenizer", o->tokenizer, "Tokenizer: a directory with tokenizer.json or vocab.json + merges.txt, or a llama2.c tokenizer file");
+  info->add_option("--spec", o->spec, "Architecture spec of a PyTorch state dict (.pt/.pth): a JSON file or a shipped spec name such as raschka-gpt or nanogpt");
   info->add_flag("--json", o->json, "Print JSON: {\"model\": {...}, \"hook_points\": [...]}");
   info->callback([o] {
     PluginRegistry registry;
     LoadOptions load;
     load.tokenizer = o->tokenizer;
+    load.spec = o->spec;
     auto model = open_model(registry, o->model, o->adapter, load);
     if (!o->json) return print_info(*model);
     nlohmann::json points = nlohmann::json::array();

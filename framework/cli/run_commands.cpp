@@ -30,7 +30,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct RunOptions {
-  std::string model, adapter, tokenizer, out, dtype = "F32";
+  std::string model, adapter, tokenizer, spec, out, dtype = "F32";
   std::vector<std::string> prompts, prompt_ids, hooks{"blocks.*.attn.hook_pattern"}, ablate;
   std::vector<int> layers, heads, capture_steps, capture_blocks;
   std::string query_range, key_range;
@@ -130,20 +130,33 @@ void check_hook_patterns(const std::vector<std::string>& patterns, const std::ve
 }
 
 // --ablate L.H zero-ablates head H of layer L by replacing its slice of blocks.L.attn.hook_z.
-void add_ablations(HookSet& hooks, const std::vector<std::string>& specs, const ModelInfo& info) {
+// Zero-ablates heads: their hook_z slice, or for models without hook_z (TorchScript) their
+// pattern, which gives the same z = pattern @ v = 0.
+void add_ablations(HookSet& hooks, const std::vector<std::string>& specs, const Model& model) {
+  const ModelInfo& info = model.info();
+  std::set<std::string> points;
+  for (const auto& p : model.hook_points()) points.insert(p.name);
   for (const auto& spec : specs) {
     int layer = -1, head = -1;
     char dot = 0, extra = 0;
     if (std::sscanf(spec.c_str(), "%d%c%d%c", &layer, &dot, &head, &extra) != 3 || dot != '.')
       throw UsageError(fmt::format("--ablate '{}': expected LAYER.HEAD, e.g. 1.3", spec));
-    if (layer < 0 || layer >= info.n_layers || head < 0 || head >= info.n_heads)
+    const bool heads_known = info.n_heads > 0;  // TorchScript: known after the first forward
+    if (layer < 0 || layer >= info.n_layers || head < 0 || (heads_known && head >= info.n_heads))
       throw UsageError(fmt::format("--ablate '{}': the model has layers 0-{} and heads 0-{}", spec, info.n_layers - 1,
-                                   info.n_heads - 1));
-    hooks.add({{fmt::format("blocks.{}.attn.hook_z", layer)}},
-              [head](std::string_view, const CaptureContext&, at::Tensor& z) {
-                z = z.clone();
-                z.select(2, head).zero_();
-              });
+                                   heads_known ? fmt::format("{}", info.n_heads - 1) : std::string("?")));
+    const std::string z = fmt::format("blocks.{}.attn.hook_z", layer);
+    const std::string pattern = fmt::format("blocks.{}.attn.hook_pattern", layer);
+    const bool by_z = points.count(z) > 0;
+    if (!by_z && !points.count(pattern))
+      throw UsageError(fmt::format("--ablate '{}': the model has neither {} nor {}", spec, z, pattern));
+    const int head_dim = by_z ? 2 : 1;  // hook_z [batch, pos, head, d_head]; pattern [batch, head, query, key]
+    hooks.add({{by_z ? z : pattern}}, [spec, head, head_dim](std::string_view, const CaptureContext&, at::Tensor& t) {
+      if (t.dim() <= head_dim || head >= t.size(head_dim))
+        throw UsageError(fmt::format("--ablate '{}': the model has {} heads", spec, t.dim() > head_dim ? t.size(head_dim) : 0));
+      t = t.clone();
+      t.select(head_dim, head).zero_();
+    });
   }
 }
 
@@ -174,11 +187,12 @@ class RunSession {
     init_runtime(o.threads);
     LoadOptions load;
     load.tokenizer = o.tokenizer;
+    load.spec = o.spec;
     model_ = open_model(registry_, o.model, o.adapter, load);
     prompts_ = read_prompts(o, *model_);
     check_hook_patterns(o.hooks, o.layers, *model_);
     if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
-    add_ablations(hooks_, o.ablate, model_->info());
+    add_ablations(hooks_, o.ablate, *model_);
     slice_.heads = o.heads;
     for (int h : o.heads)
       if (h < 0 || h >= model_->info().n_heads)
@@ -372,6 +386,7 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
   cmd.add_option("--model", o.model, "Model directory (or file) to load")->required();
   cmd.add_option("--adapter", o.adapter, "Adapter plugin to use instead of the one chosen from config.json");
   cmd.add_option("--tokenizer", o.tokenizer, "Tokenizer: a directory with tokenizer.json or vocab.json + merges.txt, or a llama2.c tokenizer file");
+  cmd.add_option("--spec", o.spec, "Architecture spec of a PyTorch state dict (.pt/.pth): a JSON file or a shipped spec name such as raschka-gpt or nanogpt");
   cmd.add_option("--prompt", o.prompts, "Prompt text (repeatable: one run per prompt)");
   cmd.add_option("--prompt-ids", o.prompt_ids, "Prompt as token ids, e.g. 464,3797,318 (repeatable)");
   cmd.add_option("--hooks", o.hooks, "Hook points to capture: globs or re:REGEX, comma-separated")

@@ -107,6 +107,8 @@ std::optional<std::int64_t> HfConfig::optional_id(const std::string& key) const 
 
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir, const LoadOptions& options) {
   if (!options.tokenizer.empty()) {
+    if (!std::filesystem::exists(options.tokenizer))
+      throw UsageError(fmt::format("tokenizer {}: no such file or directory", options.tokenizer.string()));
     const auto dir = std::filesystem::is_directory(options.tokenizer) ? options.tokenizer
                                                                       : options.tokenizer.parent_path();
     return load_hf_tokenizer(dir);

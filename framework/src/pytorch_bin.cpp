@@ -1,5 +1,6 @@
-// pytorch_model.bin reader: the zip format of torch.save (torch >= 1.6), i.e. records
-// <archive>/data.pkl (a pickle) and <archive>/data/<key> (raw storage bytes).
+// Reader of torch.save files (pytorch_model.bin, state dicts, training checkpoints that hold one): the
+// zip format of torch.save (torch >= 1.6), i.e. records <archive>/data.pkl (a pickle) and
+// <archive>/data/<key> (raw storage bytes).
 //
 // torch::jit::Unpickler (1.13) cannot read state dicts: it turns collections.OrderedDict into None
 // before any type resolver is asked, and it trusts the stack layout of its input. So this file has
@@ -14,6 +15,8 @@
 #include <c10/util/Exception.h>
 #include <caffe2/serialize/inline_container.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <cstring>
@@ -35,6 +38,7 @@ struct Value {
   enum class Kind { None, Bool, Int, Float, String, Tuple, List, Dict, Global, Storage, Tensor };
   Kind kind = Kind::None;
   std::int64_t integer = 0;
+  double real = 0;            // Float
   std::string text;           // String; Global as "module.name"
   std::vector<Value*> items;  // Tuple, List; Dict as key, value, key, value...
   StorageRecord* storage = nullptr;  // Storage, and the storage a Tensor views
@@ -165,6 +169,7 @@ class PickleMachine {
   // ---- opcodes that do real work
   bool step();
   Value* long1(std::size_t n);
+  Value* binfloat();
   Value* tuple(std::vector<Value*> items) {
     Value* t = make(Kind::Tuple);
     t->items = std::move(items);
@@ -218,7 +223,7 @@ bool PickleMachine::step() {
     case 'M': push(make_int(little<std::uint16_t>())); break;    // BININT2
     case 'J': push(make_int(little<std::int32_t>())); break;     // BININT
     case 0x8a: push(long1(byte())); break;                       // LONG1
-    case 'G': little<std::uint64_t>(); push(make(Kind::Float)); break;  // BINFLOAT (value unused)
+    case 'G': push(binfloat()); break;                           // BINFLOAT
     case 'X': push(make_string(bytes(little<std::uint32_t>()))); break;  // BINUNICODE
     case 0x8c: push(make_string(bytes(byte()))); break;                  // SHORT_BINUNICODE
     case 0x8d: push(make_string(bytes(little<std::uint64_t>()))); break; // BINUNICODE8
@@ -291,6 +296,16 @@ Value* PickleMachine::long1(std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) v |= std::uint64_t(static_cast<std::uint8_t>(raw[i])) << (8 * i);
   if (n > 0 && n < 8 && (raw[n - 1] & 0x80)) v |= ~std::uint64_t(0) << (8 * n);  // sign-extend
   return make_int(static_cast<std::int64_t>(v));
+}
+
+// A big-endian IEEE double (checkpoints keep hyperparameters such as dropout as floats).
+Value* PickleMachine::binfloat() {
+  const std::string raw = bytes(8);
+  std::uint64_t bits = 0;
+  for (unsigned char c : raw) bits = (bits << 8) | c;
+  Value* x = make(Kind::Float);
+  std::memcpy(&x->real, &bits, sizeof bits);
+  return x;
 }
 
 void PickleMachine::add_to(Value* container, const std::vector<Value*>& items) {
@@ -406,6 +421,80 @@ TensorMap to_state_dict(Value* root) {
   return out;
 }
 
+bool is_tensor_dict(const Value* v) {
+  if (v->kind != Kind::Dict) return false;
+  for (std::size_t i = 0; i < v->items.size(); i += 2)
+    if (v->items[i]->kind != Kind::String || v->items[i + 1]->kind != Kind::Tensor) return false;
+  return true;
+}
+
+// Plain data as JSON; false (and `out` unspecified) when `v` holds anything else (tensors, objects,
+// non-string dict keys). `depth` bounds the recursion on hostile nesting.
+bool to_plain_json(const Value* v, nlohmann::json& out, int depth = 0) {
+  if (depth > 64) return false;
+  switch (v->kind) {
+    case Kind::None: out = nullptr; return true;
+    case Kind::Bool: out = v->integer != 0; return true;
+    case Kind::Int: out = v->integer; return true;
+    case Kind::Float: out = v->real; return true;
+    case Kind::String: out = v->text; return true;
+    case Kind::Tuple:
+    case Kind::List:
+      out = nlohmann::json::array();
+      for (const Value* item : v->items) {
+        nlohmann::json j;
+        if (!to_plain_json(item, j, depth + 1)) return false;
+        out.push_back(std::move(j));
+      }
+      return true;
+    case Kind::Dict:
+      out = nlohmann::json::object();
+      for (std::size_t i = 0; i < v->items.size(); i += 2) {
+        nlohmann::json j;
+        if (v->items[i]->kind != Kind::String || !to_plain_json(v->items[i + 1], j, depth + 1)) return false;
+        out[v->items[i]->text] = std::move(j);
+      }
+      return true;
+    default: return false;
+  }
+}
+
+// The checkpoint keys that may hold the state dict, in the order they are tried.
+const char* const kStateDictKeys[] = {"model", "state_dict", "model_state_dict"};
+
+// The value stored under string key `key` in dict `d`, or null.
+Value* dict_get(const Value* d, const std::string& key) {
+  for (std::size_t i = 0; i < d->items.size(); i += 2)
+    if (d->items[i]->kind == Kind::String && d->items[i]->text == key) return d->items[i + 1];
+  return nullptr;
+}
+
+// A dict of tensors is the state dict itself; otherwise it is looked for under kStateDictKeys.
+TensorMap checkpoint_state_dict(Value* root, std::string* found_under, nlohmann::json* plain) {
+  if (root->kind != Kind::Dict) throw Error(fmt::format("holds a {}, not a state dict", kind_name(root->kind)));
+  std::vector<std::string> keys;
+  if (plain) *plain = nlohmann::json::object();
+  for (std::size_t i = 0; i < root->items.size(); i += 2) {
+    const Value* k = root->items[i];
+    if (k->kind != Kind::String) continue;
+    keys.push_back(k->text);
+    nlohmann::json j;
+    if (plain && to_plain_json(root->items[i + 1], j)) (*plain)[k->text] = std::move(j);
+  }
+  if (found_under) found_under->clear();
+  if (is_tensor_dict(root)) return to_state_dict(root);
+  for (const char* key : kStateDictKeys) {
+    Value* state = dict_get(root, key);
+    if (!state || !is_tensor_dict(state)) continue;
+    if (found_under) *found_under = key;
+    return to_state_dict(state);
+  }
+  if (keys.size() > 12) keys.resize(12), keys.push_back("...");
+  throw Error(fmt::format("holds a dict that is neither a state dict nor a checkpoint with a dict of tensors under "
+                          "'model', 'state_dict' or 'model_state_dict' (its keys: {})",
+                          fmt::join(keys, ", ")));
+}
+
 // Legacy torch.save files are a bare pickle stream (starting with PROTO), not a zip.
 void check_zip_magic(const std::filesystem::path& file) {
   std::error_code ec;
@@ -433,9 +522,9 @@ std::string one_line(std::string s) {
 // torch's messages may continue with context lines.
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
-}  // namespace
-
-TensorMap read_pytorch_bin(const std::filesystem::path& file) {
+// Runs data.pkl of the archive and hands its top-level value to `convert`; every error names the file.
+template <typename Convert>
+TensorMap read_archive(const std::filesystem::path& file, Convert convert) {
   check_zip_magic(file);
   try {
     caffe2::serialize::PyTorchStreamReader zip(file.string());
@@ -447,7 +536,7 @@ TensorMap read_pytorch_bin(const std::filesystem::path& file) {
     if (!zip.hasRecord("data.pkl")) throw Error("archive has no data.pkl record");
     auto [pickle, size] = zip.getRecord("data.pkl");
     PickleMachine machine(static_cast<const char*>(pickle.get()), size, zip);
-    return to_state_dict(machine.run());
+    return convert(machine.run());
   } catch (const Error& e) {
     throw Error(one_line(fmt::format("{}: {}", file.string(), e.what())));
   } catch (const c10::Error& e) {
@@ -455,6 +544,14 @@ TensorMap read_pytorch_bin(const std::filesystem::path& file) {
   } catch (const std::exception& e) {
     throw Error(one_line(fmt::format("{}: cannot read the archive: {}", file.string(), first_line(e.what()))));
   }
+}
+
+}  // namespace
+
+TensorMap read_pytorch_bin(const std::filesystem::path& file) { return read_archive(file, to_state_dict); }
+
+TensorMap read_pytorch_checkpoint(const std::filesystem::path& file, std::string* found_under, nlohmann::json* plain) {
+  return read_archive(file, [&](Value* root) { return checkpoint_state_dict(root, found_under, plain); });
 }
 
 }  // namespace hooklens

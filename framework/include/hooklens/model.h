@@ -74,6 +74,7 @@ class Model {
 
 struct LoadOptions {
   std::filesystem::path tokenizer;  // overrides the tokenizer found beside the model
+  std::string spec;  // architecture spec of a state dict: a JSON file or a shipped spec's name (docs/architecture-spec.md)
 };
 
 // What an adapter plugin creates: knows which model directories it reads and loads them.

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include <filesystem>
 #include <map>
@@ -22,6 +23,13 @@ c10::ScalarType parse_safetensors_dtype(const std::string& name);  // throws Err
 TensorMap read_safetensors(const std::filesystem::path& file);
 std::map<std::string, std::string> read_safetensors_metadata(const std::filesystem::path& file);
 TensorMap read_pytorch_bin(const std::filesystem::path& file);
+// A torch.save file holding a state dict, or a training checkpoint dict that holds one under
+// "model", "state_dict" or "model_state_dict" (tried in that order; nanoGPT's ckpt.pt uses "model").
+// `found_under` receives that key ("" for a bare state dict); `plain` the top level's entries that
+// are plain data (numbers, strings, bools, None, lists and str-keyed dicts of them) as a JSON object,
+// e.g. {"model_args": {"n_head": 12, ...}, "iter_num": 5000}. Either pointer may be null.
+TensorMap read_pytorch_checkpoint(const std::filesystem::path& file, std::string* found_under = nullptr,
+                                  nlohmann::json* plain = nullptr);
 
 // A Hugging Face model directory's weights: model.safetensors, or the shards listed in
 // model.safetensors.index.json, or pytorch_model.bin (also its sharded index).

@@ -1,0 +1,89 @@
+// Drawing for the example programs: colour maps, heatmap panels with colour bars and optional token
+// labels, laid out in a row or a grid and written as PNG (stb_image_write, text with stb_easy_font).
+// No plotting library: every pixel is placed here, so a test can read a cell's colour back from the
+// geometry that write_figure returns.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace figures {
+
+struct Rgb {
+  std::uint8_t r, g, b;
+};
+
+struct ColourMap {
+  const char* name;
+  const Rgb* stops;
+  std::size_t count;
+};
+extern const ColourMap kViridis;    // sequential: dark purple (low) to yellow (high)
+extern const ColourMap kDiverging;  // blue - white - red: white is zero
+
+// t in [0, 1], interpolated linearly between the map's stops.
+Rgb colour_at(const ColourMap& map, double t);
+
+struct Matrix {
+  std::int64_t rows = 0, cols = 0;
+  std::vector<double> values;                 // row-major
+  std::int64_t first_row = 0, first_col = 0;  // absolute positions, for captions
+  double at(std::int64_t r, std::int64_t c) const { return values[std::size_t(r * cols + c)]; }
+};
+
+// `pattern` is a contiguous float [1, H, Q, K] whose first row and column are at absolute positions
+// first_row, first_col; `head` < 0 averages the heads.
+Matrix head_matrix(const at::Tensor& pattern, std::int64_t head, std::int64_t first_row = 0,
+                   std::int64_t first_col = 0);
+Matrix difference(const Matrix& later, const Matrix& earlier);
+
+struct Scale {
+  double lo = 0, hi = 1;
+  const ColourMap* map = &kViridis;
+};
+// From 0 (or the minimum, if negative) to the largest value of all `matrices`, so panels that share
+// a scale can be compared by colour.
+Scale sequential_scale(const std::vector<const Matrix*>& matrices);
+// Symmetric around zero, so white is "no change".
+Scale signed_scale(const Matrix& m);
+
+constexpr int kMaxSide = 16384;  // pixels: keeps a mistaken cell size from writing a gigantic file
+
+// Pixels per cell: a 64-token sequence gets 8 px cells (a 512 px heatmap), short ones larger cells;
+// `requested` > 0 wins.
+int cell_size(std::int64_t cells, int requested = 0);
+// The smallest cell that fits one line of label text (labels are drawn one per row / column).
+constexpr int kLabelledCell = 16;
+
+// One heatmap with its title above, colour bar to the right and caption below. Row labels go left
+// of the matrix, column labels below it (reading upwards); empty vectors draw none.
+struct Panel {
+  std::string title;
+  std::string caption;
+  Matrix matrix;
+  Scale scale;
+  int cell_w = 1, cell_h = 1;
+  std::vector<std::string> row_labels = {}, col_labels = {};
+
+  int width() const;
+  int height() const;
+};
+
+// Writes the panels as one PNG, `columns` per row (0: all in one row); returns the figure's geometry
+// (size, and per panel its matrix's position, cell size and colour bar) for summary files.
+nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<Panel>& panels, int columns = 0);
+
+// A token as a label: ASCII only (the font has nothing else), spaces shown as '_', control
+// characters escaped, at most `max_chars` characters.
+std::string token_label(const std::string& token, std::size_t max_chars = 12);
+
+// Writes `text` to `file`; throws hooklens::Error naming the file on failure.
+void write_text(const std::filesystem::path& file, const std::string& text);
+// Pretty JSON with invalid UTF-8 replaced, and a final newline.
+std::string dump(const nlohmann::json& j);
+
+}  // namespace figures
