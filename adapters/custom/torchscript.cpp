@@ -23,9 +23,10 @@
 // ([batch, 1, vocab]: hook_logits then has query_offset = positions - 1, and forward returns that row).
 //
 // Limits: no KV cache (new_state() is null: generation recomputes every position); n_ctx is unknown
-// (set to 1 << 20: the model itself refuses what it cannot take); n_heads and vocab_size are 0 until
-// the first forward reveals them; a module applied several times in one forward (a loop over one
-// shared block) fires its hook point once per application, with the same name.
+// (set to 1 << 20: the model itself refuses what it cannot take); n_heads and vocab_size come from a
+// one-token forward at load (0 if the model refuses one token, until the first forward); a module
+// applied several times in one forward (a loop over one shared block) fires its hook point once per
+// application, with the same name.
 #include "torchscript.h"
 
 #include <capture_op.h>
@@ -393,6 +394,7 @@ class TorchScriptModel final : public Model {
     info_.n_layers = layers;
     info_.n_ctx = std::int64_t(1) << 20;
     info_.layer_attention.assign(layers, AttentionKind::causal);  // assumed: not inspected
+    probe_sizes();
   }
 
   const ModelInfo& info() const override { return info_; }
@@ -434,6 +436,15 @@ class TorchScriptModel final : public Model {
       throw Error(fmt::format("{}: {}", file_, e.what()));
     }
     function_ = std::make_unique<torch::jit::GraphFunction>("hooklens_instrumented_forward", graph, nullptr);
+  }
+
+  // The vocabulary and head count show only in a forward's results: one token (id 0) reveals them.
+  // A model that cannot take it keeps them 0 until the first real forward.
+  void probe_sizes() {
+    try {
+      logits_of(run(at::zeros({1, 1}, at::kLong), HookSet(), CaptureContext()), at::zeros({1, 1}, at::kLong));
+    } catch (const std::exception&) {
+    }
   }
 
   // forward(self, ids, ...): the arguments after the ids must have defaults (e.g. nanoGPT's targets=None).

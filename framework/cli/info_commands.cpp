@@ -23,12 +23,14 @@ void print_info(const Model& model) {
   const ModelInfo& i = model.info();
   std::vector<std::string> kinds;
   for (auto k : i.layer_attention) kinds.push_back(attention_kind_name(k));
+  // Sizes a model cannot state (TorchScript: only what a forward reveals) are 0.
+  const auto size = [](std::int64_t v) { return v > 0 ? std::to_string(v) : std::string("unknown"); };
   std::cout << fmt::format(
       "model:        {}\nadapter:      {}\narchitecture: {}\nlayers:       {}\nheads:        {} ({} kv), d_head {}\n"
       "d_model:      {}\nd_mlp:        {}\nvocabulary:   {}\ncontext:      {} tokens\nattention:    {}{}\n"
       "weights:      {}\ntokenizer:    {}\n",
-      i.path, i.adapter, i.architecture, i.n_layers, i.n_heads, i.n_kv_heads, i.d_head, i.d_model, i.d_mlp,
-      i.vocab_size, i.n_ctx, fmt::join(kinds, ", "), i.window_size ? fmt::format(" (window {})", i.window_size) : "",
+      i.path, i.adapter, i.architecture, i.n_layers, size(i.n_heads), size(i.n_kv_heads), size(i.d_head),
+      size(i.d_model), size(i.d_mlp), size(i.vocab_size), i.n_ctx, fmt::join(kinds, ", "), i.window_size ? fmt::format(" (window {})", i.window_size) : "",
       i.weight_dtype, model.tokenizer() ? "yes" : "none (use --prompt-ids or --tokenizer)");
   // Per-layer points are shown once as blocks.{L}.NAME.
   std::cout << "hook points:\n";
@@ -38,7 +40,8 @@ void print_info(const Model& model) {
     if (p.layer >= 0) name.replace(name.find('.') + 1, std::to_string(p.layer).size(), "{L}");
     if (shown[name]) continue;
     shown[name] = true;
-    std::cout << fmt::format("  {:<34} [{}]\n", name, fmt::join(p.dims, ", "));
+    const std::string dims = p.dims.empty() ? "shape as computed" : fmt::format("{}", fmt::join(p.dims, ", "));
+    std::cout << fmt::format("  {:<34} [{}]\n", name, dims);
   }
   if (i.n_layers > 0) std::cout << fmt::format("  ({{L}} = 0..{})\n", i.n_layers - 1);
 }
