@@ -38,6 +38,42 @@ nlohmann::json ModelInfo::to_json() const {
   return j;
 }
 
+ModelInfo ModelInfo::from_json(const nlohmann::json& j) {
+  try {
+    ModelInfo i;
+    i.adapter = j.at("adapter").get<std::string>();
+    i.architecture = j.at("architecture").get<std::string>();
+    i.path = j.at("path").get<std::string>();
+    i.n_layers = j.at("n_layers").get<int>();
+    i.n_heads = j.at("n_heads").get<int>();
+    i.n_kv_heads = j.at("n_kv_heads").get<int>();
+    i.d_model = j.at("d_model").get<int>();
+    i.d_head = j.at("d_head").get<int>();
+    i.d_mlp = j.at("d_mlp").get<int>();
+    i.vocab_size = j.at("vocab_size").get<std::int64_t>();
+    i.n_ctx = j.at("n_ctx").get<std::int64_t>();
+    i.window_size = j.at("window_size").get<int>();
+    i.weight_dtype = j.at("weight_dtype").get<std::string>();
+    for (const auto& kind : j.at("layer_attention")) {
+      const std::string name = kind.get<std::string>();
+      if (name == "causal") i.layer_attention.push_back(AttentionKind::causal);
+      else if (name == "local") i.layer_attention.push_back(AttentionKind::local);
+      else if (name == "bidirectional") i.layer_attention.push_back(AttentionKind::bidirectional);
+      else throw Error(fmt::format("unknown attention kind '{}'", name));
+    }
+    auto id = [&](const char* key) {
+      return j.contains(key) && !j[key].is_null() ? std::optional<std::int64_t>(j[key].get<std::int64_t>())
+                                                  : std::nullopt;
+    };
+    i.bos_id = id("bos_id");
+    i.eos_id = id("eos_id");
+    i.mask_id = id("mask_id");
+    return i;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("malformed model description: {}", e.what()));
+  }
+}
+
 std::shared_ptr<Model> open_model(const PluginRegistry& plugins, const std::filesystem::path& model,
                                   const std::string& adapter, const LoadOptions& options, std::string* adapter_used) {
   if (!std::filesystem::exists(model)) throw Error(fmt::format("{}: no such file or directory", model.string()));

@@ -25,7 +25,7 @@ namespace hooklens {
 namespace {
 
 constexpr const char* kEntryName = "hooklens_plugin_entry";
-const char* const kKinds[] = {"adapter", "sink", "analyzer"};
+const char* const kKinds[] = {"adapter", "sink", "analyzer", "renderer"};
 
 struct LoadedPlugin {
   std::shared_ptr<boost::dll::shared_library> library;
@@ -228,6 +228,14 @@ std::shared_ptr<Adapter> PluginRegistry::create_adapter(const std::string& name)
 
 std::shared_ptr<CaptureSink> PluginRegistry::create_sink(const std::string& name) const {
   return std::static_pointer_cast<CaptureSink>(create("sink", name));
+}
+
+std::shared_ptr<Analyzer> PluginRegistry::create_analyzer(const std::string& name) const {
+  return std::static_pointer_cast<Analyzer>(create("analyzer", name));
+}
+
+std::shared_ptr<Renderer> PluginRegistry::create_renderer(const std::string& name) const {
+  return std::static_pointer_cast<Renderer>(create("renderer", name));
 }
 
 }  // namespace hooklens

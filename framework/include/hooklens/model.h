@@ -39,6 +39,7 @@ struct ModelInfo {
   std::string weight_dtype = "F32";  // as stored on disk; compute is float32
 
   nlohmann::json to_json() const;
+  static ModelInfo from_json(const nlohmann::json& j);  // throws Error on a malformed object
 };
 
 struct HookPointInfo {

@@ -3,8 +3,9 @@
 // A plugin shared library exports one C-linkage entry point (a Boost.DLL alias named
 // "hooklens_plugin_entry") returning a hooklens_plugin_info. The host reads `abi_version` first and
 // refuses a mismatch before touching anything else. `create` returns a new object of the kind's
-// interface (kind "adapter": hooklens::Adapter; kind "sink": hooklens::CaptureSink); `destroy`
-// deletes it inside the library. Objects handed out by the loader keep their library loaded.
+// interface (kind "adapter": hooklens::Adapter; "sink": hooklens::CaptureSink; "analyzer":
+// hooklens::Analyzer; "renderer": hooklens::Renderer); `destroy` deletes it inside the library.
+// Objects handed out by the loader keep their library loaded.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -17,7 +18,7 @@
 extern "C" {
 struct hooklens_plugin_info {
   std::uint32_t abi_version;  // HOOKLENS_PLUGIN_ABI_VERSION the plugin was built against
-  const char* kind;           // "adapter" | "sink" | "analyzer"
+  const char* kind;           // "adapter" | "sink" | "analyzer" | "renderer"
   const char* name;
   const char* version;
   const char* description;
@@ -33,7 +34,9 @@ struct hooklens_plugin_info {
 namespace hooklens {
 
 class Adapter;
+class Analyzer;
 class CaptureSink;
+class Renderer;
 
 struct PluginRecord {
   std::filesystem::path path;
@@ -61,6 +64,8 @@ class PluginRegistry {
   // A new object from the named plugin of that kind; throws Error if there is none.
   std::shared_ptr<Adapter> create_adapter(const std::string& name) const;
   std::shared_ptr<CaptureSink> create_sink(const std::string& name) const;
+  std::shared_ptr<Analyzer> create_analyzer(const std::string& name) const;
+  std::shared_ptr<Renderer> create_renderer(const std::string& name) const;
   // The adapter whose accepts() says yes to the model; throws Error listing the adapters tried.
   std::shared_ptr<Adapter> adapter_for(const std::filesystem::path& model, std::string* name = nullptr) const;
 

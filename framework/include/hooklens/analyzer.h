@@ -1,0 +1,79 @@
+// Analyzer plugins (kind "analyzer"): captures in, one JSON report out.
+//
+// An analyzer names the hook points it reads and sees every capture of them exactly once, in event
+// order (prompt by prompt; within a prompt, forward pass by forward pass; within a pass, layer by
+// layer), either live on the model's thread during `hooklens capture|generate --analyze NAME` or
+// offline from a run directory (`hooklens analyze RUN --analyze NAME`, manifest order, which is the
+// same order). It keeps bounded state — statistics, not tensors — and its report is written to
+// RUN/reports/NAME.json. An analyzer that throws is reported and disabled; the run goes on.
+#pragma once
+#include <hooklens/hooks.h>
+#include <hooklens/model.h>
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace hooklens {
+
+class Analyzer {
+ public:
+  virtual ~Analyzer() = default;
+
+  // Hook point names (globs, or "re:REGEX", as in HookFilter::names) whose captures it reads.
+  virtual std::vector<std::string> hooks() const = 0;
+
+  // Token sequences the analyzer wants run besides the user's prompts when it runs live on
+  // `hooklens capture` (head_detectors: a repeated random sequence for induction). They become
+  // prompts of the run (captured like the others, so offline analysis sees them too), with
+  // `source` saying what they are. `options` as in begin().
+  struct ExtraPrompt {
+    std::vector<std::int64_t> ids;
+    std::string source;
+  };
+  virtual std::vector<ExtraPrompt> extra_prompts(const ModelInfo& model, const nlohmann::json& options) const {
+    (void)model, (void)options;
+    return {};
+  }
+
+  // Starts a run. `run` holds:
+  //   "model":   ModelInfo::to_json() (ModelInfo::from_json gives it back typed);
+  //   "prompts": per prompt {"text", "ids", "tokens" (display strings), "source"} where source is
+  //              "prompt", "text-file FILE sequence N" or an extra prompt's source;
+  //   "mode":    "none" (one forward per prompt), "autoregressive" or "masked_diffusion";
+  //   "options": this analyzer's options, {"KEY": "VALUE"} strings from --analyze-option NAME.KEY=VALUE.
+  // Throws UsageError for options it does not know or cannot parse.
+  virtual void begin(const nlohmann::json& run) = 0;
+
+  // One capture: `tensor` is float32 on the CPU and valid only during the call (copy what you
+  // keep). Patterns may be sliced: ctx.query_offset / ctx.key_offset place row 0 / column 0.
+  virtual void observe(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor) = 0;
+
+  // Ends the run and returns the report. `manifest` is the run's manifest: begin()'s "model" and
+  // "prompts", and "generation" (for generation runs: the generated ids, and per step the token
+  // chosen or, for masked diffusion, the sequence after the step).
+  virtual nlohmann::json finish(const nlohmann::json& manifest) = 0;
+};
+
+// Which keys each query row of a captured attention pattern could attend to, from the layer's
+// attention kind: causal keys <= query, local also > query - window, bidirectional every key.
+// Rows and columns are those of the captured (possibly sliced) tensor.
+struct PatternRows {
+  std::int64_t rows = 0, cols = 0;
+  std::int64_t query_offset = 0, key_offset = 0;  // absolute positions of row 0 and column 0
+  AttentionKind kind = AttentionKind::causal;
+  std::int64_t window = 0;
+
+  // `pattern` is [..., query, key]; the layer is ctx.layer.
+  static PatternRows of(const at::Tensor& pattern, const CaptureContext& ctx, const ModelInfo& model);
+  // Columns [first, last) row r may see (empty when none of them was captured).
+  std::pair<std::int64_t, std::int64_t> visible(std::int64_t r) const;
+  std::int64_t query_position(std::int64_t r) const { return query_offset + r; }
+};
+
+}  // namespace hooklens
