@@ -16,7 +16,7 @@
 //                          layer's own attention, for the last token
 //   summary.json           model, prompt, tokens, and every file with what it shows
 // Exit status: 0 success, 1 error, 2 usage error.
-#include "figures.h"
+#include "drawing.h"
 
 #include <hooklens/error.h>
 #include <hooklens/model.h>

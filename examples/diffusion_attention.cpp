@@ -14,7 +14,7 @@
 // slicing kept, placed by query_offset / key_offset): every step of a masked-diffusion run, only the
 // prefill (step 0) of an autoregressive one, whose decode steps have one query row each. Exit status:
 // 0 success, 1 error, 2 usage error.
-#include "figures.h"
+#include "drawing.h"
 
 #include <hooklens/error.h>
 #include <hooklens/run.h>

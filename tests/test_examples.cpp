@@ -881,3 +881,316 @@ TEST_CASE("analyze_attention on the example model it makes agrees with an eager 
     }
   }
 }
+
+// ---- issue 5's examples: compare_phrasings, word_attention, validation_heads, attention_distance ----
+// Each program runs on tiny-neo-a (GPT-2 BPE tokenizer); its numbers are recomputed here from patterns
+// recorded directly through the library.
+
+#include "model_util.h"
+
+#include <hooklens/analyzer.h>
+#include <hooklens/attention_stats.h>
+#include <hooklens/generate.h>
+
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mean.h>
+
+namespace {
+
+const fs::path kTinyNeo = test::fixtures() / "tiny-neo-a";
+fs::path example_program(const std::string& name) { return fs::path(HOOKLENS_BUILD_DIR) / "bin" / name; }
+
+at::Tensor ids_tensor(std::vector<std::int64_t> ids) {
+  return at::from_blob(ids.data(), {1, std::int64_t(ids.size())}, at::kLong).clone();
+}
+
+// The layer's pattern of one forward pass over `ids`, recorded here.
+std::map<int, at::Tensor> forward_patterns(hooklens::Model& model, const std::vector<std::int64_t>& ids) {
+  std::map<int, at::Tensor> patterns;
+  hooklens::HookSet hooks;
+  hooks.add({{"blocks.*.attn.hook_pattern"}}, [&](std::string_view, const CaptureContext& ctx, at::Tensor& t) {
+    patterns[ctx.layer] = t.clone();
+  });
+  model.forward(ids_tensor(ids), hooks, {}, nullptr);
+  return patterns;
+}
+
+// Mean over heads (that count rows) of each head's mean row entropy, from summarize_heads.
+double mean_head_entropy(const at::Tensor& pattern, int layer, const hooklens::ModelInfo& info) {
+  CaptureContext ctx;
+  ctx.layer = layer;
+  double sum = 0;
+  int n = 0;
+  for (const auto& s : hooklens::summarize_heads(pattern, hooklens::PatternRows::of(pattern, ctx, info)))
+    if (s.rows > 0) sum += s.mean().entropy, ++n;
+  return sum / n;
+}
+
+}  // namespace
+
+TEST_CASE("compare_phrasings writes both reports per set and a table that matches a direct computation") {
+  TempDir tmp;
+  const std::string a = "The cat is black.", b = "Is the cat black?";
+  const Outcome r = run_program({"--model", kTinyNeo.string(), "--set", "all", "--pair", a, b, "--top", "3", "--out",
+                                 (tmp / "out").string()},
+                                tmp / "logs", example_program("compare_phrasings"));
+  INFO(r.describe());
+  REQUIRE(r.code == 0);
+  const std::map<std::string, std::size_t> sets{{"simple", 3}, {"questions", 3}, {"sentiment", 4}, {"custom", 2}};
+  for (const auto& [set, phrasings] : sets) {
+    INFO(set);
+    const fs::path dir = tmp / "out" / set;
+    const json compare = load_json(dir / "reports" / "compare_prompts.json");
+    const json stats = load_json(dir / "reports" / "attention_stats.json");
+    CHECK(compare.at("analyzer") == "compare_prompts");
+    CHECK(stats.at("analyzer") == "attention_stats");
+    CHECK(compare.at("prompts").size() == phrasings);
+    CHECK(compare.at("most_different_heads").size() == 3);
+    CHECK(compare.at("neurons").at("layers").size() == 4);  // tiny-neo-a has mlp.hook_post in its 4 layers
+    CHECK(stats.at("heads").size() == 16);
+    const std::string table = test::read_file(dir / "table.txt");
+    CHECK_THAT(r.out, Catch::Contains(table));
+    CHECK_THAT(table, Catch::Contains("most different heads") && Catch::Contains("top neuron differences"));
+  }
+
+  // The custom pair's per-layer mean entropies, recomputed from patterns recorded here.
+  auto model = test::load_model("gpt_neo", kTinyNeo);
+  const json compare = load_json(tmp / "out" / "custom" / "reports" / "compare_prompts.json");
+  CHECK(compare.at("prompts").at(0).at("text") == a);
+  CHECK(compare.at("prompts").at(1).at("text") == b);
+  const std::string table = test::read_file(tmp / "out" / "custom" / "table.txt");
+  std::vector<std::map<int, at::Tensor>> patterns;
+  for (const auto& text : {a, b}) patterns.push_back(forward_patterns(*model, model->tokenizer()->encode(text)));
+  for (int l = 0; l < 4; ++l) {
+    std::string row = fmt::format("  {:>5}", l);
+    for (std::size_t p = 0; p < 2; ++p) {
+      const double expected = mean_head_entropy(patterns[p].at(l), l, model->info());
+      const json& layer = compare.at("per_prompt").at(p).at("layers").at(l);
+      REQUIRE(layer.at("layer") == l);
+      CHECK(layer.at("head_mean").at("entropy").get<double>() == Approx(expected).epsilon(1e-5));
+      row += fmt::format("  {:>8}", fmt::format("{:.4f}", expected));
+    }
+    CHECK_THAT(table, Catch::Contains(row + "\n"));
+  }
+}
+
+TEST_CASE("word_attention's word sums agree with patterns recorded through the library") {
+  TempDir tmp;
+  const std::string prompt = "The cat sat on the mat, and";
+  const int N = 4;
+  const fs::path out = tmp / "out";
+  const Outcome r = run_program({"--model", kTinyNeo.string(), "--prompt", prompt, "--max-new-tokens",
+                                 std::to_string(N), "--out", out.string()},
+                                tmp / "logs", example_program("word_attention"));
+  INFO(r.describe());
+  REQUIRE(r.code == 0);
+  const json report = load_json(out / "word_attention.json");
+  REQUIRE(fs::is_regular_file(out / "word_attention.png"));
+  CHECK(load_png(out / "word_attention.png").width > 0);
+
+  // The same greedy generation, its decode-step patterns recorded here.
+  auto model = test::load_model("gpt_neo", kTinyNeo);
+  const auto& tok = *model->tokenizer();
+  const auto ids = tok.encode(prompt);
+  const std::int64_t P = std::int64_t(ids.size());
+  test::Recorder rec({"blocks.*.attn.hook_pattern"});
+  hooklens::SamplingOptions sampling;
+  sampling.max_new_tokens = N + 1;
+  sampling.stop_at_eos = false;
+  const auto result = hooklens::generate_autoregressive(*model, ids, sampling, rec.hooks);
+  std::vector<std::string> generated;
+  for (int i = 0; i < N; ++i) generated.push_back(tok.token_string(result.new_ids[std::size_t(i)]));
+  CHECK(report.at("generated_tokens") == json(generated));
+
+  // The words partition the positions, and each starts exactly where the documented rule says.
+  const auto check_words = [&](const json& words, std::int64_t first, const std::vector<std::string>& tokens) {
+    std::int64_t next = first;
+    for (const json& w : words)
+      for (std::size_t i = 0; i < w.at("positions").size(); ++i) {
+        const std::int64_t pos = w.at("positions").at(i);
+        REQUIRE(pos == next++);
+        const std::string& t = tokens[std::size_t(pos - first)];
+        const bool starts = !t.empty() && (t[0] == ' ' || std::ispunct(static_cast<unsigned char>(t[0])));
+        CHECK((i == 0) == (pos == first || starts));
+      }
+    CHECK(next == first + std::int64_t(tokens.size()));
+  };
+  std::vector<std::string> prompt_tokens;
+  for (auto id : ids) prompt_tokens.push_back(tok.token_string(id));
+  check_words(report.at("prompt_words"), 0, prompt_tokens);
+  check_words(report.at("generated_words"), P, generated);
+
+  const json& prompt_words = report.at("prompt_words");
+  REQUIRE(report.at("layers") == json({0, 1, 2, 3}));
+  std::size_t csv_rows = 0;
+  for (const json& g : report.at("generated_words")) {
+    std::vector<double> mean(prompt_words.size(), 0.0);
+    for (int l = 0; l < 4; ++l)
+      for (std::size_t w = 0; w < prompt_words.size(); ++w) {
+        double expected = 0;  // mean over the word's tokens of the head-mean attention summed over w's tokens
+        for (const json& t : g.at("positions")) {
+          const at::Tensor row = rec.at(fmt::format("blocks.{}.attn.hook_pattern", l), int(t.get<std::int64_t>() - P + 1))
+                                     .to(at::kDouble)[0].mean(0)[0];  // the step's one query row, head mean
+          for (const json& k : prompt_words.at(w).at("positions")) expected += row[k.get<std::int64_t>()].item<double>();
+        }
+        expected /= double(g.at("positions").size());
+        CHECK(g.at("per_layer").at(l).at(w).get<double>() == Approx(expected).margin(1e-6));
+        mean[w] += expected / 4;
+      }
+    for (std::size_t w = 0; w < prompt_words.size(); ++w)
+      CHECK(g.at("attention").at(w).get<double>() == Approx(mean[w]).margin(1e-6));
+    csv_rows += prompt_words.size() * 5;
+  }
+  CHECK(lines_of(test::read_file(out / "word_attention.csv")).size() == csv_rows + 1);
+}
+
+TEST_CASE("validation_heads cuts sequences as the CLI does and agrees with the attention_stats analyzer") {
+  TempDir tmp;
+  const fs::path text = tmp / "valid.txt";
+  {
+    std::ofstream f(text);
+    f << "The tower is 324 metres tall, about the same height as an 81-storey building, and the tallest "
+         "structure in Paris. Its base is square, measuring 125 metres on each side.\n";
+  }
+  const int seq_len = 8, sequence = 2, layer = 1;
+  const fs::path out = tmp / "out";
+  const Outcome r = run_program({"--model", kTinyNeo.string(), "--text-file", text.string(), "--seq-len",
+                                 std::to_string(seq_len), "--sequence", std::to_string(sequence), "--layer",
+                                 std::to_string(layer), "--out", out.string()},
+                                tmp / "logs", example_program("validation_heads"));
+  INFO(r.describe());
+  REQUIRE(r.code == 0);
+  const json summary = load_json(out / "summary.json");
+  CHECK(summary.at("text_file") == text.string());
+  CHECK(summary.at("sequence") == sequence);
+  CHECK(fs::is_regular_file(out / summary.at("figure").get<std::string>()));
+  CHECK_THAT(r.out, Catch::Contains("valid.txt sequence 2"));
+
+  // The sequence the CLI's --text-file makes.
+  REQUIRE(test::run_hooklens(fmt::format("capture --model '{}' --text-file '{}' --seq-len {} --max-sequences {} "
+                                         "--hooks blocks.0.attn.hook_pattern --out '{}'",
+                                         kTinyNeo.string(), text.string(), seq_len, sequence + 1,
+                                         (tmp / "run").string()),
+                             tmp / "capture.log") == 0);
+  const json manifest = load_json(tmp / "run" / "manifest.json");
+  const auto ids = manifest.at("prompts").at(sequence).at("ids").get<std::vector<std::int64_t>>();
+  CHECK(summary.at("ids") == json(ids));
+
+  // attention_stats on that sequence, fed here.
+  auto model = test::load_model("gpt_neo", kTinyNeo);
+  auto stats = std::static_pointer_cast<hooklens::Analyzer>(
+      hooklens::PluginRegistry::create_from(test::plugin_file("attention_stats"), "analyzer"));
+  stats->begin({{"model", model->info().to_json()}, {"prompts", json::array()}, {"mode", "none"}, {"options", json::object()}});
+  hooklens::HookSet hooks;
+  hooks.add({{fmt::format("blocks.{}.attn.hook_pattern", layer)}},
+            [&](std::string_view name, const CaptureContext& ctx, at::Tensor& t) { stats->observe(name, ctx, t); });
+  model->forward(ids_tensor(ids), hooks, {}, nullptr);
+  const json report = stats->finish(json::object());
+  REQUIRE(report.at("heads").size() == summary.at("heads").size());
+  for (std::size_t h = 0; h < report.at("heads").size(); ++h) {
+    const json& expected = report.at("heads").at(h);
+    const json& got = summary.at("heads").at(h);
+    INFO("head " << h);
+    for (const char* stat : {"entropy", "normalized_entropy", "row_std", "max_weight", "self_mass"})
+      CHECK(got.at(stat).get<double>() == Approx(expected.at(stat).get<double>()).epsilon(1e-9));
+    CHECK(got.at("label") == expected.at("label"));
+    const json& same_label = summary.at("labels").at(got.at("label").get<std::string>());
+    CHECK(std::find(same_label.begin(), same_label.end(), json(h)) != same_label.end());
+  }
+  const json& layer_stats = report.at("layers").at(0);
+  CHECK(summary.at("head_averaged").at("entropy").get<double>() ==
+        Approx(layer_stats.at("head_averaged").at("entropy").get<double>()).epsilon(1e-9));
+  CHECK(summary.at("averaging_hides") == layer_stats.at("averaging_hides"));
+}
+
+TEST_CASE("attention_distance (the custom analyzer template) on hand-made patterns and in a capture") {
+  auto analyzer = std::static_pointer_cast<hooklens::Analyzer>(
+      hooklens::PluginRegistry::create_from(test::plugin_file("attention_distance"), "analyzer"));
+  hooklens::ModelInfo info;
+  info.n_layers = 2;
+  info.n_heads = 2;
+  info.layer_attention = {hooklens::AttentionKind::causal, hooklens::AttentionKind::bidirectional};
+  analyzer->begin({{"model", info.to_json()}, {"prompts", json::array()}, {"mode", "none"}, {"options", json::object()}});
+  const auto tensor = [](std::vector<float> v, std::vector<std::int64_t> shape) {
+    return at::from_blob(v.data(), shape, at::kFloat).clone();
+  };
+  // Layer 0, causal, heads 0 and 1 over 3 positions.
+  analyzer->observe("blocks.0.attn.hook_pattern", test::context(0, Phase::prefill, 0, -1, 0, 0),
+                    tensor({1, 0, 0, .25f, .75f, 0, .5f, .25f, .25f,  //
+                            1, 0, 0, 1, 0, 0, 0, 0, 1},
+                           {1, 2, 3, 3}));
+  // Layer 0 again, a decode step sliced to keys 1-2: query 3 sees keys 1..3, captured 1..2.
+  CaptureContext sliced = test::context(0, Phase::decode, 1, -1, 0, 3);
+  sliced.key_offset = 1;
+  analyzer->observe("blocks.0.attn.hook_pattern", sliced, tensor({.5f, .5f, 1, 0}, {1, 2, 1, 2}));
+  // Layer 1, bidirectional: query 0 looks ahead.
+  analyzer->observe("blocks.1.attn.hook_pattern", test::context(0, Phase::prefill, 0, -1, 1, 0),
+                    tensor({.5f, .5f, .5f, .5f, 0, 1, 0, 1}, {1, 2, 2, 2}));
+  const json report = analyzer->finish(json::object());
+  CHECK(report.at("analyzer") == "attention_distance");
+  CHECK(report.at("definitions").contains("mean_distance"));
+  const json& heads = report.at("heads");
+  REQUIRE(heads.size() == 4);
+  const auto head = [&](int l, int h) { return heads.at(std::size_t(l * 2 + h)); };
+  // Head (0,0): rows 0, .25, .5*2+.25, then the sliced row .5*2+.5*1: (0 + .25 + 1.25 + 1.5) / 4.
+  CHECK(head(0, 0).at("mean_distance").get<double>() == Approx(3.0 / 4));
+  CHECK(head(0, 0).at("rows") == 4);
+  // Head (0,1): rows 0, 1, 0, then the sliced row 1*2: 3 / 4.
+  CHECK(head(0, 1).at("mean_distance").get<double>() == Approx(3.0 / 4));
+  // Layer 1: head 0 rows -.5 and .5; head 1 rows -1 and 0.
+  CHECK(head(1, 0).at("mean_distance").get<double>() == Approx(0).margin(1e-12));
+  CHECK(head(1, 1).at("mean_distance").get<double>() == Approx(-0.5));
+  // Entropy of head (0,0): rows with >= 2 visible keys (rows 1, 2 and the sliced row).
+  const auto h = [](std::vector<double> w) {
+    double e = 0;
+    for (double v : w) e -= v > 0 ? v * std::log(v) : 0;
+    return e;
+  };
+  CHECK(head(0, 0).at("entropy").get<double>() == Approx((h({.25, .75, 0}) + h({.5, .25, .25}) + h({.5, .5})) / 3));
+  CHECK_THROWS_AS(analyzer->begin({{"model", info.to_json()}, {"options", {{"window", "3"}}}}), hooklens::UsageError);
+
+  // Through the hooklens command, found in build/plugins like any analyzer.
+  TempDir tmp;
+  REQUIRE(test::run_hooklens(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --hooks "
+                                         "blocks.0.attn.hook_pattern --analyze attention_distance --out '{}'",
+                                         kTinyNeo.string(), (tmp / "run").string()),
+                             tmp / "capture.log") == 0);
+  const json live = load_json(tmp / "run" / "reports" / "attention_distance.json");
+  CHECK(live.at("heads").size() == 16);
+  for (const json& entry : live.at("heads")) CHECK(entry.at("mean_distance").get<double>() >= 0);  // causal model
+}
+
+TEST_CASE("issue 5 examples refuse bad arguments with exit 2 and one error line") {
+  TempDir tmp;
+  const std::string model = kTinyNeo.string(), text = (tmp / "short.txt").string();
+  { std::ofstream(text) << "A few words only.\n"; }
+  struct Case {
+    std::string program;
+    std::vector<std::string> args, culprits;
+  };
+  const std::vector<Case> cases{
+      {"compare_phrasings", {"--model", model, "--set", "custom"}, {"--set custom needs --pair"}},
+      {"compare_phrasings", {"--model", model, "--set", "simple", "--pair", "a", "b"}, {"--pair"}},
+      {"compare_phrasings", {"--model", model, "--set", "poems"}, {"--set"}},
+      {"compare_phrasings", {"--model", (tmp / "nowhere").string()}, {"nowhere", "demo-model"}},
+      {"word_attention", {"--model", model, "--max-new-tokens", "0"}, {"--max-new-tokens"}},
+      {"word_attention", {"--model", model, "--max-new-tokens", "200"}, {"context"}},
+      {"validation_heads", {"--model", model, "--seq-len", "8"}, {"--text-file"}},
+      {"validation_heads", {"--model", model, "--text-file", text, "--seq-len", "4", "--sequence", "5"},
+       {"--sequence 5", "short.txt"}},
+      {"validation_heads", {"--model", model, "--text-file", text, "--seq-len", "4", "--layer", "9"}, {"--layer 9"}},
+      {"validation_heads", {"--model", model, "--text-file", (tmp / "missing.txt").string(), "--seq-len", "4"},
+       {"missing.txt"}},
+  };
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    std::vector<std::string> args = cases[i].args;
+    args.insert(args.end(), {"--out", (tmp / fmt::format("out{}", i)).string()});
+    const Outcome r = run_program(args, tmp / fmt::format("logs{}", i), example_program(cases[i].program));
+    INFO(r.describe());
+    CHECK(r.code == 2);
+    const auto lines = lines_of(r.err);
+    REQUIRE(lines.size() == 1);
+    CHECK_THAT(lines[0], Catch::StartsWith(cases[i].program + ": error: "));
+    for (const auto& culprit : cases[i].culprits) CHECK_THAT(lines[0], Catch::Contains(culprit));
+  }
+}

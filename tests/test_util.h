@@ -8,12 +8,14 @@
 #include <hooklens/hooks.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
-#include <filesystem>
 #include <random>
 #include <string>
+
+#include <sys/wait.h>
 
 namespace test {
 
@@ -63,6 +65,14 @@ inline std::string read_file(const fs::path& file) {
 // the exit status.
 inline int run_python(const fs::path& script, const std::string& args, const fs::path& log) {
   return std::system(fmt::format("{} '{}' {} >'{}' 2>&1", kPython, script.string(), args, log.string()).c_str());
+}
+
+// Runs build/bin/hooklens with ARGS (quoted by the caller), stdout and stderr in `log`; returns the
+// exit status (0, 1 error, 2 usage error). `env` is prepended, e.g. "HOOKLENS_PLUGIN_PATH=/x".
+inline int run_hooklens(const std::string& args, const fs::path& log, const std::string& env = "") {
+  const int status = std::system(
+      fmt::format("{} '{}' {} >'{}' 2>&1", env, (build_dir() / "bin/hooklens").string(), args, log.string()).c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 inline hooklens::CaptureContext context(int prompt, hooklens::Phase phase, int step, int block, int layer,

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   app.footer("Run 'hooklens COMMAND --help' for a command's options. Exit status: 0 success, 1 error, 2 usage error.");
   hooklens::cli::add_info_commands(app);
   hooklens::cli::add_run_commands(app);
+  hooklens::cli::add_analyze_commands(app);
   hooklens::cli::add_bench_command(app);
   hooklens::cli::add_demo_model_command(app);
   try {

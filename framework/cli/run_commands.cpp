@@ -2,6 +2,7 @@
 // both writing a run directory through the run_writer sink plugin.
 #include "cli.h"
 
+#include <hooklens/analysis.h>
 #include <hooklens/capture_slice.h>
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
@@ -20,7 +21,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <set>
 #include <unordered_map>
 
@@ -32,6 +35,10 @@ namespace fs = std::filesystem;
 struct RunOptions {
   std::string model, adapter, tokenizer, spec, out, dtype = "F32";
   std::vector<std::string> prompts, prompt_ids, hooks{"blocks.*.attn.hook_pattern"}, ablate;
+  std::vector<std::string> analyze, analyze_options;
+  std::string text_file;
+  std::int64_t seq_len = 0;
+  int max_sequences = 8;
   std::vector<int> layers, heads, capture_steps, capture_blocks;
   std::string query_range, key_range;
   int threads = 0;
@@ -47,7 +54,36 @@ struct RunOptions {
 struct Prompt {
   std::string text;  // empty for --prompt-ids
   std::vector<std::int64_t> ids;
+  std::string source = "prompt";  // or "text-file FILE sequence N (tokens A-B)", or an analyzer's extra prompt
 };
+
+// --text-file: consecutive non-overlapping --seq-len token sequences cut from the file's text.
+std::vector<Prompt> text_file_prompts(const RunOptions& o, const Model& model) {
+  if (o.seq_len <= 0) throw UsageError("--text-file needs --seq-len N (tokens per sequence)");
+  if (!model.tokenizer())
+    throw UsageError(fmt::format("{} has no tokenizer: --text-file needs one (--tokenizer DIR)", model.info().path));
+  std::ifstream in(o.text_file, std::ios::binary);
+  if (!in) throw UsageError(fmt::format("--text-file {}: cannot open it", o.text_file));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  // Enough text for the sequences asked for (a WikiText split is megabytes; tokenizing all of it is waste).
+  const std::size_t bytes = std::size_t(o.seq_len) * std::size_t(o.max_sequences) * 16 + 4096;
+  std::string text = buffer.str().substr(0, bytes);
+  const auto ids = model.tokenizer()->encode(text);
+  std::vector<Prompt> prompts;
+  for (std::int64_t start = 0; start + o.seq_len <= std::int64_t(ids.size()) && int(prompts.size()) < o.max_sequences;
+       start += o.seq_len) {
+    Prompt p;
+    p.ids.assign(ids.begin() + start, ids.begin() + start + o.seq_len);
+    p.source = fmt::format("text-file {} sequence {} (tokens {}-{})", o.text_file, prompts.size(), start,
+                           start + o.seq_len - 1);
+    prompts.push_back(std::move(p));
+  }
+  if (prompts.empty())
+    throw UsageError(fmt::format("--text-file {}: {} tokens, fewer than one --seq-len {} sequence", o.text_file,
+                                 ids.size(), o.seq_len));
+  return prompts;
+}
 
 std::vector<std::int64_t> parse_ids(const std::string& list) {
   std::vector<std::int64_t> ids;
@@ -78,7 +114,11 @@ std::vector<Prompt> read_prompts(const RunOptions& o, const Model& model) {
     prompts.push_back({text, model.tokenizer()->encode(text)});
   }
   for (const auto& list : o.prompt_ids) prompts.push_back({"", parse_ids(list)});
-  if (prompts.empty()) throw UsageError("give at least one --prompt TEXT or --prompt-ids 1,2,3");
+  if (!o.text_file.empty()) {
+    auto more = text_file_prompts(o, model);
+    prompts.insert(prompts.end(), more.begin(), more.end());
+  }
+  if (prompts.empty()) throw UsageError("give at least one --prompt TEXT, --prompt-ids 1,2,3 or --text-file FILE");
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     const auto& p = prompts[i];
     if (p.ids.empty()) throw UsageError(fmt::format("prompt {} has no tokens", i));
@@ -96,7 +136,10 @@ nlohmann::json prompt_json(const Prompt& p, const Model& model) {
   const Tokenizer* tok = model.tokenizer();
   nlohmann::json tokens = nlohmann::json::array();
   for (auto id : p.ids) tokens.push_back(tok ? tok->token_string(id) : std::to_string(id));
-  return {{"text", tok && p.text.empty() ? tok->decode(p.ids) : p.text}, {"ids", p.ids}, {"tokens", tokens}};
+  return {{"text", tok && p.text.empty() ? tok->decode(p.ids) : p.text},
+          {"ids", p.ids},
+          {"tokens", tokens},
+          {"source", p.source}};
 }
 
 // Every --layers entry must be a layer of the model, and every pattern must name at least one hook
@@ -190,6 +233,7 @@ class RunSession {
     load.spec = o.spec;
     model_ = open_model(registry_, o.model, o.adapter, load);
     prompts_ = read_prompts(o, *model_);
+    start_analyzers(command);
     check_hook_patterns(o.hooks, o.layers, *model_);
     if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
     add_ablations(hooks_, o.ablate, *model_);
@@ -202,11 +246,37 @@ class RunSession {
     out_ = o.out.empty() ? default_out(command) : o.out;
   }
 
+  // --analyze: analyzers see every capture of their hook points, whatever --hooks stores. On
+  // `capture` their extra prompts (e.g. head_detectors' repeated random tokens) join the run.
+  void start_analyzers(const std::string& command) {
+    if (options_.analyze.empty()) {
+      if (!options_.analyze_options.empty()) throw UsageError("--analyze-option needs --analyze NAME");
+      return;
+    }
+    analyzers_ = std::make_unique<AnalyzerSet>(registry_, options_.analyze, options_.analyze_options);
+    if (command == "capture")
+      for (auto& extra : analyzers_->extra_prompts(model_->info())) prompts_.push_back({"", extra.ids, extra.source});
+    const ModelInfo& info = model_->info();
+    const bool diffusion = std::all_of(info.layer_attention.begin(), info.layer_attention.end(),
+                                       [](AttentionKind k) { return k == AttentionKind::bidirectional; });
+    nlohmann::json run = {{"model", info.to_json()},
+                          {"prompts", prompts_json()},
+                          {"mode", command == "capture" ? "none" : diffusion ? "masked_diffusion" : "autoregressive"}};
+    analyzers_->begin(run);
+  }
+
+  nlohmann::json prompts_json() const {
+    nlohmann::json prompts = nlohmann::json::array();
+    for (const auto& p : prompts_) prompts.push_back(prompt_json(p, *model_));
+    return prompts;
+  }
+
   // Opens the sink and hooks it up: from here on, every failure must abort the sink.
   void open_sink() {
     sink_ = registry_.create_sink("run_writer");
     sink_->open({{"out", out_}, {"dtype", options_.dtype}, {"overwrite", options_.overwrite},
                  {"queue_bytes", options_.queue_mib << 20}});
+    if (analyzers_) analyzers_->attach(hooks_);  // after the ablations: they see what the model computes
     HookFilter filter;
     filter.names = options_.hooks;
     filter.layers = options_.layers;
@@ -242,12 +312,13 @@ class RunSession {
     try {
       nlohmann::json manifest = work();
       manifest["model"] = model_->info().to_json();
-      auto& prompts = manifest["prompts"] = nlohmann::json::array();
-      for (const auto& p : prompts_) prompts.push_back(prompt_json(p, *model_));
+      manifest["prompts"] = prompts_json();
       manifest["hooks"] = options_.hooks;
+      manifest["analyzers"] = options_.analyze;
       manifest["capture"] = capture_json();
       manifest["ablations"] = options_.ablate;
       sink_->finish(manifest);
+      manifest_ = std::move(manifest);
     } catch (const std::exception& e) {
       sink_->abort(e.what());
       throw;
@@ -255,6 +326,9 @@ class RunSession {
     std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s); manifest {}\n",
                              sink_->location(), captures_, fmt::join(options_.hooks, ", "), prompts_.size(),
                              (fs::path(sink_->location()) / "manifest.json").string());
+    if (analyzers_)  // the run is complete; a report that cannot be written fails the command only
+      for (const auto& file : analyzers_->finish(manifest_, sink_->location()))
+        std::cout << "report: " << file.string() << "\n";
   }
 
   Model& model() { return *model_; }
@@ -268,6 +342,8 @@ class RunSession {
   std::vector<Prompt> prompts_;
   HookSet hooks_;
   std::shared_ptr<CaptureSink> sink_;
+  std::unique_ptr<AnalyzerSet> analyzers_;
+  nlohmann::json manifest_;
   CaptureSlice slice_;
   std::unordered_map<std::string, HookPointInfo> points_;  // for slicing: each point's dims
   std::string out_;
@@ -400,6 +476,19 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
   cmd.add_option("--capture-steps", o.capture_steps, "Capture only at these generation steps")->delimiter(',')->group(slicing);
   cmd.add_option("--capture-blocks", o.capture_blocks, "Capture only in these diffusion blocks")->delimiter(',')->group(slicing);
   cmd.add_option("--ablate", o.ablate, "Zero-ablate head H of layer L (LAYER.HEAD, repeatable)");
+  cmd.add_option("--analyze", o.analyze,
+                 "Run analyzer plugins live (comma-separated, e.g. attention_stats,head_detectors); reports go to "
+                 "RUN/reports/NAME.json ('hooklens plugins' lists them)")
+      ->delimiter(',');
+  cmd.add_option("--analyze-option", o.analyze_options, "An analyzer's option, NAME.KEY=VALUE (repeatable)");
+  const std::string text = "Input from a text file";
+  cmd.add_option("--text-file", o.text_file, "Feed sequences cut from this text file (e.g. WikiText's wiki.valid.raw) as prompts")
+      ->group(text);
+  cmd.add_option("--seq-len", o.seq_len, "Tokens per --text-file sequence")->group(text)->check(CLI::Range(1, 1 << 20));
+  cmd.add_option("--max-sequences", o.max_sequences, "Most --text-file sequences")
+      ->capture_default_str()
+      ->group(text)
+      ->check(CLI::Range(1, 1 << 20));
   cmd.add_option("--out", o.out, "Run directory to write (default runs/COMMAND-DATE-TIME)");
   cmd.add_flag("--overwrite", o.overwrite, "Replace an existing run directory");
   cmd.add_option("--dtype", o.dtype, "Stored dtype of captures: F32 or F16")->capture_default_str();

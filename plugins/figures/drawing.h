@@ -1,7 +1,8 @@
-// Drawing for the example programs: colour maps, heatmap panels with colour bars and optional token
-// labels, laid out in a row or a grid and written as PNG (stb_image_write, text with stb_easy_font).
+// Drawing for the figures renderer and the example programs: colour maps, heatmap panels with colour
+// bars and token labels, bar charts, laid out in a row or a grid and written as PNG
+// (stb_image_write, text with stb_easy_font) or SVG (cells as an embedded PNG, text as <text>).
 // No plotting library: every pixel is placed here, so a test can read a cell's colour back from the
-// geometry that write_figure returns.
+// geometry that write_figure returns (the same in both formats).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
@@ -16,6 +17,7 @@ namespace figures {
 struct Rgb {
   std::uint8_t r, g, b;
 };
+constexpr Rgb kMissing{200, 200, 200};  // the colour of a cell whose value is not finite
 
 struct ColourMap {
   const char* name;
@@ -30,7 +32,7 @@ Rgb colour_at(const ColourMap& map, double t);
 
 struct Matrix {
   std::int64_t rows = 0, cols = 0;
-  std::vector<double> values;                 // row-major
+  std::vector<double> values;                 // row-major; NaN draws as kMissing
   std::int64_t first_row = 0, first_col = 0;  // absolute positions, for captions
   double at(std::int64_t r, std::int64_t c) const { return values[std::size_t(r * cols + c)]; }
 };
@@ -45,11 +47,13 @@ struct Scale {
   double lo = 0, hi = 1;
   const ColourMap* map = &kViridis;
 };
-// From 0 (or the minimum, if negative) to the largest value of all `matrices`, so panels that share
-// a scale can be compared by colour.
+// From 0 (or the minimum, if negative) to the largest finite value of all `matrices`, so panels that
+// share a scale can be compared by colour.
 Scale sequential_scale(const std::vector<const Matrix*>& matrices);
 // Symmetric around zero, so white is "no change".
 Scale signed_scale(const Matrix& m);
+// The colour of value `v` on `scale`.
+Rgb colour_of(const Scale& scale, double v);
 
 constexpr int kMaxSide = 16384;  // pixels: keeps a mistaken cell size from writing a gigantic file
 
@@ -58,9 +62,11 @@ constexpr int kMaxSide = 16384;  // pixels: keeps a mistaken cell size from writ
 int cell_size(std::int64_t cells, int requested = 0);
 // The smallest cell that fits one line of label text (labels are drawn one per row / column).
 constexpr int kLabelledCell = 16;
+// `labels` with all but every n-th blanked, n chosen so that the kept ones fit cells of `cell` px.
+std::vector<std::string> thin_labels(std::vector<std::string> labels, int cell);
 
 // One heatmap with its title above, colour bar to the right and caption below. Row labels go left
-// of the matrix, column labels below it (reading upwards); empty vectors draw none.
+// of the matrix, column labels below it (reading upwards); empty vectors (or empty strings) draw none.
 struct Panel {
   std::string title;
   std::string caption;
@@ -73,11 +79,33 @@ struct Panel {
   int height() const;
 };
 
-// Writes the panels as one PNG, `columns` per row (0: all in one row); returns the figure's geometry
-// (size, and per panel its matrix's position, cell size and colour bar) for summary files.
-nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<Panel>& panels, int columns = 0);
+// A bar chart: one group of bars per label (one bar per series, in the series' colour), a value
+// axis from 0 (or the smallest value, if negative) to `hi` (0: the largest value), labels below the
+// groups (reading upwards) and a legend when there is more than one series.
+struct BarChart {
+  struct Series {
+    std::string name;
+    std::vector<double> values;  // one per label; NaN draws no bar
+    Rgb colour;
+  };
+  std::string title;
+  std::string caption;
+  std::vector<std::string> labels;
+  std::vector<Series> series;
+  double hi = 0;
+  int bar_w = 12, plot_h = 80;
 
-// A token as a label: ASCII only (the font has nothing else), spaces shown as '_', control
+  int width() const;
+  int height() const;
+};
+
+// Writes the panels (or charts) as one figure, `columns` per row (0: all in one row): SVG if `file`
+// ends in ".svg", else PNG. Returns the figure's geometry (size, and per panel its matrix's position,
+// cell size and colour bar, or per chart its plot area) for summary files.
+nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<Panel>& panels, int columns = 0);
+nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<BarChart>& charts, int columns = 0);
+
+// A token as a label: ASCII only (the PNG font has nothing else), spaces shown as '_', control
 // characters escaped, at most `max_chars` characters.
 std::string token_label(const std::string& token, std::size_t max_chars = 12);
 

@@ -1,0 +1,97 @@
+// `hooklens analyze RUN` (analyzer plugins offline over a run directory) and `hooklens render RUN`
+// (renderer plugins: figures, the HTML report).
+#include "cli.h"
+
+#include <hooklens/analysis.h>
+#include <hooklens/error.h>
+#include <hooklens/plugin.h>
+#include <hooklens/renderer.h>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+#include <memory>
+
+namespace hooklens::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct AnalyzeOptions {
+  std::string run;
+  std::vector<std::string> analyze, options;
+};
+
+struct RenderOptions {
+  std::string run, format, out;
+  std::vector<int> layers, heads, prompts, steps;
+  std::int64_t target = -1;
+};
+
+// The renderer plugin that writes `format`; UsageError listing the formats there are.
+std::shared_ptr<Renderer> renderer_for(const PluginRegistry& registry, const std::string& format) {
+  std::vector<std::string> known;
+  for (const auto& record : registry.plugins()) {
+    if (record.kind != "renderer") continue;
+    auto renderer = registry.create_renderer(record.name);
+    for (const auto& f : renderer->formats()) {
+      if (f == format) return renderer;
+      known.push_back(f);
+    }
+  }
+  throw UsageError(fmt::format("--format {}: no renderer plugin writes it (formats found: {})", format,
+                               known.empty() ? std::string("none") : fmt::format("{}", fmt::join(known, ", "))));
+}
+
+}  // namespace
+
+void add_analyze_commands(CLI::App& app) {
+  auto a = std::make_shared<AnalyzeOptions>();
+  CLI::App* analyze = app.add_subcommand(
+      "analyze", "Run analyzer plugins over a finished run directory; reports go to RUN/reports/NAME.json");
+  analyze->add_option("run", a->run, "Run directory (made by hooklens capture or generate)")->required();
+  analyze->add_option("--analyze", a->analyze, "Analyzers (comma-separated, e.g. attention_stats,head_detectors)")
+      ->required()
+      ->delimiter(',');
+  analyze->add_option("--analyze-option", a->options, "An analyzer's option, NAME.KEY=VALUE (repeatable)");
+  analyze->callback([a] {
+    PluginRegistry registry;
+    AnalyzerSet analyzers(registry, a->analyze, a->options);
+    for (const auto& file : analyze_run(a->run, analyzers)) std::cout << "report: " << file.string() << "\n";
+  });
+
+  auto r = std::make_shared<RenderOptions>();
+  CLI::App* render = app.add_subcommand(
+      "render", "Draw a finished run directory: figures (png, svg) or the interactive HTML report (html)");
+  render->add_option("run", r->run, "Run directory")->required();
+  render->add_option("--format", r->format, "png, svg or html")->required();
+  render->add_option("--out", r->out, "Output directory (default RUN/figures, or RUN/report for html)");
+  render->add_option("--layers", r->layers, "Only these layers (comma-separated)")->delimiter(',');
+  render->add_option("--heads", r->heads, "Also these single heads (comma-separated)")->delimiter(',');
+  render->add_option("--prompts", r->prompts, "Only these prompts (indices, comma-separated)")->delimiter(',');
+  render->add_option("--steps", r->steps, "Generation or diffusion steps to show (comma-separated)")->delimiter(',');
+  render->add_option("--target", r->target, "A key position: figures of the attention every token gives it");
+  render->callback([r] {
+    PluginRegistry registry;
+    auto renderer = renderer_for(registry, r->format);
+    const fs::path out = r->out.empty() ? fs::path(r->run) / (r->format == "html" ? "report" : "figures") : fs::path(r->out);
+    nlohmann::json options = nlohmann::json::object();
+    if (!r->layers.empty()) options["layers"] = r->layers;
+    if (!r->heads.empty()) options["heads"] = r->heads;
+    if (!r->prompts.empty()) options["prompts"] = r->prompts;
+    if (!r->steps.empty()) options["steps"] = r->steps;
+    if (r->target >= 0) options["target"] = r->target;
+    const nlohmann::json result = renderer->render(r->run, r->format, out, options);
+    std::size_t n = 0;
+    if (result.contains("files"))
+      for (const auto& f : result["files"]) {
+        std::cout << fmt::format("  {:<40} {}\n", f.value("file", ""), f.value("shows", ""));
+        ++n;
+      }
+    std::cout << fmt::format("wrote {} file(s) to {}\n", n, out.string());
+  });
+}
+
+}  // namespace hooklens::cli

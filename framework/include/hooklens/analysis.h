@@ -1,0 +1,52 @@
+// Running analyzer plugins: live on a model's hooks, or offline over a run directory. A failing
+// analyzer is reported (warning on stderr, "error" in its report) and disabled; the others and the
+// capture go on.
+#pragma once
+#include <hooklens/analyzer.h>
+#include <hooklens/plugin.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace hooklens {
+
+class RunReader;
+
+class AnalyzerSet {
+ public:
+  // `names`: analyzer plugins; `options`: "NAME.KEY=VALUE" strings (--analyze-option), each for one
+  // of the named analyzers. Throws UsageError for an unknown analyzer or a malformed option.
+  AnalyzerSet(const PluginRegistry& registry, const std::vector<std::string>& names,
+              const std::vector<std::string>& options);
+  ~AnalyzerSet();
+
+  bool empty() const { return entries_.empty(); }
+  std::vector<Analyzer::ExtraPrompt> extra_prompts(const ModelInfo& model) const;
+
+  // `run`: {"model", "prompts", "mode"}; each analyzer also gets its "options". An analyzer that
+  // rejects its options with UsageError stops the run (the user must fix the command line).
+  void begin(const nlohmann::json& run);
+  // Live: every analyzer listens to its own hook points on `hooks`.
+  void attach(HookSet& hooks);
+  // Offline: one capture, given to the analyzers that read this hook point.
+  void observe(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor);
+  // Finishes every analyzer and writes RUN/reports/NAME.json (atomically); returns the files.
+  std::vector<std::filesystem::path> finish(const nlohmann::json& manifest, const std::filesystem::path& run_dir);
+
+ private:
+  struct Entry;
+  void fail(Entry& entry, const std::string& what) noexcept;
+  std::vector<std::unique_ptr<Entry>> entries_;
+};
+
+// Runs the analyzers over a complete run directory in manifest order; writes RUN/reports/*.json.
+// A run captured with --heads (some heads only) is a UsageError: analyzers number heads by index.
+std::vector<std::filesystem::path> analyze_run(const std::filesystem::path& run_dir, AnalyzerSet& analyzers,
+                                               bool show_progress = true);
+
+// The capture context recorded in a manifest's capture entry.
+CaptureContext capture_context(const nlohmann::json& entry);
+
+}  // namespace hooklens

@@ -1,0 +1,200 @@
+#include <hooklens/analysis.h>
+#include <hooklens/error.h>
+#include <hooklens/run.h>
+
+#include <ATen/core/Tensor.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include <unistd.h>
+
+namespace hooklens {
+
+namespace fs = std::filesystem;
+
+struct AnalyzerSet::Entry {
+  std::string name;
+  std::shared_ptr<Analyzer> analyzer;
+  nlohmann::json options = nlohmann::json::object();
+  HookFilter filter;
+  std::string error;  // set once it failed: disabled from then on
+};
+
+AnalyzerSet::AnalyzerSet(const PluginRegistry& registry, const std::vector<std::string>& names,
+                         const std::vector<std::string>& options) {
+  std::map<std::string, Entry*> by_name;
+  for (const std::string& name : names) {
+    if (by_name.count(name)) continue;
+    auto entry = std::make_unique<Entry>();
+    entry->name = name;
+    try {
+      entry->analyzer = registry.create_analyzer(name);
+    } catch (const Error& e) {
+      throw UsageError(fmt::format("--analyze {}: {}", name, e.what()));
+    }
+    entry->filter.names = entry->analyzer->hooks();
+    by_name[name] = entry.get();
+    entries_.push_back(std::move(entry));
+  }
+  for (const std::string& option : options) {
+    const auto dot = option.find('.'), eq = option.find('=');
+    if (dot == std::string::npos || eq == std::string::npos || dot > eq || dot == 0 || eq == dot + 1)
+      throw UsageError(fmt::format("--analyze-option '{}': expected NAME.KEY=VALUE", option));
+    const std::string name = option.substr(0, dot), key = option.substr(dot + 1, eq - dot - 1);
+    auto it = by_name.find(name);
+    if (it == by_name.end())
+      throw UsageError(fmt::format("--analyze-option '{}': '{}' is not among the --analyze analyzers", option, name));
+    it->second->options[key] = option.substr(eq + 1);
+  }
+}
+
+AnalyzerSet::~AnalyzerSet() = default;
+
+void AnalyzerSet::fail(Entry& entry, const std::string& what) noexcept {
+  entry.error = what;
+  std::cerr << fmt::format("hooklens: warning: analyzer {} failed and is disabled (the run goes on): {}\n",
+                           entry.name, what);
+}
+
+std::vector<Analyzer::ExtraPrompt> AnalyzerSet::extra_prompts(const ModelInfo& model) const {
+  std::vector<Analyzer::ExtraPrompt> extra;
+  for (const auto& entry : entries_) {
+    auto more = entry->analyzer->extra_prompts(model, entry->options);
+    extra.insert(extra.end(), more.begin(), more.end());
+  }
+  return extra;
+}
+
+void AnalyzerSet::begin(const nlohmann::json& run) {
+  for (auto& entry : entries_) {
+    nlohmann::json mine = run;
+    mine["options"] = entry->options;
+    try {
+      entry->analyzer->begin(mine);
+    } catch (const UsageError& e) {
+      throw UsageError(fmt::format("analyzer {}: {}", entry->name, e.what()));
+    } catch (const std::exception& e) {
+      fail(*entry, e.what());
+    }
+  }
+}
+
+void AnalyzerSet::attach(HookSet& hooks) {
+  for (auto& entry : entries_) {
+    Entry* e = entry.get();
+    hooks.add(e->filter, [this, e](std::string_view name, const CaptureContext& ctx, at::Tensor& tensor) {
+      if (!e->error.empty()) return;
+      try {
+        e->analyzer->observe(name, ctx, tensor.scalar_type() == at::kFloat ? tensor : tensor.to(at::kFloat));
+      } catch (const std::exception& ex) {
+        fail(*e, ex.what());
+      }
+    });
+  }
+}
+
+void AnalyzerSet::observe(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor) {
+  at::Tensor as_float;  // converted once, for the first analyzer that wants it
+  for (auto& entry : entries_) {
+    if (!entry->error.empty() || !entry->filter.matches(hook, ctx)) continue;
+    if (!as_float.defined()) as_float = tensor.scalar_type() == at::kFloat ? tensor : tensor.to(at::kFloat);
+    try {
+      entry->analyzer->observe(hook, ctx, as_float);
+    } catch (const std::exception& e) {
+      fail(*entry, e.what());
+    }
+  }
+}
+
+namespace {
+
+// Replaces non-finite numbers by null: reports are strict JSON.
+void make_finite(nlohmann::json& j) {
+  if (j.is_number_float() && !std::isfinite(j.get<double>())) j = nullptr;
+  if (j.is_structured())
+    for (auto& child : j) make_finite(child);
+}
+
+void write_report(const fs::path& file, const nlohmann::json& report) {
+  fs::create_directories(file.parent_path());
+  const fs::path tmp = fs::path(file) += ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << report.dump(1) << "\n";
+    if (!out.flush()) throw Error(fmt::format("{}: cannot write the report", tmp.string()));
+  }
+  fs::rename(tmp, file);
+}
+
+}  // namespace
+
+std::vector<fs::path> AnalyzerSet::finish(const nlohmann::json& manifest, const fs::path& run_dir) {
+  std::vector<fs::path> files;
+  for (auto& entry : entries_) {
+    nlohmann::json report;
+    if (entry->error.empty()) {
+      try {
+        report = entry->analyzer->finish(manifest);
+      } catch (const std::exception& e) {
+        fail(*entry, e.what());
+      }
+    }
+    if (!entry->error.empty()) report = {{"analyzer", entry->name}, {"error", entry->error}};
+    if (!report.is_object()) report = {{"analyzer", entry->name}, {"report", report}};
+    make_finite(report);
+    const fs::path file = run_dir / "reports" / (entry->name + ".json");
+    write_report(file, report);
+    files.push_back(file);
+  }
+  return files;
+}
+
+CaptureContext capture_context(const nlohmann::json& entry) {
+  try {
+    CaptureContext ctx;
+    ctx.prompt = entry.at("prompt").get<int>();
+    const auto phase = parse_phase(entry.at("phase").get<std::string>());
+    if (!phase) throw Error(fmt::format("unknown phase {}", entry.at("phase").dump()));
+    ctx.phase = *phase;
+    ctx.step = entry.at("step").get<int>();
+    ctx.block = entry.value("block", -1);
+    ctx.layer = entry.value("layer", -1);
+    ctx.query_offset = entry.value("query_offset", std::int64_t(0));
+    ctx.pass = entry.value("pass", 0);
+    ctx.key_offset = entry.value("key_offset", std::int64_t(0));
+    return ctx;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("malformed capture entry {}: {}", entry.dump(), e.what()));
+  }
+}
+
+std::vector<fs::path> analyze_run(const fs::path& run_dir, AnalyzerSet& analyzers, bool show_progress) {
+  RunReader run(run_dir);
+  const nlohmann::json& manifest = run.manifest();
+  // Analyzers number heads by their index in a pattern: a run that kept some heads only would be misread.
+  const nlohmann::json heads = manifest.contains("capture") ? manifest["capture"].value("heads", nlohmann::json::array())
+                                                            : nlohmann::json::array();
+  if (!heads.empty())
+    throw UsageError(fmt::format("{}: the run kept heads {} only (--heads); analyzers need every head: capture again "
+                                 "without --heads, or run them live with --analyze",
+                                 run_dir.string(), heads.dump()));
+  nlohmann::json begin = {{"model", manifest.at("model")}, {"prompts", manifest.at("prompts")}};
+  begin["mode"] = manifest.contains("generation") ? manifest["generation"].value("mode", "none") : "none";
+  analyzers.begin(begin);
+  const std::size_t n = run.capture_count();
+  const bool tty = isatty(2);
+  for (std::size_t i = 0; i < n; ++i) {
+    const nlohmann::json& entry = run.capture(i);
+    analyzers.observe(entry.at("hook").get<std::string>(), capture_context(entry), run.load(i));
+    if (show_progress && (tty || (i + 1) % std::max<std::size_t>(1, n / 10) == 0 || i + 1 == n))
+      std::cerr << (tty ? "\r\033[K" : "") << fmt::format("analyze: capture {}/{}", i + 1, n)
+                << (tty && i + 1 < n ? "" : "\n") << std::flush;
+  }
+  return analyzers.finish(manifest, run_dir);
+}
+
+}  // namespace hooklens

@@ -1,0 +1,171 @@
+// The attention_stats analyzer: how sharp each head's attention is (entropy, row std, max weight,
+// self mass), pooled over every capture of blocks.*.attn.hook_pattern, and how averaging a layer's
+// heads hides sharp heads. Statistics come from summarize_heads (attention_stats.h); this file only
+// pools them and writes the report (docs/analyzers-attention.md).
+#include "pattern_input.h"
+
+#include <hooklens/analyzer.h>
+#include <hooklens/attention_stats.h>
+#include <hooklens/plugin_define.h>
+
+#include <ATen/ops/mean.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+
+namespace hooklens {
+namespace {
+
+using nlohmann::json;
+constexpr const char* kName = "attention_stats";
+
+// The "steps" option: "all" (default) or comma-separated step numbers.
+std::optional<std::set<int>> parse_steps(const json& options) {
+  if (!options.contains("steps")) return std::nullopt;
+  const std::string text = options["steps"].is_string() ? options["steps"].get<std::string>() : options["steps"].dump();
+  if (text == "all") return std::nullopt;
+  std::set<int> steps;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    std::size_t used = 0;
+    int step = -1;
+    try {
+      step = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size() || step < 0)
+      throw UsageError(fmt::format("{}: option steps must be \"all\" or step numbers like 0,3,5, not \"{}\"", kName, text));
+    steps.insert(step);
+    start = end + 1;
+  }
+  return steps;
+}
+
+// The statistics of one layer: per model head, and of the head-averaged pattern.
+struct LayerStats {
+  std::map<int, AttentionSummary> heads;
+  AttentionSummary averaged;
+  std::set<int> averaged_heads;  // the model heads the averaged pattern was taken over
+};
+
+json definitions() {
+  return {
+      {"row", "one query's attention weights over the keys it may see (causal: keys <= query; local: also > query - "
+              "window; bidirectional: all keys), restricted to the captured keys; only rows seeing >= 2 keys count"},
+      {"entropy", "mean over rows of -sum w log w, in nats"},
+      {"normalized_entropy", "mean over rows of entropy / log n, n = keys the row sees (0: one key, 1: uniform)"},
+      {"row_std", "mean over rows of the population standard deviation of the row's n weights"},
+      {"max_weight", "mean over rows of the row's largest weight"},
+      {"self_mass", "mean over rows of the weight on the query's own position (0 when that key was not captured)"},
+      {"other_mass", "mean over rows of the captured weight on keys other than the query's own position"},
+      {"label", "from mean normalized_entropy: sharp below thresholds.sharp_below, uniform above "
+                "thresholds.uniform_above, else medium"},
+      {"rows", "number of rows pooled (every prompt, step, pass and batch row of the selected captures)"},
+      {"mean_*", "per layer: mean over the layer's heads of each head's statistic"},
+      {"head_averaged", "the statistics of the layer's pattern averaged over its captured heads (mean over heads of "
+                        "the weights, then the statistics)"},
+      {"averaging_hides", "true when some head of the layer is sharp but the head-averaged pattern is not"}};
+}
+
+class AttentionStats final : public Analyzer {
+ public:
+  std::vector<std::string> hooks() const override { return {"blocks.*.attn.hook_pattern"}; }
+
+  void begin(const json& run) override {
+    const json options = run.value("options", json::object());
+    for (const auto& item : options.items())
+      if (item.key() != "steps") throw UsageError(fmt::format("{}: unknown option \"{}\" (known: steps)", kName, item.key()));
+    steps_ = parse_steps(options);
+    run_ = attention_input::PatternRun::of(run, kName);
+    layers_.clear();
+    captures_ = 0;
+  }
+
+  void observe(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor) override {
+    if (!run_) throw Error(fmt::format("{}: observe() before begin()", kName));
+    if (steps_ && !steps_->count(ctx.step)) return;
+    const at::Tensor pattern = run_->check(hook, ctx, tensor, kName);
+    const std::vector<int> heads = run_->heads_of(pattern.size(1), kName);
+    const PatternRows rows = PatternRows::of(pattern, ctx, run_->model);
+    LayerStats& layer = layers_[ctx.layer];
+    const std::vector<AttentionSummary> per_head = summarize_heads(pattern, rows);
+    for (std::size_t h = 0; h < per_head.size(); ++h) layer.heads[heads[h]].add(per_head[h]);
+    layer.averaged.add(summarize_heads(at::mean(pattern, -3, /*keepdim=*/true), rows).front());
+    layer.averaged_heads.insert(heads.begin(), heads.end());
+    ++captures_;
+  }
+
+  json finish(const json& manifest) override {
+    (void)manifest;
+    json report = {{"analyzer", kName},
+                   {"definitions", definitions()},
+                   {"thresholds", {{"sharp_below", kSharpBelow}, {"uniform_above", kUniformAbove}}},
+                   {"steps", steps_ ? json(*steps_) : json("all")},
+                   {"captures", captures_},
+                   {"heads", json::array()},
+                   {"layers", json::array()}};
+    for (const auto& [l, layer] : layers_) {
+      for (const auto& [h, summary] : layer.heads) {
+        json head = summary.to_json();
+        head["layer"] = l;
+        head["head"] = h;
+        report["heads"].push_back(std::move(head));
+      }
+      report["layers"].push_back(layer_json(l, layer));
+    }
+    attention_input::null_non_finite(report);
+    return report;
+  }
+
+ private:
+  static json layer_json(int l, const LayerStats& layer) {
+    AttentionSummary sum;  // of the heads' per-row means, so that each head weighs the same
+    int counted = 0;
+    json labels = {{"sharp", 0}, {"medium", 0}, {"uniform", 0}};
+    bool some_sharp = false;
+    for (const auto& entry : layer.heads) {
+      const AttentionSummary& s = entry.second;
+      if (s.rows == 0) continue;
+      AttentionSummary m = s.mean();
+      m.rows = 1;
+      sum.add(m);
+      ++counted;
+      const std::string label = sharpness_label(m.normalized_entropy);
+      labels[label] = labels[label].get<int>() + 1;
+      some_sharp = some_sharp || label == "sharp";
+    }
+    const AttentionSummary mean = sum.mean();
+    const auto stat = [&](double v) { return counted > 0 ? json(v) : json(); };
+    const json averaged = layer.averaged.to_json();
+    return {{"layer", l},
+            {"heads", counted},
+            {"mean_entropy", stat(mean.entropy)},
+            {"mean_normalized_entropy", stat(mean.normalized_entropy)},
+            {"mean_row_std", stat(mean.row_std)},
+            {"mean_max_weight", stat(mean.max_weight)},
+            {"mean_self_mass", stat(mean.self_mass)},
+            {"mean_other_mass", stat(mean.other_mass)},
+            {"labels", labels},
+            {"head_averaged", averaged},
+            {"head_averaged_over", layer.averaged_heads},
+            {"averaging_hides", some_sharp && averaged["label"] != "sharp"}};
+  }
+
+  std::optional<attention_input::PatternRun> run_;
+  std::optional<std::set<int>> steps_;
+  std::map<int, LayerStats> layers_;
+  std::int64_t captures_ = 0;
+};
+
+}  // namespace
+}  // namespace hooklens
+
+HOOKLENS_DEFINE_PLUGIN(hooklens::Analyzer, hooklens::AttentionStats, "analyzer", "attention_stats", "1.0",
+                       "attention sharpness per head and layer: entropy, row std, max weight, self mass")

@@ -1,0 +1,751 @@
+// The figures renderer: draws a finished run directory as PNG or SVG figures (docs/figures.md).
+// It reads one forward pass's attention patterns at a time, so memory stays bounded by one pass.
+#include "drawing.h"
+
+#include <hooklens/analyzer.h>
+#include <hooklens/attention_stats.h>
+#include <hooklens/error.h>
+#include <hooklens/model.h>
+#include <hooklens/plugin_define.h>
+#include <hooklens/renderer.h>
+#include <hooklens/run.h>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using figures::BarChart;
+using figures::Matrix;
+using figures::Panel;
+using hooklens::Error;
+using hooklens::UsageError;
+using nlohmann::json;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr std::int64_t kFullyLabelled = 128;  // up to this many tokens every token gets a label
+constexpr std::size_t kChartsPerFigure = 48;  // prompt tokens per "attention to the prompt" figure
+constexpr std::size_t kCaptionText = 40;      // characters of the prompt text in captions
+
+// ---- options -------------------------------------------------------------------------------------
+
+struct Options {
+  std::vector<int> layers, heads, prompts, steps;  // empty: the default
+  std::optional<std::int64_t> target;
+};
+
+// An integer list given as a JSON integer, an array of integers, or a string such as "0,2".
+std::vector<int> int_list(const json& v, const std::string& key) {
+  const auto bad = [&] {
+    return UsageError(fmt::format("figures: option \"{}\" must be integers such as [0, 2] or \"0,2\", not {}", key,
+                                  v.dump(-1, ' ', false, json::error_handler_t::replace)));
+  };
+  std::vector<int> out;
+  if (v.is_number_integer()) return {v.get<int>()};
+  if (v.is_array()) {
+    for (const json& e : v) {
+      if (!e.is_number_integer()) throw bad();
+      out.push_back(e.get<int>());
+    }
+    return out;
+  }
+  if (!v.is_string()) throw bad();
+  const std::string s = v.get<std::string>();
+  for (std::size_t start = 0; start <= s.size();) {
+    const std::size_t end = std::min(s.find(',', start), s.size());
+    int n = 0;
+    const auto [ptr, ec] = std::from_chars(s.data() + start, s.data() + end, n);
+    if (ec != std::errc() || ptr != s.data() + end) throw bad();
+    out.push_back(n);
+    start = end + 1;
+  }
+  return out;
+}
+
+Options parse_options(const json& options) {
+  Options o;
+  if (options.is_null()) return o;
+  if (!options.is_object()) throw UsageError("figures: options must be a JSON object");
+  for (const auto& [key, value] : options.items()) {
+    if (key == "layers") o.layers = int_list(value, key);
+    else if (key == "heads") o.heads = int_list(value, key);
+    else if (key == "prompts") o.prompts = int_list(value, key);
+    else if (key == "steps") o.steps = int_list(value, key);
+    else if (key == "target") {
+      const std::vector<int> t = int_list(value, key);
+      if (t.size() != 1) throw UsageError("figures: option \"target\" is one key position");
+      o.target = t[0];
+    } else {
+      throw UsageError(fmt::format("figures: unknown option \"{}\" (known: layers, heads, prompts, steps, target)", key));
+    }
+  }
+  return o;
+}
+
+// Checks that every value of option `key` is in [0, count).
+void check_range(const std::vector<int>& values, int count, const std::string& key, const fs::path& manifest) {
+  for (int v : values)
+    if (v < 0 || v >= count)
+      throw UsageError(fmt::format("figures: option \"{}\": {} is not in the run {} (it has {} 0-{})", key, v,
+                                   manifest.string(), key, count - 1));
+}
+
+std::vector<int> all_up_to(int n) {
+  std::vector<int> v(std::size_t(std::max(n, 0)));
+  for (int i = 0; i < n; ++i) v[std::size_t(i)] = i;
+  return v;
+}
+
+bool contains(const std::vector<int>& v, int x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+// ---- the run -------------------------------------------------------------------------------------
+
+// A pattern capture of one layer in one forward pass, loaded.
+struct Pattern {
+  at::Tensor tensor;  // float [1, captured heads, Q, K], contiguous
+  hooklens::CaptureContext ctx;
+};
+
+class Run {
+ public:
+  explicit Run(const fs::path& dir) : reader_(dir), manifest_file_(dir / "manifest.json") {
+    const json& m = reader_.manifest();
+    model_ = hooklens::ModelInfo::from_json(m.at("model"));
+    mode_ = m.at("generation").at("mode").get<std::string>();
+    const json& capture = m.value("capture", json::object());
+    if (capture.contains("heads") && capture["heads"].is_array() && !capture["heads"].empty())
+      captured_heads_ = capture["heads"].get<std::vector<int>>();
+    else
+      captured_heads_ = all_up_to(model_.n_heads);
+    index_patterns();
+  }
+
+  const json& manifest() const { return reader_.manifest(); }
+  const fs::path& manifest_file() const { return manifest_file_; }
+  const hooklens::ModelInfo& model() const { return model_; }
+  const std::string& mode() const { return mode_; }
+  bool diffusion() const { return mode_ == "masked_diffusion"; }
+  std::size_t prompt_count() const { return manifest().at("prompts").size(); }
+  const std::vector<int>& captured_heads() const { return captured_heads_; }
+  int unconditional_skipped() const { return unconditional_; }
+
+  // step -> layer -> capture index of prompt `p`'s conditional pattern captures.
+  const std::map<int, std::map<int, std::size_t>>& patterns(int p) const {
+    static const std::map<int, std::map<int, std::size_t>> none;
+    const auto it = patterns_.find(p);
+    return it == patterns_.end() ? none : it->second;
+  }
+
+  Pattern load(std::size_t index) {
+    const json& entry = reader_.capture(index);
+    at::Tensor t = reader_.load(index).to(at::kFloat).contiguous();
+    if (t.dim() != 4 || t.size(0) != 1 || t.size(1) != std::int64_t(captured_heads_.size()))
+      throw Error(fmt::format("{}: capture {} ({}) is not a pattern [1, {} heads, query, key]", manifest_file_.string(),
+                              index, entry.at("key").get<std::string>(), captured_heads_.size()));
+    hooklens::CaptureContext ctx;
+    ctx.prompt = entry.at("prompt").get<int>();
+    ctx.step = entry.at("step").get<int>();
+    ctx.block = entry.value("block", -1);
+    ctx.layer = entry.at("layer").get<int>();
+    ctx.query_offset = entry.value("query_offset", std::int64_t(0));
+    ctx.key_offset = entry.value("key_offset", std::int64_t(0));
+    return {t, ctx};
+  }
+
+  // The token strings of prompt `p`'s sequence as the forward pass of `step` saw it.
+  std::vector<std::string> tokens(int p, int step) const {
+    const json& prompt = manifest().at("prompts").at(std::size_t(p));
+    std::vector<std::string> tokens = prompt.at("tokens").get<std::vector<std::string>>();
+    const json& gen = manifest().at("generation");
+    if (mode_ == "autoregressive") {
+      const json& steps = gen.at("steps");
+      for (int s = 0; s < step && std::size_t(s) < steps.size(); ++s)
+        tokens.push_back(steps.at(std::size_t(s)).at("token_string").get<std::string>());
+    } else if (diffusion()) {
+      // The input of step s is the sequence after step s - 1 (the prompt and masks for step 0).
+      const std::int64_t mask = gen.at("mask_id").get<std::int64_t>();
+      std::vector<std::int64_t> ids = gen.at("output_ids").get<std::vector<std::int64_t>>();
+      if (step > 0) ids = gen.at("steps").at(std::size_t(step - 1)).at("ids").get<std::vector<std::int64_t>>();
+      else std::fill(ids.begin() + std::ptrdiff_t(tokens.size()), ids.end(), mask);
+      for (std::size_t i = tokens.size(); i < ids.size(); ++i)
+        tokens.push_back(ids[i] == mask ? "[mask]" : "#" + std::to_string(ids[i]));
+    }
+    return tokens;
+  }
+
+  // "ARCHITECTURE (model dir), "first 40 characters of the text"".
+  std::string describe(int p) const {
+    const json& prompt = manifest().at("prompts").at(std::size_t(p));
+    std::string text = prompt.value("text", "");
+    if (text.empty())
+      for (const auto& t : prompt.at("tokens")) text += t.get<std::string>() + " ";
+    std::string shown;
+    for (unsigned char c : text) {  // cut on a character boundary
+      if ((c & 0xC0) != 0x80 && shown.size() >= kCaptionText) {
+        shown += "...";
+        break;
+      }
+      shown += char(c);
+    }
+    return fmt::format("{} ({}), \"{}\"", model_.architecture, fs::path(model_.path).filename().string(), shown);
+  }
+
+ private:
+  void index_patterns() {
+    static const std::regex kPattern(R"(blocks\.(\d+)\.attn\.hook_pattern)");
+    for (std::size_t i = 0; i < reader_.capture_count(); ++i) {
+      const json& c = reader_.capture(i);
+      if (!std::regex_match(c.at("hook").get<std::string>(), kPattern)) continue;
+      if (c.value("pass", 0) != 0) {
+        ++unconditional_;
+        continue;
+      }
+      patterns_[c.at("prompt").get<int>()][c.at("step").get<int>()][c.at("layer").get<int>()] = i;
+    }
+  }
+
+  hooklens::RunReader reader_;
+  fs::path manifest_file_;
+  hooklens::ModelInfo model_;
+  std::string mode_;
+  std::vector<int> captured_heads_;
+  std::map<int, std::map<int, std::map<int, std::size_t>>> patterns_;
+  int unconditional_ = 0;
+};
+
+// ---- matrices from patterns ----------------------------------------------------------------------
+
+// Column index of each model head in `heads` within the captured heads.
+std::vector<std::int64_t> head_columns(const std::vector<int>& heads, const std::vector<int>& captured) {
+  std::vector<std::int64_t> out;
+  for (int h : heads) out.push_back(std::find(captured.begin(), captured.end(), h) - captured.begin());
+  return out;
+}
+
+// The mean over `columns` (captured-head indices) of a pattern.
+Matrix mean_matrix(const Pattern& p, const std::vector<std::int64_t>& columns) {
+  const std::int64_t Q = p.tensor.size(2), K = p.tensor.size(3);
+  Matrix m{Q, K, std::vector<double>(std::size_t(Q * K), 0.0), p.ctx.query_offset, p.ctx.key_offset};
+  const float* data = p.tensor.data_ptr<float>();
+  for (std::int64_t h : columns)
+    for (std::int64_t i = 0; i < Q * K; ++i) m.values[std::size_t(i)] += data[h * Q * K + i];
+  for (double& v : m.values) v /= double(columns.size());
+  return m;
+}
+
+// "12:_cat" labels of the positions [first, first + count).
+std::vector<std::string> position_labels(const std::vector<std::string>& tokens, std::int64_t first, std::int64_t count) {
+  std::vector<std::string> out;
+  for (std::int64_t i = first; i < first + count; ++i)
+    out.push_back(fmt::format("{}:{}", i, i < std::int64_t(tokens.size()) ? figures::token_label(tokens[std::size_t(i)]) : "?"));
+  return out;
+}
+
+// Cells big enough for a label up to kFullyLabelled tokens; past that smaller cells, every n-th labelled.
+int labelled_cell(std::int64_t cells) {
+  const int cell = figures::cell_size(cells);
+  return cells <= kFullyLabelled ? std::max(cell, figures::kLabelledCell) : cell;
+}
+
+// Attention rollout (Abnar & Zuidema 2020) of square head-averaged patterns of layers 0..L-1:
+// A_l = 0.5 W_l + 0.5 I with rows renormalised, R_0 = A_0, R_l = A_l R_(l-1).
+std::vector<Matrix> rollout(const std::vector<Matrix>& means) {
+  std::vector<Matrix> out;
+  for (const Matrix& w : means) {
+    const std::int64_t T = w.rows;
+    Matrix a = w;
+    for (std::int64_t r = 0; r < T; ++r) {
+      double sum = 0;
+      for (std::int64_t c = 0; c < T; ++c) sum += a.values[std::size_t(r * T + c)] = 0.5 * w.at(r, c) + (r == c ? 0.5 : 0.0);
+      for (std::int64_t c = 0; c < T; ++c) a.values[std::size_t(r * T + c)] /= sum;
+    }
+    if (out.empty()) {
+      out.push_back(a);
+      continue;
+    }
+    const Matrix& prev = out.back();
+    Matrix r = a;
+    for (std::int64_t i = 0; i < T; ++i)
+      for (std::int64_t j = 0; j < T; ++j) {
+        double s = 0;
+        for (std::int64_t k = 0; k < T; ++k) s += a.at(i, k) * prev.at(k, j);
+        r.values[std::size_t(i * T + j)] = s;
+      }
+    out.push_back(r);
+  }
+  return out;
+}
+
+// A [1, 1, rows, cols] float tensor of `m`'s values.
+at::Tensor as_tensor(const Matrix& m) {
+  std::vector<float> values(m.values.begin(), m.values.end());
+  return at::from_blob(values.data(), {1, 1, m.rows, m.cols}, at::kFloat).clone();
+}
+
+double finite_or_nan(const json& v) { return v.is_number() ? v.get<double>() : kNaN; }
+
+// ---- the renderer --------------------------------------------------------------------------------
+
+class FiguresRenderer final : public hooklens::Renderer {
+ public:
+  std::vector<std::string> formats() const override { return {"png", "svg"}; }
+
+  json render(const fs::path& run_dir, const std::string& format, const fs::path& out, const json& options) override {
+    if (format != "png" && format != "svg")
+      throw UsageError(fmt::format("figures: format \"{}\" is not one this renderer writes (png, svg)", format));
+    const Options opts = parse_options(options);
+    Run run(run_dir);
+    try {
+      return render_run(run, format, out, opts);
+    } catch (const json::exception& e) {  // a manifest that RunReader accepted but lacks a field drawn here
+      throw Error(fmt::format("{}: malformed run manifest: {}", run.manifest_file().string(), e.what()));
+    }
+  }
+
+ private:
+  // Per-render state: where files go and what was written or skipped.
+  struct Job {
+    Run* run;
+    std::string ext;
+    fs::path out;
+    Options opts;
+    std::vector<int> layers, heads;  // chosen (default: all layers, all captured heads)
+    std::vector<std::int64_t> averaged;  // captured-head indices of every captured head: what "heads averaged" means
+    json files = json::array(), skipped = json::array();
+
+    void add(const std::string& stem, const std::string& shows, json geometry) {
+      json entry = {{"file", stem + "." + ext}, {"shows", shows}};
+      entry.update(geometry);
+      files.push_back(std::move(entry));
+    }
+    void skip(const std::string& what, const std::string& why) { skipped.push_back({{"what", what}, {"why", why}}); }
+    fs::path path(const std::string& stem) const { return out / (stem + "." + ext); }
+  };
+
+  json render_run(Run& run, const std::string& format, const fs::path& out, const Options& opts) {
+    const int n_layers = run.model().n_layers;
+    check_range(opts.layers, n_layers, "layers", run.manifest_file());
+    check_range(opts.heads, run.model().n_heads, "heads", run.manifest_file());
+    check_range(opts.prompts, int(run.prompt_count()), "prompts", run.manifest_file());
+    for (int h : opts.heads)
+      if (!contains(run.captured_heads(), h))
+        throw UsageError(fmt::format("figures: option \"heads\": head {} was not captured in {}", h,
+                                     run.manifest_file().string()));
+    std::error_code ec;
+    fs::create_directories(out, ec);
+    if (ec) throw Error(fmt::format("{}: cannot create the output directory: {}", out.string(), ec.message()));
+
+    Job job{&run, format, out, opts};
+    job.layers = opts.layers.empty() ? all_up_to(n_layers) : opts.layers;
+    job.heads = opts.heads.empty() ? run.captured_heads() : opts.heads;
+    job.averaged = head_columns(run.captured_heads(), run.captured_heads());
+    if (run.unconditional_skipped() > 0)
+      job.skip(fmt::format("{} unconditional (classifier-free guidance) pattern captures", run.unconditional_skipped()),
+               "only the conditional pass is drawn");
+    const std::vector<int> prompts = opts.prompts.empty() ? all_up_to(int(run.prompt_count())) : opts.prompts;
+    for (int p : prompts) render_prompt(job, p);
+    draw_reports(job);
+    const json index = {{"run", run.manifest_file().parent_path().string()}, {"format", format},
+                        {"files", job.files}, {"skipped", job.skipped}};
+    figures::write_text(out / "figures.json", figures::dump(index));
+    return {{"files", job.files}, {"skipped", job.skipped}};
+  }
+
+  // The forward passes of prompt `p` drawn as square heatmaps: step 0 of autoregressive and
+  // single-pass runs, the chosen steps (default first and last) of diffusion runs.
+  static std::vector<int> full_steps(Job& job, int p) {
+    const auto& by_step = job.run->patterns(p);
+    std::vector<int> available;
+    for (const auto& [step, layers] : by_step)
+      if (job.run->diffusion() || step == 0) available.push_back(step);
+    for (int s : job.opts.steps)
+      if (!by_step.count(s))
+        throw UsageError(fmt::format("figures: option \"steps\": prompt {} has no attention pattern captured at step {} "
+                                     "in {}", p, s, job.run->manifest_file().string()));
+    if (!job.opts.steps.empty()) {
+      std::vector<int> chosen;
+      for (int s : available)
+        if (contains(job.opts.steps, s)) chosen.push_back(s);
+      if (chosen.empty()) job.skip(fmt::format("prompt {} heatmaps", p), "the chosen steps are decode steps (one query row each)");
+      return chosen;
+    }
+    if (job.run->diffusion() && available.size() > 2) return {available.front(), available.back()};
+    return available;
+  }
+
+  static void render_prompt(Job& job, int p) {
+    const auto& by_step = job.run->patterns(p);
+    if (by_step.empty()) {
+      job.skip(fmt::format("prompt {}", p), "no blocks.*.attn.hook_pattern captures");
+      return;
+    }
+    for (int step : full_steps(job, p)) {
+      const std::string tag = job.run->diffusion() ? fmt::format("p{}_s{}", p, step) : fmt::format("p{}", p);
+      std::map<int, Pattern> patterns;
+      for (const auto& [layer, index] : by_step.at(step)) patterns.emplace(layer, job.run->load(index));
+      const std::vector<std::string> tokens = job.run->tokens(p, step);
+      const std::string where = job.run->diffusion() ? fmt::format(", step {}", step) : "";
+      const std::string context = job.run->describe(p) + where;
+      draw_heatmaps(job, tag, patterns, tokens, context);
+      draw_overview(job, tag, patterns, context);
+      draw_layer_entropy(job, tag, patterns, context);
+      draw_rollout(job, tag, patterns, tokens, context);
+      if (job.opts.target) draw_target(job, tag, patterns, tokens, context);
+    }
+    if (job.run->mode() == "autoregressive") draw_prompt_attention(job, p);
+    if (job.run->diffusion()) draw_evolution(job, p);
+  }
+
+  // Heatmaps of each chosen layer: the head mean, each head of option "heads", and all heads in a grid.
+  static void draw_heatmaps(Job& job, const std::string& tag, const std::map<int, Pattern>& patterns,
+                            const std::vector<std::string>& tokens, const std::string& context) {
+    const std::vector<int>& captured = job.run->captured_heads();
+    for (int layer : job.layers) {
+      const auto it = patterns.find(layer);
+      if (it == patterns.end()) {
+        job.skip(fmt::format("{} layer {}", tag, layer), "no pattern captured for this layer");
+        continue;
+      }
+      const Pattern& pat = it->second;
+      const std::int64_t Q = pat.tensor.size(2), K = pat.tensor.size(3);
+      const int cell = labelled_cell(std::max(Q, K));
+      const auto rows = figures::thin_labels(position_labels(tokens, pat.ctx.query_offset, Q), cell);
+      const auto cols = figures::thin_labels(position_labels(tokens, pat.ctx.key_offset, K), cell);
+      const auto one = [&](const std::string& stem, const std::string& who, const std::vector<int>& heads) {
+        const Matrix m = mean_matrix(pat, head_columns(heads, captured));
+        const Panel panel{fmt::format("layer {}, {}", layer, who), context, m, figures::sequential_scale({&m}),
+                          cell, cell, rows, cols};
+        job.add(stem, fmt::format("layer {} attention pattern, {} (rows: queries, columns: keys)", layer, who),
+                figures::write_figure(job.path(stem), {panel}));
+      };
+      one(fmt::format("{}_layer{}_mean", tag, layer), fmt::format("mean of {} heads", captured.size()), captured);
+      for (int h : job.opts.heads) one(fmt::format("{}_layer{}_head{}", tag, layer, h), fmt::format("head {}", h), {h});
+
+      std::vector<Matrix> per_head;
+      for (int h : job.heads) per_head.push_back(mean_matrix(pat, head_columns({h}, captured)));
+      std::vector<const Matrix*> all;
+      for (const Matrix& m : per_head) all.push_back(&m);
+      const figures::Scale shared = figures::sequential_scale(all);
+      const int small = std::max(2, figures::cell_size(std::max(Q, K)) / 2);
+      std::vector<Panel> panels;
+      for (std::size_t i = 0; i < per_head.size(); ++i)
+        panels.push_back({fmt::format("layer {} head {}", layer, job.heads[i]), i == 0 ? context : "", per_head[i],
+                          shared, small, small, figures::thin_labels(position_labels(tokens, pat.ctx.query_offset, Q), small),
+                          figures::thin_labels(position_labels(tokens, pat.ctx.key_offset, K), small)});
+      const int columns = int(std::ceil(std::sqrt(double(panels.size()))));
+      const std::string stem = fmt::format("{}_layer{}_heads", tag, layer);
+      job.add(stem, fmt::format("layer {}: every head's pattern on one shared colour scale", layer),
+              figures::write_figure(job.path(stem), panels, columns));
+    }
+  }
+
+  // Layer x head matrices of each head's mean normalized entropy and mean max weight.
+  static void draw_overview(Job& job, const std::string& tag, const std::map<int, Pattern>& patterns,
+                            const std::string& context) {
+    const std::int64_t L = std::int64_t(job.layers.size()), H = std::int64_t(job.heads.size());
+    Matrix entropy{L, H, std::vector<double>(std::size_t(L * H), kNaN)}, max_weight = entropy;
+    const auto columns = head_columns(job.heads, job.run->captured_heads());
+    for (std::int64_t l = 0; l < L; ++l) {
+      const auto it = patterns.find(job.layers[std::size_t(l)]);
+      if (it == patterns.end()) continue;
+      const auto rows = hooklens::PatternRows::of(it->second.tensor, it->second.ctx, job.run->model());
+      const auto heads = hooklens::summarize_heads(it->second.tensor, rows);
+      for (std::int64_t h = 0; h < H; ++h) {
+        const hooklens::AttentionSummary s = heads[std::size_t(columns[std::size_t(h)])];
+        if (s.rows == 0) continue;
+        entropy.values[std::size_t(l * H + h)] = s.mean().normalized_entropy;
+        max_weight.values[std::size_t(l * H + h)] = s.mean().max_weight;
+      }
+    }
+    std::vector<std::string> row_labels, col_labels;
+    for (int l : job.layers) row_labels.push_back(fmt::format("L{}", l));
+    for (int h : job.heads) col_labels.push_back(fmt::format("H{}", h));
+    const figures::Scale unit{0.0, 1.0, &figures::kViridis};
+    const std::vector<Panel> panels{
+        {"mean normalized entropy (0 sharp, 1 uniform)", context, entropy, unit, 28, 28, row_labels, col_labels},
+        {"mean max weight", "rows: layers, columns: heads", max_weight, unit, 28, 28, row_labels, col_labels}};
+    const std::string stem = tag + "_overview";
+    job.add(stem, "layer x head overview: each head's mean normalized row entropy and mean max weight",
+            figures::write_figure(job.path(stem), panels));
+  }
+
+  // Per layer: the mean entropy of its heads and the entropy of its head-averaged pattern.
+  static void draw_layer_entropy(Job& job, const std::string& tag, const std::map<int, Pattern>& patterns,
+                                 const std::string& context) {
+    BarChart chart{"mean row entropy (nats) per layer", context, {}, {}};
+    BarChart::Series heads{"mean of the heads", {}, {68, 1, 84}}, averaged{"head-averaged pattern", {}, {34, 168, 132}};
+    const auto& columns = job.averaged;
+    for (int layer : job.layers) {
+      chart.labels.push_back(fmt::format("L{}", layer));
+      const auto it = patterns.find(layer);
+      if (it == patterns.end()) {
+        heads.values.push_back(kNaN), averaged.values.push_back(kNaN);
+        continue;
+      }
+      const Pattern& pat = it->second;
+      const auto rows = hooklens::PatternRows::of(pat.tensor, pat.ctx, job.run->model());
+      const auto per_head = hooklens::summarize_heads(pat.tensor, rows);
+      double sum = 0;
+      for (std::int64_t c : columns) sum += per_head[std::size_t(c)].mean().entropy;
+      heads.values.push_back(sum / double(columns.size()));
+      averaged.values.push_back(hooklens::summarize_heads(as_tensor(mean_matrix(pat, columns)), rows)[0].mean().entropy);
+    }
+    chart.series = {heads, averaged};
+    chart.bar_w = 16;
+    const std::string stem = tag + "_layer_entropy";
+    job.add(stem, "per layer: mean row entropy of its heads vs the row entropy of its head-averaged pattern",
+            figures::write_figure(job.path(stem), std::vector<BarChart>{chart}));
+  }
+
+  // The last token's head-averaged attention in each chosen layer, and its attention rollout.
+  static void draw_rollout(Job& job, const std::string& tag, const std::map<int, Pattern>& patterns,
+                           const std::vector<std::string>& tokens, const std::string& context) {
+    const int n_layers = job.run->model().n_layers;
+    const auto& columns = job.averaged;
+    std::vector<Matrix> means;
+    for (int l = 0; l < n_layers; ++l) {
+      const auto it = patterns.find(l);
+      if (it == patterns.end() || it->second.ctx.query_offset != 0 || it->second.ctx.key_offset != 0 ||
+          it->second.tensor.size(2) != it->second.tensor.size(3)) {
+        job.skip(tag + " rollout", "needs every layer's full square pattern (a layer is missing or sliced)");
+        return;
+      }
+      means.push_back(mean_matrix(it->second, columns));
+    }
+    const std::vector<Matrix> rolled = rollout(means);
+    const std::int64_t T = means.front().rows, last = T - 1, L = std::int64_t(job.layers.size());
+    Matrix raw{L, T, {}}, flow{L, T, {}};
+    std::vector<std::string> row_labels;
+    for (int layer : job.layers) {
+      for (std::int64_t k = 0; k < T; ++k) raw.values.push_back(means[std::size_t(layer)].at(last, k));
+      for (std::int64_t k = 0; k < T; ++k) flow.values.push_back(rolled[std::size_t(layer)].at(last, k));
+      row_labels.push_back(fmt::format("L{}", layer));
+    }
+    const int cell = labelled_cell(T);
+    const auto cols = figures::thin_labels(position_labels(tokens, 0, T), cell);
+    const std::string caption = fmt::format("{}; query: last token {}", context, position_labels(tokens, last, 1)[0]);
+    const std::vector<Panel> panels{
+        {"last token's attention per layer (heads averaged)", caption, raw, figures::sequential_scale({&raw}), cell, cell,
+         row_labels, cols},
+        {"attention rollout through each layer", "A = 0.5 W + 0.5 I (rows renormalised), R_l = A_l R_(l-1)", flow,
+         figures::sequential_scale({&flow}), cell, cell, row_labels, cols}};
+    const std::string stem = tag + "_rollout";
+    job.add(stem, "attention flow: the last token's head-averaged attention in each layer, and its attention rollout "
+                  "(Abnar & Zuidema 2020) through that layer, over the input tokens",
+            figures::write_figure(job.path(stem), panels));
+  }
+
+  // Per chosen layer, every query's head-averaged attention to the key at option "target".
+  static void draw_target(Job& job, const std::string& tag, const std::map<int, Pattern>& patterns,
+                          const std::vector<std::string>& tokens, const std::string& context) {
+    const std::int64_t target = *job.opts.target, T = std::int64_t(tokens.size());
+    if (target < 0 || target >= T)
+      throw UsageError(fmt::format("figures: option \"target\": position {} is not in the sequence of {} tokens of {}",
+                                   target, T, job.run->manifest_file().string()));
+    const auto& columns = job.averaged;
+    const std::int64_t L = std::int64_t(job.layers.size());
+    Matrix m{L, T, std::vector<double>(std::size_t(L * T), kNaN)};
+    std::vector<std::string> row_labels;
+    for (std::int64_t l = 0; l < L; ++l) {
+      row_labels.push_back(fmt::format("L{}", job.layers[std::size_t(l)]));
+      const auto it = patterns.find(job.layers[std::size_t(l)]);
+      if (it == patterns.end()) continue;
+      const Matrix mean = mean_matrix(it->second, columns);
+      const std::int64_t col = target - mean.first_col;
+      if (col < 0 || col >= mean.cols) continue;
+      for (std::int64_t r = 0; r < mean.rows; ++r)
+        if (mean.first_row + r < T) m.values[std::size_t(l * T + mean.first_row + r)] = mean.at(r, col);
+    }
+    const int cell = labelled_cell(T);
+    const Panel panel{fmt::format("attention to {} (heads averaged)", position_labels(tokens, target, 1)[0]), context, m,
+                      figures::sequential_scale({&m}), cell, cell, row_labels,
+                      figures::thin_labels(position_labels(tokens, 0, T), cell)};
+    const std::string stem = fmt::format("{}_attention_to_{}", tag, target);
+    job.add(stem, fmt::format("per layer (rows), each query's head-averaged attention to key position {}", target),
+            figures::write_figure(job.path(stem), {panel}));
+  }
+
+  // Autoregressive runs: per prompt token, a bar chart of the attention it gets from each generated
+  // token (the query of the decode step that consumed it), averaged over the chosen heads and layers.
+  static void draw_prompt_attention(Job& job, int p) {
+    const auto& by_step = job.run->patterns(p);
+    const std::vector<std::string> prompt = job.run->tokens(p, 0);
+    const std::int64_t P = std::int64_t(prompt.size());
+    const auto& columns = job.averaged;
+    std::vector<std::string> generated;            // bar labels
+    std::vector<std::vector<double>> to_prompt;    // per generated token, per prompt token
+    for (const auto& [step, layers] : by_step) {
+      if (step == 0 || (!job.opts.steps.empty() && !contains(job.opts.steps, step))) continue;
+      std::vector<double> sums(std::size_t(P), 0.0);
+      int counted = 0;
+      for (int layer : job.layers) {
+        const auto it = layers.find(layer);
+        if (it == layers.end()) continue;
+        const Pattern pat = job.run->load(it->second);
+        const Matrix mean = mean_matrix(pat, columns);
+        for (std::int64_t k = 0; k < P; ++k) {
+          const std::int64_t col = k - mean.first_col;
+          sums[std::size_t(k)] += col >= 0 && col < mean.cols ? mean.at(mean.rows - 1, col) : kNaN;
+        }
+        ++counted;
+      }
+      if (counted == 0) continue;
+      for (double& v : sums) v /= counted;
+      to_prompt.push_back(std::move(sums));
+      const std::int64_t position = P + step - 1;  // the token chosen at step - 1
+      generated.push_back(position_labels(job.run->tokens(p, step), position, 1)[0]);
+    }
+    if (to_prompt.empty()) {
+      job.skip(fmt::format("p{} attention to the prompt", p), "no decode-step pattern captures of the chosen layers");
+      return;
+    }
+    const std::string averaged = job.opts.layers.empty() ? "heads and layers averaged"
+                                                          : fmt::format("heads and layers {} averaged", fmt::join(job.layers, ","));
+    double hi = 0;  // one value axis for every chart, so bars compare across prompt tokens
+    for (const auto& row : to_prompt)
+      for (double v : row)
+        if (std::isfinite(v)) hi = std::max(hi, v);
+    const std::string context = job.run->describe(p);
+    for (std::size_t first = 0, page = 1; first < std::size_t(P); first += kChartsPerFigure, ++page) {
+      std::vector<BarChart> charts;
+      for (std::size_t k = first; k < std::min(std::size_t(P), first + kChartsPerFigure); ++k) {
+        BarChart::Series s{"attention", {}, {42, 120, 142}};
+        for (const auto& row : to_prompt) s.values.push_back(row[k]);
+        const bool last = k + 1 == std::min(std::size_t(P), first + kChartsPerFigure);
+        charts.push_back({fmt::format("attention to {}", position_labels(prompt, std::int64_t(k), 1)[0]),
+                          last ? fmt::format("{}; bars: generated tokens, {}", context, averaged) : "",
+                          last ? generated : std::vector<std::string>(generated.size()), {s}, hi, 12, 50});
+      }
+      const std::string stem = page == 1 ? fmt::format("p{}_prompt_attention", p)
+                                         : fmt::format("p{}_prompt_attention_{}", p, page);
+      job.add(stem, fmt::format("attention to each prompt token {}-{} from every generated token ({})", first,
+                                first + charts.size() - 1, averaged),
+              figures::write_figure(job.path(stem), charts, 1));
+    }
+  }
+
+  // Diffusion runs: per chosen layer, the head-averaged pattern at the chosen steps (default first
+  // and last) and the signed difference last minus first.
+  static void draw_evolution(Job& job, int p) {
+    const auto& by_step = job.run->patterns(p);
+    std::vector<int> steps;
+    for (const auto& [step, layers] : by_step)
+      if (job.opts.steps.empty() || contains(job.opts.steps, step)) steps.push_back(step);
+    if (job.opts.steps.empty() && steps.size() > 2) steps = {steps.front(), steps.back()};
+    if (steps.size() < 2) {
+      job.skip(fmt::format("p{} attention evolution", p), "needs patterns at two or more steps");
+      return;
+    }
+    const auto& columns = job.averaged;
+    for (int layer : job.layers) {
+      std::vector<Matrix> at_step;
+      for (int step : steps) {
+        const auto it = by_step.at(step).find(layer);
+        if (it == by_step.at(step).end()) break;
+        at_step.push_back(mean_matrix(job.run->load(it->second), columns));
+        if (at_step.back().values.size() != at_step.front().values.size()) break;
+      }
+      if (at_step.size() != steps.size()) {
+        job.skip(fmt::format("p{} layer {} evolution", p, layer), "a chosen step lacks this layer or has another shape");
+        continue;
+      }
+      std::vector<const Matrix*> all;
+      for (const Matrix& m : at_step) all.push_back(&m);
+      const figures::Scale shared = figures::sequential_scale(all);
+      const std::int64_t T = at_step.front().cols;
+      const int cell = labelled_cell(T);
+      std::vector<Panel> panels;
+      for (std::size_t i = 0; i < steps.size(); ++i) {
+        const auto tokens = job.run->tokens(p, steps[i]);
+        panels.push_back({fmt::format("layer {}, step {} (heads averaged)", layer, steps[i]),
+                          i == 0 ? job.run->describe(p) : "", at_step[i], shared, cell, cell,
+                          figures::thin_labels(position_labels(tokens, at_step[i].first_row, at_step[i].rows), cell),
+                          figures::thin_labels(position_labels(tokens, at_step[i].first_col, T), cell)});
+      }
+      const Matrix diff = figures::difference(at_step.back(), at_step.front());
+      panels.push_back({fmt::format("step {} minus step {}", steps.back(), steps.front()), "blue: less, red: more", diff,
+                        figures::signed_scale(diff), cell, cell, panels.back().row_labels, panels.back().col_labels});
+      const std::string stem = fmt::format("p{}_layer{}_evolution", p, layer);
+      job.add(stem, fmt::format("layer {} head-averaged pattern at steps {} and the signed difference last - first",
+                                layer, fmt::join(steps, ",")),
+              figures::write_figure(job.path(stem), panels, 0));
+    }
+  }
+
+  // RUN/reports/NAME.json with per-head records: a layer x head matrix per numeric score.
+  static void draw_reports(Job& job) {
+    const fs::path dir = job.run->manifest_file().parent_path() / "reports";
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) return;
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(dir, ec))
+      if (e.path().extension() == ".json") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const fs::path& file : files) draw_report(job, file);
+  }
+
+  static void draw_report(Job& job, const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    const json report = json::parse(in, nullptr, false);
+    if (report.is_discarded()) throw Error(fmt::format("{}: malformed report (not JSON)", file.string()));
+    const std::string name = file.stem().string();
+    const json heads = report.is_object() ? report.value("heads", json()) : json();
+    if (!heads.is_array() || heads.empty()) {
+      job.skip("report " + name, "no per-head records (\"heads\")");
+      return;
+    }
+    const int L = job.run->model().n_layers, H = job.run->model().n_heads;
+    std::map<std::string, Matrix> scores;  // score name -> layers x heads
+    for (const json& rec : heads) {
+      if (!rec.is_object() || !rec.contains("layer") || !rec.contains("head") || !rec["layer"].is_number_integer() ||
+          !rec["head"].is_number_integer())
+        throw Error(fmt::format("{}: a \"heads\" record lacks integer \"layer\" and \"head\"", file.string()));
+      const int l = rec["layer"].get<int>(), h = rec["head"].get<int>();
+      if (l < 0 || l >= L || h < 0 || h >= H)
+        throw Error(fmt::format("{}: head L{}H{} is not in the model ({} layers, {} heads)", file.string(), l, h, L, H));
+      for (const auto& [key, value] : rec.items()) {
+        if (key == "layer" || key == "head" || !(value.is_number() || value.is_null()) || value.is_boolean()) continue;
+        auto [it, fresh] = scores.try_emplace(key, Matrix{L, H, std::vector<double>(std::size_t(L * H), kNaN)});
+        it->second.values[std::size_t(l * H + h)] = finite_or_nan(value);
+      }
+    }
+    std::vector<std::string> row_labels, col_labels;
+    for (int l = 0; l < L; ++l) row_labels.push_back(fmt::format("L{}", l));
+    for (int h = 0; h < H; ++h) col_labels.push_back(fmt::format("H{}", h));
+    std::vector<Panel> panels;
+    for (const auto& [key, m] : scores) {
+      bool negative = false;
+      for (double v : m.values) negative = negative || v < 0;
+      panels.push_back({key, panels.empty() ? fmt::format("report {}: rows layers, columns heads", name) : "", m,
+                        negative ? figures::signed_scale(m) : figures::sequential_scale({&m}), 28, 28, row_labels,
+                        col_labels});
+    }
+    if (panels.empty()) {
+      job.skip("report " + name, "its per-head records hold no numbers");
+      return;
+    }
+    const std::string stem = "report_" + name;
+    job.add(stem, fmt::format("layer x head matrices of every per-head score in reports/{}.json", name),
+            figures::write_figure(job.path(stem), panels, 4));
+  }
+};
+
+}  // namespace
+
+HOOKLENS_DEFINE_PLUGIN(hooklens::Renderer, FiguresRenderer, "renderer", "figures", "1.0",
+                       "attention figures as PNG or SVG: heatmaps, head grids, overviews, rollout, generation")

@@ -1,0 +1,136 @@
+// Analyzers from the command line: live (--analyze on capture/generate) and offline (hooklens analyze)
+// give the same report; a failing analyzer is reported and disabled while the run completes; bad
+// analyzer arguments are usage errors; --text-file feeds sequences cut from a text file.
+#include "test_util.h"
+
+#include <hooklens/run.h>
+
+#include <nlohmann/json.hpp>
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kTestAnalyzers = "HOOKLENS_PLUGIN_PATH='" HOOKLENS_TEST_PLUGIN_DIR "/analyzers'";
+
+fs::path neo() { return test::fixtures() / "tiny-neo-a"; }
+
+json read_json(const fs::path& file) { return json::parse(test::read_file(file)); }
+
+std::string capture_args(const fs::path& out, const std::string& extra) {
+  return fmt::format("capture --model '{}' --prompt 'The cat sat on the mat.' --prompt 'Hello there, how are you?' "
+                     "--out '{}' {}",
+                     neo().string(), out.string(), extra);
+}
+
+}  // namespace
+
+TEST_CASE("analyzers live and offline give the same report; a failing one is disabled, the run completes") {
+  test::TempDir dir;
+  const fs::path run = dir / "run";
+  REQUIRE(test::run_hooklens(capture_args(run, "--analyze attention_stats,failing --analyze-option failing.fail_in=observe"),
+                             dir / "log", kTestAnalyzers) == 0);
+  const std::string log = test::read_file(dir / "log");
+  INFO(log);
+  CHECK_THAT(log, Catch::Contains("analyzer failing failed and is disabled") && Catch::Contains("failing in observe"));
+  hooklens::RunReader reader(run);  // complete
+  CHECK(reader.manifest()["analyzers"] == json({"attention_stats", "failing"}));
+  CHECK(read_json(run / "reports/failing.json")["error"] == "failing in observe, as asked");
+
+  const json live = read_json(run / "reports/attention_stats.json");
+  REQUIRE(live["heads"].is_array());
+  CHECK(live["heads"].size() == std::size_t(reader.manifest()["model"]["n_layers"].get<int>() *
+                                            reader.manifest()["model"]["n_heads"].get<int>()));
+  fs::remove(run / "reports/attention_stats.json");
+  REQUIRE(test::run_hooklens(fmt::format("analyze '{}' --analyze attention_stats", run.string()), dir / "log2") == 0);
+  const json offline = read_json(run / "reports/attention_stats.json");
+  REQUIRE(offline["heads"].size() == live["heads"].size());
+  for (std::size_t i = 0; i < live["heads"].size(); ++i) {
+    INFO("head record " << i);
+    CHECK(offline["heads"][i]["layer"] == live["heads"][i]["layer"]);
+    CHECK(offline["heads"][i]["head"] == live["heads"][i]["head"]);
+    CHECK(offline["heads"][i]["entropy"].get<double>() == Approx(live["heads"][i]["entropy"].get<double>()).margin(1e-9));
+  }
+
+  for (const std::string where : {"begin", "finish"}) {
+    INFO(where);
+    const fs::path other = dir / ("run-" + where);
+    REQUIRE(test::run_hooklens(capture_args(other, "--analyze failing --analyze-option failing.fail_in=" + where),
+                               dir / "log3", kTestAnalyzers) == 0);
+    CHECK(read_json(other / "reports/failing.json")["error"] == "failing in " + where + ", as asked");
+    CHECK_NOTHROW(hooklens::RunReader(other));
+  }
+}
+
+TEST_CASE("head_detectors adds its repeated random sequence to a capture run") {
+  test::TempDir dir;
+  const fs::path run = dir / "run";
+  REQUIRE(test::run_hooklens(capture_args(run, "--analyze head_detectors"), dir / "log") == 0);
+  const json manifest = read_json(run / "manifest.json");
+  REQUIRE(manifest["prompts"].size() == 3);
+  CHECK(manifest["prompts"][0]["source"] == "prompt");
+  CHECK_THAT(manifest["prompts"][2]["source"].get<std::string>(), Catch::Contains("repeated random"));
+  const json report = read_json(run / "reports/head_detectors.json");
+  CHECK(report["heads"].size() == 16);  // tiny-neo-a: 4 layers x 4 heads
+}
+
+TEST_CASE("bad analyzer arguments are usage errors that leave no run") {
+  test::TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--analyze no_such_analyzer", "no_such_analyzer"},
+      {"--analyze attention_stats --analyze-option attention_stats", "NAME.KEY=VALUE"},
+      {"--analyze attention_stats --analyze-option head_detectors.seq_len=4", "not among"},
+      {"--analyze-option attention_stats.x=1", "needs --analyze"},
+  };
+  for (const auto& [args, culprit] : cases) {
+    INFO(args);
+    const fs::path run = dir / "run";
+    CHECK(test::run_hooklens(capture_args(run, args), dir / "log") == 2);
+    CHECK_THAT(test::read_file(dir / "log"), Catch::Contains(culprit));
+    CHECK_FALSE(fs::exists(run / "manifest.json"));
+  }
+  CHECK(test::run_hooklens("analyze '" + (dir / "nothing").string() + "' --analyze attention_stats", dir / "log") == 1);
+  CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("nothing"));
+  CHECK(test::run_hooklens("analyze '" + dir.path.string() + "'", dir / "log") == 2);  // --analyze is required
+  CHECK(test::run_hooklens("render '" + dir.path.string() + "' --format bmp", dir / "log") == 2);
+  CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("bmp"));
+}
+
+TEST_CASE("--text-file feeds consecutive sequences cut from a text file") {
+  test::TempDir dir;
+  const std::string text =
+      "The tower stood above the valley for three hundred years. Travellers counted its windows, and every "
+      "count came out different, which the villagers found endlessly amusing.\n";
+  std::ofstream(dir / "valid.raw") << text;
+  const fs::path run = dir / "run";
+  REQUIRE(test::run_hooklens(fmt::format("capture --model '{}' --text-file '{}' --seq-len 8 --max-sequences 3 --out '{}'",
+                                         neo().string(), (dir / "valid.raw").string(), run.string()),
+                             dir / "log") == 0);
+  const json prompts = read_json(run / "manifest.json")["prompts"];
+  REQUIRE(prompts.size() == 3);
+  std::string joined;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    CHECK(prompts[i]["ids"].size() == 8);
+    CHECK_THAT(prompts[i]["source"].get<std::string>(), Catch::Contains(fmt::format("sequence {}", i)) &&
+                                                            Catch::Contains(fmt::format("tokens {}-{}", 8 * i, 8 * i + 7)));
+    joined += prompts[i]["text"].get<std::string>();
+  }
+  CHECK(text.rfind(joined, 0) == 0);  // the sequences are the text's first 24 tokens, in order
+
+  CHECK(test::run_hooklens(fmt::format("capture --model '{}' --text-file '{}' --seq-len 4096 --out '{}'", neo().string(),
+                                       (dir / "valid.raw").string(), (dir / "r2").string()),
+                           dir / "log") == 2);
+  CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("fewer than one --seq-len 4096 sequence"));
+  CHECK(test::run_hooklens(fmt::format("capture --model '{}' --text-file '{}' --out '{}'", neo().string(),
+                                       (dir / "valid.raw").string(), (dir / "r3").string()),
+                           dir / "log") == 2);
+  CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("--seq-len"));
+}
+
+TEST_CASE("offline analysis refuses runs that kept some heads only") {
+  test::TempDir dir;
+  REQUIRE(test::run_hooklens(capture_args(dir / "run", "--heads 1"), dir / "log") == 0);
+  CHECK(test::run_hooklens("analyze '" + (dir / "run").string() + "' --analyze attention_stats", dir / "log") == 2);
+  CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("--heads"));
+}

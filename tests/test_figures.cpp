@@ -1,0 +1,397 @@
+// The figures renderer: runs made with build/bin/hooklens (capture and generate on tiny-neo-a, masked
+// diffusion on llada-tiny-a) drawn as PNG and SVG through the plugin interface. Pixels are checked
+// against values the test computes itself from the captures (RunReader), not against the drawing code.
+#include "test_util.h"
+
+#include <hooklens/error.h>
+#include <hooklens/plugin.h>
+#include <hooklens/renderer.h>
+#include <hooklens/run.h>
+
+#include <nlohmann/json.hpp>
+#include <stb/stb_image.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <memory>
+#include <regex>
+#include <set>
+#include <string>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
+constexpr std::array<int, 3> kViridisLow{68, 1, 84}, kViridisHigh{253, 231, 37};
+
+// Runs the hooklens CLI; REQUIREs success.
+void hooklens_cli(const std::string& args, const fs::path& log) {
+  const std::string cmd = fmt::format("'{}' {} >'{}' 2>&1", kCli.string(), args, log.string());
+  INFO(cmd << "\n" << test::read_file(log));
+  REQUIRE(std::system(cmd.c_str()) == 0);
+}
+
+// The runs every test case draws, made once per process.
+struct Runs {
+  test::TempDir dir;
+  fs::path capture = dir / "capture", generate = dir / "generate", diffusion = dir / "diffusion", long_run = dir / "long";
+  Runs() {
+    const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
+    hooklens_cli(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --prompt 'Hello world' --out '{}'",
+                             neo.string(), capture.string()),
+                 dir / "capture.log");
+    hooklens_cli(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 6 --out '{}'", neo.string(),
+                             generate.string()),
+                 dir / "generate.log");
+    hooklens_cli(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
+                             "--block-length 4 --out '{}'",
+                             llada.string(), diffusion.string()),
+                 dir / "diffusion.log");
+    std::string text;  // ~128 tokens: the model's whole context
+    for (int i = 0; i < 30; ++i) text += "one cat sat. ";
+    hooklens_cli(fmt::format("capture --model '{}' --prompt '{}' --layers 0 --out '{}'", neo.string(), text,
+                             long_run.string()),
+                 dir / "long.log");
+  }
+};
+Runs& runs() {
+  static Runs r;
+  return r;
+}
+
+std::shared_ptr<hooklens::Renderer> renderer() {
+  return std::static_pointer_cast<hooklens::Renderer>(
+      hooklens::PluginRegistry::create_from(test::plugin_file("figures"), "renderer"));
+}
+
+bool has_file(const json& result, const std::string& name) {
+  for (const json& f : result.at("files"))
+    if (f.at("file") == name) return true;
+  return false;
+}
+const json& entry(const json& result, const std::string& name) {
+  for (const json& f : result.at("files"))
+    if (f.at("file") == name) return f;
+  FAIL("no figure " << name << " in " << result.dump(1));
+  throw std::logic_error("unreachable");
+}
+
+struct Png {
+  int width = 0, height = 0;
+  std::vector<std::uint8_t> rgb;
+  std::array<int, 3> at(int x, int y) const {
+    const std::uint8_t* p = &rgb[(std::size_t(y) * width + x) * 3];
+    return {p[0], p[1], p[2]};
+  }
+};
+Png decode(const std::uint8_t* data, int size) {
+  Png png;
+  int channels = 0;
+  std::uint8_t* px = stbi_load_from_memory(data, size, &png.width, &png.height, &channels, 3);
+  REQUIRE(px != nullptr);
+  png.rgb.assign(px, px + std::size_t(png.width) * png.height * 3);
+  stbi_image_free(px);
+  return png;
+}
+Png read_png(const fs::path& file) {
+  const std::string bytes = test::read_file(file);
+  REQUIRE(!bytes.empty());
+  return decode(reinterpret_cast<const std::uint8_t*>(bytes.data()), int(bytes.size()));
+}
+
+std::size_t distinct_colours(const Png& png) {
+  std::set<std::array<int, 3>> colours;
+  for (int y = 0; y < png.height; ++y)
+    for (int x = 0; x < png.width; ++x) colours.insert(png.at(x, y));
+  return colours.size();
+}
+
+// Every PNG of `result`: decodable, the size its entry says, not blank; heatmaps many-coloured.
+void check_pngs(const fs::path& out, const json& result) {
+  for (const json& f : result.at("files")) {
+    const std::string name = f.at("file");
+    INFO(name);
+    const Png png = read_png(out / name);
+    CHECK(png.width == f.at("width").get<int>());
+    CHECK(png.height == f.at("height").get<int>());
+    const bool heatmap = name.find("_mean") != std::string::npos || name.find("_heads") != std::string::npos ||
+                         name.find("_evolution") != std::string::npos;
+    CHECK(distinct_colours(png) >= (heatmap ? 10u : 3u));
+  }
+}
+
+// The head mean of capture `key` of a run, computed here.
+std::vector<std::vector<double>> head_mean(const fs::path& run, const std::string& key) {
+  hooklens::RunReader reader(run);
+  for (std::size_t i = 0; i < reader.capture_count(); ++i) {
+    if (reader.capture(i).at("key") != key) continue;
+    const at::Tensor t = reader.load(i).to(at::kFloat).contiguous();
+    const std::int64_t H = t.size(1), Q = t.size(2), K = t.size(3);
+    std::vector<std::vector<double>> m(std::size_t(Q), std::vector<double>(std::size_t(K), 0.0));
+    const float* d = t.data_ptr<float>();
+    for (std::int64_t h = 0; h < H; ++h)
+      for (std::int64_t q = 0; q < Q; ++q)
+        for (std::int64_t k = 0; k < K; ++k) m[q][k] += d[(h * Q + q) * K + k] / double(H);
+    return m;
+  }
+  FAIL("no capture " << key);
+  return {};
+}
+
+// The (row, col) of the largest value.
+std::pair<int, int> argmax(const std::vector<std::vector<double>>& m) {
+  std::pair<int, int> best{0, 0};
+  for (std::size_t r = 0; r < m.size(); ++r)
+    for (std::size_t c = 0; c < m[r].size(); ++c)
+      if (m[r][c] > m[best.first][best.second]) best = {int(r), int(c)};
+  return best;
+}
+
+// The centre pixel of cell (r, c) of a figure entry's first panel.
+std::array<int, 2> cell_centre(const json& figure, int r, int c) {
+  const json& m = figure.at("panels").at(0).at("matrix");
+  return {m.at("x").get<int>() + c * m.at("cell_width").get<int>() + m.at("cell_width").get<int>() / 2,
+          m.at("y").get<int>() + r * m.at("cell_height").get<int>() + m.at("cell_height").get<int>() / 2};
+}
+
+std::vector<std::uint8_t> base64_decode(const std::string& s) {
+  std::vector<std::uint8_t> out;
+  std::uint32_t bits = 0;
+  int n = 0;
+  for (char ch : s) {
+    const auto pos = std::string("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/").find(ch);
+    if (pos == std::string::npos) break;  // '=' padding
+    bits = bits << 6 | std::uint32_t(pos);
+    if ((n += 6) >= 8) out.push_back(std::uint8_t(bits >> (n -= 8)));
+  }
+  return out;
+}
+
+// The texts of every <text> element, unescaped.
+std::vector<std::string> svg_texts(const std::string& svg) {
+  std::vector<std::string> texts;
+  static const std::regex kText("<text[^>]*>([^<]*)</text>");
+  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), kText); it != std::sregex_iterator(); ++it) {
+    std::string t = (*it)[1];
+    for (const auto& [entity, ch] : {std::pair{"&lt;", "<"}, {"&gt;", ">"}, {"&quot;", "\""}, {"&amp;", "&"}})
+      for (std::size_t p; (p = t.find(entity)) != std::string::npos;) t.replace(p, std::strlen(entity), ch);
+    texts.push_back(t);
+  }
+  return texts;
+}
+bool has_text(const std::vector<std::string>& texts, const std::string& needle) {
+  for (const auto& t : texts)
+    if (t.find(needle) != std::string::npos) return true;
+  return false;
+}
+
+// XML-ish checks: the prologue, one root, balanced <text> elements, no unescaped '&' or '<' in text.
+void check_svg_syntax(const std::string& svg) {
+  REQUIRE(svg.rfind("<?xml", 0) == 0);
+  CHECK(svg.find("<svg xmlns=\"http://www.w3.org/2000/svg\"") != std::string::npos);
+  CHECK(svg.find("</svg>") != std::string::npos);
+  std::size_t open = 0, close = 0;
+  for (std::size_t p = 0; (p = svg.find("<text", p)) != std::string::npos; ++p) ++open;
+  for (std::size_t p = 0; (p = svg.find("</text>", p)) != std::string::npos; ++p) ++close;
+  CHECK(open == close);
+  CHECK(open > 0);
+  static const std::regex kBareAmp("&(?!(amp|lt|gt|quot|apos);)");
+  CHECK_FALSE(std::regex_search(svg, kBareAmp));
+}
+
+}  // namespace
+
+TEST_CASE("a single-forward capture renders as PNG with the expected cells", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir out;
+  const json result = renderer()->render(r.capture, "png", out.path, json::object());
+  for (const char* name : {"p0_layer0_mean.png", "p0_layer3_heads.png", "p0_overview.png", "p0_layer_entropy.png",
+                           "p0_rollout.png", "p1_layer2_mean.png"})
+    CHECK(has_file(result, name));
+  CHECK_FALSE(has_file(result, "p0_layer0_head1.png"));  // single heads only when asked for
+  check_pngs(out.path, result);
+
+  // figures.json indexes the same files.
+  const json index = json::parse(test::read_file(out / "figures.json"));
+  CHECK(index.at("files").size() == result.at("files").size());
+  CHECK(index.at("format") == "png");
+
+  SECTION("the largest head-mean weight is the colour bar's top, a masked (future) key its bottom") {
+    const auto mean = head_mean(r.capture, "p0.s0.blocks.0.attn.hook_pattern");
+    REQUIRE(mean.size() == 6);
+    const json& fig = entry(result, "p0_layer0_mean.png");
+    const Png png = read_png(out / "p0_layer0_mean.png");
+    const auto [br, bc] = argmax(mean);
+    const auto hot = cell_centre(fig, br, bc);
+    CHECK(png.at(hot[0], hot[1]) == kViridisHigh);
+    const auto cold = cell_centre(fig, 0, 5);  // query 0 cannot see key 5 (causal)
+    CHECK(png.at(cold[0], cold[1]) == kViridisLow);
+    CHECK(fig.at("panels").at(0).at("scale").at("max").get<double>() == Approx(mean[br][bc]).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("SVG figures carry the token labels, titles and captions as text and the cells as a PNG", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir out;
+  const json result = renderer()->render(r.capture, "svg", out.path, {{"heads", {1}}});
+  REQUIRE(has_file(result, "p0_layer0_mean.svg"));
+  REQUIRE(has_file(result, "p0_layer0_head1.svg"));
+  for (const json& f : result.at("files")) {
+    INFO(f.at("file"));
+    check_svg_syntax(test::read_file(out.path / f.at("file").get<std::string>()));
+  }
+  const std::string svg = test::read_file(out / "p0_layer0_mean.svg");
+  const auto texts = svg_texts(svg);
+  for (const char* label : {"0:The", "1:_cat", "2:_sat", "5:_mat"}) CHECK(has_text(texts, label));
+  CHECK(has_text(texts, "layer 0, mean of 4 heads"));
+  CHECK(has_text(texts, "GPTNeoForCausalLM (tiny-neo-a), \"The cat sat on the mat\""));
+  CHECK(svg.find("image-rendering:pixelated") != std::string::npos);
+  CHECK(has_text(svg_texts(test::read_file(out / "p0_layer0_head1.svg")), "layer 0, head 1"));
+
+  SECTION("the embedded cells image holds one pixel per cell, the largest weight at the top of viridis") {
+    const std::string marker = "href=\"data:image/png;base64,";
+    const std::size_t at = svg.find(marker);
+    REQUIRE(at != std::string::npos);
+    const std::size_t start = at + marker.size();
+    const auto bytes = base64_decode(svg.substr(start, svg.find('"', start) - start));
+    const Png cells = decode(bytes.data(), int(bytes.size()));
+    REQUIRE(cells.width == 6);
+    REQUIRE(cells.height == 6);
+    const auto mean = head_mean(r.capture, "p0.s0.blocks.0.attn.hook_pattern");
+    const auto [br, bc] = argmax(mean);
+    CHECK(cells.at(bc, br) == kViridisHigh);
+    CHECK(cells.at(5, 0) == kViridisLow);
+  }
+}
+
+TEST_CASE("autoregressive generation: attention to each prompt token from every generated token", "[figures]") {
+  const Runs& r = runs();
+  for (const std::string format : {"png", "svg"}) {
+    test::TempDir out;
+    const json result = renderer()->render(r.generate, format, out.path, json::object());
+    INFO(result.dump(1));
+    REQUIRE(has_file(result, "p0_prompt_attention." + format));
+    CHECK(has_file(result, "p0_layer0_mean." + format));  // step 0 (the prefill) is a full pass
+    CHECK_FALSE(has_file(result, "p0_s1_layer0_mean." + format));
+    if (format == "png") {
+      check_pngs(out.path, result);
+      // One chart per prompt token, stacked vertically.
+      const json& panels = entry(result, "p0_prompt_attention.png").at("panels");
+      REQUIRE(panels.size() == 3);
+      CHECK(panels[0].at("plot").at("y").get<int>() < panels[1].at("plot").at("y").get<int>());
+    } else {
+      const auto texts = svg_texts(test::read_file(out / "p0_prompt_attention.svg"));
+      for (const char* title : {"attention to 0:The", "attention to 1:_cat", "attention to 2:_sat"})
+        CHECK(has_text(texts, title));
+      // Bars are generated tokens 3.. (the last generated token is never fed back, so 5 bars).
+      const json manifest = json::parse(test::read_file(r.generate / "manifest.json"));
+      const auto steps = manifest.at("generation").at("steps");
+      std::string first = steps.at(0).at("token_string").get<std::string>().substr(0, 6);
+      std::replace(first.begin(), first.end(), ' ', '_');  // labels show spaces as '_'
+      CHECK(has_text(texts, "3:" + first));
+      CHECK(has_text(texts, "heads and layers averaged"));
+    }
+  }
+}
+
+TEST_CASE("masked diffusion: heatmaps per chosen step and the attention evolution", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir out;
+  const json result = renderer()->render(r.diffusion, "png", out.path, json::object());
+  INFO(result.dump(1));
+  for (const char* name : {"p0_s0_layer0_mean.png", "p0_s3_layer1_mean.png", "p0_layer0_evolution.png",
+                           "p0_layer1_evolution.png", "p0_s3_rollout.png"})
+    CHECK(has_file(result, name));
+  CHECK_FALSE(has_file(result, "p0_s1_layer0_mean.png"));  // default: first and last step
+  check_pngs(out.path, result);
+  const json& evolution = entry(result, "p0_layer0_evolution.png");
+  REQUIRE(evolution.at("panels").size() == 3);
+  CHECK(evolution.at("panels")[2].at("scale").at("colormap") == "blue-white-red");
+
+  test::TempDir svg_out;
+  const json svg = renderer()->render(r.diffusion, "svg", svg_out.path, {{"steps", {1, 2}}, {"layers", {1}}});
+  CHECK(has_file(svg, "p0_s1_layer1_mean.svg"));
+  CHECK_FALSE(has_file(svg, "p0_s1_layer0_mean.svg"));
+  const auto texts = svg_texts(test::read_file(svg_out / "p0_layer1_evolution.svg"));
+  CHECK(has_text(texts, "step 2 minus step 1"));
+  CHECK(has_text(texts, "0:85"));
+  CHECK(has_text(texts, "11:[mask]"));  // still masked before step 2 (committed in step 3)
+}
+
+TEST_CASE("128 tokens stay labelled", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir out;
+  const json result = renderer()->render(r.long_run, "svg", out.path, json::object());
+  const json& fig = entry(result, "p0_layer0_mean.svg");
+  const json& m = fig.at("panels").at(0).at("matrix");
+  const int T = m.at("rows").get<int>();
+  CHECK(T > 100);
+  CHECK(m.at("cell_height").get<int>() >= 14);  // a label fits every row
+  const auto texts = svg_texts(test::read_file(out / "p0_layer0_mean.svg"));
+  CHECK(has_text(texts, fmt::format("{}:", T - 1)));
+  CHECK(has_text(texts, "64:"));
+  CHECK(result.at("skipped").size() > 0);  // layers 1-3 were not captured
+}
+
+TEST_CASE("analyzer reports with per-head records are drawn as layer x head matrices", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir copy, out;
+  fs::copy(r.capture, copy.path / "run", fs::copy_options::recursive);
+  fs::create_directories(copy.path / "run" / "reports");
+  json heads = json::array();
+  for (int l = 0; l < 4; ++l)
+    for (int h = 0; h < 4; ++h) heads.push_back({{"layer", l}, {"head", h}, {"entropy", 0.1 * (l * 4 + h)}, {"score", nullptr}});
+  std::ofstream(copy.path / "run" / "reports" / "attention_stats.json") << json{{"analyzer", "attention_stats"}, {"heads", heads}}.dump();
+  const json result = renderer()->render(copy.path / "run", "png", out.path, {{"layers", {0}}});
+  REQUIRE(has_file(result, "report_attention_stats.png"));
+  const json& fig = entry(result, "report_attention_stats.png");
+  REQUIRE(fig.at("panels").size() == 2);
+  const Png png = read_png(out / "report_attention_stats.png");
+  // Panels are in score-name order: "entropy" first; L3H3 holds its largest value, L0H0 zero.
+  const auto hot = cell_centre(fig, 3, 3), cold = cell_centre(fig, 0, 0);
+  CHECK(png.at(hot[0], hot[1]) == kViridisHigh);
+  CHECK(png.at(cold[0], cold[1]) == kViridisLow);
+
+  std::ofstream(copy.path / "run" / "reports" / "attention_stats.json") << "{\"heads\": [";
+  const std::string message = test::error_of([&] { renderer()->render(copy.path / "run", "png", out.path, {}); });
+  CHECK(message.find("attention_stats.json") != std::string::npos);
+}
+
+TEST_CASE("damaged runs and bad options", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir copy, out;
+  const fs::path run = copy.path / "run";
+  fs::copy(r.capture, run, fs::copy_options::recursive);
+  auto figures = renderer();
+
+  SECTION("bad options are usage errors") {
+    const auto usage = [&](const json& options, const std::string& format = "png") {
+      INFO(options.dump());
+      CHECK_THROWS_AS(figures->render(run, format, out.path, options), hooklens::UsageError);
+    };
+    usage({{"layers", {7}}});
+    usage({{"heads", {-1}}});
+    usage({{"prompts", {2}}});
+    usage({{"steps", {5}}});
+    usage({{"layers", "x"}});
+    usage({{"target", 99}});
+    usage({{"colour", "red"}});
+    usage(json::object(), "jpg");
+    CHECK_NOTHROW(figures->render(run, "png", out.path, {{"layers", "1,2"}, {"target", 1}}));
+    CHECK(fs::exists(out / "p0_attention_to_1.png"));
+  }
+  SECTION("a truncated shard is an error naming the shard") {
+    const fs::path shard = run / "captures-00000.safetensors";
+    fs::resize_file(shard, fs::file_size(shard) / 2);
+    const std::string message = test::error_of([&] { figures->render(run, "png", out.path, {}); });
+    CHECK(message.find("captures-00000.safetensors") != std::string::npos);
+  }
+  SECTION("a missing manifest is an error naming it") {
+    fs::remove(run / "manifest.json");
+    const std::string message = test::error_of([&] { figures->render(run, "svg", out.path, {}); });
+    CHECK(message.find("manifest.json") != std::string::npos);
+  }
+}
