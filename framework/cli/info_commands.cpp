@@ -71,9 +71,9 @@ void add_info_commands(CLI::App& app) {
   CLI::App* plugins = app.add_subcommand("plugins", "List the plugins found (HOOKLENS_PLUGIN_PATH, build and install trees)");
   plugins->callback([] {
     PluginRegistry registry;
-    std::cout << fmt::format("{:<9} {:<14} {:<8} {}\n", "KIND", "NAME", "VERSION", "PATH");
+    std::cout << fmt::format("{:<9} {:<18} {:<8} {}\n", "KIND", "NAME", "VERSION", "PATH");
     for (const auto& p : registry.plugins())
-      std::cout << fmt::format("{:<9} {:<14} {:<8} {}\n", p.kind, p.name, p.version, p.path.string());
+      std::cout << fmt::format("{:<9} {:<18} {:<8} {}\n", p.kind, p.name, p.version, p.path.string());
     for (const auto& problem : registry.problems()) std::cerr << "hooklens: warning: " << problem << "\n";
     std::cout << "searched: ";
     for (const auto& dir : PluginRegistry::default_search_path()) std::cout << dir.string() << " ";

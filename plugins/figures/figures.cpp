@@ -188,7 +188,7 @@ class Run {
     return tokens;
   }
 
-  // "ARCHITECTURE (model dir), "first 40 characters of the text"".
+  // "ARCHITECTURE (model dir), "first 40 characters of the text" [source]".
   std::string describe(int p) const {
     const json& prompt = manifest().at("prompts").at(std::size_t(p));
     std::string text = prompt.value("text", "");
@@ -202,7 +202,10 @@ class Run {
       }
       shown += char(c);
     }
-    return fmt::format("{} ({}), \"{}\"", model_.architecture, fs::path(model_.path).filename().string(), shown);
+    // Where the text came from when it is not a user's prompt (--text-file sequence, an analyzer's input).
+    const std::string source = prompt.value("source", "prompt");
+    return fmt::format("{} ({}), \"{}\"{}", model_.architecture, fs::path(model_.path).filename().string(), shown,
+                       source == "prompt" ? "" : " [" + source + "]");
   }
 
  private:
