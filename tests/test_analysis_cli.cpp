@@ -134,3 +134,14 @@ TEST_CASE("offline analysis refuses runs that kept some heads only") {
   CHECK(test::run_hooklens("analyze '" + (dir / "run").string() + "' --analyze attention_stats", dir / "log") == 2);
   CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("--heads"));
 }
+
+TEST_CASE("--render draws the run when it is complete; an unknown format is refused before it starts") {
+  test::TempDir dir;
+  REQUIRE(test::run_hooklens(capture_args(dir / "run", "--render svg,html"), dir / "log") == 0);
+  CHECK(fs::exists(dir / "run/report/report.html"));
+  CHECK(fs::exists(dir / "run/figures/figures.json"));
+  CHECK(fs::exists(dir / "run/figures/p0_layer0_mean.svg"));
+  CHECK(test::run_hooklens(capture_args(dir / "run2", "--render bmp"), dir / "log") == 2);
+  CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("bmp"));
+  CHECK_FALSE(fs::exists(dir / "run2/manifest.json"));
+}

@@ -30,21 +30,6 @@ struct RenderOptions {
   std::int64_t target = -1;
 };
 
-// The renderer plugin that writes `format`; UsageError listing the formats there are.
-std::shared_ptr<Renderer> renderer_for(const PluginRegistry& registry, const std::string& format) {
-  std::vector<std::string> known;
-  for (const auto& record : registry.plugins()) {
-    if (record.kind != "renderer") continue;
-    auto renderer = registry.create_renderer(record.name);
-    for (const auto& f : renderer->formats()) {
-      if (f == format) return renderer;
-      known.push_back(f);
-    }
-  }
-  throw UsageError(fmt::format("--format {}: no renderer plugin writes it (formats found: {})", format,
-                               known.empty() ? std::string("none") : fmt::format("{}", fmt::join(known, ", "))));
-}
-
 }  // namespace
 
 void add_analyze_commands(CLI::App& app) {
@@ -74,15 +59,15 @@ void add_analyze_commands(CLI::App& app) {
   render->add_option("--steps", r->steps, "Generation or diffusion steps to show (comma-separated)")->delimiter(',');
   render->add_option("--target", r->target, "A key position: figures of the attention every token gives it");
   render->callback([r] {
-    PluginRegistry registry;
-    auto renderer = renderer_for(registry, r->format);
-    const fs::path out = r->out.empty() ? fs::path(r->run) / (r->format == "html" ? "report" : "figures") : fs::path(r->out);
     nlohmann::json options = nlohmann::json::object();
     if (!r->layers.empty()) options["layers"] = r->layers;
     if (!r->heads.empty()) options["heads"] = r->heads;
     if (!r->prompts.empty()) options["prompts"] = r->prompts;
     if (!r->steps.empty()) options["steps"] = r->steps;
     if (r->target >= 0) options["target"] = r->target;
+    PluginRegistry registry;
+    auto renderer = renderer_for(registry, r->format);
+    const fs::path out = r->out.empty() ? default_render_dir(r->run, r->format) : fs::path(r->out);
     const nlohmann::json result = renderer->render(r->run, r->format, out, options);
     std::size_t n = 0;
     if (result.contains("files"))

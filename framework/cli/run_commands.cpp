@@ -8,6 +8,7 @@
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/renderer.h>
 #include <hooklens/runtime.h>
 #include <hooklens/sink.h>
 
@@ -35,7 +36,7 @@ namespace fs = std::filesystem;
 struct RunOptions {
   std::string model, adapter, tokenizer, spec, out, dtype = "F32";
   std::vector<std::string> prompts, prompt_ids, hooks{"blocks.*.attn.hook_pattern"}, ablate;
-  std::vector<std::string> analyze, analyze_options;
+  std::vector<std::string> analyze, analyze_options, render;
   std::string text_file;
   std::int64_t seq_len = 0;
   int max_sequences = 8;
@@ -234,6 +235,7 @@ class RunSession {
     model_ = open_model(registry_, o.model, o.adapter, load);
     prompts_ = read_prompts(o, *model_);
     start_analyzers(command);
+    for (const auto& format : o.render) renderers_.emplace_back(format, renderer_for(registry_, format));
     check_hook_patterns(o.hooks, o.layers, *model_);
     if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
     add_ablations(hooks_, o.ablate, *model_);
@@ -329,6 +331,12 @@ class RunSession {
     if (analyzers_)  // the run is complete; a report that cannot be written fails the command only
       for (const auto& file : analyzers_->finish(manifest_, sink_->location()))
         std::cout << "report: " << file.string() << "\n";
+    for (const auto& [format, renderer] : renderers_) {
+      const fs::path out = default_render_dir(sink_->location(), format);
+      const auto files = renderer->render(sink_->location(), format, out, nlohmann::json::object());
+      std::cout << fmt::format("{}: {} file(s) in {}\n", format, files.value("files", nlohmann::json::array()).size(),
+                               out.string());
+    }
   }
 
   Model& model() { return *model_; }
@@ -343,6 +351,7 @@ class RunSession {
   HookSet hooks_;
   std::shared_ptr<CaptureSink> sink_;
   std::unique_ptr<AnalyzerSet> analyzers_;
+  std::vector<std::pair<std::string, std::shared_ptr<Renderer>>> renderers_;  // --render, after the run
   nlohmann::json manifest_;
   CaptureSlice slice_;
   std::unordered_map<std::string, HookPointInfo> points_;  // for slicing: each point's dims
@@ -481,6 +490,9 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
                  "RUN/reports/NAME.json ('hooklens plugins' lists them)")
       ->delimiter(',');
   cmd.add_option("--analyze-option", o.analyze_options, "An analyzer's option, NAME.KEY=VALUE (repeatable)");
+  cmd.add_option("--render", o.render,
+                 "After the run, draw it: png, svg (RUN/figures) and/or html (RUN/report/report.html), comma-separated")
+      ->delimiter(',');
   const std::string text = "Input from a text file";
   cmd.add_option("--text-file", o.text_file, "Feed sequences cut from this text file (e.g. WikiText's wiki.valid.raw) as prompts")
       ->group(text);

@@ -1,10 +1,13 @@
 #include <hooklens/analysis.h>
 #include <hooklens/error.h>
+#include <hooklens/renderer.h>
 #include <hooklens/run.h>
 
 #include <ATen/core/Tensor.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iostream>
@@ -195,6 +198,23 @@ std::vector<fs::path> analyze_run(const fs::path& run_dir, AnalyzerSet& analyzer
                 << (tty && i + 1 < n ? "" : "\n") << std::flush;
   }
   return analyzers.finish(manifest, run_dir);
+}
+
+std::shared_ptr<Renderer> renderer_for(const PluginRegistry& registry, const std::string& format) {
+  std::vector<std::string> known;
+  for (const auto& record : registry.plugins()) {
+    if (record.kind != "renderer") continue;
+    auto renderer = registry.create_renderer(record.name);
+    const auto formats = renderer->formats();
+    if (std::find(formats.begin(), formats.end(), format) != formats.end()) return renderer;
+    known.insert(known.end(), formats.begin(), formats.end());
+  }
+  throw UsageError(fmt::format("format {}: no renderer plugin writes it (formats found: {})", format,
+                               known.empty() ? std::string("none") : fmt::format("{}", fmt::join(known, ", "))));
+}
+
+fs::path default_render_dir(const fs::path& run_dir, const std::string& format) {
+  return run_dir / (format == "html" ? "report" : "figures");
 }
 
 }  // namespace hooklens

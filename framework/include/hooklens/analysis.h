@@ -12,6 +12,7 @@
 
 namespace hooklens {
 
+class Renderer;
 class RunReader;
 
 class AnalyzerSet {
@@ -45,6 +46,12 @@ class AnalyzerSet {
 // A run captured with --heads (some heads only) is a UsageError: analyzers number heads by index.
 std::vector<std::filesystem::path> analyze_run(const std::filesystem::path& run_dir, AnalyzerSet& analyzers,
                                                bool show_progress = true);
+
+// The renderer plugin whose formats() include `format` (png, svg, html); UsageError naming the
+// formats there are when none does.
+std::shared_ptr<Renderer> renderer_for(const PluginRegistry& registry, const std::string& format);
+// Where a format's files go by default: RUN/figures, or RUN/report for html.
+std::filesystem::path default_render_dir(const std::filesystem::path& run_dir, const std::string& format);
 
 // The capture context recorded in a manifest's capture entry.
 CaptureContext capture_context(const nlohmann::json& entry);
