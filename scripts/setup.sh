@@ -9,7 +9,7 @@ PACKAGES=(
   libtorch-dev libopenblas0-openmp          # libtorch; OpenBLAS replaces the slow reference BLAS
   libboost-dev libboost-filesystem-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
   libstb-dev libzstd-dev libimgui-dev libglfw3-dev
-  catch2 python3-torch python3-numpy xvfb xauth
+  catch2 python3-torch python3-numpy xvfb xauth fonts-dejavu-core
   chromium                                  # headless browser for the HTML report test
 )
 

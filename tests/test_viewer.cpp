@@ -1,0 +1,226 @@
+// hooklens-view under Xvfb: runs made with build/bin/hooklens are opened with --screenshot, and the
+// heatmap's pixels (its rectangle is printed on stdout) are compared cell by cell with colours the
+// test computes itself from the captures (RunReader) and the viridis map. Damaged runs must show
+// their error and exit 0. Skipped with a warning when xvfb-run is not installed.
+#include "test_util.h"
+
+#include <drawing.h>
+#include <hooklens/run.h>
+
+#include <nlohmann/json.hpp>
+#include <stb/stb_image.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
+const fs::path kViewer = HOOKLENS_BUILD_DIR "/bin/hooklens-view";
+constexpr float kMissing = std::numeric_limits<float>::quiet_NaN();
+
+bool have_xvfb() { return std::system("command -v xvfb-run >/dev/null 2>&1") == 0; }
+
+void hooklens_cli(const std::string& args, const fs::path& log) {
+  const std::string cmd = fmt::format("'{}' {} >'{}' 2>&1", kCli.string(), args, log.string());
+  INFO(cmd << "\n" << test::read_file(log));
+  REQUIRE(std::system(cmd.c_str()) == 0);
+}
+
+struct Shot {
+  int status = -1;
+  std::string out, err;
+  int x = 0, y = 0, w = 0, h = 0;  // the heatmap's rectangle in the PNG
+  int width = 0, height = 0;
+  std::vector<unsigned char> rgb;
+
+  std::array<int, 3> pixel(int px, int py) const {
+    const std::size_t i = (std::size_t(py) * std::size_t(width) + std::size_t(px)) * 3;
+    return {rgb[i], rgb[i + 1], rgb[i + 2]};
+  }
+};
+
+// Runs the viewer under Xvfb with --screenshot and `args`; decodes the PNG.
+Shot screenshot(const fs::path& run, const std::string& args, const fs::path& dir, const std::string& name) {
+  const fs::path png = dir / (name + ".png"), out = dir / (name + ".out"), err = dir / (name + ".err");
+  const std::string cmd = fmt::format("xvfb-run -a -s '-screen 0 1280x800x24' '{}' '{}' --screenshot '{}' {} >'{}' 2>'{}'",
+                                      kViewer.string(), run.string(), png.string(), args, out.string(), err.string());
+  Shot shot;
+  const int raw = std::system(cmd.c_str());
+  shot.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  shot.out = test::read_file(out);
+  shot.err = test::read_file(err);
+  INFO(cmd << "\nstdout: " << shot.out << "\nstderr: " << shot.err);
+  REQUIRE(shot.status == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(shot.out, m, std::regex(R"(heatmap: (\d+) (\d+) (\d+) (\d+))")));
+  shot.x = std::stoi(m[1]), shot.y = std::stoi(m[2]), shot.w = std::stoi(m[3]), shot.h = std::stoi(m[4]);
+  int channels = 0;
+  unsigned char* data = stbi_load(png.c_str(), &shot.width, &shot.height, &channels, 3);
+  REQUIRE(data != nullptr);
+  shot.rgb.assign(data, data + std::size_t(shot.width) * std::size_t(shot.height) * 3);
+  stbi_image_free(data);
+  return shot;
+}
+
+// The matrix the viewer should show for `layer` at `step`: for autoregressive runs the rows of
+// steps 0..step placed at their query offsets (NaN where nothing was captured). head < 0: mean.
+struct Expected {
+  int rows = 0, cols = 0;
+  std::vector<float> values;
+  float at(int r, int c) const { return values[std::size_t(r * cols + c)]; }
+};
+Expected expected(const fs::path& run, int layer, int head, int step, bool accumulate) {
+  hooklens::RunReader reader(run);
+  struct Piece {
+    at::Tensor t;
+    int q0;
+  };
+  std::vector<Piece> pieces;
+  Expected e;
+  for (std::size_t i = 0; i < reader.capture_count(); ++i) {
+    const json& c = reader.capture(i);
+    if (c.at("hook") != fmt::format("blocks.{}.attn.hook_pattern", layer) || c.at("prompt") != 0) continue;
+    const int s = c.at("step");
+    if (accumulate ? s > step : s != step) continue;
+    at::Tensor t = reader.load(i).to(at::kFloat)[0];  // [head, q, k]
+    t = head < 0 ? t.mean(0) : t[head];
+    const int q0 = c.at("query_offset");
+    e.rows = std::max(e.rows, q0 + int(t.size(0)));
+    e.cols = std::max(e.cols, int(t.size(1)));
+    pieces.push_back({t.contiguous(), q0});
+  }
+  e.values.assign(std::size_t(e.rows * e.cols), kMissing);
+  for (const Piece& p : pieces)
+    for (int r = 0; r < p.t.size(0); ++r)
+      for (int c = 0; c < p.t.size(1); ++c) e.values[std::size_t((p.q0 + r) * e.cols + c)] = p.t[r][c].item<float>();
+  return e;
+}
+
+// Every cell's centre pixel has the colour of its value on 0 .. max (grey where not captured).
+void check_cells(const Shot& shot, const Expected& e) {
+  REQUIRE(e.rows > 0);
+  CHECK(std::abs(shot.w - shot.h * e.cols / e.rows) <= 2);  // the matrix keeps its aspect ratio
+  float hi = 0;
+  for (float v : e.values)
+    if (std::isfinite(v)) hi = std::max(hi, v);
+  for (int r = 0; r < e.rows; ++r)
+    for (int c = 0; c < e.cols; ++c) {
+      const int px = shot.x + int((c + 0.5) * shot.w / e.cols), py = shot.y + int((r + 0.5) * shot.h / e.rows);
+      const float v = e.at(r, c);
+      const figures::Rgb want = std::isfinite(v) ? figures::colour_at(figures::kViridis, v / hi) : figures::kMissing;
+      const auto got = shot.pixel(px, py);
+      INFO("cell " << r << "," << c << " value " << v << " at pixel " << px << "," << py);
+      CHECK(std::abs(got[0] - want.r) <= 3);
+      CHECK(std::abs(got[1] - want.g) <= 3);
+      CHECK(std::abs(got[2] - want.b) <= 3);
+    }
+}
+
+// Pixels of the heatmap rectangle that differ between two screenshots.
+int differing_pixels(const Shot& a, const Shot& b) {
+  REQUIRE(a.x == b.x);
+  REQUIRE(a.w == b.w);
+  int n = 0;
+  for (int y = a.y; y < a.y + a.h; ++y)
+    for (int x = a.x; x < a.x + a.w; ++x) n += a.pixel(x, y) != b.pixel(x, y);
+  return n;
+}
+
+struct Runs {
+  test::TempDir dir;
+  fs::path capture = dir / "capture", generate = dir / "generate", diffusion = dir / "diffusion";
+  Runs() {
+    const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
+    hooklens_cli(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --analyze attention_stats --out '{}'",
+                             neo.string(), capture.string()),
+                 dir / "capture.log");
+    hooklens_cli(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 4 --out '{}'", neo.string(),
+                             generate.string()),
+                 dir / "generate.log");
+    hooklens_cli(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
+                             "--block-length 4 --out '{}'",
+                             llada.string(), diffusion.string()),
+                 dir / "diffusion.log");
+  }
+};
+Runs& runs() {
+  static Runs r;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("hooklens-view screenshots show the selected head's pattern", "[viewer]") {
+  if (!have_xvfb()) {
+    WARN("xvfb-run is not installed: skipping the viewer tests");
+    return;
+  }
+  Runs& r = runs();
+  SECTION("capture run: --select changes the heatmap, and each shows its head's values") {
+    const Shot a = screenshot(r.capture, "--select 0.0", r.dir.path, "cap00");
+    const Shot b = screenshot(r.capture, "--select 2.1", r.dir.path, "cap21");
+    REQUIRE(a.w > 100);
+    check_cells(a, expected(r.capture, 0, 0, 0, false));
+    check_cells(b, expected(r.capture, 2, 1, 0, false));
+    CHECK(differing_pixels(a, b) > a.w * a.h / 10);
+  }
+  SECTION("the head mean") {
+    check_cells(screenshot(r.capture, "--select 1.mean", r.dir.path, "cap1m"), expected(r.capture, 1, -1, 0, false));
+  }
+  SECTION("autoregressive generation: decode steps add query rows; keys nobody captured are grey") {
+    const Shot s = screenshot(r.generate, "--select 3.2 --step 2", r.dir.path, "gen");
+    const Expected e = expected(r.generate, 3, 2, 2, true);
+    CHECK(e.rows == 5);  // 3 prompt tokens + the decode steps 1 and 2
+    check_cells(s, e);
+  }
+  SECTION("masked diffusion: one step's pattern") {
+    const Shot a = screenshot(r.diffusion, "--select 1.3 --step 1", r.dir.path, "diff1");
+    const Shot b = screenshot(r.diffusion, "--select 1.3 --step 3", r.dir.path, "diff3");
+    check_cells(a, expected(r.diffusion, 1, 3, 1, false));
+    check_cells(b, expected(r.diffusion, 1, 3, 3, false));
+  }
+  SECTION("a bad --select is a usage error") {
+    const std::string cmd = fmt::format("xvfb-run -a '{}' '{}' --select 2 >/dev/null 2>&1", kViewer.string(), r.capture.string());
+    const int raw = std::system(cmd.c_str());
+    CHECK((WIFEXITED(raw) && WEXITSTATUS(raw) == 2));
+  }
+}
+
+TEST_CASE("hooklens-view shows a damaged run's error instead of crashing", "[viewer]") {
+  if (!have_xvfb()) {
+    WARN("xvfb-run is not installed: skipping the viewer tests");
+    return;
+  }
+  Runs& r = runs();
+  static const Shot good = screenshot(r.capture, "--select 0.0", r.dir.path, "good");  // once, not per section
+  SECTION("truncated shard") {
+    const fs::path run = r.dir / "truncated";
+    fs::copy(r.capture, run, fs::copy_options::recursive);
+    fs::resize_file(run / "captures-00000.safetensors", 1500);
+    const Shot s = screenshot(run, "--select 0.0", r.dir.path, "truncated");
+    CHECK(s.err.find("captures-00000.safetensors") != std::string::npos);
+    CHECK(s.w == 0);  // no heatmap drawn
+    CHECK(s.rgb != good.rgb);
+  }
+  SECTION("garbled manifest") {
+    const fs::path run = r.dir / "garbled";
+    fs::copy(r.capture, run, fs::copy_options::recursive);
+    std::ofstream(run / "manifest.json") << "{\"format\": \"hooklens-run\", ";
+    const Shot s = screenshot(run, "", r.dir.path, "garbled");
+    CHECK(s.err.find("manifest.json") != std::string::npos);
+    CHECK(s.w == 0);
+    CHECK(s.rgb != good.rgb);
+  }
+  SECTION("missing directory") {
+    const Shot s = screenshot(r.dir / "nowhere", "", r.dir.path, "missing");
+    CHECK(s.err.find("nowhere") != std::string::npos);
+  }
+}

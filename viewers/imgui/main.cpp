@@ -1,0 +1,195 @@
+// hooklens-view: the Dear ImGui viewer of run directories (see docs/viewer.md). This file holds the
+// command line, the GLFW window and OpenGL context, the frame loop and the screenshot hook.
+#include "panels.h"
+#include "run_model.h"
+
+#include <hooklens/error.h>
+#include <hooklens/runtime.h>
+
+#include <CLI/CLI.hpp>
+#include <GLFW/glfw3.h>
+#include <backends/imgui_impl_glfw.h>
+#include <backends/imgui_impl_opengl3.h>
+#include <fmt/format.h>
+#include <imgui.h>
+#include <stb/stb_image_write.h>
+
+#include <cfloat>
+#include <filesystem>
+#include <iostream>
+#include <regex>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Options {
+  std::string run;
+  std::string screenshot;
+  int frames = 3;
+  std::string select;
+  int step = 0;
+  double exit_after = 0;
+  int width = 1280, height = 800;
+};
+
+// "L.H" (or "L.mean" for the head average) into the selection.
+void apply_select(const std::string& text, view::Selection& sel) {
+  static const std::regex pattern(R"((\d+)\.(\d+|mean))");
+  std::smatch m;
+  if (!std::regex_match(text, m, pattern))
+    throw hooklens::UsageError(fmt::format("--select '{}': expected LAYER.HEAD, e.g. 2.1 (or 2.mean)", text));
+  sel.layer = std::stoi(m[1]);
+  if (m[2] == "mean") sel.average = true;
+  else sel.head = std::stoi(m[2]);
+}
+
+// The window with an OpenGL 3.2 core context; throws Error when no display is available.
+GLFWwindow* open_window(const Options& opt) {
+  glfwSetErrorCallback([](int code, const char* what) { std::cerr << "hooklens-view: glfw " << code << ": " << what << "\n"; });
+  if (!glfwInit()) throw hooklens::Error("cannot initialise GLFW (is DISPLAY set? under CI use xvfb-run)");
+  glfwWindowHint(GLFW_CONTEXT_VERSION_MAJOR, 3);
+  glfwWindowHint(GLFW_CONTEXT_VERSION_MINOR, 2);
+  glfwWindowHint(GLFW_OPENGL_PROFILE, GLFW_OPENGL_CORE_PROFILE);
+  glfwWindowHint(GLFW_OPENGL_FORWARD_COMPAT, GL_TRUE);
+  glfwWindowHint(GLFW_SCALE_TO_MONITOR, GLFW_TRUE);
+  GLFWwindow* window = glfwCreateWindow(opt.width, opt.height, "hooklens-view", nullptr, nullptr);
+  if (!window) {
+    glfwTerminate();
+    throw hooklens::Error("cannot open a window with OpenGL 3.2 (is DISPLAY set? under CI use xvfb-run)");
+  }
+  glfwMakeContextCurrent(window);
+  glfwSwapInterval(opt.screenshot.empty() ? 1 : 0);  // screenshots render as fast as they can
+  return window;
+}
+
+// A readable font at the monitor's scale: DejaVu Sans if installed, else ImGui's built-in one.
+void setup_fonts(GLFWwindow* window) {
+  float xscale = 1, yscale = 1;
+  glfwGetWindowContentScale(window, &xscale, &yscale);
+  const float scale = std::max(1.0f, std::max(xscale, yscale));
+  ImGuiIO& io = ImGui::GetIO();
+  const fs::path dejavu = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+  std::error_code ec;
+  if (fs::exists(dejavu, ec)) {
+    io.Fonts->AddFontFromFileTTF(dejavu.c_str(), 15.0f * scale);
+  } else {
+    ImFontConfig config;
+    config.SizePixels = 13.0f * scale;
+    io.Fonts->AddFontDefault(&config);
+  }
+  ImGui::GetStyle().ScaleAllSizes(scale);
+}
+
+// The back buffer as a PNG (rows flipped: OpenGL's origin is bottom-left).
+void write_screenshot(const std::string& file, int width, int height) {
+  std::vector<unsigned char> pixels(std::size_t(width) * height * 3);
+  glPixelStorei(GL_PACK_ALIGNMENT, 1);
+  glReadBuffer(GL_BACK);
+  glReadPixels(0, 0, width, height, GL_RGB, GL_UNSIGNED_BYTE, pixels.data());
+  std::vector<unsigned char> flipped(pixels.size());
+  const std::size_t row = std::size_t(width) * 3;
+  for (int y = 0; y < height; ++y) std::copy_n(&pixels[std::size_t(height - 1 - y) * row], row, &flipped[std::size_t(y) * row]);
+  if (!stbi_write_png(file.c_str(), width, height, 3, flipped.data(), int(row)))
+    throw hooklens::Error(fmt::format("{}: cannot write the screenshot", file));
+}
+
+// Opens the run; a damaged run becomes a viewer that shows the error instead.
+view::Viewer make_viewer(const Options& opt, view::Selection sel) {
+  try {
+    return view::Viewer(std::make_unique<view::RunModel>(opt.run), "", sel);
+  } catch (const std::exception& e) {
+    return view::Viewer(nullptr, e.what(), sel);
+  }
+}
+
+int run(const Options& opt) {
+  view::Selection sel;
+  sel.step = opt.step;
+  if (!opt.select.empty()) apply_select(opt.select, sel);
+  GLFWwindow* window = open_window(opt);
+  IMGUI_CHECKVERSION();
+  ImGui::CreateContext();
+  ImGui::GetIO().IniFilename = nullptr;  // the layout is fixed; nothing to save
+  ImGui::StyleColorsDark();
+  setup_fonts(window);
+  ImGui_ImplGlfw_InitForOpenGL(window, true);
+  ImGui_ImplOpenGL3_Init("#version 150");
+  {
+    view::Viewer viewer = make_viewer(opt, sel);  // owns GL textures: destroyed before the context
+    const double start = glfwGetTime();
+    // Screenshot mode waits for the thumbnails (built one layer per frame), within reason.
+    const int max_frames = opt.frames + 10000;
+    int frames = 0;
+    for (int frame = 1; !glfwWindowShouldClose(window); ++frame) {
+      frames = frame;
+      glfwPollEvents();
+      ImGui_ImplOpenGL3_NewFrame();
+      ImGui_ImplGlfw_NewFrame();
+      // Screenshots do not depend on where the pointer happens to be (no hover tooltips).
+      if (!opt.screenshot.empty()) ImGui::GetIO().MousePos = {-FLT_MAX, -FLT_MAX};
+      ImGui::NewFrame();
+      viewer.frame();
+      ImGui::Render();
+      int fb_w = 0, fb_h = 0;
+      glfwGetFramebufferSize(window, &fb_w, &fb_h);
+      glViewport(0, 0, fb_w, fb_h);
+      glClearColor(0.1f, 0.1f, 0.12f, 1);
+      glClear(GL_COLOR_BUFFER_BIT);
+      ImGui_ImplOpenGL3_RenderDrawData(ImGui::GetDrawData());
+      if (!opt.screenshot.empty() && frame >= opt.frames && (viewer.idle() || frame >= max_frames)) {
+        write_screenshot(opt.screenshot, fb_w, fb_h);
+        const ImVec2 s = ImGui::GetIO().DisplayFramebufferScale;
+        const ImVec4 r = viewer.heatmap_rect();
+        // For tests: where the heatmap is in the PNG's pixels.
+        std::cout << fmt::format("heatmap: {} {} {} {}\n", int(r.x * s.x), int(r.y * s.y), int(r.z * s.x), int(r.w * s.y))
+                  << fmt::format("screenshot: {} ({}x{}, {} frames)\n", opt.screenshot, fb_w, fb_h, frame);
+        break;
+      }
+      glfwSwapBuffers(window);
+      if (opt.exit_after > 0 && glfwGetTime() - start >= opt.exit_after) break;
+    }
+    std::cout << fmt::format("rendered {} frames in {:.1f} s\n", frames, glfwGetTime() - start);
+    // The window showed it; stderr tells scripts and tests too.
+    if (!viewer.error().empty()) std::cerr << "hooklens-view: error: " << viewer.error() << "\n";
+  }
+  ImGui_ImplOpenGL3_Shutdown();
+  ImGui_ImplGlfw_Shutdown();
+  ImGui::DestroyContext();
+  glfwDestroyWindow(window);
+  glfwTerminate();
+  return 0;  // a damaged run is shown, not a failure of the viewer
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"hooklens-view: look at a run directory's attention patterns, MLP activations and analyzer reports"};
+  Options opt;
+  app.add_option("run", opt.run, "Run directory (made by hooklens capture or generate)")->required();
+  app.add_option("--screenshot", opt.screenshot, "Render, write this PNG and exit (for tests and CI)");
+  app.add_option("--frames", opt.frames, "Frames to render before the screenshot")->check(CLI::Range(1, 100000));
+  app.add_option("--select", opt.select, "The head shown at start: LAYER.HEAD (e.g. 2.1) or LAYER.mean");
+  app.add_option("--step", opt.step, "The generation / diffusion step shown at start")->check(CLI::NonNegativeNumber);
+  app.add_option("--exit-after", opt.exit_after, "Close after this many seconds")->check(CLI::NonNegativeNumber);
+  app.add_option("--width", opt.width, "Window width")->check(CLI::Range(320, 8192));
+  app.add_option("--height", opt.height, "Window height")->check(CLI::Range(240, 8192));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    // Keeps freed capture buffers in the process: reading layer after layer then faults no pages in.
+    hooklens::init_runtime(0);
+    return run(opt);
+  } catch (const hooklens::UsageError& e) {
+    std::cerr << "hooklens-view: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "hooklens-view: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,98 @@
+// The data the viewer's panels show, read from a run directory on demand: a layer's attention
+// pattern (or MLP activations) for one prompt and step is loaded when a panel asks for it and kept
+// in a small cache, never the whole run. The only viewer file that sees torch tensors. pattern() and
+// neurons() may be called from several threads (the UI and the thumbnail loader); the rest is
+// fixed once the manifest is read.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace hooklens {
+class RunReader;
+}
+
+namespace view {
+
+// A dense [heads, rows, cols] block of floats; cells nobody captured are NaN.
+struct Grid {
+  int heads = 0, rows = 0, cols = 0;
+  int first_row = 0;  // absolute position of row 0 (a decode step's activations start at its token)
+  std::vector<float> values;
+  float at(int head, int row, int col) const { return values[(std::size_t(head) * rows + row) * cols + col]; }
+  // The mean over heads of one cell (NaN if any head lacks it).
+  float mean_at(int row, int col) const;
+};
+
+// One analyzer report's per-head table (RUN/reports/NAME.json "heads").
+struct HeadTable {
+  std::string name;
+  std::vector<std::string> columns;
+  std::vector<std::vector<nlohmann::json>> rows;  // one value per column (null when absent)
+};
+
+class RunModel {
+ public:
+  // Reads the manifest; throws hooklens::Error naming the file when it is missing or damaged.
+  explicit RunModel(const std::filesystem::path& dir);
+  ~RunModel();
+
+  const std::filesystem::path& directory() const { return dir_; }
+  const std::string& mode() const { return mode_; }  // "none", "autoregressive" or "masked_diffusion"
+  int n_layers() const { return n_layers_; }
+  int n_heads() const { return n_heads_; }
+  int prompt_count() const { return int(prompts_.size()); }
+  int step_count() const { return step_count_; }
+  bool has_neurons() const { return !neuron_index_.empty(); }
+
+  // The tokens shown at `step` of prompt `prompt` (for generation: the sequence after the step).
+  std::vector<std::string> tokens(int prompt, int step) const;
+  // Positions a step added: the committed ones for diffusion, the chosen token for generation.
+  std::vector<int> new_positions(int prompt, int step) const;
+  int prompt_length(int prompt) const;
+
+  // The attention pattern of `layer` at `step` as [heads, query, key] over absolute positions; for
+  // autoregressive runs the rows of steps 0..step together (each decode step adds one query row).
+  // Throws hooklens::Error naming the shard when a capture cannot be read.
+  std::shared_ptr<const Grid> pattern(int prompt, int step, int layer);
+  // blocks.L.mlp.hook_post as [1, position, neuron] (null if not captured at this step).
+  std::shared_ptr<const Grid> neurons(int prompt, int step, int layer);
+
+  const std::vector<HeadTable>& head_tables() const { return tables_; }
+  // Errors met while reading reports (a damaged report is skipped, not fatal).
+  const std::vector<std::string>& warnings() const { return warnings_; }
+
+ private:
+  using Where = std::tuple<int, int, int>;  // prompt, step, layer
+  std::shared_ptr<const Grid> cached(const std::string& kind, const Where& where);
+  void remember(const std::string& kind, const Where& where, std::shared_ptr<const Grid> grid);
+  std::shared_ptr<const Grid> read_pattern(int prompt, int step, int layer);
+  void load_reports();
+  void generated_tokens(int step, std::vector<std::string>& out) const;  // appends; may throw json errors
+
+  std::filesystem::path dir_;
+  std::unique_ptr<hooklens::RunReader> reader_;
+  std::string mode_;
+  int n_layers_ = 0, n_heads_ = 0, step_count_ = 1;
+  struct Prompt {
+    std::vector<std::string> tokens;
+  };
+  std::vector<Prompt> prompts_;
+  nlohmann::json steps_;
+  std::map<Where, std::vector<std::size_t>> pattern_index_, neuron_index_;  // capture indices
+  std::list<std::pair<std::pair<std::string, Where>, std::shared_ptr<const Grid>>> cache_;  // most recent first
+  std::vector<HeadTable> tables_;
+  std::vector<std::string> warnings_;
+  std::mutex mutex_;  // guards reader_ and cache_
+};
+
+}  // namespace view
