@@ -390,6 +390,7 @@ void generate_tokens(RunSession& session, const RunOptions& o) {
                        {"query_offset", step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1},
                        {"token", token},
                        {"token_string", tok ? tok->token_string(token) : std::to_string(token)}});
+      release_free_memory();
       progress.update(step + 1);
     });
     nlohmann::json g = {{"mode", "autoregressive"},
@@ -437,6 +438,7 @@ void generate_diffusion(RunSession& session, RunOptions& o) {
     auto result = generate_masked_diffusion(session.model(), prompt, d, session.hooks(), 0, [&](const DiffusionStep& s) {
       steps.push_back({{"step", s.step}, {"block", s.block}, {"ids", s.ids}, {"committed", s.committed},
                        {"confidences", s.confidences}});
+      release_free_memory();
       progress.update(s.step + 1, fmt::format(" (block {})", s.block));
     });
     const std::vector<std::int64_t> generated(result.output_ids.begin() + std::ptrdiff_t(prompt.size()), result.output_ids.end());
@@ -528,6 +530,7 @@ void add_run_commands(CLI::App& app) {
         const auto& ids = session.prompts()[i].ids;
         session.model().forward(at::tensor(at::ArrayRef<std::int64_t>(ids), at::kLong).unsqueeze(0), session.hooks(),
                                 ctx, nullptr);
+        release_free_memory();  // resident memory stays bounded, however many prompts
         progress.update(int(i) + 1);
       }
       return nlohmann::json{{"generation", {{"mode", "none"}}}};

@@ -24,4 +24,11 @@ void init_runtime(int threads) {
 #endif
 }
 
+void release_free_memory() {
+#ifdef __GLIBC__
+  constexpr std::size_t kMostFree = std::size_t(256) << 20;
+  if (mallinfo2().fordblks > kMostFree) malloc_trim(0);
+#endif
+}
+
 }  // namespace hooklens

@@ -9,4 +9,10 @@ namespace hooklens {
 // a 128-step masked-diffusion run spent 6x its compute time doing that (43 s instead of 6 s).
 void init_runtime(int threads);
 
+// Hands the heap's free pages back to the kernel (glibc malloc_trim) once more than 256 MiB of the
+// heap is free; cheap otherwise. Long-lived small allocations made between forward passes (e.g.
+// analyzers' per-prompt state) fragment the heap, so with the tuning above a long run would keep
+// every pass's freed tensor memory resident. Front ends call this after each forward pass.
+void release_free_memory();
+
 }  // namespace hooklens
