@@ -343,7 +343,8 @@ void browse(const std::string& chromium, const fs::path& profile_root, std::vect
     const Browse& c = calls[i];
     script += fmt::format(
         "(timeout 25 {} --headless --no-sandbox --disable-gpu --no-first-run --disable-extensions "
-        "--user-data-dir='{}' --window-size=1200,900 --enable-logging=stderr --screenshot='{}' --dump-dom "
+        "--user-data-dir='{}' --window-size=1200,900 --hide-scrollbars --virtual-time-budget=10000 "
+        "--enable-logging=stderr --screenshot='{}' --dump-dom "
         "'file://{}#{}' >'{}' 2>'{}') & ",
         chromium, (profile_root / std::to_string(i)).string(), c.png.string(), c.page.string(), c.fragment, c.dom.string(),
         c.log.string());

@@ -224,3 +224,23 @@ TEST_CASE("hooklens-view shows a damaged run's error instead of crashing", "[vie
     CHECK(s.err.find("nowhere") != std::string::npos);
   }
 }
+
+TEST_CASE("hooklens-view live mode shows the patterns of a model generating now", "[viewer]") {
+  if (!have_xvfb()) {
+    WARN("xvfb-run is not installed: skipping the viewer tests");
+    return;
+  }
+  Runs& r = runs();
+  // screenshot() passes its first argument first: here the live model instead of a run directory.
+  const std::string model = "--model=" + (test::fixtures() / "tiny-neo-a").string();
+  const std::string live = "--prompt 'The cat sat' --max-new-tokens 4 ";
+  const Shot a = screenshot(model, live + "--select 0.0", r.dir.path, "live00");
+  const Shot b = screenshot(model, live + "--select 2.1", r.dir.path, "live21");
+  CHECK(a.out.find("live: finished after 4 steps") != std::string::npos);
+  REQUIRE(a.w > 100);
+  // The screenshot waits for the whole generation: the last step shows every query row, exactly
+  // what `hooklens generate` captured for the same prompt.
+  check_cells(a, expected(r.generate, 0, 0, 3, true));
+  check_cells(b, expected(r.generate, 2, 1, 3, true));
+  CHECK(differing_pixels(a, b) > a.w * a.h / 10);
+}

@@ -1,5 +1,6 @@
 // hooklens-view: the Dear ImGui viewer of run directories (see docs/viewer.md). This file holds the
 // command line, the GLFW window and OpenGL context, the frame loop and the screenshot hook.
+#include "live_model.h"
 #include "panels.h"
 #include "run_model.h"
 
@@ -27,6 +28,7 @@ namespace fs = std::filesystem;
 
 struct Options {
   std::string run;
+  view::LiveOptions live;  // live mode when live.model is set
   std::string screenshot;
   int frames = 3;
   std::string select;
@@ -96,8 +98,10 @@ void write_screenshot(const std::string& file, int width, int height) {
     throw hooklens::Error(fmt::format("{}: cannot write the screenshot", file));
 }
 
-// Opens the run; a damaged run becomes a viewer that shows the error instead.
+// Opens the run; a damaged run becomes a viewer that shows the error instead. Live mode's model
+// errors are the user's (a wrong --model): they end the viewer with status 1 or 2.
 view::Viewer make_viewer(const Options& opt, view::Selection sel) {
+  if (!opt.live.model.empty()) return view::Viewer(std::make_unique<view::LiveModel>(opt.live), "", sel);
   try {
     return view::Viewer(std::make_unique<view::RunModel>(opt.run), "", sel);
   } catch (const std::exception& e) {
@@ -139,7 +143,9 @@ int run(const Options& opt) {
       glClearColor(0.1f, 0.1f, 0.12f, 1);
       glClear(GL_COLOR_BUFFER_BIT);
       ImGui_ImplOpenGL3_RenderDrawData(ImGui::GetDrawData());
-      if (!opt.screenshot.empty() && frame >= opt.frames && (viewer.idle() || frame >= max_frames)) {
+      // Live mode screenshots the finished generation (the thumbnails then built), whatever --frames says.
+      const bool ready = viewer.idle() && !viewer.model_running();
+      if (!opt.screenshot.empty() && frame >= opt.frames && (ready || (frame >= max_frames && !viewer.model_running()))) {
         write_screenshot(opt.screenshot, fb_w, fb_h);
         const ImVec2 s = ImGui::GetIO().DisplayFramebufferScale;
         const ImVec4 r = viewer.heatmap_rect();
@@ -152,6 +158,7 @@ int run(const Options& opt) {
       if (opt.exit_after > 0 && glfwGetTime() - start >= opt.exit_after) break;
     }
     std::cout << fmt::format("rendered {} frames in {:.1f} s\n", frames, glfwGetTime() - start);
+    if (!viewer.live_status().empty()) std::cout << "live: " << viewer.live_status() << "\n";
     // The window showed it; stderr tells scripts and tests too.
     if (!viewer.error().empty()) std::cerr << "hooklens-view: error: " << viewer.error() << "\n";
   }
@@ -168,7 +175,14 @@ int run(const Options& opt) {
 int main(int argc, char** argv) {
   CLI::App app{"hooklens-view: look at a run directory's attention patterns, MLP activations and analyzer reports"};
   Options opt;
-  app.add_option("run", opt.run, "Run directory (made by hooklens capture or generate)")->required();
+  auto* run_dir = app.add_option("run", opt.run, "Run directory (made by hooklens capture or generate)");
+  auto* model = app.add_option("--model", opt.live.model, "Live mode: run this model and show its patterns as it generates");
+  run_dir->excludes(model);
+  app.add_option("--prompt", opt.live.prompt, "Live mode: the prompt")->needs(model);
+  app.add_option("--max-new-tokens", opt.live.max_new_tokens, "Live mode, causal models: tokens to generate")->needs(model);
+  app.add_option("--gen-length", opt.live.gen_length, "Live mode, masked diffusion: positions to generate")->needs(model);
+  app.add_option("--steps", opt.live.steps, "Live mode, masked diffusion: denoising steps")->needs(model);
+  app.add_option("--block-length", opt.live.block_length, "Live mode, masked diffusion: block length (0 = gen length)")->needs(model);
   app.add_option("--screenshot", opt.screenshot, "Render, write this PNG and exit (for tests and CI)");
   app.add_option("--frames", opt.frames, "Frames to render before the screenshot")->check(CLI::Range(1, 100000));
   app.add_option("--select", opt.select, "The head shown at start: LAYER.HEAD (e.g. 2.1) or LAYER.mean");
@@ -182,6 +196,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
+    if (opt.run.empty() && opt.live.model.empty()) throw hooklens::UsageError("give a run directory, or --model DIR --prompt TEXT");
+    if (!opt.live.model.empty() && opt.live.prompt.empty()) throw hooklens::UsageError("--model needs --prompt TEXT");
     // Keeps freed capture buffers in the process: reading layer after layer then faults no pages in.
     hooklens::init_runtime(0);
     return run(opt);

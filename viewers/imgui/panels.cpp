@@ -42,7 +42,7 @@ bool cell_less(const nlohmann::json& a, const nlohmann::json& b) {
 
 }  // namespace
 
-Viewer::Viewer(std::unique_ptr<RunModel> model, std::string error, Selection initial)
+Viewer::Viewer(std::unique_ptr<PanelModel> model, std::string error, Selection initial)
     : model_(std::move(model)), error_(std::move(error)), sel_(initial) {
   if (!model_) return;
   loader_ = std::make_unique<ThumbnailLoader>(*model_, kThumbnailSide);
@@ -50,6 +50,8 @@ Viewer::Viewer(std::unique_ptr<RunModel> model, std::string error, Selection ini
   sel_.prompt = std::clamp(sel_.prompt, 0, model_->prompt_count() - 1);
   sel_.layer = std::clamp(sel_.layer, 0, std::max(0, model_->n_layers() - 1));
   sel_.head = std::clamp(sel_.head, 0, std::max(0, model_->n_heads() - 1));
+  seen_version_ = model_->version();
+  seen_steps_ = model_->step_count();
   set_step(sel_.step);
 }
 
@@ -61,6 +63,16 @@ void Viewer::set_step(int step) {
   sel_.step = std::clamp(step, 0, model_->step_count() - 1);
   tokens_ = model_->tokens(sel_.prompt, sel_.step);
   restart_thumbnails();
+}
+
+void Viewer::follow_live() {
+  // New steps arrived: stay on the last step if it was shown, and reread what is on screen.
+  const bool at_end = sel_.step + 1 >= seen_steps_;
+  seen_version_ = model_->version();
+  seen_steps_ = model_->step_count();
+  selected_.reset();
+  selected_key_.clear();
+  set_step(at_end ? seen_steps_ - 1 : sel_.step);
 }
 
 void Viewer::restart_thumbnails() {
@@ -114,6 +126,7 @@ void Viewer::frame() {
     ImGui::End();
     return;
   }
+  if (model_->version() != seen_version_) follow_live();
   handle_keys();
   advance_playback();
   if (begin_pane("Run", 0, 0, 1, 0.2f)) {
@@ -156,8 +169,17 @@ void Viewer::advance_playback() {
 }
 
 void Viewer::controls_panel() {
-  ImGui::Text("%s  |  %s, %d layers x %d heads", model_->directory().string().c_str(), model_->mode().c_str(),
+  ImGui::Text("%s  |  %s, %d layers x %d heads", model_->title().c_str(), model_->mode().c_str(),
               model_->n_layers(), model_->n_heads());
+  const std::string status = model_->status();
+  if (!status.empty()) {
+    ImGui::SameLine();
+    ImGui::Text("|  %s", status.c_str());
+  }
+  if (model_->running()) {
+    ImGui::SameLine();
+    if (ImGui::Button("Stop")) model_->stop();
+  }
   if (!error_.empty()) ImGui::TextColored(kErrorColour, "error: %s", error_.c_str());
   ImGui::SetNextItemWidth(ImGui::GetFontSize() * 6);
   if (ImGui::InputInt("prompt", &sel_.prompt)) {

@@ -1,6 +1,6 @@
 // The viewer's window: one frame() draws every panel (controls and token strip, layer x head
 // thumbnails, the selected head's heatmap, attention bars, neurons, analyzer tables) from the
-// RunModel and the Selection. Panels never throw: a capture that cannot be read shows its error.
+// PanelModel (a run directory or a live model) and the Selection. Panels never throw: a capture that cannot be read shows its error.
 #pragma once
 #include "run_model.h"
 #include "textures.h"
@@ -23,13 +23,17 @@ struct Selection {
 class Viewer {
  public:
   // `model` is null when the run could not be opened; `error` then says why.
-  Viewer(std::unique_ptr<RunModel> model, std::string error, Selection initial);
+  Viewer(std::unique_ptr<PanelModel> model, std::string error, Selection initial);
 
   void frame();  // draws every panel; call between ImGui::NewFrame and ImGui::Render
   // The big heatmap's screen rectangle (ImGui coordinates) in the last frame (zero size if none).
   ImVec4 heatmap_rect() const { return heatmap_rect_; }
   // True when no thumbnail is waiting to be built (a screenshot then shows the whole grid).
   bool idle() const { return idle_; }
+  // Live mode: whether the model still generates or the last frame missed its latest steps, and
+  // how it is doing ("" offline).
+  bool model_running() const { return model_ && (model_->running() || model_->version() != seen_version_); }
+  std::string live_status() const { return model_ ? model_->status() : std::string(); }
   // The first error met (opening the run, reading a capture), empty if none.
   const std::string& error() const { return error_; }
 
@@ -49,12 +53,13 @@ class Viewer {
   std::string texture_key(const char* what, int layer, int head) const;
   std::string token(int position) const;
   void set_step(int step);
+  void follow_live();         // the live model's data changed
   void restart_thumbnails();  // after the prompt, step or colour map changed
   void take_thumbnails();
   void draw_legend(const figures::Scale& scale);
   void record_error(const std::string& message);
 
-  std::unique_ptr<RunModel> model_;
+  std::unique_ptr<PanelModel> model_;
   std::unique_ptr<ThumbnailLoader> loader_;  // after model_: stops before the model goes
   std::string error_;
   // Layers not to read again at this prompt and step: why they failed ("" = nothing captured).
@@ -72,6 +77,8 @@ class Viewer {
   ImVec2 centre_{0.5f, 0.5f};        // heatmap view centre in texture coordinates
   ImVec4 heatmap_rect_{0, 0, 0, 0};
   bool idle_ = true;
+  unsigned seen_version_ = 0;        // of the live model's data shown
+  int seen_steps_ = 1;
   int table_ = 0;                    // selected analyzer table
   bool prompt_keys_only_ = false;    // attention bars: only the prompt's keys
 };

@@ -40,36 +40,62 @@ struct HeadTable {
   std::vector<std::vector<nlohmann::json>> rows;  // one value per column (null when absent)
 };
 
-class RunModel {
+// What the panels read: a run directory (RunModel) or a model generating now (LiveModel). Every
+// method may be called from the UI and the thumbnail thread.
+class PanelModel {
+ public:
+  virtual ~PanelModel() = default;
+  virtual std::string title() const = 0;  // the run directory, or the live model
+  virtual const std::string& mode() const = 0;  // "none", "autoregressive" or "masked_diffusion"
+  virtual int n_layers() const = 0;
+  virtual int n_heads() const = 0;
+  virtual int prompt_count() const = 0;
+  virtual int step_count() const = 0;
+  virtual bool has_neurons() const = 0;
+  // The tokens shown at `step` of prompt `prompt` (for generation: the sequence after the step).
+  virtual std::vector<std::string> tokens(int prompt, int step) const = 0;
+  // Positions a step added: the committed ones for diffusion, the chosen token for generation.
+  virtual std::vector<int> new_positions(int prompt, int step) const = 0;
+  virtual int prompt_length(int prompt) const = 0;
+  // The attention pattern of `layer` at `step` as [heads, query, key] over absolute positions; for
+  // autoregressive runs the rows of steps 0..step together (each decode step adds one query row).
+  // Throws hooklens::Error naming the file when a capture cannot be read.
+  virtual std::shared_ptr<const Grid> pattern(int prompt, int step, int layer) = 0;
+  // blocks.L.mlp.hook_post as [1, position, neuron] (null if not captured at this step).
+  virtual std::shared_ptr<const Grid> neurons(int prompt, int step, int layer) = 0;
+  virtual const std::vector<HeadTable>& head_tables() const = 0;
+  // Errors met while reading reports (a damaged report is skipped, not fatal).
+  virtual const std::vector<std::string>& warnings() const = 0;
+
+  // Live data only: grows while the model runs. The UI polls version() each frame and rereads
+  // whatever it shows when it changed.
+  virtual unsigned version() const { return 0; }
+  virtual bool running() const { return false; }
+  virtual void stop() {}
+  virtual std::string status() const { return {}; }  // e.g. "generating: step 3", or the error that ended it
+};
+
+class RunModel : public PanelModel {
  public:
   // Reads the manifest; throws hooklens::Error naming the file when it is missing or damaged.
   explicit RunModel(const std::filesystem::path& dir);
   ~RunModel();
 
-  const std::filesystem::path& directory() const { return dir_; }
-  const std::string& mode() const { return mode_; }  // "none", "autoregressive" or "masked_diffusion"
-  int n_layers() const { return n_layers_; }
-  int n_heads() const { return n_heads_; }
-  int prompt_count() const { return int(prompts_.size()); }
-  int step_count() const { return step_count_; }
-  bool has_neurons() const { return !neuron_index_.empty(); }
+  std::string title() const override { return dir_.string(); }
+  const std::string& mode() const override { return mode_; }
+  int n_layers() const override { return n_layers_; }
+  int n_heads() const override { return n_heads_; }
+  int prompt_count() const override { return int(prompts_.size()); }
+  int step_count() const override { return step_count_; }
+  bool has_neurons() const override { return !neuron_index_.empty(); }
 
-  // The tokens shown at `step` of prompt `prompt` (for generation: the sequence after the step).
-  std::vector<std::string> tokens(int prompt, int step) const;
-  // Positions a step added: the committed ones for diffusion, the chosen token for generation.
-  std::vector<int> new_positions(int prompt, int step) const;
-  int prompt_length(int prompt) const;
-
-  // The attention pattern of `layer` at `step` as [heads, query, key] over absolute positions; for
-  // autoregressive runs the rows of steps 0..step together (each decode step adds one query row).
-  // Throws hooklens::Error naming the shard when a capture cannot be read.
-  std::shared_ptr<const Grid> pattern(int prompt, int step, int layer);
-  // blocks.L.mlp.hook_post as [1, position, neuron] (null if not captured at this step).
-  std::shared_ptr<const Grid> neurons(int prompt, int step, int layer);
-
-  const std::vector<HeadTable>& head_tables() const { return tables_; }
-  // Errors met while reading reports (a damaged report is skipped, not fatal).
-  const std::vector<std::string>& warnings() const { return warnings_; }
+  std::vector<std::string> tokens(int prompt, int step) const override;
+  std::vector<int> new_positions(int prompt, int step) const override;
+  int prompt_length(int prompt) const override;
+  std::shared_ptr<const Grid> pattern(int prompt, int step, int layer) override;
+  std::shared_ptr<const Grid> neurons(int prompt, int step, int layer) override;
+  const std::vector<HeadTable>& head_tables() const override { return tables_; }
+  const std::vector<std::string>& warnings() const override { return warnings_; }
 
  private:
   using Where = std::tuple<int, int, int>;  // prompt, step, layer

@@ -2,7 +2,7 @@
 
 namespace view {
 
-ThumbnailLoader::ThumbnailLoader(RunModel& model, int max_side)
+ThumbnailLoader::ThumbnailLoader(PanelModel& model, int max_side)
     : model_(model), max_side_(max_side), next_layer_(model.n_layers()), taken_(model.n_layers()),
       thread_([this] { work(); }) {}
 

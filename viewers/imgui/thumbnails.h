@@ -28,7 +28,7 @@ struct ThumbnailLayer {
 
 class ThumbnailLoader {
  public:
-  ThumbnailLoader(RunModel& model, int max_side);
+  ThumbnailLoader(PanelModel& model, int max_side);
   ~ThumbnailLoader();
   ThumbnailLoader(const ThumbnailLoader&) = delete;
   ThumbnailLoader& operator=(const ThumbnailLoader&) = delete;
@@ -43,7 +43,7 @@ class ThumbnailLoader {
  private:
   void work();
 
-  RunModel& model_;
+  PanelModel& model_;
   const int max_side_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
