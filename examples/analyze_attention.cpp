@@ -18,6 +18,8 @@
 // Exit status: 0 success, 1 error, 2 usage error.
 #include "drawing.h"
 
+#include "example_main.h"
+
 #include <hooklens/error.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
@@ -503,11 +505,6 @@ void run(Options o) {
                            out.dir.string());
 }
 
-int fail(const std::string& message, int code) {
-  std::cerr << "analyze_attention: error: " << message.substr(0, message.find('\n')) << "\n";
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -529,8 +526,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--python", o.python, "interpreter with torch that makes the example model")->capture_default_str();
   app.footer("Exit status: 0 success, 1 error (missing or broken model, unwritable output), 2 usage error.");
-  try {
-    app.parse(argc, argv);
+  return run_example(app, argc, argv, [&] {
     if (o.top < 1) throw UsageError(fmt::format("--top {}: must be at least 1", o.top));
     if (o.train_steps < 0) throw UsageError(fmt::format("--train-steps {}: must not be negative", o.train_steps));
     if (!tokenizer.empty() && model.empty()) throw UsageError("--tokenizer needs --model");
@@ -538,15 +534,5 @@ int main(int argc, char** argv) {
     o.tokenizer = tokenizer;
     o.out = out;
     run(o);
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    return fail(e.what(), 2);
-  } catch (const UsageError& e) {
-    return fail(e.what(), 2);
-  } catch (const c10::Error& e) {
-    return fail(e.what_without_backtrace(), 1);
-  } catch (const std::exception& e) {
-    return fail(e.what(), 1);
-  }
+  });
 }

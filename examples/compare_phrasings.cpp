@@ -17,6 +17,8 @@
 // The default model is models/demo-neo (make it with `hooklens demo-model`).
 // Exit status: 0 success, 1 error, 2 usage error.
 #include <hooklens/analysis.h>
+#include "example_main.h"
+
 #include <hooklens/error.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
@@ -211,11 +213,6 @@ void run(const Options& o) {
   }
 }
 
-int fail(const std::string& message, int code) {
-  std::cerr << "compare_phrasings: error: " << message.substr(0, message.find('\n')) << "\n";
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -233,20 +230,9 @@ int main(int argc, char** argv) {
   app.add_option("--out", out, "output directory")->capture_default_str();
   app.add_option("--top", o.top, "heads and neurons listed")->check(CLI::Range(1, 1000))->capture_default_str();
   app.footer("Exit status: 0 success, 1 error, 2 usage error.");
-  try {
-    app.parse(argc, argv);
+  return run_example(app, argc, argv, [&] {
     o.model = model;
     o.out = out;
     ::run(o);
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    return fail(e.what(), 2);
-  } catch (const UsageError& e) {
-    return fail(e.what(), 2);
-  } catch (const c10::Error& e) {
-    return fail(e.what_without_backtrace(), 1);
-  } catch (const std::exception& e) {
-    return fail(e.what(), 1);
-  }
+  });
 }

@@ -16,6 +16,8 @@
 // 0 success, 1 error, 2 usage error.
 #include "drawing.h"
 
+#include "example_main.h"
+
 #include <hooklens/error.h>
 #include <hooklens/run.h>
 
@@ -542,11 +544,6 @@ void run(const Options& o) {
                            out.dir.string());
 }
 
-int fail(const std::string& message, int code) {
-  std::cerr << "diffusion_attention: error: " << message.substr(0, message.find('\n')) << "\n";
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -569,21 +566,10 @@ int main(int argc, char** argv) {
   app.add_flag("--heads", o.heads, "also draw every head's pattern");
   app.add_option("--cell", o.cell, "pixels per heatmap cell (default: 512 / sequence length, 1..24)");
   app.footer("Exit status: 0 success, 1 error (bad or incomplete run), 2 usage error.");
-  try {
-    app.parse(argc, argv);
+  return run_example(app, argc, argv, [&] {
     if (o.pass < 0 || o.prompt < 0 || o.cell < 0) throw UsageError("--pass, --prompt and --cell must not be negative");
     o.run = run;
     o.out = out;
     ::run(o);
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    return fail(e.what(), 2);
-  } catch (const UsageError& e) {
-    return fail(e.what(), 2);
-  } catch (const c10::Error& e) {
-    return fail(e.what_without_backtrace(), 1);
-  } catch (const std::exception& e) {
-    return fail(e.what(), 1);
-  }
+  });
 }

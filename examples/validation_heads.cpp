@@ -19,6 +19,8 @@
 
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
+#include "example_main.h"
+
 #include <hooklens/error.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
@@ -173,11 +175,6 @@ void run(const Options& o) {
             << fmt::format("wrote {} and summary.json to {}\n", figure, o.out.string());
 }
 
-int fail(const std::string& message, int code) {
-  std::cerr << "validation_heads: error: " << message.substr(0, message.find('\n')) << "\n";
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,21 +191,10 @@ int main(int argc, char** argv) {
   app.add_option("--layer", o.layer, "layer to draw")->check(CLI::Range(0, 1 << 20))->capture_default_str();
   app.add_option("--out", out, "output directory")->capture_default_str();
   app.footer("Exit status: 0 success, 1 error, 2 usage error.");
-  try {
-    app.parse(argc, argv);
+  return run_example(app, argc, argv, [&] {
     o.model = model;
     o.out = out;
     o.text_file = text_file;
     ::run(o);
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    return fail(e.what(), 2);
-  } catch (const UsageError& e) {
-    return fail(e.what(), 2);
-  } catch (const c10::Error& e) {
-    return fail(e.what_without_backtrace(), 1);
-  } catch (const std::exception& e) {
-    return fail(e.what(), 1);
-  }
+  });
 }

@@ -24,6 +24,8 @@
 // Exit status: 0 success, 1 error, 2 usage error.
 #include "drawing.h"
 
+#include "example_main.h"
+
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
@@ -225,11 +227,6 @@ void run(const Options& o) {
                            o.out.string());
 }
 
-int fail(const std::string& message, int code) {
-  std::cerr << "word_attention: error: " << message.substr(0, message.find('\n')) << "\n";
-  return code;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -246,20 +243,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--out", out, "output directory")->capture_default_str();
   app.footer("Exit status: 0 success, 1 error, 2 usage error.");
-  try {
-    app.parse(argc, argv);
+  return run_example(app, argc, argv, [&] {
     o.model = model;
     o.out = out;
     ::run(o);
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);  // --help
-    return fail(e.what(), 2);
-  } catch (const UsageError& e) {
-    return fail(e.what(), 2);
-  } catch (const c10::Error& e) {
-    return fail(e.what_without_backtrace(), 1);
-  } catch (const std::exception& e) {
-    return fail(e.what(), 1);
-  }
+  });
 }
