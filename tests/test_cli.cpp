@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <hooklens/run.h>
+#include <hooklens/tokenizer.h>
 #include <hooklens/weights.h>
 
 #include <nlohmann/json.hpp>
@@ -24,6 +25,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -668,6 +670,33 @@ TEST_CASE("hooklens demo-model writes a model that capture runs end to end") {
   }
 }
 
+// The decoded text of every token of a GPT-2 vocab.json, worked out here rather than by hooklens's
+// tokenizer: each character of a symbol stands for one byte (printable bytes for themselves, the
+// others for 256, 257, ... in byte order), and the bytes are decoded as UTF-8 with replacement.
+std::map<std::int64_t, std::string> gpt2_token_strings(const fs::path& vocab_json) {
+  std::map<std::uint32_t, char> byte_of;  // symbol code point -> byte
+  std::uint32_t next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+    byte_of[printable ? std::uint32_t(b) : next++] = char(b);
+  }
+  const json vocab = json::parse(test::read_file(vocab_json));
+  std::map<std::int64_t, std::string> out;
+  for (const auto& [symbol, id] : vocab.items()) {
+    std::string bytes;
+    for (std::size_t i = 0; i < symbol.size();) {  // symbols are code points below 0x800: 1 or 2 UTF-8 bytes
+      const auto c = static_cast<unsigned char>(symbol[i]);
+      const bool two = (c & 0xE0) == 0xC0 && i + 1 < symbol.size();
+      const std::uint32_t code = two ? (c & 0x1Fu) << 6 | (static_cast<unsigned char>(symbol[i + 1]) & 0x3Fu) : c;
+      if (!byte_of.count(code)) FAIL(vocab_json.string() << ": symbol " << symbol << " is not byte-level");
+      bytes += byte_of.at(code);
+      i += two ? 2 : 1;
+    }
+    out[id.get<std::int64_t>()] = hooklens::utf8_decode_replace(bytes);
+  }
+  return out;
+}
+
 TEST_CASE("masked diffusion from the CLI: the upstream sampler's sequence, sliced captures, usage errors") {
   TempDir tmp;
   const fs::path llada = test::fixtures() / "llada-tiny-a";
@@ -677,7 +706,11 @@ TEST_CASE("masked diffusion from the CLI: the upstream sampler's sequence, slice
                            {"sliced", {"generate", "--model", llada.string(), "--prompt-ids", prompt, "--gen-length", "16",
                                        "--steps", "8", "--block-length", "8", "--query-range", "12:", "--key-range", ":12",
                                        "--heads", "3,1", "--capture-blocks", "1", "--dtype", "F16", "--out", "run"},
-                            tmp / "sliced"}});
+                            tmp / "sliced"},
+                           // tiny-neo-a's GPT-2 tokenizer covers LLaDA's 512 ids (as prompt ids: its text would not)
+                           {"tokenizer", {"generate", "--model", llada.string(), "--tokenizer", neo_fixture().string(),
+                                          "--prompt-ids", prompt, "--gen-length", "16", "--steps", "8", "--block-length",
+                                          "8", "--out", "run"}, tmp / "tokenizer"}});
   for (const auto& r : ok) check_success(r);
   const hooklens::TensorMap ref = hooklens::read_safetensors(llada / "reference_0.safetensors");
   {
@@ -711,6 +744,24 @@ TEST_CASE("masked diffusion from the CLI: the upstream sampler's sequence, slice
       CHECK(test::max_abs_diff(run.load(i), expected) < 1e-3);
     }
     CHECK(run.manifest()["capture"]["heads"] == json({3, 1}));
+  }
+  {  // generation.token_strings: the tokenizer's string of every id of the sequences, only with a tokenizer
+    const json plain = hooklens::RunReader(tmp / "full" / "run").manifest();
+    const json m = hooklens::RunReader(tmp / "tokenizer" / "run").manifest();
+    const json& g = m["generation"];
+    CHECK_FALSE(plain["generation"].contains("token_strings"));
+    CHECK(g["output_ids"] == plain["generation"]["output_ids"]);  // the tokenizer changes only the strings
+    REQUIRE(g.contains("token_strings"));
+    auto ids = m["prompts"][0]["ids"].get<std::set<std::int64_t>>();
+    for (const json& step : g["steps"])
+      for (const json& id : step["ids"]) ids.insert(id.get<std::int64_t>());
+    REQUIRE(g["mask_id"] == 500);
+    REQUIRE(ids.erase(500) == 1);  // the steps before the last hold masks, which get no string
+    const auto decoded = gpt2_token_strings(neo_fixture() / "vocab.json");
+    json expected = json::object();
+    for (auto id : ids) expected[std::to_string(id)] = decoded.at(id);
+    CHECK(g["token_strings"] == expected);
+    for (const json& id : g["steps"].back()["ids"]) CHECK(g["token_strings"].contains(id.dump()));
   }
   const std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>> bad{
       {{"--gen-length", "10", "--block-length", "4"}, {"not a multiple of block length"}},

@@ -2,6 +2,7 @@
 // directories written here with the run_writer sink (synthetic patterns with known answers, and the
 // upstream LLaDA fixture's attention), checked for the PNGs (decoded with stb_image), the influence
 // tables, summary.json, and one-line errors with exit codes 1 / 2 on bad input.
+#include "png_util.h"
 #include "test_util.h"
 
 #include <hooklens/plugin.h>
@@ -12,7 +13,6 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <nlohmann/json.hpp>
-#include <stb/stb_image.h>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -36,6 +36,8 @@ namespace fs = std::filesystem;
 using hooklens::CaptureContext;
 using hooklens::Phase;
 using nlohmann::json;
+using test::distinct_colours;
+using test::Png;
 using test::TempDir;
 
 const fs::path kProgram = HOOKLENS_BUILD_DIR "/bin/diffusion_attention";
@@ -201,42 +203,15 @@ std::vector<Capture> diffusion_captures() {
 
 // ---- reading the outputs --------------------------------------------------------------------------
 
-struct Png {
-  int width = 0, height = 0;
-  std::vector<std::uint8_t> rgb;
-  std::array<int, 3> at(int x, int y) const {
-    const std::uint8_t* p = &rgb[(std::size_t(y) * width + x) * 3];
-    return {p[0], p[1], p[2]};
-  }
-};
-
-Png load_png(const fs::path& file) {
-  Png png;
-  int channels = 0;
-  stbi_uc* data = stbi_load(file.string().c_str(), &png.width, &png.height, &channels, 3);
-  INFO(file.string());
-  REQUIRE(data != nullptr);
-  png.rgb.assign(data, data + std::size_t(png.width) * png.height * 3);
-  stbi_image_free(data);
-  return png;
-}
-
 // The colour at the centre of cell (row, col) of the panel's matrix (geometry from summary.json).
 std::array<int, 3> cell(const Png& png, const json& panel, int row, int col) {
   const json& m = panel.at("matrix");
-  return png.at(m.at("x").get<int>() + col * m.at("cell_width").get<int>() + m.at("cell_width").get<int>() / 2,
-                m.at("y").get<int>() + row * m.at("cell_height").get<int>() + m.at("cell_height").get<int>() / 2);
+  return png.pixel(m.at("x").get<int>() + col * m.at("cell_width").get<int>() + m.at("cell_width").get<int>() / 2,
+                   m.at("y").get<int>() + row * m.at("cell_height").get<int>() + m.at("cell_height").get<int>() / 2);
 }
 
 // Viridis' ends (low #440154, high #fde725) and the diverging map's white and red end.
 const std::array<int, 3> kLow{68, 1, 84}, kHigh{253, 231, 37}, kWhite{247, 247, 247}, kRed{178, 24, 43};
-
-std::size_t distinct_colours(const Png& png) {
-  std::set<std::array<int, 3>> colours;
-  for (int y = 0; y < png.height; ++y)
-    for (int x = 0; x < png.width; ++x) colours.insert(png.at(x, y));
-  return colours.size();
-}
 
 json load_json(const fs::path& file) {
   INFO(file.string());
@@ -343,7 +318,7 @@ TEST_CASE("diffusion_attention draws a synthetic diffusion run with known patter
     CHECK(entry.at("step") == 3);
     CHECK(entry.at("block") == 1);
     CHECK(entry.at("heads") == "mean");
-    const Png png = load_png(out / "heatmap_step3_layer0_mean.png");
+    const Png png = Png::load(out / "heatmap_step3_layer0_mean.png");
     CHECK(png.width == entry.at("width"));
     CHECK(png.height == entry.at("height"));
     const json& panel = entry.at("panels").at(0);
@@ -368,7 +343,7 @@ TEST_CASE("diffusion_attention draws a synthetic diffusion run with known patter
 
     // Step 0 is uniform everywhere: the whole matrix in one colour.
     const json& first = files.at("heatmap_step0_layer1_mean.png").at("panels").at(0);
-    const Png png0 = load_png(out / "heatmap_step0_layer1_mean.png");
+    const Png png0 = Png::load(out / "heatmap_step0_layer1_mean.png");
     for (int row = 0; row < kT; ++row)
       for (int col = 0; col < kT; ++col) CHECK(cell(png0, first, row, col) == cell(png0, first, 0, 0));
   }
@@ -378,7 +353,7 @@ TEST_CASE("diffusion_attention draws a synthetic diffusion run with known patter
     CHECK(entry.at("kind") == "evolution");
     CHECK(entry.at("layer") == 0);
     CHECK(entry.at("steps") == json{0, 3});
-    const Png png = load_png(out / "evolution_layer0.png");
+    const Png png = Png::load(out / "evolution_layer0.png");
     CHECK(png.width == entry.at("width"));
     CHECK(png.height == entry.at("height"));
     const json& panels = entry.at("panels");
@@ -424,7 +399,7 @@ TEST_CASE("diffusion_attention draws a synthetic diffusion run with known patter
     // influence.png: steps x prompt positions, layer-averaged: (3, 1) is the maximum, (3, 0) zero.
     const json& entry = files.at("influence.png");
     CHECK(entry.at("row_steps") == json{0, 1, 2, 3});
-    const Png png = load_png(out / "influence.png");
+    const Png png = Png::load(out / "influence.png");
     const json& panel = entry.at("panels").at(0);
     CHECK(panel.at("matrix").at("rows") == kSteps);
     CHECK(panel.at("matrix").at("cols") == kP);
@@ -447,11 +422,11 @@ TEST_CASE("diffusion_attention options: --heads, --layers, --steps, --pass, defa
                                                 "heatmap_step3_layer1_head1.png", "influence.csv", "influence.json",
                                                 "influence.png", "summary.json"});
     CHECK(files.at("heatmap_step3_layer1_head1.png").at("heads") == 1);
-    const Png png = load_png(out / "heatmap_step3_layer1_head1.png");
+    const Png png = Png::load(out / "heatmap_step3_layer1_head1.png");
     const json& panel = files.at("heatmap_step3_layer1_head1.png").at("panels").at(0);
     CHECK(cell(png, panel, 6, 2) == kHigh);
     CHECK(cell(png, panel, 6, 1) == kLow);
-    const Png head0 = load_png(out / "heatmap_step3_layer1_head0.png");
+    const Png head0 = Png::load(out / "heatmap_step3_layer1_head0.png");
     CHECK(cell(head0, files.at("heatmap_step3_layer1_head0.png").at("panels").at(0), 6, 1) == kHigh);
     const auto rows = load_influence_csv(out / "influence.csv");
     CHECK(rows.size() == std::size_t(kSteps * kP));
@@ -553,7 +528,7 @@ TEST_CASE("diffusion_attention on sliced captures (heads, query and key windows)
     CHECK(m.at("cols") == kP);
     CHECK(m.at("first_row") == kP);
     CHECK(m.at("first_col") == 0);
-    const Png png = load_png(out / "heatmap_step3_layer1_head1.png");
+    const Png png = Png::load(out / "heatmap_step3_layer1_head1.png");
     CHECK(cell(png, entry.at("panels").at(0), 0, 2) == kHigh);  // position P attends to prompt position 2
     CHECK(cell(png, entry.at("panels").at(0), 0, 1) == kLow);
     CHECK_THAT(files.at("heatmap_step3_layer1_mean.png").at("panels").at(0).at("title").get<std::string>(),
@@ -579,7 +554,7 @@ TEST_CASE("diffusion_attention on sliced captures (heads, query and key windows)
     const auto files = summary_files(out);
     const json& panel = files.at("heatmap_step3_layer0_mean.png").at("panels").at(0);
     CHECK(panel.at("matrix").at("first_col") == 1);
-    CHECK(cell(load_png(out / "heatmap_step3_layer0_mean.png"), panel, 5, 0) == kHigh);  // column 0 is key 1
+    CHECK(cell(Png::load(out / "heatmap_step3_layer0_mean.png"), panel, 5, 0) == kHigh);  // column 0 is key 1
   }
 }
 
@@ -615,7 +590,7 @@ TEST_CASE("diffusion_attention on the LLaDA fixture's attention matches masses c
       for (int j = 0; j < P; ++j) CHECK(mass.at({s, l, j}) == Approx(expected[j].item<double>()).margin(1e-6));
     }
   for (const char* name : {"heatmap_step0_layer0_mean.png", "heatmap_step7_layer1_mean.png", "evolution_layer1.png"})
-    CHECK(distinct_colours(load_png(out / name)) > 20);
+    CHECK(distinct_colours(Png::load(out / name)) > 20);
 }
 
 TEST_CASE("diffusion_attention refuses bad runs and options with one error line") {
@@ -738,7 +713,7 @@ TEST_CASE("analyze_attention on the example model it makes agrees with an eager 
     for (const auto& [name, entry] : listed) {
       if (fs::path(name).extension() != ".png") continue;
       INFO(name);
-      const Png png = load_png(out / name);
+      const Png png = Png::load(out / name);
       CHECK(png.width == entry.at("width").get<int>());
       CHECK(png.height == entry.at("height").get<int>());
       CHECK(distinct_colours(png) > 20);  // not blank: cells in many colours, text, colour bar
@@ -750,7 +725,7 @@ TEST_CASE("analyze_attention on the example model it makes agrees with an eager 
     const json& panel = listed.at("heatmap_layer1.png").at("panels").at(0);
     CHECK(panel.at("matrix").at("rows") == T);
     CHECK(panel.at("scale").at("max").get<double>() == Approx(1.0).margin(1e-6));
-    const Png png = load_png(out / "heatmap_layer1.png");
+    const Png png = Png::load(out / "heatmap_layer1.png");
     CHECK(cell(png, panel, 0, 0) == kHigh);
     CHECK(cell(png, panel, 0, int(T) - 1) == kLow);
     CHECK(cell(png, panel, 3, 5) == kLow);
@@ -986,7 +961,7 @@ TEST_CASE("word_attention's word sums agree with patterns recorded through the l
   REQUIRE(r.code == 0);
   const json report = load_json(out / "word_attention.json");
   REQUIRE(fs::is_regular_file(out / "word_attention.png"));
-  CHECK(load_png(out / "word_attention.png").width > 0);
+  CHECK(Png::load(out / "word_attention.png").width > 0);
 
   // The same greedy generation, its decode-step patterns recorded here.
   auto model = test::load_model("gpt_neo", kTinyNeo);

@@ -1,6 +1,7 @@
 // The figures renderer: runs made with build/bin/hooklens (capture and generate on tiny-neo-a, masked
 // diffusion on llada-tiny-a) drawn as PNG and SVG through the plugin interface. Pixels are checked
 // against values the test computes itself from the captures (RunReader), not against the drawing code.
+#include "png_util.h"
 #include "test_util.h"
 
 #include <hooklens/error.h>
@@ -9,7 +10,6 @@
 #include <hooklens/run.h>
 
 #include <nlohmann/json.hpp>
-#include <stb/stb_image.h>
 
 #include <algorithm>
 #include <array>
@@ -23,6 +23,8 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::distinct_colours;
+using test::Png;
 
 const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
 constexpr std::array<int, 3> kViridisLow{68, 1, 84}, kViridisHigh{253, 231, 37};
@@ -38,6 +40,7 @@ void hooklens_cli(const std::string& args, const fs::path& log) {
 struct Runs {
   test::TempDir dir;
   fs::path capture = dir / "capture", generate = dir / "generate", diffusion = dir / "diffusion", long_run = dir / "long";
+  fs::path diffusion_tok = dir / "diffusion_tok";  // the same run with a tokenizer: token strings in the manifest
   Runs() {
     const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
     hooklens_cli(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --prompt 'Hello world' --out '{}'",
@@ -50,6 +53,10 @@ struct Runs {
                              "--block-length 4 --out '{}'",
                              llada.string(), diffusion.string()),
                  dir / "diffusion.log");
+    hooklens_cli(fmt::format("generate --model '{}' --tokenizer '{}' --prompt-ids 85,294,223,181 --gen-length 8 "
+                             "--steps 4 --block-length 4 --out '{}'",
+                             llada.string(), neo.string(), diffusion_tok.string()),
+                 dir / "diffusion_tok.log");
     std::string text;  // ~128 tokens: the model's whole context
     for (int i = 0; i < 30; ++i) text += "one cat sat. ";
     hooklens_cli(fmt::format("capture --model '{}' --prompt '{}' --layers 0 --out '{}'", neo.string(), text,
@@ -79,42 +86,12 @@ const json& entry(const json& result, const std::string& name) {
   throw std::logic_error("unreachable");
 }
 
-struct Png {
-  int width = 0, height = 0;
-  std::vector<std::uint8_t> rgb;
-  std::array<int, 3> at(int x, int y) const {
-    const std::uint8_t* p = &rgb[(std::size_t(y) * width + x) * 3];
-    return {p[0], p[1], p[2]};
-  }
-};
-Png decode(const std::uint8_t* data, int size) {
-  Png png;
-  int channels = 0;
-  std::uint8_t* px = stbi_load_from_memory(data, size, &png.width, &png.height, &channels, 3);
-  REQUIRE(px != nullptr);
-  png.rgb.assign(px, px + std::size_t(png.width) * png.height * 3);
-  stbi_image_free(px);
-  return png;
-}
-Png read_png(const fs::path& file) {
-  const std::string bytes = test::read_file(file);
-  REQUIRE(!bytes.empty());
-  return decode(reinterpret_cast<const std::uint8_t*>(bytes.data()), int(bytes.size()));
-}
-
-std::size_t distinct_colours(const Png& png) {
-  std::set<std::array<int, 3>> colours;
-  for (int y = 0; y < png.height; ++y)
-    for (int x = 0; x < png.width; ++x) colours.insert(png.at(x, y));
-  return colours.size();
-}
-
 // Every PNG of `result`: decodable, the size its entry says, not blank; heatmaps many-coloured.
 void check_pngs(const fs::path& out, const json& result) {
   for (const json& f : result.at("files")) {
     const std::string name = f.at("file");
     INFO(name);
-    const Png png = read_png(out / name);
+    const Png png = Png::load(out / name);
     CHECK(png.width == f.at("width").get<int>());
     CHECK(png.height == f.at("height").get<int>());
     const bool heatmap = name.find("_mean") != std::string::npos || name.find("_heads") != std::string::npos ||
@@ -223,12 +200,12 @@ TEST_CASE("a single-forward capture renders as PNG with the expected cells", "[f
     const auto mean = head_mean(r.capture, "p0.s0.blocks.0.attn.hook_pattern");
     REQUIRE(mean.size() == 6);
     const json& fig = entry(result, "p0_layer0_mean.png");
-    const Png png = read_png(out / "p0_layer0_mean.png");
+    const Png png = Png::load(out / "p0_layer0_mean.png");
     const auto [br, bc] = argmax(mean);
     const auto hot = cell_centre(fig, br, bc);
-    CHECK(png.at(hot[0], hot[1]) == kViridisHigh);
+    CHECK(png.pixel(hot[0], hot[1]) == kViridisHigh);
     const auto cold = cell_centre(fig, 0, 5);  // query 0 cannot see key 5 (causal)
-    CHECK(png.at(cold[0], cold[1]) == kViridisLow);
+    CHECK(png.pixel(cold[0], cold[1]) == kViridisLow);
     CHECK(fig.at("panels").at(0).at("scale").at("max").get<double>() == Approx(mean[br][bc]).epsilon(1e-6));
   }
 }
@@ -257,13 +234,13 @@ TEST_CASE("SVG figures carry the token labels, titles and captions as text and t
     REQUIRE(at != std::string::npos);
     const std::size_t start = at + marker.size();
     const auto bytes = base64_decode(svg.substr(start, svg.find('"', start) - start));
-    const Png cells = decode(bytes.data(), int(bytes.size()));
+    const Png cells = Png::decode(bytes.data(), bytes.size(), "embedded in p0_layer0_mean.svg");
     REQUIRE(cells.width == 6);
     REQUIRE(cells.height == 6);
     const auto mean = head_mean(r.capture, "p0.s0.blocks.0.attn.hook_pattern");
     const auto [br, bc] = argmax(mean);
-    CHECK(cells.at(bc, br) == kViridisHigh);
-    CHECK(cells.at(5, 0) == kViridisLow);
+    CHECK(cells.pixel(bc, br) == kViridisHigh);
+    CHECK(cells.pixel(5, 0) == kViridisLow);
   }
 }
 
@@ -319,6 +296,36 @@ TEST_CASE("masked diffusion: heatmaps per chosen step and the attention evolutio
   CHECK(has_text(texts, "step 2 minus step 1"));
   CHECK(has_text(texts, "0:85"));
   CHECK(has_text(texts, "11:[mask]"));  // still masked before step 2 (committed in step 3)
+
+  // Generated tokens are labelled with the manifest's token strings, or by id in a run without them.
+  const auto labels = [](const fs::path& svg) {
+    const auto all = svg_texts(test::read_file(svg));
+    return std::set<std::string>(all.begin(), all.end());
+  };
+  const std::set<std::string> by_id = labels(svg_out / "p0_s2_layer1_mean.svg");
+  test::TempDir tok_out;
+  renderer()->render(r.diffusion_tok, "svg", tok_out.path, {{"steps", {2}}, {"layers", {1}}});
+  const std::set<std::string> by_string = labels(tok_out / "p0_s2_layer1_mean.svg");
+  const json plain = json::parse(test::read_file(r.diffusion / "manifest.json"))["generation"];
+  const json gen = json::parse(test::read_file(r.diffusion_tok / "manifest.json"))["generation"];
+  const json& input = gen["steps"][1]["ids"];  // the sequence the forward pass of step 2 saw
+  REQUIRE(input == plain["steps"][1]["ids"]);
+  int printable = 0;
+  for (std::size_t i = 4; i < input.size(); ++i) {
+    if (input[i] == gen["mask_id"]) continue;
+    const std::string id = input[i].dump(), text = gen["token_strings"].at(id);
+    INFO("position " << i << ", id " << id << ", token '" << text << "'");
+    CHECK(by_id.count(fmt::format("{}:#{}", i, id)));
+    CHECK_FALSE(by_string.count(fmt::format("{}:#{}", i, id)));
+    // Labels show a space as '_' (as "1:_cat" above) and escape the rest: compare printable ASCII tokens.
+    if (text.size() > 8 || !std::all_of(text.begin(), text.end(), [](unsigned char c) { return c >= ' ' && c < 127; }))
+      continue;
+    std::string label = text;
+    std::replace(label.begin(), label.end(), ' ', '_');
+    CHECK(by_string.count(fmt::format("{}:{}", i, label)));
+    ++printable;
+  }
+  CHECK(printable > 0);
 }
 
 TEST_CASE("128 tokens stay labelled", "[figures]") {
@@ -349,11 +356,11 @@ TEST_CASE("analyzer reports with per-head records are drawn as layer x head matr
   REQUIRE(has_file(result, "report_attention_stats.png"));
   const json& fig = entry(result, "report_attention_stats.png");
   REQUIRE(fig.at("panels").size() == 2);
-  const Png png = read_png(out / "report_attention_stats.png");
+  const Png png = Png::load(out / "report_attention_stats.png");
   // Panels are in score-name order: "entropy" first; L3H3 holds its largest value, L0H0 zero.
   const auto hot = cell_centre(fig, 3, 3), cold = cell_centre(fig, 0, 0);
-  CHECK(png.at(hot[0], hot[1]) == kViridisHigh);
-  CHECK(png.at(cold[0], cold[1]) == kViridisLow);
+  CHECK(png.pixel(hot[0], hot[1]) == kViridisHigh);
+  CHECK(png.pixel(cold[0], cold[1]) == kViridisLow);
 
   std::ofstream(copy.path / "run" / "reports" / "attention_stats.json") << "{\"heads\": [";
   const std::string message = test::error_of([&] { renderer()->render(copy.path / "run", "png", out.path, {}); });

@@ -3,6 +3,7 @@
 // the embedded patterns against the run's captures, the options and the size limit, errors on
 // damaged runs, and the page itself in headless Chromium (no script errors, the tokens, the report
 // table rows, the committed tokens, and heatmap pixels against the colour ramp the docs describe).
+#include "png_util.h"
 #include "test_util.h"
 
 #include <hooklens/plugin.h>
@@ -10,10 +11,10 @@
 #include <hooklens/run.h>
 
 #include <nlohmann/json.hpp>
-#include <stb/stb_image.h>
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <cmath>
 #include <regex>
 #include <set>
@@ -23,6 +24,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::Png;
 using test::TempDir;
 
 const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
@@ -46,6 +48,7 @@ void hooklens_all(const std::vector<std::pair<std::string, fs::path>>& runs) {
 struct Runs {
   TempDir dir;
   fs::path capture = dir / "capture", generate = dir / "generate", diffusion = dir / "diffusion", sliced = dir / "sliced";
+  fs::path diffusion_tok = dir / "diffusion_tok";  // the diffusion run with a tokenizer: token strings in the manifest
   Runs() {
     const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
     hooklens_all({{fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --prompt '{}' "
@@ -59,6 +62,10 @@ struct Runs {
                                "--gen-length 16 --steps 8 --block-length 8 --threads 1 --out '{}'",
                                llada.string(), diffusion.string()),
                    dir / "diffusion.log"},
+                  {fmt::format("generate --model '{}' --tokenizer '{}' --prompt-ids 85,294,223,181,193,390,258,97,335,300,"
+                               "120,241 --gen-length 16 --steps 8 --block-length 8 --threads 1 --out '{}'",
+                               llada.string(), neo.string(), diffusion_tok.string()),
+                   dir / "diffusion_tok.log"},
                   {fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --heads 3,1 --query-range 2: "
                                "--threads 1 --out '{}'", neo.string(), sliced.string()),
                    dir / "sliced.log"}});
@@ -211,6 +218,19 @@ TEST_CASE("html report embeds every pattern of a run, quantised to 1/255") {
       CHECK(embedded[s]["ids"] == steps[s]["ids"]);
       CHECK(embedded[s]["committed"] == steps[s]["committed"]);
     }
+    // Without a tokenizer the generated ids have no strings (the page shows them as #ID).
+    for (const json& id : steps[7]["ids"])
+      if (std::find(kLladaPrompt.begin(), kLladaPrompt.end(), id.get<std::int64_t>()) == kLladaPrompt.end())
+        CHECK_FALSE(dif.meta["vocab"].contains(id.dump()));
+  }
+  SECTION("a masked-diffusion run's token strings become the page's vocabulary") {
+    TempDir tok_out;
+    render(r.diffusion_tok, tok_out.path);
+    const Page page = read_page(tok_out / "report.html");
+    const json strings = manifest(r.diffusion_tok)["generation"]["token_strings"];
+    REQUIRE(strings.size() > kLladaPrompt.size());
+    for (const auto& [id, text] : strings.items()) CHECK(page.meta["vocab"].value(id, json()) == text);
+    CHECK_FALSE(page.meta["generation"].contains("token_strings"));  // embedded once, as the vocabulary
   }
 }
 
@@ -353,26 +373,6 @@ void browse(const std::string& chromium, const fs::path& profile_root, std::vect
   REQUIRE(std::system(script.c_str()) == 0);
 }
 
-struct Image {
-  int width = 0, height = 0;
-  std::vector<std::uint8_t> rgb;
-  std::array<int, 3> at(double x, double y) const {
-    const std::size_t i = (std::size_t(y) * width + std::size_t(x)) * 3;
-    return {rgb[i], rgb[i + 1], rgb[i + 2]};
-  }
-};
-
-Image load_png(const fs::path& file) {
-  Image image;
-  int channels = 0;
-  stbi_uc* data = stbi_load(file.string().c_str(), &image.width, &image.height, &channels, 3);
-  INFO(file);
-  REQUIRE(data);
-  image.rgb.assign(data, data + std::size_t(image.width) * image.height * 3);
-  stbi_image_free(data);
-  return image;
-}
-
 // The canvas's page rectangle, which the page writes into data-rect.
 std::array<double, 4> heatmap_rect(const std::string& dom) {
   std::smatch match;
@@ -436,7 +436,7 @@ struct Pages {
     std::ofstream(run / "reports" / "test_stats.json") << report.dump();
     render(run, out / "capture-html");
     render(r.generate, out / "generate-html");
-    render(r.diffusion, out / "diffusion-html");
+    render(r.diffusion_tok, out / "diffusion-html");
     auto call = [&](const std::string& name, const std::string& page, const std::string& fragment) {
       return Browse{out / page / "report.html", fragment, out / (name + ".png"), out / (name + ".html"), out / (name + ".log")};
     };
@@ -485,8 +485,9 @@ TEST_CASE("html report pages load in headless Chromium and show the run") {
     CHECK(count(dom_g, "class=\"tok next") == 1);
     CHECK(count(dom_g, "class=\"tok ") == 3 + 3);  // the prompt and the tokens of steps 0-2
   }
-  SECTION("the diffusion page highlights the tokens committed at the step") {
-    const json step = manifest(r.diffusion)["generation"]["steps"][3];
+  SECTION("the diffusion page highlights the tokens committed at the step, shown by their strings") {
+    const json generation = manifest(r.diffusion_tok)["generation"];
+    const json& step = generation["steps"][3];
     std::set<int> shown;
     const std::regex committed("class=\"tok [^\"]*committed[^\"]*\" data-pos=\"(\\d+)\"");
     for (auto it = std::sregex_iterator(dom_d.begin(), dom_d.end(), committed); it != std::sregex_iterator(); ++it)
@@ -494,10 +495,29 @@ TEST_CASE("html report pages load in headless Chromium and show the run") {
     CHECK(shown == step["committed"].get<std::set<int>>());
     CHECK_THAT(dom_d, Catch::Contains(">[MASK]</span>"));
     CHECK_THAT(dom_d, Catch::Contains("block 0: committed positions 14, 15"));
+    // The strip (#hl-tokens, not the input strip below it) shows the sequence after the step:
+    // generated tokens by their manifest string, not #ID.
+    std::smatch tokens;
+    REQUIRE(std::regex_search(dom_d, tokens, std::regex("id=\"hl-tokens\"[^>]*>(.*?)</div>")));
+    const std::string html = tokens[1];
+    std::map<int, std::string> strip;
+    const std::regex token("class=\"tok [^\"]*\" data-pos=\"(\\d+)\"[^>]*>([^<]*)</span>");
+    for (auto it = std::sregex_iterator(html.begin(), html.end(), token); it != std::sregex_iterator(); ++it)
+      strip[std::stoi((*it)[1])] = (*it)[2];
+    const json& ids = step["ids"];
+    REQUIRE(strip.size() == ids.size());
+    int generated = 0;
+    for (std::size_t i = kLladaPrompt.size(); i < ids.size(); ++i) {
+      if (ids[i] == generation["mask_id"]) continue;
+      INFO("position " << i << ", id " << ids[i]);
+      CHECK(strip[int(i)] == html_text(generation["token_strings"].at(ids[i].dump()).get<std::string>()));
+      ++generated;
+    }
+    CHECK(generated == 8);  // steps 0-3 committed all of block 0, two positions a step
   }
   SECTION("the heatmap is drawn with the weights of the selected layer and head") {
     hooklens::RunReader reader(r.capture);
-    const Image a = load_png(calls[0].png), b = load_png(calls[1].png);
+    const Png a = Png::load(calls[0].png), b = Png::load(calls[1].png);
     const auto rect_a = heatmap_rect(dom_a), rect_b = heatmap_rect(dom_b);
     REQUIRE(rect_a[0] + rect_a[2] <= a.width);
     REQUIRE(rect_a[1] + rect_a[3] <= a.height);
@@ -508,7 +528,7 @@ TEST_CASE("html report pages load in headless Chromium and show the run") {
     const double cell = rect_a[2] / 6;
     for (auto [q, k] : {std::pair{0, 0}, std::pair{0, 3}, std::pair{4, 2}, std::pair{4, 0}, std::pair{3, 3}}) {
       const auto expected = ramp(w[0][0][q][k].item<double>());
-      const auto got = a.at(rect_a[0] + (k + 0.5) * cell, rect_a[1] + (q + 0.5) * cell);
+      const auto got = a.pixel(int(rect_a[0] + (k + 0.5) * cell), int(rect_a[1] + (q + 0.5) * cell));
       INFO("query " << q << " key " << k << " weight " << w[0][0][q][k].item<double>());
       CHECK(colour_distance(got, expected) <= 3);
     }
@@ -518,18 +538,18 @@ TEST_CASE("html report pages load in headless Chromium and show the run") {
     int n = 0;
     for (double y = rect_a[1]; y < rect_a[1] + std::min(rect_a[3], rect_b[3]); y += 2)
       for (double x = rect_a[0]; x < rect_a[0] + std::min(rect_a[2], rect_b[2]); x += 2, ++n)
-        difference += colour_distance(a.at(x, y), b.at(x, y));
+        difference += colour_distance(a.pixel(int(x), int(y)), b.pixel(int(x), int(y)));
     CHECK(difference / n > 10);
   }
   SECTION("the diffusion heatmap covers all 28 positions and is not blank") {
-    const Image d = load_png(calls[3].png);
+    const Png d = Png::load(calls[3].png);
     const auto rect = heatmap_rect(dom_d);
     REQUIRE(rect[0] + rect[2] <= d.width);
     REQUIRE(rect[1] + rect[3] <= d.height);
     std::set<int> colours;
     for (double y = rect[1] + 1; y < rect[1] + rect[3] - 1; y += 3)
       for (double x = rect[0] + 1; x < rect[0] + rect[2] - 1; x += 3) {
-        const auto c = d.at(x, y);
+        const auto c = d.pixel(int(x), int(y));
         colours.insert(c[0] << 16 | c[1] << 8 | c[2]);
       }
     CHECK(colours.size() > 20);

@@ -6,6 +6,7 @@
 
 #include <drawing.h>
 #include <hooklens/run.h>
+#include <prompt_bars.h>
 
 #include <nlohmann/json.hpp>
 #include <stb/stb_image.h>
@@ -25,6 +26,9 @@ using nlohmann::json;
 const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
 const fs::path kViewer = HOOKLENS_BUILD_DIR "/bin/hooklens-view";
 constexpr float kMissing = std::numeric_limits<float>::quiet_NaN();
+// llada-tiny-a has no tokenizer; llama2.c's 512-token one fits its vocabulary (mask id 500).
+const std::string kLiveDiffusion = fmt::format("--tokenizer '{}' --prompt 'Once upon a time' --gen-length 8 --steps 4 --block-length 4",
+                                               (test::fixtures() / "llama2c" / "aidreams260K.tok512.bin").string());
 
 bool have_xvfb() { return std::system("command -v xvfb-run >/dev/null 2>&1") == 0; }
 
@@ -136,9 +140,12 @@ int differing_pixels(const Shot& a, const Shot& b) {
 
 struct Runs {
   test::TempDir dir;
-  fs::path capture = dir / "capture", generate = dir / "generate", diffusion = dir / "diffusion";
+  fs::path capture = dir / "capture", generate = dir / "generate", diffusion = dir / "diffusion",
+           diffusion_text = dir / "diffusion_text";
   Runs() {
     const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
+    hooklens_cli(fmt::format("generate --model '{}' {} --out '{}'", llada.string(), kLiveDiffusion, diffusion_text.string()),
+                 dir / "diffusion_text.log");
     hooklens_cli(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --analyze attention_stats --out '{}'",
                              neo.string(), capture.string()),
                  dir / "capture.log");
@@ -243,4 +250,65 @@ TEST_CASE("hooklens-view live mode shows the patterns of a model generating now"
   check_cells(a, expected(r.generate, 0, 0, 3, true));
   check_cells(b, expected(r.generate, 2, 1, 3, true));
   CHECK(differing_pixels(a, b) > a.w * a.h / 10);
+}
+
+TEST_CASE("hooklens-view live mode: masked diffusion, Stop, analyzer tables", "[viewer]") {
+  if (!have_xvfb()) {
+    WARN("xvfb-run is not installed: skipping the viewer tests");
+    return;
+  }
+  Runs& r = runs();
+  const std::string model = "--model=" + (test::fixtures() / "llada-tiny-a").string();
+  SECTION("each denoising step as it arrives; the last equals hooklens generate's") {
+    const Shot s = screenshot(model, kLiveDiffusion + " --select 1.3", r.dir.path, "livediff");
+    CHECK(s.out.find("live: finished after 4 steps") != std::string::npos);
+    check_cells(s, expected(r.diffusion_text, 1, 3, 3, false));
+    // The analyzers ran on the hooks: one row per head of the 2-layer x 4-head model in each table.
+    CHECK(s.out.find("table attention_stats: 8 rows") != std::string::npos);
+    CHECK(s.out.find("table head_detectors: 8 rows") != std::string::npos);
+  }
+  SECTION("Stop ends the generation cleanly after the step in view") {
+    const Shot s = screenshot(model, kLiveDiffusion + " --select 1.3 --stop-after 2", r.dir.path, "livestop");
+    CHECK(s.out.find("live: stopped after 2 steps") != std::string::npos);
+    check_cells(s, expected(r.diffusion_text, 1, 3, 1, false));
+  }
+  SECTION("prompt as ids, no analyzers") {
+    const Shot s = screenshot(model, "--prompt-ids 85,294,223,181 --gen-length 8 --steps 4 --block-length 4 --analyze none --select 1.3",
+                              r.dir.path, "liveids");
+    check_cells(s, expected(r.diffusion, 1, 3, 3, false));
+    CHECK(s.out.find("table ") == std::string::npos);
+  }
+}
+
+TEST_CASE("prompt-token bars: attention from generated tokens to the prompt", "[viewer]") {
+  // 2 heads, 5 positions, prompt of 3; row r's weight on key k is (h + 1) * (10 r + k) / 100.
+  view::Grid g;
+  g.heads = 2, g.rows = 5, g.cols = 5;
+  g.values.assign(std::size_t(g.heads * g.rows * g.cols), kMissing);
+  const auto w = [](int h, int r, int k) { return float(h + 1) * float(10 * r + k) / 100.0f; };
+  for (int h = 0; h < 2; ++h)
+    for (int r = 0; r < 5; ++r)
+      for (int k = 0; k <= r; ++k) g.values[std::size_t((h * 5 + r) * 5 + k)] = w(h, r, k);
+  SECTION("autoregressive: generated token i was chosen by row P + i - 1; the newest is singled out") {
+    const view::PromptBars b = view::prompt_bars(g, 1, 3, true, -1);
+    CHECK(b.rows == std::vector<int>{2, 3, 4});
+    REQUIRE(b.mean.size() == 3);
+    for (int k = 0; k < 3; ++k) CHECK(b.mean[std::size_t(k)] == Approx((w(1, 2, k) + w(1, 3, k) + w(1, 4, k)) / 3));
+    CHECK(b.chosen_row == 4);
+    CHECK(b.chosen[2] == Approx(w(1, 4, 2)));
+    CHECK(view::prompt_bars(g, 1, 3, true, 4).chosen_row == 3);  // position 4 was chosen by row 3
+    CHECK(view::prompt_bars(g, 1, 3, true, 1).chosen.empty());  // a prompt token is not generated
+  }
+  SECTION("head mean; diffusion takes the generated region's rows") {
+    const view::PromptBars b = view::prompt_bars(g, -1, 3, false, 4);
+    CHECK(b.rows == std::vector<int>{3, 4});
+    CHECK(b.mean[1] == Approx(((w(0, 3, 1) + w(1, 3, 1)) / 2 + (w(0, 4, 1) + w(1, 4, 1)) / 2) / 2));
+    CHECK(b.chosen_row == 4);
+    CHECK(view::prompt_bars(g, -1, 3, false, -1).chosen.empty());
+  }
+  SECTION("rows missing a prompt key are left out") {
+    g.values[std::size_t((0 * 5 + 3) * 5 + 0)] = kMissing;
+    CHECK(view::prompt_bars(g, 0, 3, true, -1).rows == std::vector<int>{2, 4});
+    CHECK(view::prompt_bars(g, 1, 3, true, -1).rows == std::vector<int>{2, 3, 4});
+  }
 }

@@ -413,6 +413,20 @@ void generate_tokens(RunSession& session, const RunOptions& o) {
   });
 }
 
+// The display string of every id a diffusion run's sequences hold (the prompt and each step's ids),
+// keyed by the id as text, so readers of the manifest show tokens without a tokenizer. The mask has
+// no entry (readers show it as a mask), nor has an id past the tokenizer's vocabulary.
+nlohmann::json diffusion_token_strings(const Tokenizer& tok, const std::vector<std::int64_t>& prompt,
+                                       const nlohmann::json& steps, std::int64_t mask_id) {
+  std::set<std::int64_t> ids(prompt.begin(), prompt.end());
+  for (const auto& step : steps)
+    for (const auto& id : step.at("ids")) ids.insert(id.get<std::int64_t>());
+  nlohmann::json out = nlohmann::json::object();
+  for (auto id : ids)
+    if (id != mask_id && id >= 0 && id < tok.vocab_size()) out[std::to_string(id)] = tok.token_string(id);
+  return out;
+}
+
 void generate_diffusion(RunSession& session, RunOptions& o) {
   DiffusionOptions& d = o.diffusion;
   d.seed = o.sampling.seed;
@@ -463,6 +477,7 @@ void generate_diffusion(RunSession& session, RunOptions& o) {
       for (auto id : generated)
         if (id != result.mask_id && id < tok->vocab_size()) shown.push_back(id);
       g["text"] = tok->decode(shown);
+      g["token_strings"] = diffusion_token_strings(*tok, prompt, steps, result.mask_id);
       std::cout << "generated: " << tok->decode(shown) << "\n";
     }
     return nlohmann::json{{"generation", g}};

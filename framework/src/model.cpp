@@ -143,11 +143,15 @@ std::optional<std::int64_t> HfConfig::optional_id(const std::string& key) const 
 
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir, const LoadOptions& options) {
   if (!options.tokenizer.empty()) {
-    if (!std::filesystem::exists(options.tokenizer))
-      throw UsageError(fmt::format("tokenizer {}: no such file or directory", options.tokenizer.string()));
-    const auto dir = std::filesystem::is_directory(options.tokenizer) ? options.tokenizer
-                                                                      : options.tokenizer.parent_path();
-    return load_hf_tokenizer(dir);
+    const auto& named = options.tokenizer;
+    std::error_code ec;
+    if (!std::filesystem::exists(named, ec))
+      throw UsageError(fmt::format("tokenizer {}: no such file or directory", named.string()));
+    if (std::filesystem::is_directory(named, ec)) return load_hf_tokenizer(named);
+    // A Hugging Face file names its directory; any other file is llama2.c's tokenizer.bin.
+    const std::string file = named.filename().string();
+    if (file == "tokenizer.json" || file == "vocab.json" || file == "merges.txt") return load_hf_tokenizer(named.parent_path());
+    return read_llama2c_tokenizer(named);
   }
   for (const char* file : {"tokenizer.json", "vocab.json"})
     if (std::filesystem::exists(model_dir / file)) return load_hf_tokenizer(model_dir);

@@ -182,8 +182,12 @@ class Run {
       std::vector<std::int64_t> ids = gen.at("output_ids").get<std::vector<std::int64_t>>();
       if (step > 0) ids = gen.at("steps").at(std::size_t(step - 1)).at("ids").get<std::vector<std::int64_t>>();
       else std::fill(ids.begin() + std::ptrdiff_t(tokens.size()), ids.end(), mask);
-      for (std::size_t i = tokens.size(); i < ids.size(); ++i)
-        tokens.push_back(ids[i] == mask ? "[mask]" : "#" + std::to_string(ids[i]));
+      // token_strings is written only when the run had a tokenizer: "#ID" otherwise.
+      const json strings = gen.value("token_strings", json::object());
+      for (std::size_t i = tokens.size(); i < ids.size(); ++i) {
+        const std::string id = std::to_string(ids[i]);
+        tokens.push_back(ids[i] == mask ? "[mask]" : strings.value(id, "#" + id));
+      }
     }
     return tokens;
   }

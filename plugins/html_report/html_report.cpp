@@ -230,6 +230,11 @@ json known_tokens(const json& manifest) {
       vocab[step["token"].get<std::int64_t>()] = step["token_string"].get<std::string>();
   json out = json::object();
   for (const auto& [id, text] : vocab) out[std::to_string(id)] = text;
+  // A masked-diffusion run made with a tokenizer maps the ids of its sequences to their strings.
+  const json strings = generation.value("token_strings", json::object());
+  if (strings.is_object())
+    for (const auto& [id, text] : strings.items())
+      if (text.is_string()) out[id] = text;
   return out;
 }
 
@@ -241,7 +246,7 @@ json generation_view(const ManifestView& mv, const std::set<int>& steps_kept) {
   const std::string mode = generation.value("mode", "none");
   json view = json::object();
   for (const auto& [key, value] : generation.items())
-    if (key != "steps") view[key] = value;
+    if (key != "steps" && key != "token_strings") view[key] = value;  // token strings go to "vocab"
   view["mode"] = mode;
   json steps = json::array();
   const json& all = generation.value("steps", json::array());

@@ -1,5 +1,6 @@
 #include "live_model.h"
 
+#include <hooklens/analysis.h>
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
@@ -7,17 +8,23 @@
 #include <hooklens/runtime.h>
 
 #include <ATen/ATen.h>
+#include <c10/util/Half.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 
 namespace view {
 
+namespace fs = std::filesystem;
+using nlohmann::json;
+
 namespace {
 
-// Thrown by the hook when Stop was pressed; caught in the worker, so generation ends cleanly.
+// Thrown by the hooks when Stop was pressed; caught in the worker, so generation ends cleanly.
 struct Stopped {};
 
 bool all_bidirectional(const hooklens::ModelInfo& info) {
@@ -26,21 +33,42 @@ bool all_bidirectional(const hooklens::ModelInfo& info) {
                      [](hooklens::AttentionKind k) { return k == hooklens::AttentionKind::bidirectional; });
 }
 
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// A fresh private directory for the analyzers' reports (they are read back at once, then removed).
+fs::path make_scratch_dir() {
+  std::string name = (fs::temp_directory_path() / "hooklens-view-XXXXXX").string();
+  if (!mkdtemp(name.data())) throw hooklens::Error(fmt::format("{}: cannot create a scratch directory", name));
+  return name;
+}
+
 }  // namespace
 
 LiveModel::LiveModel(const LiveOptions& options)
     : options_(options), registry_(std::make_unique<hooklens::PluginRegistry>()) {
-  model_ = hooklens::open_model(*registry_, options.model);
+  hooklens::LoadOptions load;
+  load.tokenizer = options.tokenizer;
+  model_ = hooklens::open_model(*registry_, options.model, {}, load);
   const hooklens::ModelInfo& info = model_->info();
+  const std::string where = options.model.string();
   n_layers_ = info.n_layers;
   n_heads_ = info.n_heads;
   mode_ = all_bidirectional(info) ? "masked_diffusion" : "autoregressive";
-  if (!model_->tokenizer())
-    throw hooklens::UsageError(fmt::format("{}: the model ships no tokenizer, so --prompt cannot be encoded", options.model.string()));
-  prompt_ids_ = model_->tokenizer()->encode(options.prompt);
-  if (prompt_ids_.empty()) throw hooklens::UsageError("--prompt: the prompt encodes to no tokens");
+  if (!options.prompt_ids.empty()) {
+    prompt_ids_ = options.prompt_ids;
+  } else {
+    if (!model_->tokenizer())
+      throw hooklens::UsageError(fmt::format("{}: the model ships no tokenizer: pass --prompt-ids, or --tokenizer FILE", where));
+    prompt_ids_ = model_->tokenizer()->encode(options.prompt);
+  }
+  if (prompt_ids_.empty()) throw hooklens::UsageError("the prompt has no tokens");
+  for (std::int64_t id : prompt_ids_)
+    if (id < 0 || (info.vocab_size > 0 && id >= info.vocab_size))
+      throw hooklens::UsageError(fmt::format("{}: prompt token id {} is outside the vocabulary of {}", where, id, info.vocab_size));
   if (mode_ == "masked_diffusion") {
-    if (!info.mask_id) throw hooklens::UsageError(fmt::format("{}: the model names no mask token", options.model.string()));
+    if (!info.mask_id) throw hooklens::UsageError(fmt::format("{}: the model names no mask token", where));
     mask_id_ = *info.mask_id;
   }
   // Bad options are the user's error, said before any window work starts.
@@ -48,8 +76,19 @@ LiveModel::LiveModel(const LiveOptions& options)
                                                       : (diffusion().validate(), options.gen_length);
   if (std::int64_t(prompt_ids_.size()) + new_positions > info.n_ctx)
     throw hooklens::UsageError(fmt::format("{}: prompt of {} tokens + {} new ones exceeds the context of {} tokens",
-                                           options.model.string(), prompt_ids_.size(), new_positions, info.n_ctx));
+                                           where, prompt_ids_.size(), new_positions, info.n_ctx));
+  if (options.neurons)
+    for (const auto& point : model_->hook_points()) has_neurons_ = has_neurons_ || ends_with(point.name, "mlp.hook_post");
+  if (!options.analyze.empty()) {
+    analyzers_ = std::make_unique<hooklens::AnalyzerSet>(*registry_, options.analyze, std::vector<std::string>{});
+    json tokens = json::array();
+    for (std::int64_t id : prompt_ids_) tokens.push_back(token_text(id));
+    analyzers_->begin({{"model", info.to_json()},
+                       {"prompts", json::array({{{"text", options.prompt}, {"ids", prompt_ids_}, {"tokens", tokens}, {"source", ""}}})},
+                       {"mode", mode_}});
+  }
   status_ = "generating";
+  last_step_ = std::chrono::steady_clock::now();
   worker_ = std::thread([this] { work(); });
 }
 
@@ -65,6 +104,14 @@ std::string LiveModel::status() const {
   return status_;
 }
 
+std::string LiveModel::why_missing(int step) const {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  if (step < first_kept_step_)
+    return fmt::format("step {} was dropped: live mode keeps steps {}-{} within --live-memory {} MiB", step,
+                       first_kept_step_, std::max(first_kept_step_, int(steps_.size()) - 1), options_.memory_mib);
+  return {};
+}
+
 int LiveModel::step_count() const {
   const std::lock_guard<std::mutex> lock(mutex_);
   return std::max(1, int(steps_.size()));
@@ -72,7 +119,8 @@ int LiveModel::step_count() const {
 
 std::string LiveModel::token_text(std::int64_t id) const {
   if (id == mask_id_) return "[mask]";
-  return model_->tokenizer()->token_string(id);
+  const hooklens::Tokenizer* tok = model_->tokenizer();
+  return tok && id < tok->vocab_size() ? tok->token_string(id) : fmt::format("#{}", id);
 }
 
 std::vector<std::string> LiveModel::tokens(int, int step) const {
@@ -92,30 +140,51 @@ std::vector<int> LiveModel::new_positions(int, int step) const {
   return steps_[std::size_t(step)].fresh;
 }
 
-std::shared_ptr<const Grid> LiveModel::pattern(int, int step, int layer) {
-  const std::lock_guard<std::mutex> lock(mutex_);
-  if (step < 0 || step >= int(steps_.size())) return nullptr;  // unfinished steps are not shown
-  // Autoregressive decode steps add query rows to the prefill's matrix; diffusion shows one step.
+std::shared_ptr<const Grid> LiveModel::assemble(const Store& store, int first_step, int step, int layer) const {
   std::vector<const Piece*> pieces;
-  for (int s = mode_ == "autoregressive" ? 0 : step; s <= step; ++s) {
-    const auto it = pieces_.find({s, layer});
-    if (it != pieces_.end())
+  for (int s = first_step; s <= step; ++s) {
+    const auto it = store.find({s, layer});
+    if (it != store.end())
       for (const Piece& p : it->second) pieces.push_back(&p);
   }
   if (pieces.empty()) return nullptr;
   auto grid = std::make_shared<Grid>();
+  grid->first_row = int(pieces.front()->q0);
   for (const Piece* p : pieces) {
     grid->heads = std::max(grid->heads, int(p->heads));
-    grid->rows = std::max(grid->rows, int(p->q0 + p->rows));
+    grid->first_row = std::min(grid->first_row, int(p->q0));
     grid->cols = std::max(grid->cols, int(p->k0 + p->cols));
   }
+  for (const Piece* p : pieces) grid->rows = std::max(grid->rows, int(p->q0 + p->rows) - grid->first_row);
   grid->values.assign(std::size_t(grid->heads) * grid->rows * grid->cols, std::numeric_limits<float>::quiet_NaN());
   for (const Piece* p : pieces)
     for (std::int64_t h = 0; h < p->heads; ++h)
-      for (std::int64_t r = 0; r < p->rows; ++r)
-        std::copy_n(&p->values[std::size_t((h * p->rows + r) * p->cols)], p->cols,
-                    &grid->values[(std::size_t(h) * grid->rows + std::size_t(p->q0 + r)) * grid->cols + std::size_t(p->k0)]);
+      for (std::int64_t r = 0; r < p->rows; ++r) {
+        const std::uint16_t* from = &p->halves[std::size_t((h * p->rows + r) * p->cols)];
+        float* to = &grid->values[(std::size_t(h) * grid->rows + std::size_t(p->q0 + r - grid->first_row)) * grid->cols +
+                                  std::size_t(p->k0)];
+        for (std::int64_t c = 0; c < p->cols; ++c) to[c] = c10::detail::fp16_ieee_to_fp32_value(from[c]);
+      }
   return grid;
+}
+
+std::shared_ptr<const Grid> LiveModel::pattern(int, int step, int layer) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  if (step < first_kept_step_ || step >= int(steps_.size())) return nullptr;  // dropped, or not finished
+  // Autoregressive decode steps add query rows to the prefill's matrix (rows are absolute
+  // positions from 0); diffusion shows one step.
+  if (mode_ == "autoregressive") {
+    auto grid = assemble(patterns_, 0, step, layer);
+    if (grid && grid->first_row != 0) return nullptr;  // no prefill rows: nothing to place them under
+    return grid;
+  }
+  return assemble(patterns_, step, step, layer);
+}
+
+std::shared_ptr<const Grid> LiveModel::neurons(int, int step, int layer) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  if (step < first_kept_step_ || step >= int(steps_.size())) return nullptr;
+  return assemble(neurons_, step, step, layer);
 }
 
 hooklens::SamplingOptions LiveModel::sampling() const {
@@ -132,41 +201,86 @@ hooklens::DiffusionOptions LiveModel::diffusion() const {
   return d;
 }
 
+void LiveModel::keep(Store& store, int step, int layer, Piece piece) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  kept_bytes_ += piece.halves.size() * sizeof(std::uint16_t);
+  store[{step, layer}].push_back(std::move(piece));
+}
+
+void LiveModel::drop_old_steps() {
+  // Only diffusion steps stand alone; autoregressive steps build on the prefill and are small.
+  if (mode_ != "masked_diffusion") return;
+  const auto drop = [&](Store& store, int step) {
+    for (auto it = store.lower_bound({step, 0}); it != store.end() && it->first.first == step; it = store.erase(it))
+      for (const Piece& p : it->second) kept_bytes_ -= p.halves.size() * sizeof(std::uint16_t);
+  };
+  while (kept_bytes_ > (options_.memory_mib << 20) && first_kept_step_ + 1 < int(steps_.size())) {
+    drop(patterns_, first_kept_step_);
+    drop(neurons_, first_kept_step_);
+    ++first_kept_step_;
+  }
+}
+
 void LiveModel::finish_step(Step step) {
   {
     const std::lock_guard<std::mutex> lock(mutex_);
     steps_.push_back(std::move(step));
+    drop_old_steps();
     status_ = fmt::format("generating: step {}", steps_.size() - 1);
+    if (options_.stop_after > 0 && int(steps_.size()) >= options_.stop_after) stop_ = true;  // as if Stop was pressed
   }
   ++version_;
+  hooklens::release_free_memory();
+  wait_for_pace();
+}
+
+void LiveModel::wait_for_pace() {
+  using clock = std::chrono::steady_clock;
+  const auto until = last_step_ + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(options_.pace));
+  while (!stop_ && clock::now() < until)
+    std::this_thread::sleep_for(std::min<clock::duration>(until - clock::now(), std::chrono::milliseconds(20)));
+  last_step_ = clock::now();
 }
 
 void LiveModel::work() {
   hooklens::HookSet hooks;
-  hooklens::HookFilter filter;
-  filter.names = {"blocks.*.attn.hook_pattern"};
-  hooks.add(filter, [this](std::string_view, const hooklens::CaptureContext& ctx, at::Tensor& t) {
-    if (stop_) throw Stopped{};
-    if (ctx.pass != 0 || t.dim() != 4) return;  // the guidance pass is not what the model produced
-    const at::Tensor f = t[0].to(at::kFloat).contiguous();
-    Piece p{f.size(0), f.size(1), f.size(2), ctx.query_offset, ctx.key_offset, {}};
-    p.values.assign(f.data_ptr<float>(), f.data_ptr<float>() + f.numel());
-    const std::lock_guard<std::mutex> lock(mutex_);
-    pieces_[{ctx.step, ctx.layer}].push_back(std::move(p));
-  });
+  if (analyzers_) analyzers_->attach(hooks);
+  const auto capture = [this](Store& store) {
+    return [this, &store](std::string_view, const hooklens::CaptureContext& ctx, at::Tensor& t) {
+      if (stop_) throw Stopped{};
+      if (ctx.pass != 0 || t.dim() < 3) return;  // the guidance pass is not what the model produced
+      const at::Tensor h = t[0].to(at::kHalf).contiguous();  // [heads, q, k] or [positions, neurons]
+      const bool pattern = h.dim() == 3;
+      Piece p{pattern ? h.size(0) : 1, h.size(h.dim() - 2), h.size(h.dim() - 1), ctx.query_offset,
+              pattern ? ctx.key_offset : 0, std::vector<std::uint16_t>(std::size_t(h.numel()))};
+      std::memcpy(p.halves.data(), h.data_ptr(), p.halves.size() * sizeof(std::uint16_t));
+      keep(store, ctx.step, ctx.layer, std::move(p));
+    };
+  };
+  hooklens::HookFilter patterns;
+  patterns.names = {"blocks.*.attn.hook_pattern"};
+  hooks.add(patterns, capture(patterns_));
+  if (has_neurons_) {
+    hooklens::HookFilter neurons;
+    neurons.names = {"blocks.*.mlp.hook_post"};
+    hooks.add(neurons, capture(neurons_));
+  }
   std::string outcome = "finished";
+  json generation;
   try {
     if (mode_ == "autoregressive") {
       std::vector<std::int64_t> ids = prompt_ids_;
-      hooklens::generate_autoregressive(*model_, prompt_ids_, sampling(), hooks, 0, [&](int, std::int64_t token) {
+      generation = {{"mode", mode_}, {"steps", json::array()}};
+      hooklens::generate_autoregressive(*model_, prompt_ids_, sampling(), hooks, 0, [&](int step, std::int64_t token) {
         ids.push_back(token);
+        generation["steps"].push_back({{"step", step}, {"token", token}, {"token_string", token_text(token)}});
         finish_step({ids, {int(ids.size()) - 1}});
-        hooklens::release_free_memory();
       });
     } else {
+      generation = {{"mode", mode_}, {"output_ids", prompt_ids_}};
       hooklens::generate_masked_diffusion(*model_, prompt_ids_, diffusion(), hooks, 0, [&](const hooklens::DiffusionStep& s) {
+        generation["output_ids"] = s.ids;
         finish_step({s.ids, std::vector<int>(s.committed.begin(), s.committed.end())});
-        hooklens::release_free_memory();
       });
     }
   } catch (const Stopped&) {
@@ -174,12 +288,47 @@ void LiveModel::work() {
   } catch (const std::exception& e) {
     outcome = fmt::format("error: {}", e.what());
   }
+  std::string ended;
   {
     const std::lock_guard<std::mutex> lock(mutex_);
-    status_ = fmt::format("{} after {} steps", outcome, steps_.size());
+    ended = fmt::format("{} after {} steps", outcome, steps_.size());
+    status_ = ended + (analyzers_ ? "; analyzing" : "");
   }
-  running_ = false;
   ++version_;
+  if (analyzers_) {
+    try {
+      finish_analyzers(generation);
+    } catch (const std::exception& e) {
+      ended += fmt::format("; analyzers failed: {}", e.what());
+    }
+  }
+  {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    status_ = ended;
+  }
+  running_ = false;  // publishes tables_
+  ++version_;
+}
+
+void LiveModel::finish_analyzers(const json& generation) {
+  json tokens = json::array();
+  for (std::int64_t id : prompt_ids_) tokens.push_back(token_text(id));
+  const json manifest = {{"model", model_->info().to_json()},
+                         {"prompts", json::array({{{"text", options_.prompt}, {"ids", prompt_ids_}, {"tokens", tokens}}})},
+                         {"generation", generation}};
+  const fs::path scratch = make_scratch_dir();
+  std::vector<std::string> problems;
+  try {
+    analyzers_->finish(manifest, scratch);
+    tables_ = read_head_tables(scratch / "reports", problems);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(scratch, ec);
+    throw;
+  }
+  std::error_code ec;
+  fs::remove_all(scratch, ec);
+  if (!problems.empty()) throw hooklens::Error(problems.front());
 }
 
 }  // namespace view

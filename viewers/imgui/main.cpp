@@ -159,6 +159,7 @@ int run(const Options& opt) {
     }
     std::cout << fmt::format("rendered {} frames in {:.1f} s\n", frames, glfwGetTime() - start);
     if (!viewer.live_status().empty()) std::cout << "live: " << viewer.live_status() << "\n";
+    std::cout << viewer.table_summary();
     // The window showed it; stderr tells scripts and tests too.
     if (!viewer.error().empty()) std::cerr << "hooklens-view: error: " << viewer.error() << "\n";
   }
@@ -178,11 +179,24 @@ int main(int argc, char** argv) {
   auto* run_dir = app.add_option("run", opt.run, "Run directory (made by hooklens capture or generate)");
   auto* model = app.add_option("--model", opt.live.model, "Live mode: run this model and show its patterns as it generates");
   run_dir->excludes(model);
-  app.add_option("--prompt", opt.live.prompt, "Live mode: the prompt")->needs(model);
-  app.add_option("--max-new-tokens", opt.live.max_new_tokens, "Live mode, causal models: tokens to generate")->needs(model);
+  app.add_option("--prompt", opt.live.prompt, "Live mode: the prompt (text)")->needs(model);
+  app.add_option("--prompt-ids", opt.live.prompt_ids, "Live mode: the prompt as token ids, e.g. 85,294,223")
+      ->delimiter(',')->needs(model)->check(CLI::NonNegativeNumber);
+  app.add_option("--tokenizer", opt.live.tokenizer, "Live mode: a tokenizer (Hugging Face dir or llama2.c tokenizer.bin) instead of the model's own")
+      ->needs(model);
+  app.add_option("--max-new-tokens", opt.live.max_new_tokens, "Live mode, causal models: tokens to generate (greedy)")->needs(model);
   app.add_option("--gen-length", opt.live.gen_length, "Live mode, masked diffusion: positions to generate")->needs(model);
   app.add_option("--steps", opt.live.steps, "Live mode, masked diffusion: denoising steps")->needs(model);
   app.add_option("--block-length", opt.live.block_length, "Live mode, masked diffusion: block length (0 = gen length)")->needs(model);
+  app.add_option("--analyze", opt.live.analyze, "Live mode: analyzer plugins run on the hooks (tables when generation ends; 'none' for none)")
+      ->delimiter(',')->capture_default_str()->needs(model);
+  app.add_flag("!--no-neurons", opt.live.neurons, "Live mode: do not keep MLP activations (blocks.*.mlp.hook_post)")->needs(model);
+  app.add_option("--pace", opt.live.pace, "Live mode: seconds each step stays the newest at least (to watch a fast model)")
+      ->needs(model)->check(CLI::Range(0.0, 60.0));
+  app.add_option("--stop-after", opt.live.stop_after, "Live mode: press Stop once this many steps have finished (scripts, tests)")
+      ->needs(model)->check(CLI::PositiveNumber);
+  app.add_option("--live-memory", opt.live.memory_mib, "Live mode, masked diffusion: MiB of kept steps; older steps are dropped")
+      ->capture_default_str()->needs(model)->check(CLI::Range(64, 1 << 20));
   app.add_option("--screenshot", opt.screenshot, "Render, write this PNG and exit (for tests and CI)");
   app.add_option("--frames", opt.frames, "Frames to render before the screenshot")->check(CLI::Range(1, 100000));
   app.add_option("--select", opt.select, "The head shown at start: LAYER.HEAD (e.g. 2.1) or LAYER.mean");
@@ -196,8 +210,10 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   try {
-    if (opt.run.empty() && opt.live.model.empty()) throw hooklens::UsageError("give a run directory, or --model DIR --prompt TEXT");
-    if (!opt.live.model.empty() && opt.live.prompt.empty()) throw hooklens::UsageError("--model needs --prompt TEXT");
+    if (opt.run.empty() && opt.live.model.empty()) throw hooklens::UsageError("give a run directory, or --model DIR --prompt TEXT (see --help)");
+    if (!opt.live.model.empty() && opt.live.prompt.empty() == opt.live.prompt_ids.empty())
+      throw hooklens::UsageError("--model needs one of --prompt TEXT or --prompt-ids 1,2,3");
+    if (opt.live.analyze == std::vector<std::string>{"none"}) opt.live.analyze.clear();
     // Keeps freed capture buffers in the process: reading layer after layer then faults no pages in.
     hooklens::init_runtime(0);
     return run(opt);

@@ -1,5 +1,7 @@
 #include "panels.h"
 
+#include "prompt_bars.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -53,6 +55,13 @@ Viewer::Viewer(std::unique_ptr<PanelModel> model, std::string error, Selection i
   seen_version_ = model_->version();
   seen_steps_ = model_->step_count();
   set_step(sel_.step);
+}
+
+std::string Viewer::table_summary() const {
+  std::string out;
+  if (model_)
+    for (const HeadTable& t : model_->head_tables()) out += fmt::format("table {}: {} rows\n", t.name, t.rows.size());
+  return out;
 }
 
 void Viewer::record_error(const std::string& message) {
@@ -139,7 +148,8 @@ void Viewer::frame() {
   if (begin_pane("Heatmap", 0.28f, 0.2f, 0.44f, 0.8f)) heatmap_panel();
   ImGui::End();
   if (begin_pane("Details", 0.72f, 0.2f, 0.28f, 0.8f) && ImGui::BeginTabBar("details")) {
-    if (ImGui::BeginTabItem("Attention bars")) bars_panel(), ImGui::EndTabItem();
+    if (ImGui::BeginTabItem("Query")) bars_panel(), ImGui::EndTabItem();
+    if (model_->mode() != "none" && ImGui::BeginTabItem("Prompt")) prompt_bars_panel(), ImGui::EndTabItem();
     if (ImGui::BeginTabItem("Neurons")) neurons_panel(), ImGui::EndTabItem();
     if (ImGui::BeginTabItem("Analyzers")) tables_panel(), ImGui::EndTabItem();
     ImGui::EndTabBar();
@@ -274,7 +284,9 @@ void Viewer::heatmap_panel() {
   if (!grid) {
     const auto it = unreadable_.find(texture_key("pattern", sel_.layer, 0));
     ImGui::PushTextWrapPos(0);
+    const std::string why = model_->why_missing(sel_.step);
     if (it != unreadable_.end() && !it->second.empty()) ImGui::TextColored(kErrorColour, "%s", it->second.c_str());
+    else if (!why.empty()) ImGui::TextDisabled("%s", why.c_str());
     else ImGui::TextDisabled("layer %d has no attention pattern at step %d", sel_.layer, sel_.step);
     ImGui::PopTextWrapPos();
     return;
@@ -370,6 +382,51 @@ void Viewer::bars_panel() {
       }
     ImGui::EndTable();
   }
+}
+
+void Viewer::prompt_bars_panel() {
+  const auto grid = selected_pattern();
+  const int prompt_length = model_->prompt_length(sel_.prompt);
+  const bool autoregressive = model_->mode() == "autoregressive";
+  const int head = grid ? (sel_.average ? -1 : std::min(sel_.head, grid->heads - 1)) : 0;
+  const PromptBars bars = grid ? prompt_bars(*grid, head, prompt_length, autoregressive, sel_.query) : PromptBars{};
+  if (bars.rows.empty()) {
+    ImGui::TextDisabled("no generated token's attention at this step");
+    return;
+  }
+  ImGui::TextWrapped("attention to each prompt token (layer %d, %s) %s, averaged over %zu generated token(s)%s",
+                     sel_.layer, head < 0 ? "head mean" : fmt::format("head {}", head).c_str(),
+                     autoregressive ? "while choosing each generated token" : "from the generated region's positions",
+                     bars.rows.size(), bars.chosen_row >= 0 ? "; and for the chosen one (select a generated token)" : "");
+  const int chosen = autoregressive ? bars.chosen_row + 1 : bars.chosen_row;  // the chosen token's position
+  const int columns = bars.chosen.empty() ? 2 : 3;
+  if (!ImGui::BeginTable("prompt bars", columns, ImGuiTableFlags_ScrollY | ImGuiTableFlags_RowBg)) return;
+  ImGui::TableSetupScrollFreeze(0, 1);
+  ImGui::TableSetupColumn("prompt token", ImGuiTableColumnFlags_WidthFixed, ImGui::GetFontSize() * 8);
+  ImGui::TableSetupColumn("mean over generated", ImGuiTableColumnFlags_WidthStretch);
+  if (columns == 3)
+    ImGui::TableSetupColumn(fmt::format("{} \"{}\"", chosen, figures::token_label(token(chosen), 8)).c_str(),
+                            ImGuiTableColumnFlags_WidthStretch);
+  ImGui::TableHeadersRow();
+  const auto bar = [](float w, float fraction) {
+    ImGui::PushStyleColor(ImGuiCol_PlotHistogram, to_imgui(figures::colour_at(*kMaps[0], fraction)));
+    ImGui::ProgressBar(w, {-1, 0}, fmt::format("{:.3f}", w).c_str());
+    ImGui::PopStyleColor();
+  };
+  ImGuiListClipper clipper;
+  clipper.Begin(int(bars.mean.size()));
+  while (clipper.Step())
+    for (int k = clipper.DisplayStart; k < clipper.DisplayEnd; ++k) {
+      ImGui::TableNextRow();
+      ImGui::TableNextColumn();
+      if (ImGui::Selectable(fmt::format("{} {}##p{}", k, figures::token_label(token(k), 10), k).c_str(), sel_.key == k,
+                            ImGuiSelectableFlags_SpanAllColumns))
+        sel_.key = k;
+      ImGui::TableNextColumn();
+      bar(bars.mean[std::size_t(k)], 0.7f);
+      if (columns == 3) ImGui::TableNextColumn(), bar(bars.chosen[std::size_t(k)], 0.45f);
+    }
+  ImGui::EndTable();
 }
 
 void Viewer::neurons_panel() {

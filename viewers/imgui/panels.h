@@ -1,5 +1,5 @@
 // The viewer's window: one frame() draws every panel (controls and token strip, layer x head
-// thumbnails, the selected head's heatmap, attention bars, neurons, analyzer tables) from the
+// thumbnails, the selected head's heatmap, attention bars, prompt-token bars, neurons, analyzer tables) from the
 // PanelModel (a run directory or a live model) and the Selection. Panels never throw: a capture that cannot be read shows its error.
 #pragma once
 #include "run_model.h"
@@ -34,6 +34,8 @@ class Viewer {
   // how it is doing ("" offline).
   bool model_running() const { return model_ && (model_->running() || model_->version() != seen_version_); }
   std::string live_status() const { return model_ ? model_->status() : std::string(); }
+  // One line per analyzer table shown ("table NAME: N rows"), for scripts and tests.
+  std::string table_summary() const;
   // The first error met (opening the run, reading a capture), empty if none.
   const std::string& error() const { return error_; }
 
@@ -43,6 +45,7 @@ class Viewer {
   void thumbnail_panel();
   void heatmap_panel();
   void bars_panel();
+  void prompt_bars_panel();
   void neurons_panel();
   void tables_panel();
   void handle_keys();

@@ -110,17 +110,17 @@ RunModel::RunModel(const fs::path& dir) : dir_(dir), reader_(std::make_unique<ho
     throw hooklens::Error(fmt::format("{}: malformed run manifest: {}", manifest_file.string(), e.what()));
   }
   if (mode_ != "none") step_count_ = std::max(step_count_, int(steps_.size()));
-  load_reports();
+  tables_ = read_head_tables(dir_ / "reports", warnings_);
 }
 
 RunModel::~RunModel() = default;
 
-void RunModel::load_reports() {
-  const fs::path reports = dir_ / "reports";
+std::vector<HeadTable> read_head_tables(const fs::path& reports_dir, std::vector<std::string>& problems) {
+  std::vector<HeadTable> tables;
   std::error_code ec;
-  if (!fs::is_directory(reports, ec)) return;
+  if (!fs::is_directory(reports_dir, ec)) return tables;
   std::vector<fs::path> files;
-  for (const auto& entry : fs::directory_iterator(reports, ec))
+  for (const auto& entry : fs::directory_iterator(reports_dir, ec))
     if (entry.path().extension() == ".json") files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   for (const fs::path& file : files) {
@@ -128,11 +128,12 @@ void RunModel::load_reports() {
       std::ifstream in(file);
       const json report = json::parse(in);
       if (report.contains("heads") && report["heads"].is_array())
-        tables_.push_back(head_table(file.stem().string(), report["heads"]));
+        tables.push_back(head_table(file.stem().string(), report["heads"]));
     } catch (const std::exception& e) {
-      warnings_.push_back(fmt::format("{}: unreadable report: {}", file.string(), e.what()));
+      problems.push_back(fmt::format("{}: unreadable report: {}", file.string(), e.what()));
     }
   }
+  return tables;
 }
 
 int RunModel::prompt_length(int prompt) const { return int(prompts_.at(std::size_t(prompt)).tokens.size()); }
@@ -154,9 +155,12 @@ void RunModel::generated_tokens(int step, std::vector<std::string>& out) const {
     for (int s = 0; s <= step && s < int(steps_.size()); ++s) out.push_back(steps_[s].value("token_string", std::string("?")));
   } else if (mode_ == "masked_diffusion" && step < int(steps_.size())) {
     const json& ids = steps_[step].value("ids", json::array());
-    const json mask = reader_->manifest()["model"].value("mask_id", json());
+    const json& generation = reader_->manifest()["generation"];
+    const json mask = generation.value("mask_id", reader_->manifest()["model"].value("mask_id", json()));
+    // token_strings is written only when the run had a tokenizer: "#ID" otherwise.
+    const json strings = generation.value("token_strings", json::object());
     for (std::size_t i = out.size(); i < ids.size(); ++i)
-      out.push_back(ids[i] == mask ? std::string("[mask]") : "#" + ids[i].dump());
+      out.push_back(ids[i] == mask ? std::string("[mask]") : strings.value(ids[i].dump(), "#" + ids[i].dump()));
   }
 }
 

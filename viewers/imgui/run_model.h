@@ -73,7 +73,13 @@ class PanelModel {
   virtual bool running() const { return false; }
   virtual void stop() {}
   virtual std::string status() const { return {}; }  // e.g. "generating: step 3", or the error that ended it
+  // Why `step` has no data although it exists ("" when there is no special reason).
+  virtual std::string why_missing(int step) const { return (void)step, std::string(); }
 };
+
+// The "heads" tables of the analyzer reports REPORTS_DIR/*.json (sorted by name; nested objects
+// become "outer.inner" columns). A report that cannot be read is skipped and said in `problems`.
+std::vector<HeadTable> read_head_tables(const std::filesystem::path& reports_dir, std::vector<std::string>& problems);
 
 class RunModel : public PanelModel {
  public:
@@ -102,7 +108,6 @@ class RunModel : public PanelModel {
   std::shared_ptr<const Grid> cached(const std::string& kind, const Where& where);
   void remember(const std::string& kind, const Where& where, std::shared_ptr<const Grid> grid);
   std::shared_ptr<const Grid> read_pattern(int prompt, int step, int layer);
-  void load_reports();
   void generated_tokens(int step, std::vector<std::string>& out) const;  // appends; may throw json errors
 
   std::filesystem::path dir_;

@@ -96,7 +96,8 @@ std::shared_ptr<Model> open_model(const PluginRegistry& plugins, const std::file
 // Reads a JSON file; throws Error naming the file when it is missing or malformed.
 nlohmann::json read_json_file(const std::filesystem::path& file);
 
-// The tokenizer for a model: `options.tokenizer` if given, else the Hugging Face tokenizer files in
+// The tokenizer for a model: `options.tokenizer` if given (a Hugging Face directory or file, or
+// llama2.c's tokenizer.bin), else the Hugging Face tokenizer files in
 // `model_dir`, else null (the model then takes token ids only). Malformed files throw Error.
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir, const LoadOptions& options);
 

@@ -39,6 +39,10 @@ std::unique_ptr<Tokenizer> make_gpt2_bpe_tokenizer(Gpt2BpeSpec spec);
 // and when the directory has neither.
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::filesystem::path& model_dir);
 
+// Reads llama2.c's tokenizer.bin (SentencePiece-style pieces with merge scores and <0xNN> byte
+// fallback; encode adds BOS and a leading space as llama2.c does). Throws Error naming the file.
+std::unique_ptr<Tokenizer> read_llama2c_tokenizer(const std::filesystem::path& file);
+
 // GPT-2's bytes-to-unicode map: the printable symbol (UTF-8) that stands for `byte` in vocab files.
 std::string gpt2_byte_symbol(unsigned char byte);
 
