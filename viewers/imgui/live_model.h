@@ -75,7 +75,8 @@ class LiveModel : public PanelModel {
     std::int64_t heads, rows, cols, q0, k0;
     std::vector<std::uint16_t> halves;
   };
-  using Store = std::map<std::pair<int, int>, std::vector<Piece>>;  // (step, layer)
+  // (step, layer) -> captures; shared so a reader can convert them without holding mutex_.
+  using Store = std::map<std::pair<int, int>, std::vector<std::shared_ptr<const Piece>>>;
   struct Step {
     std::vector<std::int64_t> ids;  // the whole sequence after the step
     std::vector<int> fresh;         // positions the step added
@@ -89,7 +90,9 @@ class LiveModel : public PanelModel {
   void wait_for_pace();
   void finish_analyzers(const nlohmann::json& generation);  // reads their tables into tables_
   std::string token_text(std::int64_t id) const;
-  std::shared_ptr<const Grid> assemble(const Store& store, int first_step, int step, int layer) const;
+  // The captures of steps first_step..step of a layer (with mutex_ held), and them as one grid.
+  std::vector<std::shared_ptr<const Piece>> pieces(const Store& store, int first_step, int step, int layer) const;
+  static std::shared_ptr<const Grid> assemble(const std::vector<std::shared_ptr<const Piece>>& pieces);
 
   LiveOptions options_;
   std::unique_ptr<hooklens::PluginRegistry> registry_;

@@ -37,6 +37,30 @@ struct Options {
   int width = 1280, height = 800;
 };
 
+// Frame-time statistics for the closing line: the average hides the stalls a user would notice.
+class FrameTimes {
+ public:
+  void tick(double now) {
+    if (last_ >= 0 && ++seen_ > kWarmup) {
+      const double ms = (now - last_) * 1000;
+      slowest_ = std::max(slowest_, ms);
+      slow_ += ms > 1000.0 / 30;
+      total_ += ms, ++counted_;
+    }
+    last_ = now;
+  }
+  std::string summary() const {
+    if (counted_ == 0) return "too few frames to time";
+    return fmt::format("{:.0f} fps; {} of {} frames slower than 1/30 s, slowest {:.0f} ms", 1000.0 * counted_ / total_,
+                       slow_, counted_, slowest_);
+  }
+
+ private:
+  static constexpr int kWarmup = 5;  // the first frames build fonts and textures
+  double last_ = -1, slowest_ = 0, total_ = 0;
+  int seen_ = 0, slow_ = 0, counted_ = 0;
+};
+
 // "L.H" (or "L.mean" for the head average) into the selection.
 void apply_select(const std::string& text, view::Selection& sel) {
   static const std::regex pattern(R"((\d+)\.(\d+|mean))");
@@ -127,8 +151,10 @@ int run(const Options& opt) {
     // Screenshot mode waits for the thumbnails (built one layer per frame), within reason.
     const int max_frames = opt.frames + 10000;
     int frames = 0;
+    FrameTimes times;
     for (int frame = 1; !glfwWindowShouldClose(window); ++frame) {
       frames = frame;
+      times.tick(glfwGetTime());
       glfwPollEvents();
       ImGui_ImplOpenGL3_NewFrame();
       ImGui_ImplGlfw_NewFrame();
@@ -157,7 +183,7 @@ int run(const Options& opt) {
       glfwSwapBuffers(window);
       if (opt.exit_after > 0 && glfwGetTime() - start >= opt.exit_after) break;
     }
-    std::cout << fmt::format("rendered {} frames in {:.1f} s\n", frames, glfwGetTime() - start);
+    std::cout << fmt::format("rendered {} frames in {:.1f} s ({})\n", frames, glfwGetTime() - start, times.summary());
     if (!viewer.live_status().empty()) std::cout << "live: " << viewer.live_status() << "\n";
     std::cout << viewer.table_summary();
     // The window showed it; stderr tells scripts and tests too.
@@ -176,12 +202,14 @@ int run(const Options& opt) {
 int main(int argc, char** argv) {
   CLI::App app{"hooklens-view: look at a run directory's attention patterns, MLP activations and analyzer reports"};
   Options opt;
+  // A later option overrides an earlier one, so a script's defaults (scripts/live.sh) can be changed.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast)->always_capture_default();
   auto* run_dir = app.add_option("run", opt.run, "Run directory (made by hooklens capture or generate)");
   auto* model = app.add_option("--model", opt.live.model, "Live mode: run this model and show its patterns as it generates");
   run_dir->excludes(model);
   app.add_option("--prompt", opt.live.prompt, "Live mode: the prompt (text)")->needs(model);
   app.add_option("--prompt-ids", opt.live.prompt_ids, "Live mode: the prompt as token ids, e.g. 85,294,223")
-      ->delimiter(',')->needs(model)->check(CLI::NonNegativeNumber);
+      ->delimiter(',')->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->needs(model)->check(CLI::NonNegativeNumber);
   app.add_option("--tokenizer", opt.live.tokenizer, "Live mode: a tokenizer (Hugging Face dir or llama2.c tokenizer.bin) instead of the model's own")
       ->needs(model);
   app.add_option("--max-new-tokens", opt.live.max_new_tokens, "Live mode, causal models: tokens to generate (greedy)")->needs(model);
@@ -189,7 +217,7 @@ int main(int argc, char** argv) {
   app.add_option("--steps", opt.live.steps, "Live mode, masked diffusion: denoising steps")->needs(model);
   app.add_option("--block-length", opt.live.block_length, "Live mode, masked diffusion: block length (0 = gen length)")->needs(model);
   app.add_option("--analyze", opt.live.analyze, "Live mode: analyzer plugins run on the hooks (tables when generation ends; 'none' for none)")
-      ->delimiter(',')->capture_default_str()->needs(model);
+      ->delimiter(',')->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->capture_default_str()->needs(model);
   app.add_flag("!--no-neurons", opt.live.neurons, "Live mode: do not keep MLP activations (blocks.*.mlp.hook_post)")->needs(model);
   app.add_option("--pace", opt.live.pace, "Live mode: seconds each step stays the newest at least (to watch a fast model)")
       ->needs(model)->check(CLI::Range(0.0, 60.0));

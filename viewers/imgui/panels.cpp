@@ -1,7 +1,5 @@
 #include "panels.h"
 
-#include "prompt_bars.h"
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -48,6 +46,7 @@ Viewer::Viewer(std::unique_ptr<PanelModel> model, std::string error, Selection i
     : model_(std::move(model)), error_(std::move(error)), sel_(initial) {
   if (!model_) return;
   loader_ = std::make_unique<ThumbnailLoader>(*model_, kThumbnailSide);
+  selection_loader_ = std::make_unique<SelectionLoader>(*model_);
   for (const std::string& w : model_->warnings()) record_error(w);
   sel_.prompt = std::clamp(sel_.prompt, 0, model_->prompt_count() - 1);
   sel_.layer = std::clamp(sel_.layer, 0, std::max(0, model_->n_layers() - 1));
@@ -79,23 +78,24 @@ void Viewer::follow_live() {
   const bool at_end = sel_.step + 1 >= seen_steps_;
   seen_version_ = model_->version();
   seen_steps_ = model_->step_count();
-  selected_.reset();
-  selected_key_.clear();
+  requested_.reset();  // read again even if the selection stays: the step may have had no data before
   set_step(at_end ? seen_steps_ - 1 : sel_.step);
 }
 
 void Viewer::restart_thumbnails() {
-  textures_.clear();  // keys name the prompt, step and colour map: old ones would only pile up
-  unreadable_.clear();
+  textures_.clear();  // keys name the prompt, step and colour map: old ones would only pile up (thumbnails are replaced)
   loader_->start({sel_.prompt, sel_.step, kMaps[colour_map_]});
 }
 
 void Viewer::take_thumbnails() {
   for (ThumbnailLayer& done : loader_->take()) {
     if (!done.error.empty()) record_error(done.error);
-    if (done.heads.empty()) unreadable_[texture_key("pattern", done.layer, 0)] = done.error;
-    for (int head = 0; head < int(done.heads.size()); ++head)
-      textures_.add(texture_key("thumb", done.layer, head), done.heads[std::size_t(head)]);
+    // Replaced in place: the previous step's thumbnails stay up until the new ones are ready.
+    for (int head = 0; head < model_->n_heads(); ++head) {
+      const std::string key = fmt::format("{}.{}", done.layer, head);
+      if (head < int(done.heads.size())) thumbnails_.add(key, done.heads[std::size_t(head)]);
+      else thumbnails_.erase(key);
+    }
   }
   idle_ = loader_->done();
 }
@@ -109,19 +109,25 @@ std::string Viewer::texture_key(const char* what, int layer, int head) const {
   return fmt::format("{}.p{}.s{}.l{}.h{}.c{}", what, sel_.prompt, sel_.step, layer, head, colour_map_);
 }
 
-std::shared_ptr<const Grid> Viewer::selected_pattern() {
-  const std::string key = texture_key("pattern", sel_.layer, 0);
-  if (key == selected_key_) return selected_;
-  if (unreadable_.count(key)) return nullptr;
-  try {
-    selected_ = model_->pattern(sel_.prompt, sel_.step, sel_.layer);
-    selected_key_ = key;
-    if (!selected_) unreadable_[key] = "";
-    return selected_;
-  } catch (const std::exception& e) {
-    unreadable_[key] = e.what();
-    record_error(e.what());
-    return nullptr;
+SelectionJob Viewer::wanted() const {
+  return {sel_.prompt, sel_.step, sel_.layer, sel_.average ? -1 : sel_.head, kMaps[colour_map_]};
+}
+
+int Viewer::shown_head(const SelectionResult& shown) {
+  return shown.job.head < 0 || !shown.grid ? shown.job.head : std::min(shown.job.head, shown.grid->heads - 1);
+}
+
+void Viewer::update_selection() {
+  if (auto done = selection_loader_->take()) {
+    if (!done->error.empty()) record_error(done->error);
+    if (done->grid) shown_texture_ = Texture(done->image.pixels, done->image.width, done->image.height, done->image.scale);
+    shown_ = std::move(done);
+    ++shown_serial_;
+  }
+  const SelectionJob want = wanted();
+  if (!requested_ || want != *requested_) {
+    selection_loader_->request(want);
+    requested_ = want;
   }
 }
 
@@ -138,6 +144,7 @@ void Viewer::frame() {
   if (model_->version() != seen_version_) follow_live();
   handle_keys();
   advance_playback();
+  update_selection();
   if (begin_pane("Run", 0, 0, 1, 0.2f)) {
     controls_panel();
     token_strip();
@@ -254,7 +261,7 @@ void Viewer::thumbnail_panel() {
         ImGui::SameLine(0, 2);
         ImGui::PushID(layer * heads + head);
         const bool selected = layer == sel_.layer && (sel_.average || head == sel_.head);
-        if (const Texture* tex = textures_.find(texture_key("thumb", layer, head))) {
+        if (const Texture* tex = thumbnails_.find(fmt::format("{}.{}", layer, head))) {
           const ImVec4 border = selected ? ImVec4{1, 1, 1, 1} : ImVec4{0, 0, 0, 0};
           if (ImGui::ImageButton(tex->imgui_id(), {side, side}, {0, 0}, {1, 1}, 1, border))
             sel_.layer = layer, sel_.head = head, sel_.average = false;
@@ -280,21 +287,27 @@ void Viewer::draw_legend(const figures::Scale& scale) {
 
 void Viewer::heatmap_panel() {
   heatmap_rect_ = {0, 0, 0, 0};
-  const auto grid = selected_pattern();
+  if (!shown_) {
+    ImGui::TextDisabled("loading layer %d ...", sel_.layer);
+    return;
+  }
+  const SelectionJob& job = shown_->job;
+  const bool loading = requested_ && job != *requested_;
+  const auto& grid = shown_->grid;
   if (!grid) {
-    const auto it = unreadable_.find(texture_key("pattern", sel_.layer, 0));
+    const std::string why = model_->why_missing(job.step);
     ImGui::PushTextWrapPos(0);
-    const std::string why = model_->why_missing(sel_.step);
-    if (it != unreadable_.end() && !it->second.empty()) ImGui::TextColored(kErrorColour, "%s", it->second.c_str());
+    if (!shown_->error.empty()) ImGui::TextColored(kErrorColour, "%s", shown_->error.c_str());
     else if (!why.empty()) ImGui::TextDisabled("%s", why.c_str());
-    else ImGui::TextDisabled("layer %d has no attention pattern at step %d", sel_.layer, sel_.step);
+    else ImGui::TextDisabled("layer %d has no attention pattern at step %d", job.layer, job.step);
     ImGui::PopTextWrapPos();
     return;
   }
-  const int head = sel_.average ? -1 : std::min(sel_.head, grid->heads - 1);
-  const Texture& tex = textures_.heatmap(texture_key("big", sel_.layer, head), *grid, {head, 0, kMaps[colour_map_]});
-  ImGui::Text("layer %d, %s: %d queries x %d keys  (wheel: zoom, drag: pan, R: reset)", sel_.layer,
-              head < 0 ? "head mean" : fmt::format("head {}", head).c_str(), grid->rows, grid->cols);
+  const int head = shown_head(*shown_);
+  const Texture& tex = shown_texture_;
+  ImGui::Text("layer %d, %s, step %d: %d queries x %d keys  (wheel: zoom, drag: pan, R: reset)%s", job.layer,
+              head < 0 ? "head mean" : fmt::format("head {}", head).c_str(), job.step, grid->rows, grid->cols,
+              loading ? "  loading..." : "");
   draw_legend(tex.scale());
 
   // The canvas keeps the matrix's aspect ratio inside the space left.
@@ -350,17 +363,17 @@ void Viewer::heatmap_panel() {
 }
 
 void Viewer::bars_panel() {
-  const auto grid = selected_pattern();
+  const auto grid = shown_ ? shown_->grid : nullptr;
   if (!grid || grid->rows == 0) {
     ImGui::TextDisabled("no attention pattern at this step");
     return;
   }
-  const int head = sel_.average ? -1 : std::min(sel_.head, grid->heads - 1);
+  const int head = shown_head(*shown_);
   const int query = sel_.query >= 0 && sel_.query < grid->rows ? sel_.query : grid->rows - 1;
   ImGui::Checkbox("prompt tokens only", &prompt_keys_only_);
   const int keys = prompt_keys_only_ ? std::min(grid->cols, model_->prompt_length(sel_.prompt)) : grid->cols;
   ImGui::TextWrapped("attention from query %d \"%s\" (layer %d, %s) to each key:", query, token(query).c_str(),
-                     sel_.layer, head < 0 ? "head mean" : fmt::format("head {}", head).c_str());
+                     shown_->job.layer, head < 0 ? "head mean" : fmt::format("head {}", head).c_str());
   if (ImGui::BeginTable("bars", 3, ImGuiTableFlags_ScrollY | ImGuiTableFlags_RowBg)) {
     ImGui::TableSetupColumn("key", ImGuiTableColumnFlags_WidthFixed, ImGui::GetFontSize() * 8);
     ImGui::TableSetupColumn("weight", ImGuiTableColumnFlags_WidthStretch);
@@ -385,17 +398,23 @@ void Viewer::bars_panel() {
 }
 
 void Viewer::prompt_bars_panel() {
-  const auto grid = selected_pattern();
+  const auto grid = shown_ ? shown_->grid : nullptr;
   const int prompt_length = model_->prompt_length(sel_.prompt);
   const bool autoregressive = model_->mode() == "autoregressive";
-  const int head = grid ? (sel_.average ? -1 : std::min(sel_.head, grid->heads - 1)) : 0;
-  const PromptBars bars = grid ? prompt_bars(*grid, head, prompt_length, autoregressive, sel_.query) : PromptBars{};
+  const int head = grid ? shown_head(*shown_) : 0;
+  // Recomputed only when its inputs change (a head mean over a long run reads every head's rows).
+  const std::tuple<unsigned, int, int> inputs{shown_serial_, head, sel_.query};
+  if (inputs != prompt_bars_inputs_) {
+    prompt_bars_ = grid ? prompt_bars(*grid, head, prompt_length, autoregressive, sel_.query) : PromptBars{};
+    prompt_bars_inputs_ = inputs;
+  }
+  const PromptBars& bars = prompt_bars_;
   if (bars.rows.empty()) {
     ImGui::TextDisabled("no generated token's attention at this step");
     return;
   }
   ImGui::TextWrapped("attention to each prompt token (layer %d, %s) %s, averaged over %zu generated token(s)%s",
-                     sel_.layer, head < 0 ? "head mean" : fmt::format("head {}", head).c_str(),
+                     shown_->job.layer, head < 0 ? "head mean" : fmt::format("head {}", head).c_str(),
                      autoregressive ? "while choosing each generated token" : "from the generated region's positions",
                      bars.rows.size(), bars.chosen_row >= 0 ? "; and for the chosen one (select a generated token)" : "");
   const int chosen = autoregressive ? bars.chosen_row + 1 : bars.chosen_row;  // the chosen token's position

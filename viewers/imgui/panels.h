@@ -4,13 +4,16 @@
 #pragma once
 #include "run_model.h"
 #include "textures.h"
-#include "thumbnails.h"
+#include "loaders.h"
+#include "prompt_bars.h"
 
 #include <imgui.h>
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <tuple>
 
 namespace view {
 
@@ -28,8 +31,9 @@ class Viewer {
   void frame();  // draws every panel; call between ImGui::NewFrame and ImGui::Render
   // The big heatmap's screen rectangle (ImGui coordinates) in the last frame (zero size if none).
   ImVec4 heatmap_rect() const { return heatmap_rect_; }
-  // True when no thumbnail is waiting to be built (a screenshot then shows the whole grid).
-  bool idle() const { return idle_; }
+  // True when the heatmap shows the selection and no thumbnail is waiting to be built (a
+  // screenshot then shows everything).
+  bool idle() const { return !model_ || (idle_ && shown_ && requested_ && shown_->job == *requested_); }
   // Live mode: whether the model still generates or the last frame missed its latest steps, and
   // how it is doing ("" offline).
   bool model_running() const { return model_ && (model_->running() || model_->version() != seen_version_); }
@@ -51,8 +55,11 @@ class Viewer {
   void handle_keys();
   void advance_playback();
 
-  // The selected layer's pattern at the selected step, or null (error recorded) if unreadable.
-  std::shared_ptr<const Grid> selected_pattern();
+  // Asks the selection loader for what sel_ selects, and takes what it finished.
+  void update_selection();
+  SelectionJob wanted() const;
+  // The head a job shows in its grid (-1: the mean), for labels and readouts.
+  static int shown_head(const SelectionResult& shown);
   std::string texture_key(const char* what, int layer, int head) const;
   std::string token(int position) const;
   void set_step(int step);
@@ -63,15 +70,20 @@ class Viewer {
   void record_error(const std::string& message);
 
   std::unique_ptr<PanelModel> model_;
-  std::unique_ptr<ThumbnailLoader> loader_;  // after model_: stops before the model goes
+  std::unique_ptr<ThumbnailLoader> loader_;  // after model_: the loaders stop before the model goes
+  std::unique_ptr<SelectionLoader> selection_loader_;
   std::string error_;
-  // Layers not to read again at this prompt and step: why they failed ("" = nothing captured).
-  std::map<std::string, std::string> unreadable_;
-  // Held here, not only in the model's cache: the thumbnail loader's reads must not evict it.
-  std::shared_ptr<const Grid> selected_;
-  std::string selected_key_;
+  // What the heatmap and the bars show: the newest finished selection (possibly an older one
+  // than requested_ while the loader works), with its texture.
+  std::optional<SelectionResult> shown_;
+  Texture shown_texture_;
+  unsigned shown_serial_ = 0;  // counts the selections shown
+  PromptBars prompt_bars_;     // the Prompt tab's numbers for prompt_bars_inputs_ (shown serial, head, query)
+  std::tuple<unsigned, int, int> prompt_bars_inputs_{0, 0, -2};
+  std::optional<SelectionJob> requested_;
   Selection sel_;
-  TextureCache textures_;
+  TextureCache textures_;            // heatmaps of the selected prompt and step
+  TextureCache thumbnails_;          // "layer.head": replaced as the loader delivers
   std::vector<std::string> tokens_;  // of the selected prompt and step
   int colour_map_ = 0;               // index into kMaps
   bool playing_ = false;

@@ -62,6 +62,7 @@ class TextureCache {
     const auto it = textures_.find(key);
     return it == textures_.end() ? nullptr : &it->second;
   }
+  void erase(const std::string& key) { textures_.erase(key); }
   // A horizontal colour bar of `map` (for legends).
   const Texture& legend(const figures::ColourMap& map);
   // Drops every texture (e.g. when the step or colour map changes and old keys are dead).
