@@ -2,14 +2,13 @@
 // heatmap's pixels (its rectangle is printed on stdout) are compared cell by cell with colours the
 // test computes itself from the captures (RunReader) and the viridis map. Damaged runs must show
 // their error and exit 0. Skipped with a warning when xvfb-run is not installed.
-#include "test_util.h"
+#include "png_util.h"
 
 #include <drawing.h>
 #include <hooklens/run.h>
 #include <prompt_bars.h>
 
 #include <nlohmann/json.hpp>
-#include <stb/stb_image.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -42,13 +41,8 @@ struct Shot {
   int status = -1;
   std::string out, err;
   int x = 0, y = 0, w = 0, h = 0;  // the heatmap's rectangle in the PNG
-  int width = 0, height = 0;
-  std::vector<unsigned char> rgb;
-
-  std::array<int, 3> pixel(int px, int py) const {
-    const std::size_t i = (std::size_t(py) * std::size_t(width) + std::size_t(px)) * 3;
-    return {rgb[i], rgb[i + 1], rgb[i + 2]};
-  }
+  test::Png png;
+  std::array<int, 3> pixel(int px, int py) const { return png.pixel(px, py); }
 };
 
 // Runs the viewer under Xvfb with --screenshot and `args`; decodes the PNG.
@@ -66,11 +60,7 @@ Shot screenshot(const fs::path& run, const std::string& args, const fs::path& di
   std::smatch m;
   REQUIRE(std::regex_search(shot.out, m, std::regex(R"(heatmap: (\d+) (\d+) (\d+) (\d+))")));
   shot.x = std::stoi(m[1]), shot.y = std::stoi(m[2]), shot.w = std::stoi(m[3]), shot.h = std::stoi(m[4]);
-  int channels = 0;
-  unsigned char* data = stbi_load(png.c_str(), &shot.width, &shot.height, &channels, 3);
-  REQUIRE(data != nullptr);
-  shot.rgb.assign(data, data + std::size_t(shot.width) * std::size_t(shot.height) * 3);
-  stbi_image_free(data);
+  shot.png = test::Png::load(png);
   return shot;
 }
 
@@ -194,10 +184,13 @@ TEST_CASE("hooklens-view screenshots show the selected head's pattern", "[viewer
     check_cells(a, expected(r.diffusion, 1, 3, 1, false));
     check_cells(b, expected(r.diffusion, 1, 3, 3, false));
   }
-  SECTION("a bad --select is a usage error") {
-    const std::string cmd = fmt::format("xvfb-run -a '{}' '{}' --select 2 >/dev/null 2>&1", kViewer.string(), r.capture.string());
-    const int raw = std::system(cmd.c_str());
-    CHECK((WIFEXITED(raw) && WEXITSTATUS(raw) == 2));
+  SECTION("bad options are usage errors (status 2)") {
+    for (const std::string args : {"--select 2", "--tab bogus", "--prompt-ids 1,2"}) {
+      const std::string cmd = fmt::format("xvfb-run -a '{}' '{}' {} >/dev/null 2>&1", kViewer.string(), r.capture.string(), args);
+      const int raw = std::system(cmd.c_str());
+      INFO(cmd);
+      CHECK((WIFEXITED(raw) && WEXITSTATUS(raw) == 2));
+    }
   }
 }
 
@@ -215,7 +208,7 @@ TEST_CASE("hooklens-view shows a damaged run's error instead of crashing", "[vie
     const Shot s = screenshot(run, "--select 0.0", r.dir.path, "truncated");
     CHECK(s.err.find("captures-00000.safetensors") != std::string::npos);
     CHECK(s.w == 0);  // no heatmap drawn
-    CHECK(s.rgb != good.rgb);
+    CHECK(s.png.rgb != good.png.rgb);
   }
   SECTION("garbled manifest") {
     const fs::path run = r.dir / "garbled";
@@ -224,7 +217,7 @@ TEST_CASE("hooklens-view shows a damaged run's error instead of crashing", "[vie
     const Shot s = screenshot(run, "", r.dir.path, "garbled");
     CHECK(s.err.find("manifest.json") != std::string::npos);
     CHECK(s.w == 0);
-    CHECK(s.rgb != good.rgb);
+    CHECK(s.png.rgb != good.png.rgb);
   }
   SECTION("missing directory") {
     const Shot s = screenshot(r.dir / "nowhere", "", r.dir.path, "missing");
@@ -271,6 +264,19 @@ TEST_CASE("hooklens-view live mode: masked diffusion, Stop, analyzer tables", "[
     const Shot s = screenshot(model, kLiveDiffusion + " --select 1.3 --stop-after 2", r.dir.path, "livestop");
     CHECK(s.out.find("live: stopped after 2 steps") != std::string::npos);
     check_cells(s, expected(r.diffusion_text, 1, 3, 1, false));
+  }
+  SECTION("a prompt the model cannot take is a usage error naming the model") {
+    for (const std::string args : {"--prompt 'no tokenizer'", "--prompt-ids 85,9999", "", "--prompt x --prompt-ids 1"}) {
+      const fs::path err = r.dir / "live_usage.err";
+      const std::string cmd = fmt::format("xvfb-run -a '{}' {} {} --screenshot '{}' >/dev/null 2>'{}'", kViewer.string(), model, args,
+                                          (r.dir / "never.png").string(), err.string());
+      const int raw = std::system(cmd.c_str());
+      const std::string text = test::read_file(err);
+      INFO(cmd << "\n" << text);
+      CHECK((WIFEXITED(raw) && WEXITSTATUS(raw) == 2));
+      CHECK(text.find("hooklens-view: error: ") != std::string::npos);
+      CHECK(!fs::exists(r.dir / "never.png"));
+    }
   }
   SECTION("prompt as ids, no analyzers") {
     const Shot s = screenshot(model, "--prompt-ids 85,294,223,181 --gen-length 8 --steps 4 --block-length 4 --analyze none --select 1.3",

@@ -191,7 +191,7 @@ std::shared_ptr<const Grid> LiveModel::neurons(int, int step, int layer) {
   {
     const std::lock_guard<std::mutex> lock(mutex_);
     if (step < first_kept_step_ || step >= int(steps_.size())) return nullptr;
-    found = pieces(neurons_, step, step, layer);
+    found = pieces(neurons_, mode_ == "autoregressive" ? 0 : step, step, layer);
   }
   return assemble(found);
 }

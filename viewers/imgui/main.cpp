@@ -32,6 +32,7 @@ struct Options {
   std::string screenshot;
   int frames = 3;
   std::string select;
+  std::string tab;
   int step = 0;
   double exit_after = 0;
   int width = 1280, height = 800;
@@ -136,6 +137,7 @@ view::Viewer make_viewer(const Options& opt, view::Selection sel) {
 int run(const Options& opt) {
   view::Selection sel;
   sel.step = opt.step;
+  sel.tab = opt.tab;
   if (!opt.select.empty()) apply_select(opt.select, sel);
   GLFWwindow* window = open_window(opt);
   IMGUI_CHECKVERSION();
@@ -228,6 +230,7 @@ int main(int argc, char** argv) {
   app.add_option("--screenshot", opt.screenshot, "Render, write this PNG and exit (for tests and CI)");
   app.add_option("--frames", opt.frames, "Frames to render before the screenshot")->check(CLI::Range(1, 100000));
   app.add_option("--select", opt.select, "The head shown at start: LAYER.HEAD (e.g. 2.1) or LAYER.mean");
+  app.add_option("--tab", opt.tab, "The Details tab shown at start")->check(CLI::IsMember({"query", "prompt", "neurons", "analyzers"}));
   app.add_option("--step", opt.step, "The generation / diffusion step shown at start")->check(CLI::NonNegativeNumber);
   app.add_option("--exit-after", opt.exit_after, "Close after this many seconds")->check(CLI::NonNegativeNumber);
   app.add_option("--width", opt.width, "Window width")->check(CLI::Range(320, 8192));
@@ -235,7 +238,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return app.exit(e) == 0 ? 0 : 2;  // --help is 0; every malformed option is a usage error
   }
   try {
     if (opt.run.empty() && opt.live.model.empty()) throw hooklens::UsageError("give a run directory, or --model DIR --prompt TEXT (see --help)");

@@ -155,10 +155,16 @@ void Viewer::frame() {
   if (begin_pane("Heatmap", 0.28f, 0.2f, 0.44f, 0.8f)) heatmap_panel();
   ImGui::End();
   if (begin_pane("Details", 0.72f, 0.2f, 0.28f, 0.8f) && ImGui::BeginTabBar("details")) {
-    if (ImGui::BeginTabItem("Query")) bars_panel(), ImGui::EndTabItem();
-    if (model_->mode() != "none" && ImGui::BeginTabItem("Prompt")) prompt_bars_panel(), ImGui::EndTabItem();
-    if (ImGui::BeginTabItem("Neurons")) neurons_panel(), ImGui::EndTabItem();
-    if (ImGui::BeginTabItem("Analyzers")) tables_panel(), ImGui::EndTabItem();
+    // The tab asked for at start (--tab) is selected once; afterwards the user's clicks rule.
+    const auto tab = [&](const char* label, const char* name) {
+      const bool open = ImGui::BeginTabItem(label, nullptr, sel_.tab == name ? ImGuiTabItemFlags_SetSelected : 0);
+      if (sel_.tab == name) sel_.tab.clear();
+      return open;
+    };
+    if (tab("Query", "query")) bars_panel(), ImGui::EndTabItem();
+    if (model_->mode() != "none" && tab("Prompt", "prompt")) prompt_bars_panel(), ImGui::EndTabItem();
+    if (tab("Neurons", "neurons")) neurons_panel(), ImGui::EndTabItem();
+    if (tab("Analyzers", "analyzers")) tables_panel(), ImGui::EndTabItem();
     ImGui::EndTabBar();
   }
   ImGui::End();
@@ -413,7 +419,7 @@ void Viewer::prompt_bars_panel() {
     ImGui::TextDisabled("no generated token's attention at this step");
     return;
   }
-  ImGui::TextWrapped("attention to each prompt token (layer %d, %s) %s, averaged over %zu generated token(s)%s",
+  ImGui::TextWrapped("attention to each prompt token (layer %d, %s) %s, averaged over %zu generated token(s)%s; bars relative to each column's largest",
                      shown_->job.layer, head < 0 ? "head mean" : fmt::format("head {}", head).c_str(),
                      autoregressive ? "while choosing each generated token" : "from the generated region's positions",
                      bars.rows.size(), bars.chosen_row >= 0 ? "; and for the chosen one (select a generated token)" : "");
@@ -427,9 +433,13 @@ void Viewer::prompt_bars_panel() {
     ImGui::TableSetupColumn(fmt::format("{} \"{}\"", chosen, figures::token_label(token(chosen), 8)).c_str(),
                             ImGuiTableColumnFlags_WidthStretch);
   ImGui::TableHeadersRow();
-  const auto bar = [](float w, float fraction) {
-    ImGui::PushStyleColor(ImGuiCol_PlotHistogram, to_imgui(figures::colour_at(*kMaps[0], fraction)));
-    ImGui::ProgressBar(w, {-1, 0}, fmt::format("{:.3f}", w).c_str());
+  // Bars are drawn relative to their column's largest weight (prompt tokens often share little
+  // attention); the numbers are the weights themselves.
+  const auto largest = [](const std::vector<float>& v) { return v.empty() ? 1.0f : std::max(1e-6f, *std::max_element(v.begin(), v.end())); };
+  const float mean_max = largest(bars.mean), chosen_max = largest(bars.chosen);
+  const auto bar = [](float w, float longest, float colour) {
+    ImGui::PushStyleColor(ImGuiCol_PlotHistogram, to_imgui(figures::colour_at(*kMaps[0], colour)));
+    ImGui::ProgressBar(w / longest, {-1, 0}, fmt::format("{:.3f}", w).c_str());
     ImGui::PopStyleColor();
   };
   ImGuiListClipper clipper;
@@ -442,8 +452,8 @@ void Viewer::prompt_bars_panel() {
                             ImGuiSelectableFlags_SpanAllColumns))
         sel_.key = k;
       ImGui::TableNextColumn();
-      bar(bars.mean[std::size_t(k)], 0.7f);
-      if (columns == 3) ImGui::TableNextColumn(), bar(bars.chosen[std::size_t(k)], 0.45f);
+      bar(bars.mean[std::size_t(k)], mean_max, 0.7f);
+      if (columns == 3) ImGui::TableNextColumn(), bar(bars.chosen[std::size_t(k)], chosen_max, 0.45f);
     }
   ImGui::EndTable();
 }
@@ -466,7 +476,7 @@ void Viewer::neurons_panel() {
     return;
   }
   const Texture& tex = textures_.heatmap(texture_key("neurons", sel_.layer, 0), *grid, {0, 0, &figures::kDiverging, true});
-  ImGui::Text("layer %d mlp.hook_post: %d positions x %d neurons", sel_.layer, grid->rows, grid->cols);
+  ImGui::Text("layer %d mlp.hook_post, step %d: %d position(s) x %d neurons", sel_.layer, sel_.step, grid->rows, grid->cols);
   draw_legend(tex.scale());
   const float width = ImGui::GetContentRegionAvail().x;
   // Rows at least half a line high, so a decode step's single row is still visible.

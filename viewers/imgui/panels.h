@@ -21,6 +21,7 @@ struct Selection {
   int prompt = 0, step = 0, layer = 0, head = 0;
   bool average = false;     // head mean instead of the selected head
   int query = -1, key = -1; // -1: none selected (the bars then use the last query row)
+  std::string tab;          // the Details tab to open first: query, prompt, neurons or analyzers ("" = query)
 };
 
 class Viewer {

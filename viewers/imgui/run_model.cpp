@@ -191,18 +191,19 @@ void RunModel::remember(const std::string& kind, const Where& where, std::shared
 std::shared_ptr<const Grid> RunModel::pattern(int prompt, int step, int layer) {
   const std::lock_guard<std::mutex> lock(mutex_);
   if (auto hit = cached("pattern", {prompt, step, layer})) return hit;
-  auto grid = read_pattern(prompt, step, layer);
+  auto grid = read_grid(pattern_index_, prompt, step, layer);
   remember("pattern", {prompt, step, layer}, grid);
   return grid;
 }
 
-std::shared_ptr<const Grid> RunModel::read_pattern(int prompt, int step, int layer) {
-  // Autoregressive decode steps add query rows to the prefill's matrix; other runs show one step.
+std::shared_ptr<const Grid> RunModel::read_grid(const std::map<Where, std::vector<std::size_t>>& index, int prompt,
+                                                int step, int layer) {
+  // Autoregressive decode steps add rows (their positions) to the prefill's; other runs show one step.
   std::vector<std::size_t> captures;
   const int first = mode_ == "autoregressive" ? 0 : step;
   for (int s = first; s <= step; ++s) {
-    const auto it = pattern_index_.find({prompt, s, layer});
-    if (it != pattern_index_.end()) captures.insert(captures.end(), it->second.begin(), it->second.end());
+    const auto it = index.find({prompt, s, layer});
+    if (it != index.end()) captures.insert(captures.end(), it->second.begin(), it->second.end());
   }
   if (captures.empty()) return nullptr;
   struct Piece {
@@ -239,18 +240,7 @@ std::shared_ptr<const Grid> RunModel::read_pattern(int prompt, int step, int lay
 std::shared_ptr<const Grid> RunModel::neurons(int prompt, int step, int layer) {
   const std::lock_guard<std::mutex> lock(mutex_);
   if (auto hit = cached("neurons", {prompt, step, layer})) return hit;
-  const auto it = neuron_index_.find({prompt, step, layer});
-  if (it == neuron_index_.end()) return nullptr;
-  const json& c = reader_->capture(it->second.front());
-  const std::string key = c.value("key", std::string("?"));
-  const auto dims = trailing(c.at("shape"), 2, key);
-  auto grid = std::make_shared<Grid>();
-  grid->heads = 1;
-  grid->first_row = c.value("query_offset", 0);
-  grid->rows = int(dims[0]);
-  grid->cols = int(dims[1]);
-  const at::Tensor t = as_floats(reader_->load(it->second.front()), std::size_t(dims[0] * dims[1]), key);
-  grid->values.assign(t.data_ptr<float>(), t.data_ptr<float>() + dims[0] * dims[1]);
+  auto grid = read_grid(neuron_index_, prompt, step, layer);
   remember("neurons", {prompt, step, layer}, grid);
   return grid;
 }

@@ -61,7 +61,8 @@ class PanelModel {
   // autoregressive runs the rows of steps 0..step together (each decode step adds one query row).
   // Throws hooklens::Error naming the file when a capture cannot be read.
   virtual std::shared_ptr<const Grid> pattern(int prompt, int step, int layer) = 0;
-  // blocks.L.mlp.hook_post as [1, position, neuron] (null if not captured at this step).
+  // blocks.L.mlp.hook_post as [1, position, neuron] (null if not captured at this step); like
+  // pattern(), autoregressive runs give the rows of steps 0..step.
   virtual std::shared_ptr<const Grid> neurons(int prompt, int step, int layer) = 0;
   virtual const std::vector<HeadTable>& head_tables() const = 0;
   // Errors met while reading reports (a damaged report is skipped, not fatal).
@@ -107,7 +108,9 @@ class RunModel : public PanelModel {
   using Where = std::tuple<int, int, int>;  // prompt, step, layer
   std::shared_ptr<const Grid> cached(const std::string& kind, const Where& where);
   void remember(const std::string& kind, const Where& where, std::shared_ptr<const Grid> grid);
-  std::shared_ptr<const Grid> read_pattern(int prompt, int step, int layer);
+  // The captures of a layer in `index` (patterns [1, heads, q, k] or activations [1, pos, n] as one
+  // head) placed at their offsets; for autoregressive runs steps 0..step together.
+  std::shared_ptr<const Grid> read_grid(const std::map<Where, std::vector<std::size_t>>& index, int prompt, int step, int layer);
   void generated_tokens(int step, std::vector<std::string>& out) const;  // appends; may throw json errors
 
   std::filesystem::path dir_;
