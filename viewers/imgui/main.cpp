@@ -123,14 +123,19 @@ void write_screenshot(const std::string& file, int width, int height) {
     throw hooklens::Error(fmt::format("{}: cannot write the screenshot", file));
 }
 
-// Opens the run; a damaged run becomes a viewer that shows the error instead. Live mode's model
-// errors are the user's (a wrong --model): they end the viewer with status 1 or 2.
-view::Viewer make_viewer(const Options& opt, view::Selection sel) {
-  if (!opt.live.model.empty()) return view::Viewer(std::make_unique<view::LiveModel>(opt.live), "", sel);
+// What the viewer shows: the live model (loaded before any window opens, so a slow load shows on
+// the terminal rather than as a frozen window, and a wrong --model or prompt ends the viewer with
+// status 1 or 2), or the run directory (a damaged run becomes a viewer that shows the error).
+std::unique_ptr<view::PanelModel> open_data(const Options& opt, std::string& error) {
+  if (!opt.live.model.empty()) {
+    std::cerr << "hooklens-view: loading " << opt.live.model.string() << " ...\n";
+    return std::make_unique<view::LiveModel>(opt.live);
+  }
   try {
-    return view::Viewer(std::make_unique<view::RunModel>(opt.run), "", sel);
+    return std::make_unique<view::RunModel>(opt.run);
   } catch (const std::exception& e) {
-    return view::Viewer(nullptr, e.what(), sel);
+    error = e.what();
+    return nullptr;
   }
 }
 
@@ -139,6 +144,8 @@ int run(const Options& opt) {
   sel.step = opt.step;
   sel.tab = opt.tab;
   if (!opt.select.empty()) apply_select(opt.select, sel);
+  std::string error;
+  std::unique_ptr<view::PanelModel> data = open_data(opt, error);
   GLFWwindow* window = open_window(opt);
   IMGUI_CHECKVERSION();
   ImGui::CreateContext();
@@ -148,7 +155,7 @@ int run(const Options& opt) {
   ImGui_ImplGlfw_InitForOpenGL(window, true);
   ImGui_ImplOpenGL3_Init("#version 150");
   {
-    view::Viewer viewer = make_viewer(opt, sel);  // owns GL textures: destroyed before the context
+    view::Viewer viewer(std::move(data), error, sel);  // owns GL textures: destroyed before the context
     const double start = glfwGetTime();
     // Screenshot mode waits for the thumbnails (built one layer per frame), within reason.
     const int max_frames = opt.frames + 10000;

@@ -51,8 +51,7 @@ Viewer::Viewer(std::unique_ptr<PanelModel> model, std::string error, Selection i
   sel_.prompt = std::clamp(sel_.prompt, 0, model_->prompt_count() - 1);
   sel_.layer = std::clamp(sel_.layer, 0, std::max(0, model_->n_layers() - 1));
   sel_.head = std::clamp(sel_.head, 0, std::max(0, model_->n_heads() - 1));
-  seen_version_ = model_->version();
-  seen_steps_ = model_->step_count();
+  // seen_version_ stays 0: a live model that already has steps is followed from the first frame.
   set_step(sel_.step);
 }
 
