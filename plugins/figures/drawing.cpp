@@ -420,9 +420,9 @@ json draw(Canvas& canvas, const BarChart& c, int x, int y) {
 }
 
 // Lays `parts` out in a grid (cells as wide as the widest part of their column and as tall as the
-// tallest of their row) and draws them.
+// tallest of their row) and draws them, with `caption` below.
 template <class Part>
-json write_parts(const fs::path& file, const std::vector<Part>& parts, int columns) {
+json write_parts(const fs::path& file, const std::vector<Part>& parts, int columns, const std::string& caption) {
   const std::size_t per_row = columns > 0 ? std::size_t(columns) : std::max<std::size_t>(parts.size(), 1);
   std::vector<int> col_w(per_row, 0), row_h((parts.size() + per_row - 1) / per_row, 0);
   for (std::size_t i = 0; i < parts.size(); ++i) {
@@ -432,6 +432,10 @@ json write_parts(const fs::path& file, const std::vector<Part>& parts, int colum
   std::int64_t width = 2 * kMargin - kPanelGap, height = 2 * kMargin - kPanelGap;
   for (int w : col_w) width += w + kPanelGap;
   for (int h : row_h) height += h + kPanelGap;
+  if (!caption.empty()) {
+    width = std::max<std::int64_t>(width, 2 * kMargin + text_width(caption));
+    height += text_height() + 6;
+  }
   width = std::max<std::int64_t>(width, 1), height = std::max<std::int64_t>(height, 1);
   if (width > kMaxSide || height > kMaxSide)
     throw hooklens::Error(fmt::format("{}: the figure would be {}x{} pixels (at most {} a side)", file.string(), width,
@@ -447,6 +451,7 @@ json write_parts(const fs::path& file, const std::vector<Part>& parts, int colum
     }
     y += row_h[row] + kPanelGap;
   }
+  if (!caption.empty()) canvas->text(kMargin, int(height) - kMargin - text_height(), caption);
   canvas->save(file);
   return {{"width", width}, {"height", height}, {"panels", geometry}};
 }
@@ -461,7 +466,7 @@ int Panel::width() const {
 
 int Panel::height() const {
   const Layout l(*this);
-  return l.title_h + std::max(l.body_h, l.matrix_h + l.col_labels_h) + 6 + text_height();
+  return l.title_h + std::max(l.body_h, l.matrix_h + l.col_labels_h) + (caption.empty() ? 0 : 6 + text_height());
 }
 
 int BarChart::width() const {
@@ -472,15 +477,15 @@ int BarChart::width() const {
 int BarChart::height() const {
   const ChartLayout l(*this);
   const int legend_h = series.size() > 1 ? int(series.size()) * (text_height() + 2) : 0;
-  return l.title_h + std::max(plot_h + l.labels_h, legend_h) + 6 + text_height();
+  return l.title_h + std::max(plot_h + l.labels_h, legend_h) + (caption.empty() ? 0 : 6 + text_height());
 }
 
-json write_figure(const fs::path& file, const std::vector<Panel>& panels, int columns) {
-  return write_parts(file, panels, columns);
+json write_figure(const fs::path& file, const std::vector<Panel>& panels, int columns, const std::string& caption) {
+  return write_parts(file, panels, columns, caption);
 }
 
-json write_figure(const fs::path& file, const std::vector<BarChart>& charts, int columns) {
-  return write_parts(file, charts, columns);
+json write_figure(const fs::path& file, const std::vector<BarChart>& charts, int columns, const std::string& caption) {
+  return write_parts(file, charts, columns, caption);
 }
 
 std::string token_label(const std::string& token, std::size_t max_chars) {

@@ -100,10 +100,13 @@ struct BarChart {
 };
 
 // Writes the panels (or charts) as one figure, `columns` per row (0: all in one row): SVG if `file`
-// ends in ".svg", else PNG. Returns the figure's geometry (size, and per panel its matrix's position,
-// cell size and colour bar, or per chart its plot area) for summary files.
-nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<Panel>& panels, int columns = 0);
-nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<BarChart>& charts, int columns = 0);
+// ends in ".svg", else PNG. `caption` is one line under the whole figure (a panel's own caption
+// widens its column; this one does not). Returns the figure's geometry (size, and per panel its
+// matrix's position, cell size and colour bar, or per chart its plot area) for summary files.
+nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<Panel>& panels, int columns = 0,
+                            const std::string& caption = "");
+nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<BarChart>& charts, int columns = 0,
+                            const std::string& caption = "");
 
 // A token as a label: ASCII only (the PNG font has nothing else), spaces shown as '_', control
 // characters escaped, at most `max_chars` characters.

@@ -451,13 +451,13 @@ class FiguresRenderer final : public hooklens::Renderer {
       const int small = std::max(2, figures::cell_size(std::max(Q, K)) / 2);
       std::vector<Panel> panels;
       for (std::size_t i = 0; i < per_head.size(); ++i)
-        panels.push_back({fmt::format("layer {} head {}", layer, job.heads[i]), i == 0 ? context : "", per_head[i],
+        panels.push_back({fmt::format("layer {} head {}", layer, job.heads[i]), "", per_head[i],
                           shared, small, small, figures::thin_labels(position_labels(tokens, pat.ctx.query_offset, Q), small),
                           figures::thin_labels(position_labels(tokens, pat.ctx.key_offset, K), small)});
       const int columns = int(std::ceil(std::sqrt(double(panels.size()))));
       const std::string stem = fmt::format("{}_layer{}_heads", tag, layer);
       job.add(stem, fmt::format("layer {}: every head's pattern on one shared colour scale", layer),
-              figures::write_figure(job.path(stem), panels, columns));
+              figures::write_figure(job.path(stem), panels, columns, context));
     }
   }
 
@@ -679,8 +679,8 @@ class FiguresRenderer final : public hooklens::Renderer {
       std::vector<Panel> panels;
       for (std::size_t i = 0; i < steps.size(); ++i) {
         const auto tokens = job.run->tokens(p, steps[i]);
-        panels.push_back({fmt::format("layer {}, step {} (heads averaged)", layer, steps[i]),
-                          i == 0 ? job.run->describe(p) : "", at_step[i], shared, cell, cell,
+        panels.push_back({fmt::format("layer {}, step {} (heads averaged)", layer, steps[i]), "", at_step[i], shared,
+                          cell, cell,
                           figures::thin_labels(position_labels(tokens, at_step[i].first_row, at_step[i].rows), cell),
                           figures::thin_labels(position_labels(tokens, at_step[i].first_col, T), cell)});
       }
@@ -690,7 +690,7 @@ class FiguresRenderer final : public hooklens::Renderer {
       const std::string stem = fmt::format("p{}_layer{}_evolution", p, layer);
       job.add(stem, fmt::format("layer {} head-averaged pattern at steps {} and the signed difference last - first",
                                 layer, fmt::join(steps, ",")),
-              figures::write_figure(job.path(stem), panels, 0));
+              figures::write_figure(job.path(stem), panels, 0, job.run->describe(p)));
     }
   }
 
@@ -738,7 +738,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     for (const auto& [key, m] : scores) {
       bool negative = false;
       for (double v : m.values) negative = negative || v < 0;
-      panels.push_back({key, panels.empty() ? fmt::format("report {}: rows layers, columns heads", name) : "", m,
+      panels.push_back({key, "", m,
                         negative ? figures::signed_scale(m) : figures::sequential_scale({&m}), 28, 28, row_labels,
                         col_labels});
     }
@@ -748,7 +748,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     }
     const std::string stem = "report_" + name;
     job.add(stem, fmt::format("layer x head matrices of every per-head score in reports/{}.json", name),
-            figures::write_figure(job.path(stem), panels, 4));
+            figures::write_figure(job.path(stem), panels, 4, fmt::format("report {}: rows layers, columns heads", name)));
   }
 };
 
