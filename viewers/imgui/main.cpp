@@ -101,7 +101,16 @@ void setup_fonts(GLFWwindow* window) {
   const fs::path dejavu = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
   std::error_code ec;
   if (fs::exists(dejavu, ec)) {
-    io.Fonts->AddFontFromFileTTF(dejavu.c_str(), 15.0f * scale);
+    // Tokens are any text: Latin, Greek, Cyrillic, general punctuation and U+FFFD (the replacement
+    // character of a byte token that is not UTF-8 on its own), as far as DejaVu Sans has them.
+    static ImVector<ImWchar> ranges;
+    ImFontGlyphRangesBuilder builder;
+    builder.AddRanges(io.Fonts->GetGlyphRangesDefault());
+    builder.AddRanges(io.Fonts->GetGlyphRangesCyrillic());
+    static const ImWchar more[] = {0x0370, 0x03FF, 0x2000, 0x206F, 0x2190, 0x21FF, 0xFFFD, 0xFFFD, 0};
+    builder.AddRanges(more);
+    builder.BuildRanges(&ranges);
+    io.Fonts->AddFontFromFileTTF(dejavu.c_str(), 15.0f * scale, nullptr, ranges.Data);
   } else {
     ImFontConfig config;
     config.SizePixels = 13.0f * scale;

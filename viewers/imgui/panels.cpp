@@ -16,6 +16,24 @@ constexpr int kThumbnailSide = 64;     // texels: thumbnails of long runs are bl
 const ImVec4 kErrorColour{1.0f, 0.35f, 0.3f, 1.0f};
 const ImVec4 kNewTokenColour{0.95f, 0.75f, 0.2f, 1.0f};
 
+// A token as a label: its text (the window's font has more than ASCII, unlike the figures' PNG
+// font), spaces as '_', control characters as \xNN, at most `max_chars` characters ("~" marks a cut).
+std::string token_label(const std::string& token, std::size_t max_chars) {
+  std::string out;
+  std::size_t chars = 0;
+  for (std::size_t i = 0; i < token.size();) {
+    const auto byte = static_cast<unsigned char>(token[i]);
+    std::size_t n = byte < 0x80 ? 1 : byte >= 0xF0 ? 4 : byte >= 0xE0 ? 3 : byte >= 0xC0 ? 2 : 1;
+    n = std::min(n, token.size() - i);
+    if (chars == max_chars) return out + "~";
+    if (byte == ' ') out += '_';
+    else if (byte < 0x20 || byte == 0x7F) out += fmt::format("\\x{:02x}", byte);
+    else out.append(token, i, n);
+    i += n, ++chars;
+  }
+  return out;
+}
+
 ImVec4 to_imgui(figures::Rgb c) { return {c.r / 255.0f, c.g / 255.0f, c.b / 255.0f, 1.0f}; }
 
 // The window at a fixed fraction of the display: the layout does not depend on a saved .ini.
@@ -237,7 +255,7 @@ void Viewer::token_strip() {
   ImGui::BeginChild("tokens", {0, 0}, true);
   const float right = ImGui::GetWindowContentRegionMax().x;
   for (int i = 0; i < int(tokens_.size()); ++i) {
-    const std::string label = fmt::format("{}##t{}", figures::token_label(tokens_[std::size_t(i)], 16), i);
+    const std::string label = fmt::format("{}##t{}", token_label(tokens_[std::size_t(i)], 16), i);
     const bool is_new = std::find(fresh.begin(), fresh.end(), i) != fresh.end();
     if (is_new) ImGui::PushStyleColor(ImGuiCol_Text, kNewTokenColour);
     const ImVec2 size = ImGui::CalcTextSize(label.c_str(), nullptr, true);
@@ -390,7 +408,7 @@ void Viewer::bars_panel() {
         const float w = head < 0 ? grid->mean_at(query, k) : grid->at(head, query, k);
         ImGui::TableNextRow();
         ImGui::TableNextColumn();
-        ImGui::Text("%d %s", k, figures::token_label(token(k), 10).c_str());
+        ImGui::Text("%d %s", k, token_label(token(k), 10).c_str());
         ImGui::TableNextColumn();
         ImGui::PushStyleColor(ImGuiCol_PlotHistogram, to_imgui(figures::colour_at(*kMaps[0], 0.7)));
         ImGui::ProgressBar(std::isfinite(w) ? w : 0.0f, {-1, 0}, "");
@@ -429,7 +447,7 @@ void Viewer::prompt_bars_panel() {
   ImGui::TableSetupColumn("prompt token", ImGuiTableColumnFlags_WidthFixed, ImGui::GetFontSize() * 8);
   ImGui::TableSetupColumn("mean over generated", ImGuiTableColumnFlags_WidthStretch);
   if (columns == 3)
-    ImGui::TableSetupColumn(fmt::format("{} \"{}\"", chosen, figures::token_label(token(chosen), 8)).c_str(),
+    ImGui::TableSetupColumn(fmt::format("{} \"{}\"", chosen, token_label(token(chosen), 8)).c_str(),
                             ImGuiTableColumnFlags_WidthStretch);
   ImGui::TableHeadersRow();
   // Bars are drawn relative to their column's largest weight (prompt tokens often share little
@@ -447,7 +465,7 @@ void Viewer::prompt_bars_panel() {
     for (int k = clipper.DisplayStart; k < clipper.DisplayEnd; ++k) {
       ImGui::TableNextRow();
       ImGui::TableNextColumn();
-      if (ImGui::Selectable(fmt::format("{} {}##p{}", k, figures::token_label(token(k), 10), k).c_str(), sel_.key == k,
+      if (ImGui::Selectable(fmt::format("{} {}##p{}", k, token_label(token(k), 10), k).c_str(), sel_.key == k,
                             ImGuiSelectableFlags_SpanAllColumns))
         sel_.key = k;
       ImGui::TableNextColumn();
