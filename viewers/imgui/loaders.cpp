@@ -101,7 +101,8 @@ std::optional<SelectionResult> SelectionLoader::take() {
 
 void SelectionLoader::work() {
   yield_to_ui();
-  // The last layer read: a new head or colour map of the same layer only recolours it.
+  // The last layer read: a new head or colour map of the same layer only recolours it. A layer
+  // that had nothing is read again (a live step may have finished since).
   SelectionJob last;
   std::shared_ptr<const Grid> last_grid;
   bool have_last = false;
@@ -114,7 +115,8 @@ void SelectionLoader::work() {
     lock.unlock();
     try {
       const SelectionJob& job = result.job;
-      const bool same_layer = have_last && last.prompt == job.prompt && last.step == job.step && last.layer == job.layer;
+      const bool same_layer = have_last && last_grid && last.prompt == job.prompt && last.step == job.step &&
+                              last.layer == job.layer;
       result.grid = same_layer ? last_grid : model_.pattern(job.prompt, job.step, job.layer);
       last = job, last_grid = result.grid, have_last = true;
       if (result.grid) result.image = colour_image(*result.grid, {std::min(job.head, result.grid->heads - 1), 0, job.map});
