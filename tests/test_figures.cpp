@@ -26,16 +26,9 @@ using nlohmann::json;
 using test::distinct_colours;
 using test::Png;
 
-const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
 constexpr std::array<int, 3> kViridisLow{68, 1, 84}, kViridisHigh{253, 231, 37};
 
 // Runs the hooklens CLI; REQUIREs success.
-void hooklens_cli(const std::string& args, const fs::path& log) {
-  const std::string cmd = fmt::format("'{}' {} >'{}' 2>&1", kCli.string(), args, log.string());
-  INFO(cmd << "\n" << test::read_file(log));
-  REQUIRE(std::system(cmd.c_str()) == 0);
-}
-
 // The runs every test case draws, made once per process.
 struct Runs {
   test::TempDir dir;
@@ -43,23 +36,23 @@ struct Runs {
   fs::path diffusion_tok = dir / "diffusion_tok";  // the same run with a tokenizer: token strings in the manifest
   Runs() {
     const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
-    hooklens_cli(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --prompt 'Hello world' --out '{}'",
+    test::require_hooklens(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --prompt 'Hello world' --out '{}'",
                              neo.string(), capture.string()),
                  dir / "capture.log");
-    hooklens_cli(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 6 --out '{}'", neo.string(),
+    test::require_hooklens(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 6 --out '{}'", neo.string(),
                              generate.string()),
                  dir / "generate.log");
-    hooklens_cli(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
+    test::require_hooklens(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
                              "--block-length 4 --out '{}'",
                              llada.string(), diffusion.string()),
                  dir / "diffusion.log");
-    hooklens_cli(fmt::format("generate --model '{}' --tokenizer '{}' --prompt-ids 85,294,223,181 --gen-length 8 "
+    test::require_hooklens(fmt::format("generate --model '{}' --tokenizer '{}' --prompt-ids 85,294,223,181 --gen-length 8 "
                              "--steps 4 --block-length 4 --out '{}'",
                              llada.string(), neo.string(), diffusion_tok.string()),
                  dir / "diffusion_tok.log");
     std::string text;  // ~128 tokens: the model's whole context
     for (int i = 0; i < 30; ++i) text += "one cat sat. ";
-    hooklens_cli(fmt::format("capture --model '{}' --prompt '{}' --layers 0 --out '{}'", neo.string(), text,
+    test::require_hooklens(fmt::format("capture --model '{}' --prompt '{}' --layers 0 --out '{}'", neo.string(), text,
                              long_run.string()),
                  dir / "long.log");
   }

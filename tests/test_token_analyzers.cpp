@@ -71,13 +71,6 @@ json analyze_run(const test::fs::path& run, const std::string& name, const json&
   return analyzer->finish(m);
 }
 
-test::fs::path hooklens_binary() { return test::build_dir() / "bin" / "hooklens"; }
-
-void run_hooklens(const std::string& args, const test::TempDir& dir) {
-  const std::string command = fmt::format("'{}' {} >'{}' 2>&1", hooklens_binary().string(), args, (dir / "log.txt").string());
-  INFO(command << "\n" << test::read_file(dir / "log.txt"));
-  REQUIRE(std::system(command.c_str()) == 0);
-}
 
 // Finds the capture of `hook` at (prompt, step); -1 if none.
 long find_capture(const hooklens::RunReader& reader, const std::string& hook, int prompt, int step) {
@@ -254,10 +247,9 @@ TEST_CASE("neurons on hand-made activations") {
 TEST_CASE("token_influence and neurons on a real autoregressive run") {
   test::TempDir dir;
   const auto run = dir / "run";
-  run_hooklens(fmt::format("generate --model '{}' --prompt 'Once upon a time' --max-new-tokens 6 "
-                           "--hooks 'blocks.*.attn.hook_pattern,blocks.*.mlp.hook_post' --out '{}'",
-                           (test::fixtures() / "tiny-neo-a").string(), run.string()),
-               dir);
+  test::require_hooklens(fmt::format("generate --model '{}' --prompt 'Once upon a time' --max-new-tokens 6 "
+                                     "--hooks 'blocks.*.attn.hook_pattern,blocks.*.mlp.hook_post' --out '{}'",
+                                     (test::fixtures() / "tiny-neo-a").string(), run.string()), dir / "log.txt");
   const json report = analyze_run(run, "token_influence", {{"target", "0"}});
   hooklens::RunReader reader(run);
   const json& m = reader.manifest();
@@ -304,10 +296,9 @@ TEST_CASE("token_influence per denoising step of a real masked-diffusion run") {
   test::TempDir dir;
   const auto run = dir / "run";
   // The fixture's generate call (llada-tiny-a/README.md).
-  run_hooklens(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181,193,390,258,97,335,300,120,241 "
-                           "--gen-length 16 --steps 8 --block-length 8 --hooks 'blocks.*.attn.hook_pattern' --out '{}'",
-                           (test::fixtures() / "llada-tiny-a").string(), run.string()),
-               dir);
+  test::require_hooklens(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181,193,390,258,97,335,300,120,241 "
+                                     "--gen-length 16 --steps 8 --block-length 8 --hooks 'blocks.*.attn.hook_pattern' --out '{}'",
+                                     (test::fixtures() / "llada-tiny-a").string(), run.string()), dir / "log.txt");
   const json report = analyze_run(run, "token_influence", {{"target", "20"}});
   hooklens::RunReader reader(run);
   const int P = 12;
@@ -334,10 +325,9 @@ TEST_CASE("token_influence per denoising step of a real masked-diffusion run") {
 TEST_CASE("compare_prompts on two prompts of a real run") {
   test::TempDir dir;
   const auto run = dir / "run";
-  run_hooklens(fmt::format("capture --model '{}' --prompt 'Once upon a time there' --prompt 'The cat sat' "
-                           "--hooks 'blocks.*.attn.hook_pattern,blocks.*.mlp.hook_post' --out '{}'",
-                           (test::fixtures() / "tiny-neo-a").string(), run.string()),
-               dir);
+  test::require_hooklens(fmt::format("capture --model '{}' --prompt 'Once upon a time there' --prompt 'The cat sat' "
+                                     "--hooks 'blocks.*.attn.hook_pattern,blocks.*.mlp.hook_post' --out '{}'",
+                                     (test::fixtures() / "tiny-neo-a").string(), run.string()), dir / "log.txt");
   const json report = analyze_run(run, "compare_prompts", {{"k", "4"}, {"top", "5"}});
   hooklens::RunReader reader(run);
   CHECK(report["analyzer"] == "compare_prompts");

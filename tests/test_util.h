@@ -75,6 +75,13 @@ inline int run_hooklens(const std::string& args, const fs::path& log, const std:
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// Runs build/bin/hooklens ARGS (output to LOG) and requires success, showing the log when it fails.
+inline void require_hooklens(const std::string& args, const fs::path& log) {
+  const int status = run_hooklens(args, log);
+  INFO("hooklens " << args << "\n" << read_file(log));
+  REQUIRE(status == 0);
+}
+
 inline hooklens::CaptureContext context(int prompt, hooklens::Phase phase, int step, int block, int layer,
                                         std::int64_t query_offset, int pass = 0) {
   hooklens::CaptureContext ctx;

@@ -22,7 +22,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
 const fs::path kViewer = HOOKLENS_BUILD_DIR "/bin/hooklens-view";
 constexpr float kMissing = std::numeric_limits<float>::quiet_NaN();
 // llada-tiny-a has no tokenizer; llama2.c's 512-token one fits its vocabulary (mask id 500).
@@ -30,12 +29,6 @@ const std::string kLiveDiffusion = fmt::format("--tokenizer '{}' --prompt 'Once 
                                                (test::fixtures() / "llama2c" / "aidreams260K.tok512.bin").string());
 
 bool have_xvfb() { return std::system("command -v xvfb-run >/dev/null 2>&1") == 0; }
-
-void hooklens_cli(const std::string& args, const fs::path& log) {
-  const std::string cmd = fmt::format("'{}' {} >'{}' 2>&1", kCli.string(), args, log.string());
-  INFO(cmd << "\n" << test::read_file(log));
-  REQUIRE(std::system(cmd.c_str()) == 0);
-}
 
 struct Shot {
   int status = -1;
@@ -134,15 +127,15 @@ struct Runs {
            diffusion_text = dir / "diffusion_text";
   Runs() {
     const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
-    hooklens_cli(fmt::format("generate --model '{}' {} --out '{}'", llada.string(), kLiveDiffusion, diffusion_text.string()),
+    test::require_hooklens(fmt::format("generate --model '{}' {} --out '{}'", llada.string(), kLiveDiffusion, diffusion_text.string()),
                  dir / "diffusion_text.log");
-    hooklens_cli(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --analyze attention_stats --out '{}'",
+    test::require_hooklens(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --analyze attention_stats --out '{}'",
                              neo.string(), capture.string()),
                  dir / "capture.log");
-    hooklens_cli(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 4 --out '{}'", neo.string(),
+    test::require_hooklens(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 4 --out '{}'", neo.string(),
                              generate.string()),
                  dir / "generate.log");
-    hooklens_cli(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
+    test::require_hooklens(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
                              "--block-length 4 --out '{}'",
                              llada.string(), diffusion.string()),
                  dir / "diffusion.log");
