@@ -230,12 +230,17 @@ void LiveModel::drop_old_steps() {
   }
 }
 
+std::string LiveModel::dropped_note() const {
+  if (first_kept_step_ == 0) return {};
+  return fmt::format("; steps 0-{} dropped (--live-memory {} MiB)", first_kept_step_ - 1, options_.memory_mib);
+}
+
 void LiveModel::finish_step(Step step) {
   {
     const std::lock_guard<std::mutex> lock(mutex_);
     steps_.push_back(std::move(step));
     drop_old_steps();
-    status_ = fmt::format("generating: step {}", steps_.size() - 1);
+    status_ = fmt::format("generating: step {}{}", steps_.size() - 1, dropped_note());
     if (options_.stop_after > 0 && int(steps_.size()) >= options_.stop_after) stop_ = true;  // as if Stop was pressed
   }
   ++version_;
@@ -301,7 +306,7 @@ void LiveModel::work() {
   std::string ended;
   {
     const std::lock_guard<std::mutex> lock(mutex_);
-    ended = fmt::format("{} after {} steps", outcome, steps_.size());
+    ended = fmt::format("{} after {} steps{}", outcome, steps_.size(), dropped_note());
     status_ = ended + (analyzers_ ? "; analyzing" : "");
   }
   ++version_;

@@ -87,6 +87,7 @@ class LiveModel : public PanelModel {
   void keep(Store& store, int step, int layer, Piece piece);
   void finish_step(Step step);
   void drop_old_steps();  // with mutex_ held
+  std::string dropped_note() const;  // for the status, with mutex_ held: "" or which steps were dropped
   void wait_for_pace();
   void finish_analyzers(const nlohmann::json& generation);  // reads their tables into tables_
   std::string token_text(std::int64_t id) const;
