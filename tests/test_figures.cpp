@@ -37,24 +37,24 @@ struct Runs {
   Runs() {
     const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
     test::require_hooklens(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --prompt 'Hello world' --out '{}'",
-                             neo.string(), capture.string()),
-                 dir / "capture.log");
+                                       neo.string(), capture.string()),
+                           dir / "capture.log");
     test::require_hooklens(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 6 --out '{}'", neo.string(),
-                             generate.string()),
-                 dir / "generate.log");
+                                       generate.string()),
+                           dir / "generate.log");
     test::require_hooklens(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
-                             "--block-length 4 --out '{}'",
-                             llada.string(), diffusion.string()),
-                 dir / "diffusion.log");
+                                       "--block-length 4 --out '{}'",
+                                       llada.string(), diffusion.string()),
+                           dir / "diffusion.log");
     test::require_hooklens(fmt::format("generate --model '{}' --tokenizer '{}' --prompt-ids 85,294,223,181 --gen-length 8 "
-                             "--steps 4 --block-length 4 --out '{}'",
-                             llada.string(), neo.string(), diffusion_tok.string()),
-                 dir / "diffusion_tok.log");
+                                       "--steps 4 --block-length 4 --out '{}'",
+                                       llada.string(), neo.string(), diffusion_tok.string()),
+                           dir / "diffusion_tok.log");
     std::string text;  // ~128 tokens: the model's whole context
     for (int i = 0; i < 30; ++i) text += "one cat sat. ";
     test::require_hooklens(fmt::format("capture --model '{}' --prompt '{}' --layers 0 --out '{}'", neo.string(), text,
-                             long_run.string()),
-                 dir / "long.log");
+                                       long_run.string()),
+                           dir / "long.log");
   }
 };
 Runs& runs() {

@@ -128,17 +128,17 @@ struct Runs {
   Runs() {
     const fs::path neo = test::fixtures() / "tiny-neo-a", llada = test::fixtures() / "llada-tiny-a";
     test::require_hooklens(fmt::format("generate --model '{}' {} --out '{}'", llada.string(), kLiveDiffusion, diffusion_text.string()),
-                 dir / "diffusion_text.log");
+                           dir / "diffusion_text.log");
     test::require_hooklens(fmt::format("capture --model '{}' --prompt 'The cat sat on the mat' --analyze attention_stats --out '{}'",
-                             neo.string(), capture.string()),
-                 dir / "capture.log");
+                                       neo.string(), capture.string()),
+                           dir / "capture.log");
     test::require_hooklens(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 4 --out '{}'", neo.string(),
-                             generate.string()),
-                 dir / "generate.log");
+                                       generate.string()),
+                           dir / "generate.log");
     test::require_hooklens(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
-                             "--block-length 4 --out '{}'",
-                             llada.string(), diffusion.string()),
-                 dir / "diffusion.log");
+                                       "--block-length 4 --out '{}'",
+                                       llada.string(), diffusion.string()),
+                           dir / "diffusion.log");
   }
 };
 Runs& runs() {

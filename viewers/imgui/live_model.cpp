@@ -5,6 +5,7 @@
 #include <hooklens/analysis.h>
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
+#include <hooklens/hooks.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 #include <hooklens/runtime.h>
@@ -26,17 +27,19 @@ using nlohmann::json;
 
 namespace {
 
+// What the live store keeps; has_neurons_ asks the model with the same pattern the hook uses.
+constexpr const char* kPatternHooks = "blocks.*.attn.hook_pattern";
+constexpr const char* kNeuronHooks = "blocks.*.mlp.hook_post";
+
 // Thrown by the hooks when Stop was pressed; caught in the worker, so generation ends cleanly.
 struct Stopped {};
 
+// As hooklens generate decides (framework/cli/run_commands.cpp): masked diffusion when every layer
+// is bidirectional.
 bool all_bidirectional(const hooklens::ModelInfo& info) {
   return !info.layer_attention.empty() &&
          std::all_of(info.layer_attention.begin(), info.layer_attention.end(),
                      [](hooklens::AttentionKind k) { return k == hooklens::AttentionKind::bidirectional; });
-}
-
-bool ends_with(const std::string& s, const std::string& tail) {
-  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
 // A fresh private directory for the analyzers' reports (they are read back at once, then removed).
@@ -80,14 +83,11 @@ LiveModel::LiveModel(const LiveOptions& options)
     throw hooklens::UsageError(fmt::format("{}: prompt of {} tokens + {} new ones exceeds the context of {} tokens",
                                            where, prompt_ids_.size(), new_positions, info.n_ctx));
   if (options.neurons)
-    for (const auto& point : model_->hook_points()) has_neurons_ = has_neurons_ || ends_with(point.name, "mlp.hook_post");
+    for (const auto& point : model_->hook_points())
+      has_neurons_ = has_neurons_ || hooklens::hook_name_matches(kNeuronHooks, point.name);
   if (!options.analyze.empty()) {
     analyzers_ = std::make_unique<hooklens::AnalyzerSet>(*registry_, options.analyze, std::vector<std::string>{});
-    json tokens = json::array();
-    for (std::int64_t id : prompt_ids_) tokens.push_back(token_text(id));
-    analyzers_->begin({{"model", info.to_json()},
-                       {"prompts", json::array({{{"text", options.prompt}, {"ids", prompt_ids_}, {"tokens", tokens}, {"source", ""}}})},
-                       {"mode", mode_}});
+    analyzers_->begin({{"model", info.to_json()}, {"prompts", json::array({prompt_json()})}, {"mode", mode_}});
   }
   status_ = "generating";
   last_step_ = std::chrono::steady_clock::now();
@@ -123,6 +123,12 @@ std::string LiveModel::token_text(std::int64_t id) const {
   if (id == mask_id_) return "[mask]";
   const hooklens::Tokenizer* tok = model_->tokenizer();
   return tok && id < tok->vocab_size() ? tok->token_string(id) : fmt::format("#{}", id);
+}
+
+json LiveModel::prompt_json() const {
+  json tokens = json::array();
+  for (std::int64_t id : prompt_ids_) tokens.push_back(token_text(id));
+  return {{"text", options_.prompt}, {"ids", prompt_ids_}, {"tokens", tokens}, {"source", ""}};
 }
 
 std::vector<std::string> LiveModel::tokens(int, int step) const {
@@ -273,11 +279,11 @@ void LiveModel::work() {
     };
   };
   hooklens::HookFilter patterns;
-  patterns.names = {"blocks.*.attn.hook_pattern"};
+  patterns.names = {kPatternHooks};
   hooks.add(patterns, capture(patterns_));
   if (has_neurons_) {
     hooklens::HookFilter neurons;
-    neurons.names = {"blocks.*.mlp.hook_post"};
+    neurons.names = {kNeuronHooks};
     hooks.add(neurons, capture(neurons_));
   }
   std::string outcome = "finished";
@@ -326,10 +332,7 @@ void LiveModel::work() {
 }
 
 void LiveModel::finish_analyzers(const json& generation) {
-  json tokens = json::array();
-  for (std::int64_t id : prompt_ids_) tokens.push_back(token_text(id));
-  const json manifest = {{"model", model_->info().to_json()},
-                         {"prompts", json::array({{{"text", options_.prompt}, {"ids", prompt_ids_}, {"tokens", tokens}}})},
+  const json manifest = {{"model", model_->info().to_json()}, {"prompts", json::array({prompt_json()})},
                          {"generation", generation}};
   const fs::path scratch = make_scratch_dir();
   std::vector<std::string> problems;

@@ -91,6 +91,7 @@ class LiveModel : public PanelModel {
   void wait_for_pace();
   void finish_analyzers(const nlohmann::json& generation);  // reads their tables into tables_
   std::string token_text(std::int64_t id) const;
+  nlohmann::json prompt_json() const;  // the prompt as a manifest's "prompts" entry, for the analyzers
   // The captures of steps first_step..step of a layer (with mutex_ held), and them as one grid.
   std::vector<std::shared_ptr<const Piece>> pieces(const Store& store, int first_step, int step, int layer) const;
   static std::shared_ptr<const Grid> assemble(const std::vector<std::shared_ptr<const Piece>>& pieces);
