@@ -21,9 +21,9 @@
 #include <hooklens/plugin_define.h>
 #include <hooklens/tokenizer.h>
 #include <hooklens/transformer.h>
+#include <hooklens/weights.h>
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -177,15 +177,12 @@ std::unique_ptr<Tokenizer> find_tokenizer(const fs::path& checkpoint, std::int64
   return nullptr;
 }
 
-// The checkpoint's floats after the header, in one tensor the weights are views of.
-at::Tensor read_floats(const fs::path& file, const Header& h) {
-  std::ifstream in(file, std::ios::binary);
-  in.seekg(h.header_bytes);
-  const std::int64_t n = (std::int64_t(fs::file_size(file)) - h.header_bytes) / 4;
-  at::Tensor all = at::empty({n}, at::kFloat);
-  in.read(static_cast<char*>(all.data_ptr()), std::streamsize(n * 4));
-  if (in.gcount() != std::streamsize(n * 4)) throw Error(fmt::format("{}: read failed", file.string()));
-  return all;
+// The checkpoint's floats after the header, in one tensor over the memory-mapped file that the
+// weights are views of (parse_header checked the file's size against the header).
+at::Tensor map_floats(const fs::path& file, const Header& h) {
+  const auto mapped = MappedFile::open(file);
+  const std::int64_t n = (std::int64_t(mapped->size()) - h.header_bytes) / 4;
+  return mapped->tensor(std::uint64_t(h.header_bytes), at::kFloat, {n});
 }
 
 // Hands out consecutive arrays of the float payload.
@@ -211,7 +208,7 @@ struct Cursor {
 
 TransformerWeights read_weights(const fs::path& file, const Header& h) {
   const std::int64_t D = h.dim, F = h.hidden, L = h.layers, KV = h.kv_dim(), V = h.vocab;
-  Cursor c{read_floats(file, h)};
+  Cursor c{map_floats(file, h)};
   TransformerWeights w;
   std::vector<at::Tensor> rms_att, rms_ffn, wq, wk, wv, wo, w1, w2, w3;
   if (h.version == 0) {
@@ -307,7 +304,7 @@ class CustomAdapter final : public Adapter {
     spec.gated_mlp = true;
     spec.attn_scale = 1.0 / std::sqrt(double(info.d_head));
     auto tokenizer = find_tokenizer(file, h.vocab, options);
-    return make_transformer(std::move(info), spec, read_weights(file, h), std::move(tokenizer));
+    return make_transformer(std::move(info), spec, read_weights(file, h), std::move(tokenizer), options);
   }
 };
 

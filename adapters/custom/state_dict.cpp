@@ -655,7 +655,7 @@ std::unique_ptr<Model> load_state_dict(const fs::path& file, const LoadOptions& 
   if (tokenizer && tokenizer->vocab_size() > d.V)
     throw Error(fmt::format("{}: the tokenizer has {} tokens, more than the model's vocabulary of {}",
                             options.tokenizer.string(), tokenizer->vocab_size(), d.V));
-  return make_transformer(std::move(info), t, std::move(w), std::move(tokenizer));
+  return make_transformer(std::move(info), t, std::move(w), std::move(tokenizer), options);
 }
 
 }  // namespace hooklens

@@ -46,6 +46,16 @@ class DiffusionAdapter final : public Adapter {
   std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options) const override {
     const HfConfig cfg(dir);
     refuse_unsupported(cfg);
+    // Read below, checked by refuse_unsupported, or without effect on an fp32 forward pass
+    // (precision and rope_full_precision: hooklens computes in float32 throughout; flash_attention
+    // and block_group_size: kernels and sharding).
+    cfg.warn_unknown_keys({"activation_type", "alibi", "alibi_bias_max", "attention_layer_norm",
+                           "attention_layer_norm_with_affine", "bias_for_layer_norm", "block_group_size", "block_type",
+                           "clip_qkv", "d_model", "embedding_size", "flash_attention", "include_bias",
+                           "include_qkv_bias", "input_emb_norm", "layer_norm_type", "layer_norm_with_affine",
+                           "mask_token_id", "max_sequence_length", "mlp_hidden_size", "mlp_ratio",
+                           "multi_query_attention", "n_heads", "n_kv_heads", "n_layers", "precision", "rms_norm_eps",
+                           "rope", "rope_full_precision", "rope_theta", "scale_logits", "vocab_size", "weight_tying"});
     ModelInfo info;
     info.adapter = "diffusion";
     const std::string type = cfg.string("model_type");
@@ -66,7 +76,7 @@ class DiffusionAdapter final : public Adapter {
     if (info.vocab_size < cfg.integer("vocab_size")) cfg.fail("'embedding_size' is smaller than 'vocab_size'");
     info.n_ctx = cfg.integer("max_sequence_length");
     info.eos_id = cfg.optional_id("eos_token_id");
-    info.mask_id = cfg.has("mask_token_id") ? cfg.optional_id("mask_token_id") : std::optional<std::int64_t>(126336);
+    info.mask_id = cfg.has("mask_token_id") ? cfg.token_id("mask_token_id") : 126336;  // LLaDA's, when unstated
     TransformerSpec spec;
     spec.norm = TransformerSpec::Norm::rms_norm;
     spec.norm_eps = cfg.number("rms_norm_eps", 1e-5);
@@ -123,7 +133,7 @@ class DiffusionAdapter final : public Adapter {
       w.unembed_b = take_if(bias, "ff_out.bias", {V});
     }
     check_all_weights_used(tensors, what);
-    return make_transformer(std::move(info), spec, std::move(w), load_model_tokenizer(dir, options));
+    return make_transformer(std::move(info), spec, std::move(w), load_model_tokenizer(dir, options), options);
   }
 };
 

@@ -40,6 +40,12 @@ class Gpt2Adapter final : public Adapter {
   std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options) const override {
     // Step 2: the model's shape.
     const HfConfig cfg(dir);
+    // reorder_and_upcast_attn only changes the dtype of the score matmul under fp16: hooklens is fp32.
+    // The summary_* keys configure a classification head that a language model does not have.
+    cfg.warn_unknown_keys({"activation_function", "layer_norm_epsilon", "n_ctx", "n_embd", "n_head", "n_inner",
+                           "n_layer", "n_positions", "reorder_and_upcast_attn", "scale_attn_by_inverse_layer_idx",
+                           "scale_attn_weights", "summary_activation", "summary_proj_to_labels", "summary_type",
+                           "summary_use_proj", "summary_first_dropout", "vocab_size"});
     ModelInfo info;
     info.adapter = "gpt2";
     info.architecture = "GPT2LMHeadModel";
@@ -108,7 +114,7 @@ class Gpt2Adapter final : public Adapter {
     check_all_weights_used(tensors, what);
 
     // Step 4: hand everything to the framework.
-    return make_transformer(std::move(info), spec, std::move(w), load_model_tokenizer(dir, options));
+    return make_transformer(std::move(info), spec, std::move(w), load_model_tokenizer(dir, options), options);
   }
 };
 

@@ -58,6 +58,9 @@ class GptNeoAdapter final : public Adapter {
 
   std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options) const override {
     const HfConfig cfg(dir);
+    cfg.warn_unknown_keys({"activation_function", "attention_layers", "attention_types", "hidden_size",
+                           "intermediate_size", "layer_norm_epsilon", "max_position_embeddings", "num_heads",
+                           "num_layers", "vocab_size", "window_size"});
     ModelInfo info;
     info.adapter = "gpt_neo";
     info.architecture = "GPTNeoForCausalLM";
@@ -126,7 +129,7 @@ class GptNeoAdapter final : public Adapter {
       w.unembed = take_weight(tensors, "lm_head.weight", {V, D}, what);
     }
     check_all_weights_used(tensors, what);
-    return make_transformer(std::move(info), spec, std::move(w), load_model_tokenizer(dir, options));
+    return make_transformer(std::move(info), spec, std::move(w), load_model_tokenizer(dir, options), options);
   }
 };
 

@@ -78,7 +78,7 @@ void write_random_gpt_neo(const fs::path& dir, const RandomNeoShape& s) {
                                  {"bos_token_id", s.vocab - 1},
                                  {"eos_token_id", s.vocab - 1},
                                  {"tie_word_embeddings", true},
-                                 {"hooklens_note", "random weights written by 'hooklens demo-model'"}};
+                                 {"_comment", "random weights written by 'hooklens demo-model'"}};
   write_text(dir / "config.json", config.dump(2) + "\n");
   if (s.vocab == 257) {  // byte-level tokenizer: 256 byte tokens, no merges, then <|endoftext|>
     nlohmann::json vocab = nlohmann::json::object();

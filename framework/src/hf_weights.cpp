@@ -89,8 +89,8 @@ TensorMap load_hf_weights(const fs::path& model_dir) {
     bool sharded;
     Reader read;
   };
-  const Candidate candidates[] = {{"model.safetensors", false, read_safetensors},
-                                  {"model.safetensors.index.json", true, read_safetensors},
+  const Candidate candidates[] = {{"model.safetensors", false, map_safetensors},
+                                  {"model.safetensors.index.json", true, map_safetensors},
                                   {"pytorch_model.bin", false, read_pytorch_bin},
                                   {"pytorch_model.bin.index.json", true, read_pytorch_bin}};
   std::vector<std::string> looked_for;

@@ -291,6 +291,20 @@ std::map<std::string, std::string> read_safetensors_metadata(const std::filesyst
   return read_header(f.get(), file).metadata;
 }
 
+TensorMap map_safetensors(const std::filesystem::path& file) {
+  Header header;
+  {
+    FilePtr f = open_for_reading(file);
+    header = read_header(f.get(), file);
+  }
+  // The header was validated against the file's size; mapping the same file checks it again (a file
+  // that shrank in between fails in MappedFile::tensor, never by reading past the mapping).
+  const auto mapped = MappedFile::open(file);
+  TensorMap out;
+  for (const auto& e : header.entries) out.emplace(e.name, mapped->tensor(header.data_start + e.begin, e.type, e.shape));
+  return out;
+}
+
 TensorMap read_safetensors(const std::filesystem::path& file) {
   FilePtr f = open_for_reading(file);
   const Header header = read_header(f.get(), file);

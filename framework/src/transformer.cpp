@@ -5,8 +5,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 
 namespace hooklens {
 namespace {
@@ -69,16 +71,52 @@ class KvCache final : public ModelState {
   std::int64_t len_ = 0;
 };
 
+// Weight matrices [out, in] are kept as the checkpoint stores them (often views of a memory-mapped
+// file). A float32 matrix is used in place. Any other dtype is converted to float32 one row chunk
+// at a time, right before that chunk's product, into a buffer of about this size: no float32 copy
+// of a whole matrix (let alone the model) ever exists, and the chunk is still in cache when the
+// product reads it. (There is no fast BF16 GEMM on CPU: compute stays float32.)
+constexpr std::int64_t kConversionChunkBytes = std::int64_t(32) << 20;
+
+// y = x Wᵀ + b for W [out, in] in any floating dtype; x is float32 [..., in].
+at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b = {}) {
+  if (W.scalar_type() == at::kFloat) return b.defined() ? at::linear(x, W, b) : at::linear(x, W);
+  const std::int64_t out_features = W.size(0), in_features = W.size(1);
+  const at::Tensor x2 = x.reshape({-1, in_features});
+  at::Tensor y = at::empty({x2.size(0), out_features}, x.options());
+  const std::int64_t rows = std::clamp<std::int64_t>(kConversionChunkBytes / (4 * std::max<std::int64_t>(in_features, 1)),
+                                                     1, std::max<std::int64_t>(out_features, 1));
+  at::Tensor buffer = at::empty({rows, in_features}, x.options());
+  for (std::int64_t r = 0; r < out_features; r += rows) {
+    const std::int64_t n = std::min(rows, out_features - r);
+    at::Tensor chunk = buffer.narrow(0, 0, n);
+    chunk.copy_(W.narrow(0, r, n));
+    at::Tensor out = y.narrow(1, r, n);  // a column block: BLAS writes it in place (ldc = out_features)
+    at::mm_out(out, x2, chunk.t());
+  }
+  if (b.defined()) y.add_(b);
+  std::vector<std::int64_t> shape = x.sizes().vec();
+  shape.back() = out_features;
+  return y.view(shape);
+}
+
+// Rows `ids` of an embedding table stored in any floating dtype, as float32.
+at::Tensor embedding_rows(const at::Tensor& table, const at::Tensor& ids) {
+  at::Tensor rows = at::embedding(table, ids);
+  return rows.scalar_type() == at::kFloat ? rows : rows.to(at::kFloat);
+}
+
 struct Layer {
   LayerWeights w;
-  at::Tensor W_qkv, b_qkv;  // q, k and v fused into one matmul
+  at::Tensor W_qkv, b_qkv;  // resident weights only: q, k and v fused into one matmul
   AttentionKind attention;
   LayerNames names;
 };
 
 class HookedTransformer final : public Model {
  public:
-  HookedTransformer(ModelInfo info, Spec spec, TransformerWeights weights, std::unique_ptr<Tokenizer> tokenizer);
+  HookedTransformer(ModelInfo info, Spec spec, TransformerWeights weights, std::unique_ptr<Tokenizer> tokenizer,
+                    std::uint64_t resident_limit_bytes);
 
   const ModelInfo& info() const override { return info_; }
   const Tokenizer* tokenizer() const override { return tokenizer_.get(); }
@@ -98,16 +136,21 @@ class HookedTransformer final : public Model {
   at::Tensor block(Layer& layer, size_t index, at::Tensor x, const HookSet& hooks, const CaptureContext& ctx,
                    KvCache* cache) const;
 
+  void make_resident();
+
   ModelInfo info_;
   Spec spec_;
   TransformerWeights w_;
   std::vector<Layer> layers_;
   std::unique_ptr<Tokenizer> tokenizer_;
   at::Tensor rope_inv_freq_;
+  bool resident_ = false;  // small enough to convert every matrix to float32 once and keep it
+  std::once_flag resident_once_;
 };
 
-// Converts to contiguous float32 and checks the shape.
-at::Tensor prepare(const at::Tensor& t, std::vector<std::int64_t> shape, const std::string& what, bool required = true) {
+// Checks a weight's shape and dtype. Vectors (norms, biases) become float32 here: they are small.
+// Matrices stay as stored until used (see linear) or until make_resident.
+at::Tensor checked(const at::Tensor& t, std::vector<std::int64_t> shape, const std::string& what, bool required = true) {
   if (!t.defined()) {
     if (required) throw Error(fmt::format("model weights: missing {}", what));
     return t;
@@ -115,11 +158,18 @@ at::Tensor prepare(const at::Tensor& t, std::vector<std::int64_t> shape, const s
   if (t.sizes() != at::IntArrayRef(shape))
     throw Error(fmt::format("model weights: {} has shape [{}], expected [{}]", what, fmt::join(t.sizes(), ", "),
                             fmt::join(shape, ", ")));
-  return t.to(at::kFloat).contiguous();
+  if (!at::isFloatingType(t.scalar_type()))
+    throw Error(fmt::format("model weights: {} is {}, not a floating-point tensor", what, c10::toString(t.scalar_type())));
+  return shape.size() == 1 ? t.to(at::kFloat).contiguous() : t;
 }
 
+// float32 and contiguous: the tensor itself when it already is (no copy of a mapped float32 file).
+at::Tensor float32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat).contiguous() : t; }
+
+std::uint64_t float32_bytes(const at::Tensor& t) { return t.defined() ? std::uint64_t(t.numel()) * 4 : 0; }
+
 HookedTransformer::HookedTransformer(ModelInfo info, Spec spec, TransformerWeights weights,
-                                     std::unique_ptr<Tokenizer> tokenizer)
+                                     std::unique_ptr<Tokenizer> tokenizer, std::uint64_t resident_limit_bytes)
     : info_(std::move(info)), spec_(spec), w_(std::move(weights)), tokenizer_(std::move(tokenizer)) {
   const std::int64_t D = info_.d_model, V = info_.vocab_size, F = info_.d_mlp;
   const std::int64_t HQ = std::int64_t(info_.n_heads) * info_.d_head;
@@ -131,56 +181,81 @@ HookedTransformer::HookedTransformer(ModelInfo info, Spec spec, TransformerWeigh
   if (info_.layer_attention.size() != size_t(info_.n_layers))
     throw Error(fmt::format("{}: {} attention kinds for {} layers", info_.path, info_.layer_attention.size(),
                             info_.n_layers));
-  for (const auto& [what, id] : {std::pair{"bos", info_.bos_id}, {"eos", info_.eos_id}, {"mask", info_.mask_id}})
-    if (id && *id >= V)
-      throw Error(fmt::format("{}: the {} token id {} is outside the vocabulary of {}", info_.path, what, *id, V));
+  // Hugging Face ignores bos/eos ids the forward pass never sees (real configs have them outside a
+  // small trained vocabulary); they are dropped with a warning so nothing can emit or stop on them.
+  for (auto [what, id] : {std::pair{"bos", &info_.bos_id}, {"eos", &info_.eos_id}})
+    if (*id && *id >= V) {
+      warn(fmt::format("{}: the {} token id {} is outside the vocabulary of {}; ignoring it", info_.path, what, **id, V));
+      id->reset();
+    }
+  if (info_.mask_id && *info_.mask_id >= V)  // fed to the model as input: generation could not run
+    throw Error(fmt::format("{}: the mask token id {} is outside the vocabulary of {}", info_.path, *info_.mask_id, V));
   if (w_.layers.size() != size_t(info_.n_layers))
     throw Error(fmt::format("{}: weights for {} layers, config says {}", info_.path, w_.layers.size(), info_.n_layers));
 
   const bool tied = w_.unembed.defined() && w_.unembed.is_same(w_.embed);
-  w_.embed = prepare(w_.embed, {V, D}, "embedding");
-  w_.unembed = tied ? w_.embed : prepare(w_.unembed, {V, D}, "unembedding");
-  w_.unembed_b = prepare(w_.unembed_b, {V}, "unembedding bias", false);
-  if (spec_.positions == Spec::Positions::learned) w_.pos_embed = prepare(w_.pos_embed, {info_.n_ctx, D}, "position embedding");
+  w_.embed = checked(w_.embed, {V, D}, "embedding");
+  w_.unembed = tied ? w_.embed : checked(w_.unembed, {V, D}, "unembedding");
+  w_.unembed_b = checked(w_.unembed_b, {V}, "unembedding bias", false);
+  if (spec_.positions == Spec::Positions::learned) w_.pos_embed = checked(w_.pos_embed, {info_.n_ctx, D}, "position embedding");
   const bool layer_norm = spec_.norm == Spec::Norm::layer_norm;
-  w_.lnf_w = prepare(w_.lnf_w, {D}, "final norm weight");
-  w_.lnf_b = prepare(w_.lnf_b, {D}, "final norm bias", false);
+  w_.lnf_w = checked(w_.lnf_w, {D}, "final norm weight");
+  w_.lnf_b = checked(w_.lnf_b, {D}, "final norm bias", false);
 
+  std::uint64_t matrix_bytes = float32_bytes(w_.embed) + (tied ? 0 : float32_bytes(w_.unembed)) + float32_bytes(w_.pos_embed);
   for (int l = 0; l < info_.n_layers; ++l) {
     LayerWeights& lw = w_.layers[l];
     auto what = [l](const char* name) { return fmt::format("layer {} {}", l, name); };
-    lw.ln1_w = prepare(lw.ln1_w, {D}, what("attention norm weight"));
-    lw.ln1_b = prepare(lw.ln1_b, {D}, what("attention norm bias"), false);
-    lw.ln2_w = prepare(lw.ln2_w, {D}, what("mlp norm weight"));
-    lw.ln2_b = prepare(lw.ln2_b, {D}, what("mlp norm bias"), false);
-    lw.W_q = prepare(lw.W_q, {HQ, D}, what("W_q"));
-    lw.W_k = prepare(lw.W_k, {HKV, D}, what("W_k"));
-    lw.W_v = prepare(lw.W_v, {HKV, D}, what("W_v"));
-    lw.b_q = prepare(lw.b_q, {HQ}, what("b_q"), false);
-    lw.b_k = prepare(lw.b_k, {HKV}, what("b_k"), false);
-    lw.b_v = prepare(lw.b_v, {HKV}, what("b_v"), false);
-    lw.W_o = prepare(lw.W_o, {D, HQ}, what("W_o"));
-    lw.b_o = prepare(lw.b_o, {D}, what("b_o"), false);
-    lw.W_in = prepare(lw.W_in, {F, D}, what("W_in"));
-    lw.b_in = prepare(lw.b_in, {F}, what("b_in"), false);
-    lw.W_gate = prepare(lw.W_gate, {F, D}, what("W_gate"), spec_.gated_mlp);
-    lw.W_out = prepare(lw.W_out, {D, F}, what("W_out"));
-    lw.b_out = prepare(lw.b_out, {D}, what("b_out"), false);
+    lw.ln1_w = checked(lw.ln1_w, {D}, what("attention norm weight"));
+    lw.ln1_b = checked(lw.ln1_b, {D}, what("attention norm bias"), false);
+    lw.ln2_w = checked(lw.ln2_w, {D}, what("mlp norm weight"));
+    lw.ln2_b = checked(lw.ln2_b, {D}, what("mlp norm bias"), false);
+    lw.W_q = checked(lw.W_q, {HQ, D}, what("W_q"));
+    lw.W_k = checked(lw.W_k, {HKV, D}, what("W_k"));
+    lw.W_v = checked(lw.W_v, {HKV, D}, what("W_v"));
+    lw.b_q = checked(lw.b_q, {HQ}, what("b_q"), false);
+    lw.b_k = checked(lw.b_k, {HKV}, what("b_k"), false);
+    lw.b_v = checked(lw.b_v, {HKV}, what("b_v"), false);
+    lw.W_o = checked(lw.W_o, {D, HQ}, what("W_o"));
+    lw.b_o = checked(lw.b_o, {D}, what("b_o"), false);
+    lw.W_in = checked(lw.W_in, {F, D}, what("W_in"));
+    lw.b_in = checked(lw.b_in, {F}, what("b_in"), false);
+    lw.W_gate = checked(lw.W_gate, {F, D}, what("W_gate"), spec_.gated_mlp);
+    lw.W_out = checked(lw.W_out, {D, F}, what("W_out"));
+    lw.b_out = checked(lw.b_out, {D}, what("b_out"), false);
     if (layer_norm && (!lw.ln1_b.defined() || !lw.ln2_b.defined()))
       throw Error(fmt::format("model weights: layer {} LayerNorm without bias", l));
-
-    Layer layer{lw, at::cat({lw.W_q, lw.W_k, lw.W_v}, 0), {}, info_.layer_attention[l], LayerNames(l)};
-    if (lw.b_q.defined() || lw.b_k.defined() || lw.b_v.defined()) {
-      auto or_zero = [](const at::Tensor& b, std::int64_t n) { return b.defined() ? b : at::zeros({n}, at::kFloat); };
-      layer.b_qkv = at::cat({or_zero(lw.b_q, HQ), or_zero(lw.b_k, HKV), or_zero(lw.b_v, HKV)}, 0);
-    }
-    layers_.push_back(std::move(layer));
+    for (const at::Tensor* m : {&lw.W_q, &lw.W_k, &lw.W_v, &lw.W_o, &lw.W_in, &lw.W_gate, &lw.W_out})
+      matrix_bytes += float32_bytes(*m);
+    layers_.push_back(Layer{lw, {}, {}, info_.layer_attention[l], LayerNames(l)});
   }
+  resident_ = matrix_bytes <= resident_limit_bytes;
   if (uses_rope()) {
     if (info_.d_head % 2) throw Error(fmt::format("{}: RoPE needs an even head size, not {}", info_.path, info_.d_head));
     // As the reference computes it: theta ** (arange(0, d_head, 2) / d_head) in float32.
     at::Tensor exponent = at::arange(0, info_.d_head, 2, at::kFloat) / float(info_.d_head);
     rope_inv_freq_ = 1.0 / at::pow(at::scalar_tensor(spec_.rope_theta, at::kFloat), exponent);
+  }
+}
+
+// A model whose float32 weights fit the resident limit converts every matrix once (on the first
+// forward pass, so that loading and `info` never touch the weights) and fuses q, k and v.
+void HookedTransformer::make_resident() {
+  const bool tied = w_.unembed.is_same(w_.embed);
+  w_.embed = float32(w_.embed);
+  w_.unembed = tied ? w_.embed : float32(w_.unembed);
+  w_.pos_embed = float32(w_.pos_embed);
+  const std::int64_t HQ = std::int64_t(info_.n_heads) * info_.d_head;
+  const std::int64_t HKV = std::int64_t(info_.n_kv_heads) * info_.d_head;
+  for (Layer& layer : layers_) {
+    LayerWeights& lw = layer.w;
+    for (at::Tensor* m : {&lw.W_o, &lw.W_in, &lw.W_gate, &lw.W_out}) *m = float32(*m);
+    layer.W_qkv = at::cat({lw.W_q.to(at::kFloat), lw.W_k.to(at::kFloat), lw.W_v.to(at::kFloat)}, 0);
+    lw.W_q = lw.W_k = lw.W_v = at::Tensor();  // only the fused copy is used
+    if (lw.b_q.defined() || lw.b_k.defined() || lw.b_v.defined()) {
+      auto or_zero = [](const at::Tensor& b, std::int64_t n) { return b.defined() ? b : at::zeros({n}, at::kFloat); };
+      layer.b_qkv = at::cat({or_zero(lw.b_q, HQ), or_zero(lw.b_k, HKV), or_zero(lw.b_v, HKV)}, 0);
+    }
   }
 }
 
@@ -268,10 +343,17 @@ at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, co
 
   hooks.fire(n.resid_pre, ctx, x);
   at::Tensor h = norm(x, w.ln1_w, w.ln1_b);
-  at::Tensor qkv = layer.b_qkv.defined() ? at::linear(h, layer.W_qkv, layer.b_qkv) : at::linear(h, layer.W_qkv);
-  at::Tensor q = qkv.narrow(2, 0, H * dh).view({B, T, H, dh});
-  at::Tensor k = qkv.narrow(2, H * dh, HKV * dh).view({B, T, HKV, dh});
-  at::Tensor v = qkv.narrow(2, (H + HKV) * dh, HKV * dh).view({B, T, HKV, dh});
+  at::Tensor q, k, v;
+  if (layer.W_qkv.defined()) {
+    at::Tensor qkv = linear(h, layer.W_qkv, layer.b_qkv);
+    q = qkv.narrow(2, 0, H * dh).view({B, T, H, dh});
+    k = qkv.narrow(2, H * dh, HKV * dh).view({B, T, HKV, dh});
+    v = qkv.narrow(2, (H + HKV) * dh, HKV * dh).view({B, T, HKV, dh});
+  } else {
+    q = linear(h, w.W_q, w.b_q).view({B, T, H, dh});
+    k = linear(h, w.W_k, w.b_k).view({B, T, HKV, dh});
+    v = linear(h, w.W_v, w.b_v).view({B, T, HKV, dh});
+  }
   hooks.fire(n.q, ctx, q);
   hooks.fire(n.k, ctx, k);
   hooks.fire(n.v, ctx, v);
@@ -298,22 +380,22 @@ at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, co
   hooks.fire(n.pattern, ctx, pattern);
   at::Tensor z = at::matmul(pattern, vh).transpose(1, 2);  // [B, T, H, dh]
   hooks.fire(n.z, ctx, z);
-  at::Tensor attn_out = at::linear(z.reshape({B, T, H * dh}), w.W_o, w.b_o);
+  at::Tensor attn_out = linear(z.reshape({B, T, H * dh}), w.W_o, w.b_o);
   hooks.fire(n.attn_out, ctx, attn_out);
   x = x + attn_out;
   hooks.fire(n.resid_mid, ctx, x);
 
   h = norm(x, w.ln2_w, w.ln2_b);
-  at::Tensor pre = at::linear(h, spec_.gated_mlp ? w.W_gate : w.W_in, spec_.gated_mlp ? at::Tensor() : w.b_in);
+  at::Tensor pre = linear(h, spec_.gated_mlp ? w.W_gate : w.W_in, spec_.gated_mlp ? at::Tensor() : w.b_in);
   hooks.fire(n.mlp_pre, ctx, pre);
   at::Tensor post = activation(pre);
   if (spec_.gated_mlp) {
-    at::Tensor up = at::linear(h, w.W_in, w.b_in);
+    at::Tensor up = linear(h, w.W_in, w.b_in);
     hooks.fire(n.mlp_pre_linear, ctx, up);
     post = post * up;
   }
   hooks.fire(n.mlp_post, ctx, post);
-  at::Tensor mlp_out = at::linear(post, w.W_out, w.b_out);
+  at::Tensor mlp_out = linear(post, w.W_out, w.b_out);
   hooks.fire(n.mlp_out, ctx, mlp_out);
   x = x + mlp_out;
   hooks.fire(n.resid_post, ctx, x);
@@ -333,12 +415,13 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
   if (ids.min().item<std::int64_t>() < 0 || ids.max().item<std::int64_t>() >= info_.vocab_size)
     throw UsageError(fmt::format("token ids must lie in [0, {})", info_.vocab_size));
 
+  if (resident_) std::call_once(resident_once_, [this] { make_resident(); });
   ctx.query_offset = offset;
   ctx.layer = -1;
-  at::Tensor x = at::embedding(w_.embed, ids);
+  at::Tensor x = embedding_rows(w_.embed, ids);
   hooks.fire("hook_embed", ctx, x);
   if (spec_.positions == Spec::Positions::learned) {
-    at::Tensor pos = w_.pos_embed.narrow(0, offset, T).unsqueeze(0).expand({ids.size(0), T, info_.d_model});
+    at::Tensor pos = w_.pos_embed.narrow(0, offset, T).to(at::kFloat).unsqueeze(0).expand({ids.size(0), T, info_.d_model});
     hooks.fire("hook_pos_embed", ctx, pos);
     x = x + pos;
   }
@@ -352,7 +435,7 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
   hooks.fire("ln_final.hook_normalized", ctx, x);
   const bool all_logits = !last_logits_only || hooks.wants("hook_logits", ctx);
   if (!all_logits) x = x.narrow(1, T - 1, 1);
-  at::Tensor logits = w_.unembed_b.defined() ? at::linear(x, w_.unembed, w_.unembed_b) : at::linear(x, w_.unembed);
+  at::Tensor logits = linear(x, w_.unembed, w_.unembed_b);
   hooks.fire("hook_logits", ctx, logits);
   return last_logits_only && all_logits ? logits.narrow(1, T - 1, 1) : logits;
 }
@@ -378,8 +461,9 @@ void check_all_weights_used(const TensorMap& rest, const std::string& what) {
 }
 
 std::unique_ptr<Model> make_transformer(ModelInfo info, TransformerSpec spec, TransformerWeights weights,
-                                        std::unique_ptr<Tokenizer> tokenizer) {
-  return std::make_unique<HookedTransformer>(std::move(info), spec, std::move(weights), std::move(tokenizer));
+                                        std::unique_ptr<Tokenizer> tokenizer, const LoadOptions& options) {
+  return std::make_unique<HookedTransformer>(std::move(info), spec, std::move(weights), std::move(tokenizer),
+                                             options.resident_weights_bytes);
 }
 
 }  // namespace hooklens

@@ -1,5 +1,6 @@
 // Errors every front end turns into one line "hooklens: error: ..." and an exit code.
 #pragma once
+#include <functional>
 #include <stdexcept>
 #include <string>
 
@@ -14,5 +15,11 @@ struct Error : std::runtime_error {
 struct UsageError : Error {
   using Error::Error;
 };
+
+// Something a user should know that does not stop the work, e.g. a config value the forward pass
+// does not use. Goes to stderr as one line "hooklens: warning: ..." unless a front end (the viewer,
+// a test) installs its own handler; set_warning_handler({}) restores stderr. Thread-safe.
+void warn(const std::string& message);
+void set_warning_handler(std::function<void(const std::string&)> handler);
 
 }  // namespace hooklens

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace hooklens {
 
@@ -21,7 +22,16 @@ class HfConfig {
   double number(const std::string& key, double fallback) const;
   std::string string(const std::string& key) const;
   std::string string(const std::string& key, const std::string& fallback) const;
-  std::optional<std::int64_t> optional_id(const std::string& key) const;  // token ids: int or null
+  // A token id the model needs as input (e.g. the mask token): a non-negative integer, else Error.
+  std::int64_t token_id(const std::string& key) const;
+  // A token id the forward pass never uses (bos, eos): absent or null gives nullopt; a list gives
+  // its first id; anything malformed is a warning and nullopt, never an error (Hugging Face ignores
+  // such values too).
+  std::optional<std::int64_t> optional_id(const std::string& key) const;
+  // Warns once, listing the keys that are neither in `known` (what the adapter reads or knows not
+  // to change the numbers) nor generic Hugging Face metadata (architectures, torch_dtype, dropout
+  // rates, ...): values hooklens ignores, which the user should know about.
+  void warn_unknown_keys(const std::vector<std::string>& known) const;
 
   [[noreturn]] void fail(const std::string& message) const;  // throws Error("<file>: message")
 

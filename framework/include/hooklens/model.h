@@ -76,6 +76,10 @@ class Model {
 struct LoadOptions {
   std::filesystem::path tokenizer;  // overrides the tokenizer found beside the model
   std::string spec;  // architecture spec of a state dict: a JSON file or a shipped spec's name (docs/architecture-spec.md)
+  // Weights are memory-mapped as stored. When all weight matrices take at most this many bytes as
+  // float32, they are converted once (first forward pass) and kept: fastest. Larger models stream:
+  // float32 matrices are used in place, BF16/F16 ones converted chunk by chunk just before use.
+  std::uint64_t resident_weights_bytes = std::uint64_t(1) << 30;
 };
 
 // What an adapter plugin creates: knows which model directories it reads and loads them.

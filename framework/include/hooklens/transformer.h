@@ -49,10 +49,11 @@ struct TransformerWeights {
 };
 
 // `info` must describe the shapes (n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp,
-// vocab_size, n_ctx, layer_attention, window_size). Weights are converted to float32 and checked
-// against `info`; a mismatch throws Error naming the tensor.
+// vocab_size, n_ctx, layer_attention, window_size). Weights are checked against `info` (a mismatch
+// throws Error naming the tensor) but not read: they may be views of a memory-mapped file in any
+// floating dtype, and are used as LoadOptions::resident_weights_bytes says. Compute is float32.
 std::unique_ptr<Model> make_transformer(ModelInfo info, TransformerSpec spec, TransformerWeights weights,
-                                        std::unique_ptr<Tokenizer> tokenizer);
+                                        std::unique_ptr<Tokenizer> tokenizer, const LoadOptions& options = {});
 
 // Hugging Face's activation_function names: "gelu_new", "gelu", "relu", "silu".
 std::optional<TransformerSpec::Activation> parse_activation(std::string_view name);

@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,11 +17,41 @@ namespace hooklens {
 
 using TensorMap = std::map<std::string, at::Tensor>;
 
+// A whole file mapped read-only into memory. Tensors made by tensor() view the mapping and keep it
+// alive (it is unmapped when the last of them goes), so weights are paged in from the page cache
+// as they are used: no heap copy, and the kernel may drop clean pages under memory pressure.
+// Nothing may write into such a tensor (the pages are read-only). If the file is truncated while
+// mapped, reading the lost pages raises SIGBUS: weight files are expected to stay put while in use.
+class MappedFile : public std::enable_shared_from_this<MappedFile> {
+ public:
+  static std::shared_ptr<const MappedFile> open(const std::filesystem::path& file);  // throws Error
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::uint64_t size() const { return size_; }
+  const unsigned char* data() const { return data_; }  // null for an empty file
+  // A contiguous tensor of `type` and `shape` over the bytes from `offset`; throws Error when they
+  // reach past the end of the file. Misaligned data (legal in safetensors) is copied instead.
+  at::Tensor tensor(std::uint64_t offset, c10::ScalarType type, const std::vector<std::int64_t>& shape) const;
+
+ private:
+  MappedFile() = default;
+  std::filesystem::path path_;
+  std::uint64_t size_ = 0;
+  const unsigned char* data_ = nullptr;
+};
+
 // "F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL" <-> scalar types.
 std::string safetensors_dtype_name(c10::ScalarType type);
 c10::ScalarType parse_safetensors_dtype(const std::string& name);  // throws Error
 
+// Reads every tensor into memory of its own (safe for files that may change while in use, such as
+// a run directory's capture shards).
 TensorMap read_safetensors(const std::filesystem::path& file);
+// The same tensors as views of a read-only memory map of the file (model weights; see MappedFile).
+TensorMap map_safetensors(const std::filesystem::path& file);
 std::map<std::string, std::string> read_safetensors_metadata(const std::filesystem::path& file);
 TensorMap read_pytorch_bin(const std::filesystem::path& file);
 // A torch.save file holding a state dict, or a training checkpoint dict that holds one under
