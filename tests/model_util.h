@@ -13,11 +13,12 @@
 namespace test {
 
 // Loads `dir` through the named adapter plugin from the build tree.
-inline std::shared_ptr<hooklens::Model> load_model(const std::string& adapter, const fs::path& dir) {
+inline std::shared_ptr<hooklens::Model> load_model(const std::string& adapter, const fs::path& dir,
+                                                   const hooklens::LoadOptions& options = {}) {
   auto a = std::static_pointer_cast<hooklens::Adapter>(
       hooklens::PluginRegistry::create_from(plugin_file(adapter), "adapter"));
   REQUIRE(a->accepts(dir));
-  return hooklens::tie_lifetime(a->load(dir, {}), a);
+  return hooklens::tie_lifetime(a->load(dir, options), a);
 }
 
 // Records every event of the hooked names, keyed "name@step".

@@ -15,7 +15,9 @@
 #include <random>
 #include <string>
 
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace test {
 
@@ -73,6 +75,29 @@ inline int run_hooklens(const std::string& args, const fs::path& log, const std:
   const int status = std::system(
       fmt::format("{} '{}' {} >'{}' 2>&1", env, (build_dir() / "bin/hooklens").string(), args, log.string()).c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Runs build/bin/hooklens like run_hooklens and also returns its peak resident memory (the kernel's
+// ru_maxrss of that process, measured from outside: the shell execs hooklens, so wait4 sees it).
+struct Measured {
+  int status = -1;             // exit status, -1 when killed by a signal
+  std::int64_t peak_rss_kib = 0;
+};
+inline Measured run_hooklens_measured(const std::string& args, const fs::path& log) {
+  const std::string command =
+      fmt::format("exec '{}' {} >'{}' 2>&1", (build_dir() / "bin/hooklens").string(), args, log.string());
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  Measured m;
+  int status = 0;
+  struct rusage usage {};
+  if (pid < 0 || wait4(pid, &status, 0, &usage) != pid) return m;
+  m.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  m.peak_rss_kib = usage.ru_maxrss;
+  return m;
 }
 
 // Runs build/bin/hooklens ARGS (output to LOG) and requires success, showing the log when it fails.

@@ -1,6 +1,8 @@
 // `hooklens bench`: what capture costs. A 128-token forward pass and a 64-token greedy generation,
 // each with no hooks, with every attention pattern captured to memory, and with every attention
 // pattern captured to a run directory on disk; medians over repeats and ratios to "no hooks".
+// A masked-diffusion model gets denoising steps instead, timed against their bare matrix products,
+// with the peak resident memory against the weight files.
 #include "cli.h"
 
 #include <hooklens/error.h>
@@ -17,6 +19,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <random>
 
@@ -30,6 +33,9 @@ namespace fs = std::filesystem;
 struct BenchOptions {
   std::string model;
   int repeats = 5, threads = 0, forward_tokens = 128, new_tokens = 64, prompt_tokens = 16;
+  // Masked-diffusion models (every layer bidirectional): the LLaDA-8B case by default.
+  int diffusion_prompt = 32, gen_length = 32, steps = 2, block_length = 32;
+  std::uint64_t resident_weights_mib = LoadOptions{}.resident_weights_bytes >> 20;
 };
 
 enum class Capture { none, memory, disk };
@@ -92,6 +98,119 @@ class Bench {
   fs::path scratch_;
 };
 
+// Bytes of the weight files a model directory (or file) holds: what "1.3x the weights" refers to.
+std::uint64_t weight_file_bytes(const fs::path& model) {
+  std::error_code ec;
+  if (fs::is_regular_file(model, ec)) return fs::file_size(model, ec);
+  std::uint64_t total = 0;
+  for (const auto& entry : fs::directory_iterator(model, ec)) {
+    const std::string ext = entry.path().extension().string();
+    if (entry.is_regular_file(ec) && (ext == ".safetensors" || ext == ".bin" || ext == ".pt" || ext == ".pth"))
+      total += entry.file_size(ec);
+  }
+  return total;
+}
+
+// The process's peak resident memory so far (VmHWM), in bytes; 0 where /proc cannot tell.
+std::uint64_t peak_rss_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
+// What one denoising step costs against the matrix products it is made of: the step (with no
+// hooks, and with every attention pattern captured to disk) next to the same products in bare
+// libtorch on float32 weights already in memory (q, k, v, o, gate, up, down per layer, and the
+// LM head), at the same sequence length. The difference is hooklens's own cost: weight conversion,
+// attention, norms, hooks, capture, the sampler.
+void run_diffusion_bench(const BenchOptions& o, const std::shared_ptr<Model>& model, const PluginRegistry& registry,
+                         const fs::path& scratch, double load_seconds) {
+  const ModelInfo& info = model->info();
+  DiffusionOptions d;
+  d.gen_length = o.gen_length;
+  d.steps = o.steps;
+  d.block_length = o.block_length;
+  d.validate();
+  std::mt19937_64 rng(1);
+  std::vector<std::int64_t> prompt(o.diffusion_prompt);
+  for (auto& id : prompt) id = std::int64_t(rng() % std::uint64_t(info.vocab_size));
+  if (info.mask_id)
+    for (auto& id : prompt) id = id == *info.mask_id ? (id + 1) % info.vocab_size : id;
+  const std::int64_t T = o.diffusion_prompt + o.gen_length;
+  const std::uint64_t weights = weight_file_bytes(info.path);
+  std::cout << fmt::format(
+      "model: {} ({} layers, {} heads, d_model {}, d_mlp {}, vocab {}, {} weights: {:.2f} GiB), {} threads\n"
+      "masked diffusion: prompt {} + gen length {} = {} positions, {} steps, block length {}; loaded in {:.2f} s\n",
+      info.path, info.n_layers, info.n_heads, info.d_model, info.d_mlp, info.vocab_size, info.weight_dtype,
+      double(weights) / (1 << 30), at::get_num_threads(), o.diffusion_prompt, o.gen_length, T, o.steps, o.block_length,
+      load_seconds);
+
+  using clock = std::chrono::steady_clock;
+  auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  std::vector<double> plain_steps, capture_steps;
+  double first_step = -1;  // the very first step pages the weights in: reported on its own
+  for (int r = 0; r < o.repeats; ++r) {
+    for (const bool capture : {false, true}) {  // interleaved, so drift on a shared machine hits both
+      HookSet hooks;
+      std::shared_ptr<CaptureSink> sink;
+      if (capture) {
+        sink = registry.create_sink("run_writer");
+        sink->open({{"out", (scratch / "run").string()}, {"overwrite", true}});
+        hooks.add({{"*hook_pattern"}}, [&](std::string_view name, const CaptureContext& ctx, at::Tensor& t) { sink->capture(name, ctx, t); });
+      }
+      auto last = clock::now();
+      generate_masked_diffusion(*model, prompt, d, hooks, 0, [&](const DiffusionStep&) {
+        const double s = seconds_since(last);
+        if (first_step < 0) first_step = s;
+        else (capture ? capture_steps : plain_steps).push_back(s);
+        last = clock::now();
+      });
+      if (sink) sink->finish(nlohmann::json{{"generation", {{"mode", "bench"}}}});
+    }
+  }
+  const std::uint64_t peak = peak_rss_bytes();
+
+  // The same products on float32 weights in memory, one layer's set timed and counted n_layers times.
+  const std::int64_t D = info.d_model, F = info.d_mlp, V = info.vocab_size, HQ = std::int64_t(info.n_heads) * info.d_head,
+                     HKV = std::int64_t(info.n_kv_heads) * info.d_head;
+  at::Tensor x = at::randn({T, D}), xf = at::randn({T, F}), xh = at::randn({T, HQ});
+  std::vector<std::pair<at::Tensor, const at::Tensor*>> layer_products = {
+      {at::randn({HQ, D}), &x}, {at::randn({HKV, D}), &x}, {at::randn({HKV, D}), &x}, {at::randn({D, HQ}), &xh},
+      {at::randn({F, D}), &x},  {at::randn({F, D}), &x},   {at::randn({D, F}), &xf}};
+  std::vector<double> gemm_times;
+  for (int r = 0; r < std::max(3, o.repeats); ++r) {
+    const auto start = clock::now();
+    for (const auto& [w, input] : layer_products) at::linear(*input, w);
+    gemm_times.push_back(seconds_since(start) * info.n_layers);
+  }
+  layer_products.clear();
+  at::Tensor unembed = at::randn({V, D});
+  std::vector<double> head_times;
+  for (int r = 0; r < std::max(3, o.repeats); ++r) {
+    const auto start = clock::now();
+    at::linear(x, unembed);
+    head_times.push_back(seconds_since(start));
+  }
+  const double gemm = median(gemm_times) + median(head_times);
+  const double plain = median(plain_steps), captured = median(capture_steps);
+  std::cout << fmt::format("{:<58} {:>9} {:>9} {:>8}\n", "per denoising step", "median s", "min s", "vs GEMMs");
+  auto row = [&](const std::string& what, const std::vector<double>& v) {
+    std::cout << fmt::format("{:<58} {:>9.3f} {:>9.3f} {:>8.3f}\n", what, median(v), *std::min_element(v.begin(), v.end()),
+                             median(v) / gemm);
+  };
+  std::cout << fmt::format("{:<58} {:>9.3f} {:>9} {:>8}\n", "first step (weights paged in from disk or page cache)", first_step, "", "");
+  row("no hooks", plain_steps);
+  row("every attention pattern to disk", capture_steps);
+  std::cout << fmt::format("{:<58} {:>9.3f} {:>9} {:>8.3f}\n", "bare libtorch: the step's matrix products, float32 weights", gemm, "", 1.0);
+  std::cout << fmt::format("hooklens's own cost (conversion, attention, norms, hooks, sampler): {:+.0f} % without capture, "
+                           "{:+.0f} % with\n",
+                           100 * (plain / gemm - 1), 100 * (captured / gemm - 1));
+  std::cout << fmt::format("peak resident memory during the steps: {:.2f} GiB = {:.2f}x the weight files\n",
+                           double(peak) / (1 << 30), weights ? double(peak) / double(weights) : 0.0);
+}
+
 void run_bench(const BenchOptions& o) {
   init_runtime(o.threads);
   const fs::path scratch = fs::temp_directory_path() / fmt::format("hooklens-bench-{}", ::getpid());
@@ -116,8 +235,16 @@ void run_bench(const BenchOptions& o) {
     write_random_gpt_neo(model_dir, shape);
   }
   PluginRegistry registry;
-  auto model = open_model(registry, model_dir);
+  LoadOptions load;
+  load.resident_weights_bytes = o.resident_weights_mib << 20;
+  const auto load_start = std::chrono::steady_clock::now();
+  auto model = open_model(registry, model_dir, {}, load);
+  const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   const ModelInfo& info = model->info();
+  const bool masked_diffusion =
+      !info.layer_attention.empty() && std::all_of(info.layer_attention.begin(), info.layer_attention.end(),
+                                                   [](AttentionKind k) { return k == AttentionKind::bidirectional; });
+  if (masked_diffusion) return run_diffusion_bench(o, model, registry, scratch, load_seconds);
   if (o.forward_tokens > info.n_ctx || o.prompt_tokens + o.new_tokens > info.n_ctx)
     throw UsageError(fmt::format("the model's context of {} tokens is too short for this bench", info.n_ctx));
 
@@ -162,12 +289,20 @@ void run_bench(const BenchOptions& o) {
 void add_bench_command(CLI::App& app) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "bench", "Measure capture overhead: forward and greedy generation with no hooks, patterns to memory, to disk");
+      "bench", "Measure capture overhead: forward and greedy generation with no hooks, patterns to memory, to disk; "
+               "for a masked-diffusion model, denoising steps against their bare matrix products, and peak memory");
   cmd->add_option("--model", o->model, "Model directory (default: a random GPT-Neo of TinyStories-33M's shape)");
   cmd->add_option("--repeats", o->repeats, "Timed runs per case (after one warm-up)")->capture_default_str()->check(CLI::Range(1, 1000));
   cmd->add_option("--tokens", o->forward_tokens, "Tokens in the forward pass")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--new-tokens", o->new_tokens, "Tokens to generate")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--threads", o->threads, "Compute threads (0 = one per core)")->capture_default_str();
+  cmd->add_option("--resident-weights", o->resident_weights_mib, "MiB of float32 weights converted once and kept (see 'hooklens generate --help')")
+      ->capture_default_str();
+  const std::string diffusion = "Masked-diffusion models (e.g. 'hooklens bench-model' output)";
+  cmd->add_option("--prompt-tokens", o->diffusion_prompt, "Random prompt tokens")->capture_default_str()->group(diffusion)->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--gen-length", o->gen_length, "Masked positions to generate")->capture_default_str()->group(diffusion)->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--steps", o->steps, "Denoising steps per run")->capture_default_str()->group(diffusion)->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--block-length", o->block_length, "Block length")->capture_default_str()->group(diffusion)->check(CLI::Range(1, 1 << 20));
   cmd->callback([o] { run_bench(*o); });
 }
 

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   hooklens::cli::add_analyze_commands(app);
   hooklens::cli::add_bench_command(app);
   hooklens::cli::add_demo_model_command(app);
+  hooklens::cli::add_bench_model_command(app);
   try {
     app.parse(argc, argv);
     return 0;

@@ -43,6 +43,7 @@ struct RunOptions {
   std::vector<int> layers, heads, capture_steps, capture_blocks;
   std::string query_range, key_range;
   int threads = 0;
+  std::uint64_t resident_weights_mib = LoadOptions{}.resident_weights_bytes >> 20;
   bool overwrite = false;
   std::size_t queue_mib = 256;
   SamplingOptions sampling;
@@ -232,6 +233,7 @@ class RunSession {
     LoadOptions load;
     load.tokenizer = o.tokenizer;
     load.spec = o.spec;
+    load.resident_weights_bytes = o.resident_weights_mib << 20;
     model_ = open_model(registry_, o.model, o.adapter, load);
     prompts_ = read_prompts(o, *model_);
     start_analyzers(command);
@@ -525,6 +527,12 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   cmd.add_option("--threads", o.threads, "Compute threads (0 = one per core)")->capture_default_str();
+  cmd.add_option("--resident-weights", o.resident_weights_mib,
+                 "MiB: a model whose weight matrices take at most this as float32 converts them once and keeps them "
+                 "(fastest); a larger one uses float32 weights in place from the mapped files and converts BF16/F16 "
+                 "ones chunk by chunk just before use (memory stays near the file size)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::uint64_t(0), std::uint64_t(1) << 30));
 }
 
 }  // namespace

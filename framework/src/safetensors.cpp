@@ -81,50 +81,65 @@ c10::ScalarType parse_safetensors_dtype(const std::string& name) {
   throw Error(fmt::format("unknown safetensors dtype '{}'", name));
 }
 
-void write_safetensors(const std::filesystem::path& file,
-                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  // Contiguous inputs are written from their own memory; only strided ones are copied.
-  std::vector<at::Tensor> data;
-  data.reserve(tensors.size());
+std::string safetensors_preamble(const std::vector<TensorLayout>& tensors,
+                                 const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::set<std::string> names;  // ordered_json lookups are linear; shards may hold thousands
   std::uint64_t offset = 0;
-  for (const auto& [name, tensor] : tensors) {
-    if (name == "__metadata__" || !names.insert(name).second)
-      fail(file, fmt::format("cannot write tensor name '{}' twice or as a reserved name", name));
-    if (!tensor.defined()) fail(file, fmt::format("tensor '{}' is undefined", name));
-    if (!tensor.device().is_cpu())
-      fail(file, fmt::format("tensor '{}' is on {}, only CPU tensors can be written", name,
-                             tensor.device().str()));
+  for (const auto& t : tensors) {
+    if (t.name == "__metadata__" || !names.insert(t.name).second)
+      throw Error(fmt::format("cannot write tensor name '{}' twice or as a reserved name", t.name));
     std::string dtype;
     try {
-      dtype = safetensors_dtype_name(tensor.scalar_type());
+      dtype = safetensors_dtype_name(t.type);
     } catch (const Error& e) {
-      fail(file, fmt::format("tensor '{}': {}", name, e.what()));
+      throw Error(fmt::format("tensor '{}': {}", t.name, e.what()));
     }
-    at::Tensor contiguous = tensor.contiguous();
-    const std::uint64_t bytes = contiguous.nbytes();
-    header[name] = {{"dtype", dtype},
-                    {"shape", contiguous.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+    std::uint64_t bytes = c10::elementSize(t.type);
+    for (const std::int64_t d : t.shape) {
+      if (d < 0) throw Error(fmt::format("tensor '{}' has a negative dimension", t.name));
+      bytes *= static_cast<std::uint64_t>(d);
+    }
+    header[t.name] = {{"dtype", dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    data.push_back(std::move(contiguous));
   }
   std::string text;
   try {
     text = header.dump();
   } catch (const nlohmann::json::exception&) {
-    fail(file, "tensor names and metadata must be valid UTF-8");
+    throw Error("tensor names and metadata must be valid UTF-8");
   }
   text.append((8 - text.size() % 8) % 8, ' ');
   const std::uint64_t header_size = text.size();
+  std::string preamble(reinterpret_cast<const char*>(&header_size), sizeof header_size);
+  return preamble + text;
+}
 
+void write_safetensors(const std::filesystem::path& file,
+                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  // Contiguous inputs are written from their own memory; only strided ones are copied.
+  std::vector<at::Tensor> data;
+  std::vector<TensorLayout> layout;
+  data.reserve(tensors.size());
+  for (const auto& [name, tensor] : tensors) {
+    if (!tensor.defined()) fail(file, fmt::format("tensor '{}' is undefined", name));
+    if (!tensor.device().is_cpu())
+      fail(file, fmt::format("tensor '{}' is on {}, only CPU tensors can be written", name,
+                             tensor.device().str()));
+    data.push_back(tensor.contiguous());
+    layout.push_back({name, tensor.scalar_type(), tensor.sizes().vec()});
+  }
+  std::string preamble;
+  try {
+    preamble = safetensors_preamble(layout, metadata);
+  } catch (const Error& e) {
+    fail(file, e.what());
+  }
   FilePtr f(std::fopen(file.c_str(), "wb"));
   if (!f) fail(file, "cannot open for writing: " + errno_text());
-  write_all(f.get(), &header_size, sizeof header_size, file);
-  write_all(f.get(), text.data(), text.size(), file);
+  write_all(f.get(), preamble.data(), preamble.size(), file);
   for (const auto& t : data) write_all(f.get(), t.data_ptr(), t.nbytes(), file);
   if (std::fclose(f.release()) != 0) fail(file, "write failed: " + errno_text());
 }

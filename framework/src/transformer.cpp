@@ -73,18 +73,17 @@ class KvCache final : public ModelState {
 
 // Weight matrices [out, in] are kept as the checkpoint stores them (often views of a memory-mapped
 // file). A float32 matrix is used in place. Any other dtype is converted to float32 one row chunk
-// at a time, right before that chunk's product, into a buffer of about this size: no float32 copy
-// of a whole matrix (let alone the model) ever exists, and the chunk is still in cache when the
-// product reads it. (There is no fast BF16 GEMM on CPU: compute stays float32.)
-constexpr std::int64_t kConversionChunkBytes = std::int64_t(32) << 20;
-
+// at a time (LoadOptions::conversion_chunk_bytes), right before that chunk's product: no float32
+// copy of a whole matrix (let alone the model) ever exists, and the chunk is still in cache when
+// the product reads it. There is no fast BF16 GEMM on this CPU, so compute stays float32.
 // y = x Wᵀ + b for W [out, in] in any floating dtype; x is float32 [..., in].
-at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b = {}) {
+at::Tensor linear_any_dtype(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b, std::uint64_t chunk_bytes) {
   if (W.scalar_type() == at::kFloat) return b.defined() ? at::linear(x, W, b) : at::linear(x, W);
   const std::int64_t out_features = W.size(0), in_features = W.size(1);
   const at::Tensor x2 = x.reshape({-1, in_features});
   at::Tensor y = at::empty({x2.size(0), out_features}, x.options());
-  const std::int64_t rows = std::clamp<std::int64_t>(kConversionChunkBytes / (4 * std::max<std::int64_t>(in_features, 1)),
+  const std::uint64_t row_bytes = 4 * std::uint64_t(std::max<std::int64_t>(in_features, 1));
+  const std::int64_t rows = std::clamp<std::int64_t>(std::int64_t(std::min<std::uint64_t>(chunk_bytes / row_bytes, INT64_MAX)),
                                                      1, std::max<std::int64_t>(out_features, 1));
   at::Tensor buffer = at::empty({rows, in_features}, x.options());
   for (std::int64_t r = 0; r < out_features; r += rows) {
@@ -116,7 +115,7 @@ struct Layer {
 class HookedTransformer final : public Model {
  public:
   HookedTransformer(ModelInfo info, Spec spec, TransformerWeights weights, std::unique_ptr<Tokenizer> tokenizer,
-                    std::uint64_t resident_limit_bytes);
+                    const LoadOptions& options);
 
   const ModelInfo& info() const override { return info_; }
   const Tokenizer* tokenizer() const override { return tokenizer_.get(); }
@@ -145,6 +144,11 @@ class HookedTransformer final : public Model {
   std::unique_ptr<Tokenizer> tokenizer_;
   at::Tensor rope_inv_freq_;
   bool resident_ = false;  // small enough to convert every matrix to float32 once and keep it
+  std::uint64_t chunk_bytes_;  // streaming conversion chunk
+  // y = x Wᵀ + b with this model's conversion chunk.
+  at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b = {}) const {
+    return linear_any_dtype(x, W, b, chunk_bytes_);
+  }
   std::once_flag resident_once_;
 };
 
@@ -169,8 +173,9 @@ at::Tensor float32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat).
 std::uint64_t float32_bytes(const at::Tensor& t) { return t.defined() ? std::uint64_t(t.numel()) * 4 : 0; }
 
 HookedTransformer::HookedTransformer(ModelInfo info, Spec spec, TransformerWeights weights,
-                                     std::unique_ptr<Tokenizer> tokenizer, std::uint64_t resident_limit_bytes)
-    : info_(std::move(info)), spec_(spec), w_(std::move(weights)), tokenizer_(std::move(tokenizer)) {
+                                     std::unique_ptr<Tokenizer> tokenizer, const LoadOptions& options)
+    : info_(std::move(info)), spec_(spec), w_(std::move(weights)), tokenizer_(std::move(tokenizer)),
+      chunk_bytes_(options.conversion_chunk_bytes) {
   const std::int64_t D = info_.d_model, V = info_.vocab_size, F = info_.d_mlp;
   const std::int64_t HQ = std::int64_t(info_.n_heads) * info_.d_head;
   const std::int64_t HKV = std::int64_t(info_.n_kv_heads) * info_.d_head;
@@ -229,7 +234,7 @@ HookedTransformer::HookedTransformer(ModelInfo info, Spec spec, TransformerWeigh
       matrix_bytes += float32_bytes(*m);
     layers_.push_back(Layer{lw, {}, {}, info_.layer_attention[l], LayerNames(l)});
   }
-  resident_ = matrix_bytes <= resident_limit_bytes;
+  resident_ = matrix_bytes <= options.resident_weights_bytes;
   if (uses_rope()) {
     if (info_.d_head % 2) throw Error(fmt::format("{}: RoPE needs an even head size, not {}", info_.path, info_.d_head));
     // As the reference computes it: theta ** (arange(0, d_head, 2) / d_head) in float32.
@@ -462,8 +467,7 @@ void check_all_weights_used(const TensorMap& rest, const std::string& what) {
 
 std::unique_ptr<Model> make_transformer(ModelInfo info, TransformerSpec spec, TransformerWeights weights,
                                         std::unique_ptr<Tokenizer> tokenizer, const LoadOptions& options) {
-  return std::make_unique<HookedTransformer>(std::move(info), spec, std::move(weights), std::move(tokenizer),
-                                             options.resident_weights_bytes);
+  return std::make_unique<HookedTransformer>(std::move(info), spec, std::move(weights), std::move(tokenizer), options);
 }
 
 }  // namespace hooklens

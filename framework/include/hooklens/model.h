@@ -80,6 +80,10 @@ struct LoadOptions {
   // float32, they are converted once (first forward pass) and kept: fastest. Larger models stream:
   // float32 matrices are used in place, BF16/F16 ones converted chunk by chunk just before use.
   std::uint64_t resident_weights_bytes = std::uint64_t(1) << 30;
+  // Streaming converts BF16/F16 matrices in row chunks of about this many float32 bytes: large
+  // enough for full-speed matrix products, small enough to stay in cache (32 MiB measured best
+  // here: within 15 % of float32 weights at 2 threads, on par at 1).
+  std::uint64_t conversion_chunk_bytes = std::uint64_t(32) << 20;
 };
 
 // What an adapter plugin creates: knows which model directories it reads and loads them.

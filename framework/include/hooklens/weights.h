@@ -66,6 +66,18 @@ TensorMap read_pytorch_checkpoint(const std::filesystem::path& file, std::string
 // model.safetensors.index.json, or pytorch_model.bin (also its sharded index).
 TensorMap load_hf_weights(const std::filesystem::path& model_dir);
 
+// What a safetensors header says about one tensor.
+struct TensorLayout {
+  std::string name;
+  c10::ScalarType type;
+  std::vector<std::int64_t> shape;
+};
+// The bytes before the data of a safetensors file holding `tensors` in this order: the 8-byte header
+// length and the JSON header (padded to 8 bytes). Each tensor's raw data follows the previous one's,
+// so a writer can stream data it produces one tensor at a time (files larger than memory).
+std::string safetensors_preamble(const std::vector<TensorLayout>& tensors,
+                                 const std::map<std::string, std::string>& metadata = {});
+
 // Writes tensors (contiguous copies are made as needed) in the given order.
 void write_safetensors(const std::filesystem::path& file,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
