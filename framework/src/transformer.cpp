@@ -76,7 +76,7 @@ class KvCache final : public ModelState {
 // at a time (LoadOptions::conversion_chunk_bytes), right before that chunk's product: no float32
 // copy of a whole matrix (let alone the model) ever exists, and the chunk is still in cache when
 // the product reads it. There is no fast BF16 GEMM on this CPU, so compute stays float32.
-// y = x Wᵀ + b for W [out, in] in any floating dtype; x is float32 [..., in].
+// Computes y = x Wᵀ + b for W [out, in] in any floating dtype; x is float32 [..., in].
 at::Tensor linear_any_dtype(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b, std::uint64_t chunk_bytes) {
   if (W.scalar_type() == at::kFloat) return b.defined() ? at::linear(x, W, b) : at::linear(x, W);
   const std::int64_t out_features = W.size(0), in_features = W.size(1);
@@ -127,6 +127,9 @@ class HookedTransformer final : public Model {
  private:
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
   at::Tensor activation(const at::Tensor& x) const;
+  at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b = {}) const {
+    return linear_any_dtype(x, W, b, chunk_bytes_);
+  }
   bool uses_rope() const {
     return spec_.positions == Spec::Positions::rope_neox || spec_.positions == Spec::Positions::rope_interleaved;
   }
@@ -144,12 +147,8 @@ class HookedTransformer final : public Model {
   std::unique_ptr<Tokenizer> tokenizer_;
   at::Tensor rope_inv_freq_;
   bool resident_ = false;  // small enough to convert every matrix to float32 once and keep it
-  std::uint64_t chunk_bytes_;  // streaming conversion chunk
-  // y = x Wᵀ + b with this model's conversion chunk.
-  at::Tensor linear(const at::Tensor& x, const at::Tensor& W, const at::Tensor& b = {}) const {
-    return linear_any_dtype(x, W, b, chunk_bytes_);
-  }
   std::once_flag resident_once_;
+  std::uint64_t chunk_bytes_;  // streaming conversion chunk (LoadOptions::conversion_chunk_bytes)
 };
 
 // Checks a weight's shape and dtype. Vectors (norms, biases) become float32 here: they are small.
