@@ -75,6 +75,21 @@ void require_error(const std::function<void()>& f, const fs::path& file, const s
   FAIL("no hooklens::Error for " << file << " (expected '" << fragment << "')");
 }
 
+// True if the data of `t` lies inside a memory mapping of `file` (per /proc/self/maps).
+bool in_mapping_of(const at::Tensor& t, const fs::path& file) {
+  const auto address = reinterpret_cast<std::uintptr_t>(t.data_ptr());
+  const std::string target = fs::canonical(file).string();
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    const auto slash = line.find('/');
+    if (slash == std::string::npos || line.substr(slash) != target) continue;
+    const std::uintptr_t begin = std::stoull(line.substr(0, line.find('-')), nullptr, 16);
+    const std::uintptr_t end = std::stoull(line.substr(line.find('-') + 1), nullptr, 16);
+    if (address >= begin && address < end) return true;
+  }
+  return false;
+}
+
 // Same names, dtypes, shapes and bit-equal values.
 void require_same(const TensorMap& a, const TensorMap& b) {
   REQUIRE(a.size() == b.size());
@@ -100,20 +115,21 @@ TEST_CASE("fixtures: safetensors and pytorch_model.bin hold the same tensors", "
     CHECK(hooklens::read_safetensors_metadata(dir / "model.safetensors") ==
           std::map<std::string, std::string>{{"format", "pt"}});
 
+    // Every tensor is a view of the mapped file, not a copy.
+    for (const auto& [key, t] : bin) {
+      INFO("tensor " << key);
+      CHECK(in_mapping_of(t, dir / "pytorch_model.bin"));
+    }
     const auto lm_head = bin.find("lm_head.weight");
     if (lm_head != bin.end()) {
-      // Tied to wte in the file (one storage), but the reader returns independent tensors.
+      // Tied to wte in the file (one storage): both view the same bytes.
       const at::Tensor& wte = bin.at("transformer.wte.weight");
       CHECK(at::equal(lm_head->second, wte));
-      CHECK(lm_head->second.data_ptr() != wte.data_ptr());
+      CHECK(lm_head->second.data_ptr() == wte.data_ptr());
+      CHECK_FALSE(lm_head->second.is_same(wte));  // but each entry is a tensor of its own
       bin.erase(lm_head);
     }
     require_same(st, bin);
-    for (const auto& [key, t] : bin) {
-      CHECK(t.is_contiguous());
-      CHECK(t.storage_offset() == 0);
-      CHECK(t.nbytes() == t.storage().nbytes());
-    }
     CHECK(st.at("transformer.wte.weight").sizes() == at::IntArrayRef{50257, 32});
     CHECK(st.at("transformer.wte.weight").scalar_type() == at::kFloat);
   }
@@ -505,11 +521,17 @@ TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
       INFO("file " << name);
       const TensorMap got = hooklens::read_pytorch_bin(d / name);
       require_same(got, expected);
-      CHECK(got.at("lm_head").data_ptr() != got.at("wte").data_ptr());
+      // Views stay views of one mapped storage: tied weights, offsets and strides, no copies.
+      CHECK(got.at("lm_head").data_ptr() == got.at("wte").data_ptr());
+      const at::Tensor& view = got.at("view");
+      CHECK_FALSE(view.is_contiguous());
+      CHECK(view.storage_offset() == 10);
+      CHECK(view.strides() == at::IntArrayRef{10, 2});
+      CHECK(view.storage().data() == got.at("transposed").storage().data());
+      CHECK(view.storage().data() == got.at("row").storage().data());
       for (const auto& [key, t] : got) {
         INFO("tensor " << key);
-        CHECK(t.is_contiguous());
-        CHECK(t.nbytes() == t.storage().nbytes());
+        if (t.numel() > 0) CHECK(in_mapping_of(t, d / name));
         CHECK_FALSE(t.requires_grad());
       }
     }

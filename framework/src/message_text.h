@@ -1,0 +1,24 @@
+// Text taken from files that may be hostile (names in an archive, a pickle or an index) goes into
+// error messages through these: one line, bounded length, whatever the file holds.
+#pragma once
+#include <string>
+
+namespace hooklens {
+
+// A value to quote in a message: control characters become spaces, and text past `max` bytes is
+// cut (on a UTF-8 character boundary) and ends in "...".
+inline std::string brief_text(std::string s, std::size_t max = 60) {
+  if (s.size() > max) {
+    std::size_t cut = max - 3;
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
+    s = s.substr(0, cut) + "...";
+  }
+  for (char& c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  return s;
+}
+
+// A whole message as one line of at most 1000 bytes.
+inline std::string one_line(const std::string& s) { return brief_text(s, 1000); }
+
+}  // namespace hooklens
