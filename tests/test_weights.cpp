@@ -837,6 +837,26 @@ TEST_CASE("load_hf_weights: formats, priority, shards and errors", "[weights]") 
       write_bytes(index_file, R"({"weight_map": {"a": "/etc/passwd"}})");
       require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not inside the model directory");
     }
+    SECTION("a shard that is a directory; names quoted from the index are cut") {
+      fs::create_directory(tmp.path / "dir.safetensors");
+      write_bytes(index_file, R"({"weight_map": {"a": "dir.safetensors"}})");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "'dir.safetensors' does not exist");
+      const std::string long_name(300, 'x');
+      write_bytes(index_file, R"({"weight_map": {"a": ")" + long_name + R"("}})");
+      const std::string message = test::error_of([&] { hooklens::load_hf_weights(tmp.path); });
+      CHECK(message.find(std::string(57, 'x') + "...'") != std::string::npos);
+      CHECK(message.find(std::string(58, 'x')) == std::string::npos);
+    }
+    SECTION("the index file alone; each shard is read by its extension") {
+      require_same(hooklens::load_weight_index(index_file), st);
+      fs::copy_file(neo / "pytorch_model.bin", tmp.path / "extra.bin");
+      std::string mixed = index;
+      mixed.insert(mixed.rfind("}}"), R"(, "lm_head.weight": "extra.bin")");
+      write_bytes(index_file, mixed);
+      const TensorMap got = hooklens::load_weight_index(index_file);
+      CHECK(got.size() == st.size() + 1);
+      CHECK(at::equal(got.at("lm_head.weight"), st.at("transformer.wte.weight")));
+    }
     SECTION("malformed index") {
       write_bytes(index_file, R"({"weights": {}})");
       require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "weight_map");
