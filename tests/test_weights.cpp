@@ -470,6 +470,7 @@ craft('bad_memo.bin', None, pkl=b'\x80\x02h\x05.')
 craft('cut_pickle.bin', None, pkl=b'\x80\x02X\xff\x00\x00\x00abc')
 craft('many_values.bin', None, pkl=b'\x80\x02' + b')' * 5000000 + b'.')
 craft('long_key.bin', {'x': Rebuild(Stub(4, 'k' * 500), 0, (4,), (1,))})
+craft('expanded.bin', {'x': Rebuild(Stub(4), 1, (2**40, 3), (0, 1))})  # 3 * 2^40 elements viewing 3
 
 # Zip-level variants of torch.save files: rewritten by Python's zipfile, or patched byte by byte.
 import warnings, zipfile, zlib
@@ -626,6 +627,11 @@ TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
   SECTION("crafted archives") {
     const TensorMap ok = hooklens::read_pytorch_bin(d / "crafted_ok.bin");
     CHECK(at::equal(ok.at("x"), at::arange(2, 5, at::kFloat)));
+    // A stride-0 view of 3 * 2^40 elements is legal and stays a view: nothing is materialised.
+    const at::Tensor expanded = hooklens::read_pytorch_bin(d / "expanded.bin").at("x");
+    CHECK(expanded.sizes() == at::IntArrayRef{std::int64_t(1) << 40, 3});
+    CHECK(expanded.strides() == at::IntArrayRef{0, 1});
+    CHECK(at::equal(expanded[std::int64_t(1) << 39], at::arange(2, 5, at::kFloat)));
     const std::pair<const char*, const char*> bad[] = {
         {"past_end.bin", "past its storage"},
         {"huge_stride.bin", "past its storage"},

@@ -367,7 +367,8 @@ Value* PickleMachine::persistent_load(Value* pid) {
   if (s.type != type)
     throw Error(fmt::format("storage '{}' is used as both {} and {}", brief_text(key), c10::toString(s.type),
                             c10::toString(type)));
-  if (numel < 0 || s.storage.nbytes() != static_cast<std::uint64_t>(numel) * c10::elementSize(type))
+  const std::uint64_t item = c10::elementSize(type);
+  if (numel < 0 || s.storage.nbytes() % item != 0 || s.storage.nbytes() / item != static_cast<std::uint64_t>(numel))
     throw Error(fmt::format("storage '{}' has {} bytes, not {} elements of {}", brief_text(key), s.storage.nbytes(),
                             numel, c10::toString(type)));
   Value* v = make(Kind::Storage);
