@@ -169,6 +169,9 @@ TEST_CASE("state dicts: sharded, as safetensors, as a directory or an index file
     std::ofstream(single / "config.json") << R"({"n_layers": 2})";
     check_model_at(single.path, "raschka", raschka, "raschka-gpt", 2);
     check_model_at(single / "model.safetensors", "raschka", raschka, "raschka-gpt", 2);
+    // A directory's tokenizer files are used, as in a Hugging Face directory (this one is too big).
+    for (const char* f : {"vocab.json", "merges.txt"}) fs::create_symlink(test::fixtures() / "tiny-neo-a" / f, single / f);
+    CHECK_THAT(load_error(single.path, raschka), Catch::Contains("50257 tokens, more than the model's vocabulary of 100"));
   }
   SECTION("nanoGPT shards: the tied lm_head in the embedding's shard (one storage), or in another (a copy)") {
     const std::string spec = write_spec(dir, "nano4.json", R"({"extends": "nanogpt", "n_heads": 4, "architecture": "mine"})").string();
