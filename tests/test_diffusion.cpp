@@ -1,7 +1,9 @@
 // The LLaDA adapter and the masked-diffusion loop against the upstream LLaDA sampler's trace in
 // ../shared/fixtures/llada-tiny-a: the sequence after every step, every step's attention and
-// logits, the committed positions and their confidences; schedules; bad parameters.
+// logits, the committed positions and their confidences (also from sharded weights); schedules; bad
+// parameters.
 #include "model_util.h"
+#include "shard_util.h"
 
 #include <ATen/ATen.h>
 #include <hooklens/error.h>
@@ -35,10 +37,8 @@ DiffusionOptions fixture_options() {
   return o;
 }
 
-}  // namespace
-
-TEST_CASE("LLaDA forward pass matches the upstream model") {
-  auto model = load_model("diffusion", kFixture);
+void check_forward(const fs::path& model_dir) {
+  auto model = load_model("diffusion", model_dir);
   const ModelInfo& info = model->info();
   CHECK(info.n_layers == 2);
   CHECK(info.mask_id == std::optional<std::int64_t>(500));
@@ -54,8 +54,8 @@ TEST_CASE("LLaDA forward pass matches the upstream model") {
     CHECK(test::max_abs_diff(rec.at(fmt::format("blocks.{}.attn.hook_pattern", l)), ref.at(fmt::format("step0.attn.L{}", l))) < 1e-5);
 }
 
-TEST_CASE("masked diffusion matches the upstream LLaDA sampler step by step") {
-  auto model = load_model("diffusion", kFixture);
+void check_generation(const fs::path& model_dir) {
+  auto model = load_model("diffusion", model_dir);
   TensorMap ref = read_safetensors(kFixture / "reference_0.safetensors");
   // Python's json writes Infinity (a margin where nothing was rejected), which JSON has not.
   std::ifstream file(kFixture / "generation.json");
@@ -96,6 +96,31 @@ TEST_CASE("masked diffusion matches the upstream LLaDA sampler step by step") {
   CHECK(result.output_ids == to_vector(ref.at("final.x")));
   const auto final_generated = gen["final_generated_ids"].get<std::vector<std::int64_t>>();
   CHECK(std::vector<std::int64_t>(result.output_ids.begin() + 12, result.output_ids.end()) == final_generated);
+}
+
+}  // namespace
+
+TEST_CASE("LLaDA forward pass matches the upstream model") { check_forward(kFixture); }
+
+TEST_CASE("masked diffusion matches the upstream LLaDA sampler step by step") { check_generation(kFixture); }
+
+TEST_CASE("LLaDA from 3 shards of either format (layers split across shards) matches the upstream model") {
+  test::TempDir st;
+  fs::create_symlink(kFixture / "config.json", st / "config.json");
+  test::write_safetensors_shards(read_safetensors(kFixture / "model.safetensors"), st.path, 3);
+  CHECK(test::shards_holding(st / "model.safetensors.index.json", ".blocks.0.").size() == 3);
+  check_forward(st.path);
+  check_generation(st.path);
+
+  test::TempDir bin;
+  fs::create_symlink(kFixture / "config.json", bin / "config.json");
+  if (!test::write_bin_shards(kFixture / "model.safetensors", bin.path, 3)) {
+    WARN("skipped the pytorch_model.bin shards: " << test::kPython << " cannot import torch");
+    return;
+  }
+  CHECK(test::shards_holding(bin / "pytorch_model.bin.index.json", ".blocks.0.").size() == 3);
+  check_forward(bin.path);
+  check_generation(bin.path);
 }
 
 TEST_CASE("transfer schedules: uneven steps and several blocks") {

@@ -1,7 +1,8 @@
 // GPT-Neo and GPT-2 adapters against the Hugging Face references in ../shared/fixtures: token ids
 // and strings, every layer's attention, hidden states, logits, greedy generation with the KV cache
-// (every step's attention), from both weight formats; ablation through hooks.
+// (every step's attention), from both weight formats, whole and sharded; ablation through hooks.
 #include "model_util.h"
+#include "shard_util.h"
 
 #include <ATen/ATen.h>
 
@@ -108,6 +109,32 @@ TEST_CASE("GPT-2 matches Hugging Face from both weight formats") {
   for (const char* weights : {"model.safetensors", "pytorch_model.bin"}) {
     test::TempDir tmp;
     check_against_fixture("gpt2", fixture, with_only(tmp, fixture, weights));
+  }
+}
+
+TEST_CASE("GPT-Neo and GPT-2 match Hugging Face from 3 shards of either format (layers split across shards)") {
+  for (const auto& [adapter, name] : {std::pair{"gpt_neo", "tiny-neo-a"}, {"gpt2", "tiny-gpt2-a"}}) {
+    const fs::path fixture = test::fixtures() / name;
+    auto link_files = [&](const test::TempDir& tmp) {
+      for (const char* f : {"config.json", "vocab.json", "merges.txt"}) fs::create_symlink(fixture / f, tmp / f);
+    };
+    {
+      INFO(name << ": model-0000N-of-00003.safetensors");
+      test::TempDir tmp;
+      link_files(tmp);
+      test::write_safetensors_shards(read_safetensors(fixture / "model.safetensors"), tmp.path, 3);
+      CHECK(test::shards_holding(tmp / "model.safetensors.index.json", ".h.0.").size() == 3);
+      check_against_fixture(adapter, fixture, tmp.path);
+    }
+    test::TempDir tmp;
+    link_files(tmp);
+    if (!test::write_bin_shards(fixture / "pytorch_model.bin", tmp.path, 3)) {
+      WARN("skipped the pytorch_model.bin shards: " << test::kPython << " cannot import torch");
+      continue;
+    }
+    INFO(name << ": pytorch_model-0000N-of-00003.bin");
+    CHECK(test::shards_holding(tmp / "pytorch_model.bin.index.json", ".h.0.").size() == 3);
+    check_against_fixture(adapter, fixture, tmp.path);
   }
 }
 

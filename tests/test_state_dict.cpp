@@ -2,9 +2,11 @@
 // tests/reference/make_state_dict.py builds "LLMs from scratch" GPTModels (qkv_bias off and on) and
 // nanoGPT GPTs (a ckpt.pt-style checkpoint of a torch.compile'd model with bias, and a bare state
 // dict without), and saves their eager logits, attention patterns and greedy generations. Loaded
-// through the shipped specs (specs/raschka-gpt.json, specs/nanogpt.json), hooklens must match them;
+// through the shipped specs (specs/raschka-gpt.json, specs/nanogpt.json), hooklens must match them,
+// also when resharded (safetensors or torch.save shards with an index, a single model.safetensors);
 // bad specs and files must fail with errors naming the file.
 #include "model_util.h"
+#include "shard_util.h"
 
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
@@ -63,9 +65,10 @@ std::string load_error(const fs::path& file, const std::string& spec) {
   return test::error_of([&] { load(file, spec); });
 }
 
-void check_model(const std::string& name, const std::string& spec, const std::string& architecture, int n_layers) {
-  const fs::path file = *models() / (name + ".pt");
-  auto model = load(file, spec);
+// Loads `model` (the state dict `name` in any form) and compares it with name's eager references.
+void check_model_at(const fs::path& model_path, const std::string& name, const std::string& spec,
+                    const std::string& architecture, int n_layers) {
+  auto model = load(model_path, spec);
   TensorMap ref = read_safetensors(*models() / (name + ".safetensors"));
   const ModelInfo& info = model->info();
   CHECK(info.architecture == architecture);
@@ -106,6 +109,10 @@ void check_model(const std::string& name, const std::string& spec, const std::st
         std::vector<std::int64_t>(greedy.data_ptr<std::int64_t>(), greedy.data_ptr<std::int64_t>() + greedy.numel()));
 }
 
+void check_model(const std::string& name, const std::string& spec, const std::string& architecture, int n_layers) {
+  check_model_at(*models() / (name + ".pt"), name, spec, architecture, n_layers);
+}
+
 // Runs build/bin/hooklens ARGS; returns the exit code, with stdout + stderr in `output`.
 int run_cli(const std::string& args, const test::TempDir& dir, std::string& output) {
   const fs::path log = dir / "cli.log";
@@ -133,6 +140,79 @@ TEST_CASE("state dicts with a spec: logits, patterns and KV-cache generation mat
   SECTION("nanoGPT bias=False bare state dict: a user spec extending the shipped one") {
     const fs::path spec = write_spec(dir, "nano4.json", R"({"extends": "nanogpt", "n_heads": 4, "architecture": "mine"})");
     check_model("nanogpt_nobias", spec.string(), "mine", 3);
+  }
+}
+
+TEST_CASE("state dicts: sharded, as safetensors, as a directory or an index file") {
+  if (!models()) return;
+  const test::TempDir dir;
+  const std::string raschka = write_spec(dir, "raschka4.json", kRaschka4).string();
+  const TensorMap tensors = read_pytorch_checkpoint(*models() / "raschka.pt");
+
+  SECTION("torch.save shards and pytorch_model.bin.index.json: the directory, and the index file itself") {
+    const test::TempDir shards;
+    REQUIRE(test::write_bin_shards(*models() / "raschka.pt", shards.path, 3));
+    CHECK(test::shards_holding(shards / "pytorch_model.bin.index.json", "trf_blocks.0.").size() == 3);
+    check_model_at(shards.path, "raschka", raschka, "raschka-gpt", 2);
+    check_model_at(shards / "pytorch_model.bin.index.json", "raschka", raschka, "raschka-gpt", 2);
+  }
+  SECTION("safetensors shards and model.safetensors.index.json") {
+    const test::TempDir shards;
+    test::write_safetensors_shards(tensors, shards.path, 4);
+    CHECK(test::shards_holding(shards / "model.safetensors.index.json", "trf_blocks.1.").size() == 4);
+    check_model_at(shards.path, "raschka", raschka, "raschka-gpt", 2);
+    check_model_at(shards / "model.safetensors.index.json", "raschka", raschka, "raschka-gpt", 2);
+  }
+  SECTION("one model.safetensors: the directory (with a config.json naming no model_type), and the file") {
+    const test::TempDir single;
+    write_safetensors(single / "model.safetensors", {tensors.begin(), tensors.end()});
+    std::ofstream(single / "config.json") << R"({"n_layers": 2})";
+    check_model_at(single.path, "raschka", raschka, "raschka-gpt", 2);
+    check_model_at(single / "model.safetensors", "raschka", raschka, "raschka-gpt", 2);
+    // A directory's tokenizer files are used, as in a Hugging Face directory (this one is too big).
+    for (const char* f : {"vocab.json", "merges.txt"}) fs::create_symlink(test::fixtures() / "tiny-neo-a" / f, single / f);
+    CHECK_THAT(load_error(single.path, raschka), Catch::Contains("50257 tokens, more than the model's vocabulary of 100"));
+  }
+  SECTION("nanoGPT shards: the tied lm_head in the embedding's shard (one storage), or in another (a copy)") {
+    const std::string spec = write_spec(dir, "nano4.json", R"({"extends": "nanogpt", "n_heads": 4, "architecture": "mine"})").string();
+    for (const int n : {3, 5}) {
+      INFO(n << " shards");
+      const test::TempDir shards;
+      REQUIRE(test::write_bin_shards(*models() / "nanogpt_nobias.pt", shards.path, n));
+      const auto together = test::shards_holding(shards / "pytorch_model.bin.index.json", "lm_head.weight") ==
+                            test::shards_holding(shards / "pytorch_model.bin.index.json", "transformer.wte.weight");
+      CHECK(together == (n == 3));
+      check_model_at(shards.path, "nanogpt_nobias", spec, "mine", 3);
+    }
+  }
+  SECTION("a directory that names a model_type (or whose config.json is broken) belongs to another adapter") {
+    auto a = adapter();
+    CHECK_FALSE(a->accepts(test::fixtures() / "tiny-neo-a"));
+    const test::TempDir broken;
+    write_safetensors(broken / "model.safetensors", {tensors.begin(), tensors.end()});
+    std::ofstream(broken / "config.json") << "{";
+    CHECK_FALSE(a->accepts(broken.path));
+    const test::TempDir empty;
+    CHECK_FALSE(a->accepts(empty.path));  // no weights
+  }
+  SECTION("index problems are errors naming the index or the shard") {
+    const test::TempDir shards;
+    test::write_safetensors_shards(tensors, shards.path, 3);
+    const fs::path index = shards / "model.safetensors.index.json";
+    fs::remove(shards / "model-00002-of-00003.safetensors");
+    CHECK_THAT(load_error(shards.path, raschka),
+               Catch::Contains(index.string()) && Catch::Contains("'model-00002-of-00003.safetensors' does not exist"));
+    std::ofstream(index) << R"({"weight_map": {"tok_emb.weight": "../raschka.safetensors"}})";
+    CHECK_THAT(load_error(index, raschka), Catch::Contains("not inside the model directory"));
+  }
+  SECTION("the CLI: --model DIR --spec S") {
+    const test::TempDir shards;
+    REQUIRE(test::write_bin_shards(*models() / "raschka.pt", shards.path, 3));
+    std::string out;
+    CHECK(run_cli(fmt::format("info --model '{}' --spec '{}'", shards.path.string(), raschka), dir, out) == 0);
+    CHECK_THAT(out, Catch::Contains("raschka-gpt") && Catch::Contains("custom"));
+    CHECK(run_cli(fmt::format("info --model '{}'", shards.path.string()), dir, out) == 2);
+    CHECK_THAT(out, Catch::Contains("--spec"));
   }
 }
 

@@ -24,6 +24,7 @@
 #include <functional>
 #include <iterator>
 #include <memory>
+#include <random>
 #include <string>
 
 namespace fs = std::filesystem;
@@ -75,6 +76,21 @@ void require_error(const std::function<void()>& f, const fs::path& file, const s
   FAIL("no hooklens::Error for " << file << " (expected '" << fragment << "')");
 }
 
+// True if the data of `t` lies inside a memory mapping of `file` (per /proc/self/maps).
+bool in_mapping_of(const at::Tensor& t, const fs::path& file) {
+  const auto address = reinterpret_cast<std::uintptr_t>(t.data_ptr());
+  const std::string target = fs::canonical(file).string();
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);) {
+    const auto slash = line.find('/');
+    if (slash == std::string::npos || line.substr(slash) != target) continue;
+    const std::uintptr_t begin = std::stoull(line.substr(0, line.find('-')), nullptr, 16);
+    const std::uintptr_t end = std::stoull(line.substr(line.find('-') + 1), nullptr, 16);
+    if (address >= begin && address < end) return true;
+  }
+  return false;
+}
+
 // Same names, dtypes, shapes and bit-equal values.
 void require_same(const TensorMap& a, const TensorMap& b) {
   REQUIRE(a.size() == b.size());
@@ -100,20 +116,21 @@ TEST_CASE("fixtures: safetensors and pytorch_model.bin hold the same tensors", "
     CHECK(hooklens::read_safetensors_metadata(dir / "model.safetensors") ==
           std::map<std::string, std::string>{{"format", "pt"}});
 
+    // Every tensor is a view of the mapped file, not a copy.
+    for (const auto& [key, t] : bin) {
+      INFO("tensor " << key);
+      CHECK(in_mapping_of(t, dir / "pytorch_model.bin"));
+    }
     const auto lm_head = bin.find("lm_head.weight");
     if (lm_head != bin.end()) {
-      // Tied to wte in the file (one storage), but the reader returns independent tensors.
+      // Tied to wte in the file (one storage): both view the same bytes.
       const at::Tensor& wte = bin.at("transformer.wte.weight");
       CHECK(at::equal(lm_head->second, wte));
-      CHECK(lm_head->second.data_ptr() != wte.data_ptr());
+      CHECK(lm_head->second.data_ptr() == wte.data_ptr());
+      CHECK_FALSE(lm_head->second.is_same(wte));  // but each entry is a tensor of its own
       bin.erase(lm_head);
     }
     require_same(st, bin);
-    for (const auto& [key, t] : bin) {
-      CHECK(t.is_contiguous());
-      CHECK(t.storage_offset() == 0);
-      CHECK(t.nbytes() == t.storage().nbytes());
-    }
     CHECK(st.at("transformer.wte.weight").sizes() == at::IntArrayRef{50257, 32});
     CHECK(st.at("transformer.wte.weight").scalar_type() == at::kFloat);
   }
@@ -452,6 +469,81 @@ craft('bad_mark.bin', None, pkl=b'\x80\x02K\x01K\x02(\x86.')
 craft('bad_memo.bin', None, pkl=b'\x80\x02h\x05.')
 craft('cut_pickle.bin', None, pkl=b'\x80\x02X\xff\x00\x00\x00abc')
 craft('many_values.bin', None, pkl=b'\x80\x02' + b')' * 5000000 + b'.')
+craft('long_key.bin', {'x': Rebuild(Stub(4, 'k' * 500), 0, (4,), (1,))})
+craft('expanded.bin', {'x': Rebuild(Stub(4), 1, (2**40, 3), (0, 1))})  # 3 * 2^40 elements viewing 3
+
+# Zip-level variants of torch.save files: rewritten by Python's zipfile, or patched byte by byte.
+import warnings, zipfile, zlib
+def rewrite(src, dst, method, records=None):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, 'w') as zout:
+        for name, payload in records or [(i.filename, zin.read(i.filename)) for i in zin.infolist()]:
+            zout.writestr(name, payload, compress_type=method)
+mixed_bin = os.path.join(d, 'mixed.bin')
+rewrite(mixed_bin, os.path.join(d, 'deflated.bin'), zipfile.ZIP_DEFLATED)
+rewrite(mixed_bin, os.path.join(d, 'unaligned.bin'), zipfile.ZIP_STORED)  # zipfile does not align data
+rewrite(mixed_bin, os.path.join(d, 'bzip2.bin'), zipfile.ZIP_BZIP2)
+small = os.path.join(d, 'small.bin')
+torch.save({'x': torch.arange(4, dtype=torch.float32)}, small)
+small_records = [(i.filename, zipfile.ZipFile(small).read(i.filename)) for i in zipfile.ZipFile(small).infolist()]
+rewrite(small, os.path.join(d, 'no_top_dir.bin'), zipfile.ZIP_STORED, [(n.split('/', 1)[1], b) for n, b in small_records])
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # zipfile warns about the duplicate name, and writes it
+    rewrite(small, os.path.join(d, 'duplicate.bin'), zipfile.ZIP_STORED, small_records + small_records[-1:])
+
+def central_headers(data):
+    """name -> offset of its central header (from the 32-bit end record: these files are small)."""
+    end = data.rfind(b'PK\x05\x06')
+    count, _, at = struct.unpack_from('<HII', data, end + 10)
+    out = {}
+    for _ in range(count):
+        name_size, extra_size, comment_size = struct.unpack_from('<HHH', data, at + 28)
+        out[data[at + 46:at + 46 + name_size].decode()] = at
+        at += 46 + name_size + extra_size + comment_size
+    return out
+def patch(src, dst, edit):
+    data = bytearray(open(src, 'rb').read())
+    edit(data, central_headers(data))
+    open(os.path.join(d, dst), 'wb').write(data)
+def at_zip64_end(data, field):
+    return data.rfind(b'PK\x06\x06') + field
+storage_record = [n for n, _ in small_records if n.endswith('/data/0')][0]
+pickle_record = [n for n, _ in small_records if n.endswith('/data.pkl')][0]
+patch(small, 'cd_past_end.bin', lambda b, c: struct.pack_into('<Q', b, at_zip64_end(b, 48), len(b) + 100))
+patch(small, 'entries_huge.bin', lambda b, c: struct.pack_into('<Q', b, at_zip64_end(b, 32), 2**40))
+patch(small, 'locator_bad.bin', lambda b, c: struct.pack_into('<Q', b, b.rfind(b'PK\x06\x07') + 8, 2 * len(b)))
+patch(os.path.join(d, 'unaligned.bin'), 'cd_past_end32.bin',
+      lambda b, c: struct.pack_into('<I', b, b.rfind(b'PK\x05\x06') + 16, len(b) - 10))
+patch(small, 'local_offset_bad.bin', lambda b, c: struct.pack_into('<I', b, c[storage_record] + 42, 3))
+patch(small, 'record_past_cd.bin', lambda b, c: struct.pack_into('<II', b, c[storage_record] + 20, 2**31, 2**31))
+patch(small, 'record_size_mismatch.bin', lambda b, c: struct.pack_into('<II', b, c[storage_record] + 20, 8, 8))
+patch(small, 'stored_sizes_differ.bin', lambda b, c: struct.pack_into('<II', b, c[storage_record] + 20, 16, 32))
+patch(small, 'encrypted.bin', lambda b, c: struct.pack_into('<H', b, c[storage_record] + 8, 1))
+patch(small, 'method_mismatch.bin', lambda b, c: struct.pack_into('<H', b, c[storage_record] + 10, 8))
+patch(small, 'bad_crc.bin', lambda b, c: struct.pack_into('<I', b, c[pickle_record] + 16, 12345))
+patch(os.path.join(d, 'deflated.bin'), 'bomb.bin',
+      lambda b, c: struct.pack_into('<I', b, c[[n for n in c if n.endswith('/data.pkl')][0]] + 24, 0xffffff00))
+
+def write_zip64(path, records, extra_size=24):
+    """A zip whose 32-bit sizes and offsets are all saturated: the values live in zip64 fields."""
+    out, central = bytearray(), bytearray()
+    for name, payload in records:
+        raw, offset, crc = name.encode(), len(out), zlib.crc32(payload)
+        local_extra = struct.pack('<HHQQ', 1, 16, len(payload), len(payload))
+        out += struct.pack('<IHHHHHIIIHH', 0x04034b50, 45, 0, 0, 0, 0, crc, 2**32 - 1, 2**32 - 1, len(raw),
+                           len(local_extra)) + raw + local_extra + payload
+        extra = struct.pack('<HHQQQ', 1, 24, len(payload), len(payload), offset)[:4 + extra_size]
+        extra = extra[:2] + struct.pack('<H', extra_size) + extra[4:]
+        central += struct.pack('<IHHHHHHIIIHHHHHII', 0x02014b50, 45, 45, 0, 0, 0, 0, crc, 2**32 - 1, 2**32 - 1,
+                               len(raw), len(extra), 0, 0, 0, 0, 2**32 - 1) + raw + extra
+    directory = len(out)
+    out += central
+    zip64_end = len(out)
+    out += struct.pack('<IQHHIIQQQQ', 0x06064b50, 44, 45, 45, 0, 0, len(records), len(records), len(central), directory)
+    out += struct.pack('<IIQI', 0x07064b50, 0, zip64_end, 1)
+    out += struct.pack('<IHHHHIIH', 0x06054b50, 0xffff, 0xffff, 0xffff, 0xffff, 2**32 - 1, 2**32 - 1, 0)
+    open(os.path.join(d, path), 'wb').write(out)
+write_zip64('zip64.bin', small_records)
+write_zip64('zip64_short_extra.bin', small_records, extra_size=16)
 
 # A file written by hooklens: check it with this independent reader.
 ours = os.path.join(d, 'ours.safetensors')
@@ -505,11 +597,17 @@ TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
       INFO("file " << name);
       const TensorMap got = hooklens::read_pytorch_bin(d / name);
       require_same(got, expected);
-      CHECK(got.at("lm_head").data_ptr() != got.at("wte").data_ptr());
+      // Views stay views of one mapped storage: tied weights, offsets and strides, no copies.
+      CHECK(got.at("lm_head").data_ptr() == got.at("wte").data_ptr());
+      const at::Tensor& view = got.at("view");
+      CHECK_FALSE(view.is_contiguous());
+      CHECK(view.storage_offset() == 10);
+      CHECK(view.strides() == at::IntArrayRef{10, 2});
+      CHECK(view.storage().data() == got.at("transposed").storage().data());
+      CHECK(view.storage().data() == got.at("row").storage().data());
       for (const auto& [key, t] : got) {
         INFO("tensor " << key);
-        CHECK(t.is_contiguous());
-        CHECK(t.nbytes() == t.storage().nbytes());
+        if (t.numel() > 0) CHECK(in_mapping_of(t, d / name));
         CHECK_FALSE(t.requires_grad());
       }
     }
@@ -529,6 +627,11 @@ TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
   SECTION("crafted archives") {
     const TensorMap ok = hooklens::read_pytorch_bin(d / "crafted_ok.bin");
     CHECK(at::equal(ok.at("x"), at::arange(2, 5, at::kFloat)));
+    // A stride-0 view of 3 * 2^40 elements is legal and stays a view: nothing is materialised.
+    const at::Tensor expanded = hooklens::read_pytorch_bin(d / "expanded.bin").at("x");
+    CHECK(expanded.sizes() == at::IntArrayRef{std::int64_t(1) << 40, 3});
+    CHECK(expanded.strides() == at::IntArrayRef{0, 1});
+    CHECK(at::equal(expanded[std::int64_t(1) << 39], at::arange(2, 5, at::kFloat)));
     const std::pair<const char*, const char*> bad[] = {
         {"past_end.bin", "past its storage"},
         {"huge_stride.bin", "past its storage"},
@@ -547,9 +650,142 @@ TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
     for (const auto& [name, fragment] : bad) require_error([&] { hooklens::read_pytorch_bin(d / name); }, d / name, fragment);
   }
 
+  SECTION("zip variants: deflated records are extracted, unaligned ones copied, zip64 fields read") {
+    const TensorMap expected = hooklens::read_safetensors(d / "mixed.expect.safetensors");
+    require_same(hooklens::read_pytorch_bin(d / "deflated.bin"), expected);
+    const TensorMap unaligned = hooklens::read_pytorch_bin(d / "unaligned.bin");
+    require_same(unaligned, expected);
+    CHECK(unaligned.at("lm_head").data_ptr() == unaligned.at("wte").data_ptr());  // copied once, still shared
+    const TensorMap zip64 = hooklens::read_pytorch_bin(d / "zip64.bin");
+    CHECK(at::equal(zip64.at("x"), at::arange(4, at::kFloat)));
+  }
+
+  SECTION("hostile zip archives") {
+    const std::pair<const char*, const char*> bad[] = {
+        {"cd_past_end.bin", "reaches past the end records"},
+        {"cd_past_end32.bin", "reaches past the end records"},
+        {"entries_huge.bin", "claims 1099511627776 records"},
+        {"locator_bad.bin", "no zip64 end record"},
+        {"local_offset_bad.bin", "no local header at byte 3"},
+        {"record_past_cd.bin", "reaches past the start of the central directory"},
+        {"record_size_mismatch.bin", "has 8 bytes, not 4 elements of Float"},
+        {"stored_sizes_differ.bin", "stored uncompressed but has 16 bytes stored and 32 extracted"},
+        {"encrypted.bin", "is encrypted"},
+        {"method_mismatch.bin", "disagree on the compression method"},
+        {"bad_crc.bin", "fails its CRC check"},
+        {"bomb.bin", "more than deflate can produce"},
+        {"bzip2.bin", "compression method 12"},
+        {"no_top_dir.bin", "is not inside a top directory"},
+        {"duplicate.bin", "appears twice"},
+        {"zip64_short_extra.bin", "zip64 extra field is too short"},
+    };
+    for (const auto& [name, fragment] : bad) require_error([&] { hooklens::read_pytorch_bin(d / name); }, d / name, fragment);
+  }
+
+  SECTION("names quoted from the file are cut to about 60 characters") {
+    const std::string message = test::error_of([&] { hooklens::read_pytorch_bin(d / "long_key.bin"); });
+    CHECK_THAT(message, Catch::Contains("no record 'data/kkkk") && Catch::Contains("...'"));
+    CHECK(message.size() < (d / "long_key.bin").string().size() + 100);
+  }
+
+  SECTION("every truncation of an archive is an Error") {
+    const std::string whole = test::read_file(d / "small.bin");
+    const fs::path cut = d / "truncated.bin";
+    for (std::size_t size = 0; size < whole.size(); ++size) {
+      INFO("first " << size << " bytes");
+      write_bytes(cut, whole.substr(0, size));
+      CHECK_THROWS_AS(hooklens::read_pytorch_bin(cut), hooklens::Error);
+    }
+  }
+
+  SECTION("damaged bytes anywhere give the data or an Error, never a crash") {
+    const std::string whole = test::read_file(d / "small.bin");
+    const fs::path damaged = d / "damaged.bin";
+    std::mt19937 random(7);
+    int read = 0, refused = 0;
+    for (int i = 0; i < 1000; ++i) {
+      std::string bytes = whole;
+      for (int k = 0; k <= i % 3; ++k) bytes[random() % bytes.size()] ^= static_cast<char>(1 + random() % 255);
+      write_bytes(damaged, bytes);
+      try {
+        hooklens::read_pytorch_bin(damaged);
+        ++read;
+      } catch (const hooklens::Error&) {
+        ++refused;
+      }
+    }
+    CHECK(read > 0);  // damage inside the tensor data goes unnoticed: storages are not CRC-checked
+    CHECK(refused > 0);
+  }
+
   SECTION("sharded pytorch_model.bin") {
     require_same(hooklens::load_hf_weights(d / "sharded"), hooklens::read_pytorch_bin(fixture_bin));
   }
+}
+
+namespace {
+
+// A field of /proc/self/status in KiB (VmRSS, RssAnon, RssFile).
+std::int64_t status_kib(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1));
+  FAIL("no " << field << " in /proc/self/status");
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("pytorch_model.bin: loading a large file reads no tensor data; the values are right", "[weights]") {
+  if (!test::python_has("torch")) {
+    WARN("SKIPPED: /usr/bin/python3 with torch is not available, so no checkpoint can be made");
+    return;
+  }
+  TempDir tmp("large");
+  const fs::path file = tmp.path / "large.bin";
+  constexpr std::int64_t kRows = 4096, kCols = 4096, kTensors = 4;  // 4 x 64 MiB of float32
+  write_bytes(tmp.path / "make.py", R"PY(
+import collections, sys, torch
+sd = collections.OrderedDict()
+for i in range(4):
+    sd[f'w{i}'] = torch.arange(4096 * 4096, dtype=torch.float32).reshape(4096, 4096) * (i + 1)
+sd['tied'] = sd['w0']
+sd['w1_t'] = sd['w1'].t()
+torch.save(sd, sys.argv[1])
+)PY");
+  REQUIRE(test::run_python(tmp.path / "make.py", "'" + file.string() + "'", tmp.path / "log") == 0);
+  const auto file_mib = static_cast<std::int64_t>(fs::file_size(file) >> 20);
+  REQUIRE(file_mib >= 256);
+  hooklens::read_pytorch_bin(kFixtures / "tiny-neo-a" / "pytorch_model.bin");  // first-use allocations
+
+  const std::int64_t rss_before = status_kib("VmRSS"), anon_before = status_kib("RssAnon");
+  const TensorMap got = hooklens::read_pytorch_bin(file);
+  const std::int64_t rss_growth_mib = (status_kib("VmRSS") - rss_before) >> 10;
+  INFO("file " << file_mib << " MiB, RSS grew by " << rss_growth_mib << " MiB while loading");
+  CHECK(rss_growth_mib < 16);
+  REQUIRE(got.size() == kTensors + 2);
+  for (const auto& [name, t] : got) {
+    INFO("tensor " << name);
+    CHECK(in_mapping_of(t, file));
+  }
+  CHECK(got.at("tied").data_ptr() == got.at("w0").data_ptr());
+  CHECK(got.at("w1_t").strides() == at::IntArrayRef{1, kCols});
+
+  // Every value, compared a slice at a time (the expected slices stay small): reading them pages in
+  // the file, but nothing is copied to the heap.
+  constexpr std::int64_t kSliceRows = 256;
+  for (std::int64_t i = 0; i < kTensors; ++i) {
+    const at::Tensor& t = got.at("w" + std::to_string(i));
+    for (std::int64_t r = 0; r < kRows; r += kSliceRows) {
+      const at::Tensor expected =
+          at::arange(r * kCols, (r + kSliceRows) * kCols, at::kFloat).reshape({kSliceRows, kCols}).mul(double(i + 1));
+      if (!at::equal(t.narrow(0, r, kSliceRows), expected)) FAIL("w" << i << " differs in rows " << r << "+");
+    }
+  }
+  CHECK(at::equal(got.at("w1_t").t(), got.at("w1")));
+  const std::int64_t anon_growth_mib = (status_kib("RssAnon") - anon_before) >> 10;
+  INFO("anonymous memory grew by " << anon_growth_mib << " MiB after reading every value");
+  CHECK(anon_growth_mib < 32);
 }
 
 TEST_CASE("load_hf_weights: formats, priority, shards and errors", "[weights]") {
@@ -606,6 +842,26 @@ TEST_CASE("load_hf_weights: formats, priority, shards and errors", "[weights]") 
       require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not inside the model directory");
       write_bytes(index_file, R"({"weight_map": {"a": "/etc/passwd"}})");
       require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not inside the model directory");
+    }
+    SECTION("a shard that is a directory; names quoted from the index are cut") {
+      fs::create_directory(tmp.path / "dir.safetensors");
+      write_bytes(index_file, R"({"weight_map": {"a": "dir.safetensors"}})");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "'dir.safetensors' does not exist");
+      const std::string long_name(300, 'x');
+      write_bytes(index_file, R"({"weight_map": {"a": ")" + long_name + R"("}})");
+      const std::string message = test::error_of([&] { hooklens::load_hf_weights(tmp.path); });
+      CHECK(message.find(std::string(57, 'x') + "...'") != std::string::npos);
+      CHECK(message.find(std::string(58, 'x')) == std::string::npos);
+    }
+    SECTION("the index file alone; each shard is read by its extension") {
+      require_same(hooklens::load_weight_index(index_file), st);
+      fs::copy_file(neo / "pytorch_model.bin", tmp.path / "extra.bin");
+      std::string mixed = index;
+      mixed.insert(mixed.rfind("}}"), R"(, "lm_head.weight": "extra.bin")");
+      write_bytes(index_file, mixed);
+      const TensorMap got = hooklens::load_weight_index(index_file);
+      CHECK(got.size() == st.size() + 1);
+      CHECK(at::equal(got.at("lm_head.weight"), st.at("transformer.wte.weight")));
     }
     SECTION("malformed index") {
       write_bytes(index_file, R"({"weights": {}})");

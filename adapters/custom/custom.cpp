@@ -1,6 +1,7 @@
 // Custom checkpoints that are not Hugging Face directories: llama2.c's `.bin`, TorchScript archives
-// (.pt/.pth/.ts, see torchscript.cpp), and PyTorch state dicts of from-scratch GPTs (.pt/.pth) with an
-// architecture spec (see state_dict.cpp).
+// (.pt/.pth/.ts, see torchscript.cpp), and PyTorch state dicts of from-scratch GPTs with an
+// architecture spec (see state_dict.cpp): .pt/.pth files, .safetensors files, weight index files, or
+// directories of those whose config.json names no model_type.
 //
 // llama2.c (karpathy/llama2.c) writes a LLaMA body: RMSNorm (eps 1e-5), RoPE on interleaved pairs
 // (dims 2i, 2i+1) with theta 10000, causal attention scaled by 1/sqrt(head_dim) with grouped kv heads,
@@ -257,7 +258,7 @@ TransformerWeights read_weights(const fs::path& file, const Header& h) {
 class CustomAdapter final : public Adapter {
  public:
   bool accepts(const fs::path& model) const override {
-    if (is_torchscript(model) || is_state_dict(model)) return true;
+    if (is_torchscript(model) || is_state_dict(model) || is_state_dict_in_other_form(model)) return true;
     std::error_code ec;
     if (model.extension() != ".bin" || !fs::is_regular_file(model, ec)) return false;
     try {
@@ -273,8 +274,14 @@ class CustomAdapter final : public Adapter {
     // Every other .pt/.pth is taken for a torch.save archive: its reader says why a broken one fails.
     const std::string ext = file.extension().string();
     if (ext == ".pt" || ext == ".pth") return load_state_dict(file, options, load_model_tokenizer({}, options));
+    // Also when asked for by name (--adapter custom) for a directory whose config.json names a model_type.
+    std::error_code ec;
+    if (fs::is_directory(file, ec)) return load_state_dict(file, options, load_model_tokenizer(file, options));
+    if (is_state_dict_in_other_form(file)) return load_state_dict(file, options, load_model_tokenizer({}, options));
     if (!options.spec.empty())
-      throw UsageError(fmt::format("{}: --spec is for PyTorch state dicts (.pt/.pth), not this file", file.string()));
+      throw UsageError(fmt::format("{}: --spec is for state dicts (.pt/.pth or .safetensors files, weight index files, "
+                                   "directories of them), not this file",
+                                   file.string()));
     const Header h = parse_header(file);
     if (h.version == 2)
       throw Error(fmt::format("{}: int8-quantised llama2.c checkpoints (version 2) are not supported; export float32 "
@@ -313,4 +320,4 @@ class CustomAdapter final : public Adapter {
 
 HOOKLENS_DEFINE_PLUGIN(hooklens::Adapter, hooklens::CustomAdapter, "adapter", "custom", "1.0",
                        "custom checkpoints: llama2.c .bin files (legacy and version 1 float32), TorchScript archives, "
-                       "PyTorch state dicts with an architecture spec")
+                       "state dicts (also safetensors and sharded) with an architecture spec")

@@ -554,12 +554,16 @@ LayerWeights take_layer(Mapper& m, const ArchSpec& spec, const Dims& d, int l) {
   return lw;
 }
 
-// Copies of the tied embedding (nanoGPT's lm_head.weight) must really be copies.
+// Copies of the tied embedding (nanoGPT's lm_head.weight) must really be copies. torch.save keeps
+// tied weights in one storage: then both view the same bytes, and no byte needs reading.
 void take_tied_aliases(TensorMap& tensors, const ArchSpec& spec, const at::Tensor& embed, const std::string& what) {
   for (const std::string& alias : spec.tied_aliases) {
     const auto it = tensors.find(alias);
     if (it == tensors.end()) continue;
-    if (it->second.sizes() != embed.sizes() || !at::equal(it->second.to(embed.scalar_type()), embed))
+    const at::Tensor& t = it->second;
+    const bool same_bytes = t.scalar_type() == embed.scalar_type() && t.sizes() == embed.sizes() &&
+                            t.strides() == embed.strides() && t.data_ptr() == embed.data_ptr();
+    if (!same_bytes && (t.sizes() != embed.sizes() || !at::equal(t.to(embed.scalar_type()), embed)))
       throw Error(fmt::format("{}: '{}' differs from the embedding '{}', but spec {} says the unembedding is tied",
                               what, alias, spec.tensors.at("embed"), spec.file));
     tensors.erase(it);
@@ -585,6 +589,49 @@ std::vector<std::string> shipped_spec_names() {
   return {names.begin(), names.end()};
 }
 
+namespace {
+
+bool is_index_file(const fs::path& file) {
+  const std::string name = file.filename().string();
+  const std::string suffix = ".index.json";
+  return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool names_no_model_type(const fs::path& dir) {
+  std::error_code ec;
+  const fs::path config = dir / "config.json";
+  if (!fs::exists(config, ec)) return true;
+  try {
+    const json j = read_json_file(config);
+    return j.is_object() && !j.contains("model_type");
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+// The state dict's tensors, in whichever form it is stored (views of the mapped files). `plain` gets
+// a torch.save checkpoint's plain values (e.g. nanoGPT's model_args); the other forms have none.
+TensorMap read_tensors(const fs::path& model, json& plain) {
+  plain = json::object();
+  std::error_code ec;
+  if (fs::is_directory(model, ec)) return load_hf_weights(model);
+  if (is_index_file(model)) return load_weight_index(model);
+  if (model.extension() == ".safetensors") return map_safetensors(model);
+  return read_pytorch_checkpoint(model, nullptr, &plain);
+}
+
+}  // namespace
+
+bool is_state_dict_in_other_form(const fs::path& model) {
+  std::error_code ec;
+  if (fs::is_regular_file(model, ec)) return model.extension() == ".safetensors" || is_index_file(model);
+  if (!fs::is_directory(model, ec) || !names_no_model_type(model)) return false;
+  for (const char* file : {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                           "pytorch_model.bin.index.json"})
+    if (fs::is_regular_file(model / file, ec)) return true;
+  return false;
+}
+
 bool is_state_dict(const fs::path& file) {
   const std::string ext = file.extension().string();
   std::error_code ec;
@@ -597,9 +644,9 @@ bool is_state_dict(const fs::path& file) {
   }
 }
 
-std::unique_ptr<Model> load_state_dict(const fs::path& file, const LoadOptions& options,
+std::unique_ptr<Model> load_state_dict(const fs::path& model, const LoadOptions& options,
                                        std::unique_ptr<Tokenizer> tokenizer) {
-  const std::string what = file.string();
+  const std::string what = model.string();
   if (options.spec.empty())
     throw UsageError(fmt::format("{}: a PyTorch state dict needs an architecture spec: pass --spec FILE.json or a "
                                  "shipped spec name ({}); see docs/architecture-spec.md",
@@ -612,7 +659,7 @@ std::unique_ptr<Model> load_state_dict(const fs::path& file, const LoadOptions& 
   spec.ref = options.spec;
 
   json plain;
-  TensorMap tensors = read_pytorch_checkpoint(file, nullptr, &plain);
+  TensorMap tensors = read_tensors(model, plain);
   strip_compile_prefix(tensors, what);
   Mapper m(tensors, spec, what);
   const Dims d = read_dims(m, spec, plain, what);

@@ -54,7 +54,7 @@ void add_info_commands(CLI::App& app) {
   info->add_option("--model", o->model, "Model directory (or file)")->required();
   info->add_option("--adapter", o->adapter, "Adapter plugin to use instead of the one chosen from config.json");
   info->add_option("--tokenizer", o->tokenizer, "Tokenizer: a directory with tokenizer.json or vocab.json + merges.txt, or a llama2.c tokenizer file");
-  info->add_option("--spec", o->spec, "Architecture spec of a PyTorch state dict (.pt/.pth): a JSON file or a shipped spec name such as raschka-gpt or nanogpt");
+  info->add_option("--spec", o->spec, "Architecture spec of a state dict (.pt/.pth, .safetensors, a weight index file or a directory): a JSON file or a shipped spec name such as raschka-gpt or nanogpt");
   info->add_flag("--json", o->json, "Print JSON: {\"model\": {...}, \"hook_points\": [...]}");
   info->callback([o] {
     PluginRegistry registry;

@@ -490,7 +490,7 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
   cmd.add_option("--model", o.model, "Model directory (or file) to load")->required();
   cmd.add_option("--adapter", o.adapter, "Adapter plugin to use instead of the one chosen from config.json");
   cmd.add_option("--tokenizer", o.tokenizer, "Tokenizer: a directory with tokenizer.json or vocab.json + merges.txt, or a llama2.c tokenizer file");
-  cmd.add_option("--spec", o.spec, "Architecture spec of a PyTorch state dict (.pt/.pth): a JSON file or a shipped spec name such as raschka-gpt or nanogpt");
+  cmd.add_option("--spec", o.spec, "Architecture spec of a state dict (.pt/.pth, .safetensors, a weight index file or a directory): a JSON file or a shipped spec name such as raschka-gpt or nanogpt");
   cmd.add_option("--prompt", o.prompts, "Prompt text (repeatable: one run per prompt)");
   cmd.add_option("--prompt-ids", o.prompt_ids, "Prompt as token ids, e.g. 464,3797,318 (repeatable)");
   cmd.add_option("--hooks", o.hooks, "Hook points to capture: globs or re:REGEX, comma-separated")

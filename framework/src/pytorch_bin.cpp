@@ -2,6 +2,12 @@
 // zip format of torch.save (torch >= 1.6), i.e. records <archive>/data.pkl (a pickle) and
 // <archive>/data/<key> (raw storage bytes).
 //
+// The file is memory-mapped and its zip directory read directly (zip_directory.h): torch.save stores
+// every record uncompressed with its data 64-byte aligned, so each storage is a view of the mapping
+// and loading reads only data.pkl and the directory; tensors (tied weights, views with offsets and
+// strides) are views of those storages, never copies. A compressed record (not what torch.save
+// writes, but legal in a zip) is extracted into memory by PyTorchStreamReader instead.
+//
 // torch::jit::Unpickler (1.13) cannot read state dicts: it turns collections.OrderedDict into None
 // before any type resolver is asked, and it trusts the stack layout of its input. So this file has
 // its own small pickle machine for the subset that state dicts use, where every pop is checked and
@@ -9,6 +15,8 @@
 #include "hooklens/weights.h"
 
 #include "hooklens/error.h"
+#include "message_text.h"
+#include "zip_directory.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
@@ -21,7 +29,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
-#include <fstream>
+#include <string_view>
 #include <unordered_map>
 
 namespace hooklens {
@@ -31,7 +39,31 @@ namespace {
 struct StorageRecord {
   c10::Storage storage;
   c10::ScalarType type;
-  bool claimed = false;  // a result tensor already uses this memory without a copy
+};
+
+// The archive as mapped: its records by name without the archive's top directory ("data.pkl",
+// "data/0"), each read only when asked for.
+class TorchArchive {
+ public:
+  TorchArchive(const std::filesystem::path& file, std::shared_ptr<const MappedFile> mapped);
+
+  bool has(const std::string& name) const { return records_.count(name) != 0; }
+  // A small record (data.pkl, byteorder): in place when stored (its CRC checked), else extracted.
+  std::string_view small_record(const std::string& name);
+  // Record data/<key> as the storage of `numel` elements of `type`: a view of the mapping when
+  // stored, extracted into memory when compressed. Throws Error when the record is missing or does
+  // not hold exactly that many bytes.
+  c10::Storage storage(const std::string& key, c10::ScalarType type, std::int64_t numel);
+
+ private:
+  const ZipRecord& record(const std::string& name) const;  // throws Error when missing
+  at::DataPtr extract(const std::string& name, const ZipRecord& r);
+
+  std::filesystem::path file_;
+  std::shared_ptr<const MappedFile> mapped_;
+  std::unordered_map<std::string, ZipRecord> records_;
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> extractor_;  // made for the first compressed record
+  std::vector<at::DataPtr> extracted_;  // small records that were compressed
 };
 
 struct Value {
@@ -62,7 +94,7 @@ c10::ScalarType storage_dtype(const std::string& global) {
       {"torch.ByteStorage", c10::kByte},     {"torch.BoolStorage", c10::kBool},
   };
   const auto it = types.find(global);
-  if (it == types.end()) throw Error(fmt::format("unsupported storage type {}", global));
+  if (it == types.end()) throw Error(fmt::format("unsupported storage type {}", brief_text(global)));
   return it->second;
 }
 
@@ -72,8 +104,8 @@ constexpr std::size_t kMaxValues = std::size_t(1) << 22;
 // Runs a pickle program. Errors are thrown as Error without the file name; the caller adds it.
 class PickleMachine {
  public:
-  PickleMachine(const char* data, std::size_t size, caffe2::serialize::PyTorchStreamReader& zip)
-      : data_(data), size_(size), zip_(zip) {}
+  PickleMachine(std::string_view pickle, TorchArchive& archive)
+      : data_(pickle.data()), size_(pickle.size()), archive_(archive) {}
 
   Value* run();
 
@@ -183,7 +215,7 @@ class PickleMachine {
   const char* data_;
   std::size_t size_;
   std::size_t pos_ = 0;
-  caffe2::serialize::PyTorchStreamReader& zip_;
+  TorchArchive& archive_;
   std::deque<Value> arena_;
   std::vector<Value*> stack_;
   std::vector<std::size_t> marks_;
@@ -329,21 +361,16 @@ Value* PickleMachine::persistent_load(Value* pid) {
   const std::int64_t numel = expect(pid->items[4], Kind::Int, "a storage size")->integer;
 
   auto found = storages_.find(key);
-  if (found == storages_.end()) {
-    const std::string record = "data/" + key;
-    if (!zip_.hasRecord(record)) throw Error(fmt::format("archive has no record '{}'", record));
-    auto [data, bytes] = zip_.getRecord(record);
-    c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(data), c10::GetCPUAllocator(),
-                         /*resizable=*/true);
-    found = storages_.emplace(key, StorageRecord{std::move(storage), type}).first;
-  }
+  if (found == storages_.end())
+    found = storages_.emplace(key, StorageRecord{archive_.storage(key, type, numel), type}).first;
   StorageRecord& s = found->second;
-  const std::size_t item = c10::elementSize(type);
   if (s.type != type)
-    throw Error(fmt::format("storage '{}' is used as both {} and {}", key, c10::toString(s.type), c10::toString(type)));
-  if (numel < 0 || s.storage.nbytes() / item != static_cast<std::uint64_t>(numel) || s.storage.nbytes() % item != 0)
-    throw Error(fmt::format("storage '{}' has {} bytes, not {} elements of {}", key, s.storage.nbytes(), numel,
+    throw Error(fmt::format("storage '{}' is used as both {} and {}", brief_text(key), c10::toString(s.type),
                             c10::toString(type)));
+  const std::uint64_t item = c10::elementSize(type);
+  if (numel < 0 || s.storage.nbytes() % item != 0 || s.storage.nbytes() / item != static_cast<std::uint64_t>(numel))
+    throw Error(fmt::format("storage '{}' has {} bytes, not {} elements of {}", brief_text(key), s.storage.nbytes(),
+                            numel, c10::toString(type)));
   Value* v = make(Kind::Storage);
   v->storage = &s;
   return v;
@@ -360,7 +387,7 @@ Value* PickleMachine::call(Value* callable, Value* args) {
   if ((name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") &&
       !a.empty())
     return expect(a[0], Kind::Tensor, "a parameter's data");
-  throw Error(fmt::format("pickle calls {} which a state dict does not use", name));
+  throw Error(fmt::format("pickle calls {} which a state dict does not use", brief_text(name)));
 }
 
 // (storage, storage_offset, size, stride, ...): a view of the storage, bounds checked here.
@@ -394,17 +421,12 @@ Value* PickleMachine::rebuild_tensor(const std::vector<Value*>& args) {
   return v;
 }
 
-// A result tensor owns its memory alone: the first tensor that covers a whole storage keeps it,
-// every other tensor (views, tied weights) gets a contiguous copy.
-at::Tensor independent(Value* v) {
-  StorageRecord& s = *v->storage;
-  const at::Tensor& t = v->tensor;
-  const bool whole = t.is_contiguous() && t.storage_offset() == 0 && t.nbytes() == s.storage.nbytes();
-  if (whole && !s.claimed) {
-    s.claimed = true;
-    return t;
-  }
-  return t.clone(at::MemoryFormat::Contiguous);
+// Each entry of the result is a tensor of its own (so that metadata changes to one, e.g. a
+// transpose in place, cannot reach another entry that the pickle made from the same object), but
+// its data stays where rebuild_tensor put it: a view of the storage, never a copy. A copy would
+// also materialise whatever a view claims, e.g. a stride-0 view of billions of elements.
+at::Tensor own_view(const at::Tensor& t) {
+  return at::empty({0}, t.options()).set_(t.storage(), t.storage_offset(), t.sizes(), t.strides());
 }
 
 TensorMap to_state_dict(Value* root) {
@@ -415,8 +437,8 @@ TensorMap to_state_dict(Value* root) {
     Value* value = root->items[i + 1];
     if (key->kind != Kind::String) throw Error(fmt::format("state dict has a {} key", kind_name(key->kind)));
     if (value->kind != Kind::Tensor)
-      throw Error(fmt::format("state dict entry '{}' is a {}, not a tensor", key->text, kind_name(value->kind)));
-    out[key->text] = independent(value);
+      throw Error(fmt::format("state dict entry '{}' is a {}, not a tensor", brief_text(key->text), kind_name(value->kind)));
+    out[key->text] = own_view(value->tensor);
   }
   return out;
 }
@@ -477,7 +499,7 @@ TensorMap checkpoint_state_dict(Value* root, std::string* found_under, nlohmann:
   for (std::size_t i = 0; i < root->items.size(); i += 2) {
     const Value* k = root->items[i];
     if (k->kind != Kind::String) continue;
-    keys.push_back(k->text);
+    keys.push_back(brief_text(k->text));
     nlohmann::json j;
     if (plain && to_plain_json(root->items[i + 1], j)) (*plain)[k->text] = std::move(j);
   }
@@ -495,47 +517,93 @@ TensorMap checkpoint_state_dict(Value* root, std::string* found_under, nlohmann:
                           fmt::join(keys, ", ")));
 }
 
-// Legacy torch.save files are a bare pickle stream (starting with PROTO), not a zip.
-void check_zip_magic(const std::filesystem::path& file) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(file, ec))
-    throw Error(fmt::format("{}: cannot open: not an existing regular file", file.string()));
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open", file.string()));
-  char magic[4] = {};
-  in.read(magic, 4);
-  if (in.gcount() >= 1 && static_cast<unsigned char>(magic[0]) == 0x80)
-    throw Error(fmt::format("{}: legacy torch.save format is not supported; re-save with torch>=1.6", file.string()));
-  if (in.gcount() < 4 || std::memcmp(magic, "PK\x03\x04", 4) != 0)
-    throw Error(fmt::format("{}: not a torch.save zip archive", file.string()));
-}
-
-// Messages stay one readable line even when pickle strings (keys, global names) from the file
-// hold control characters or megabytes.
-std::string one_line(std::string s) {
-  if (s.size() > 1000) s = s.substr(0, 1000) + "...";
-  for (char& c : s)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
-  return s;
-}
-
 // torch's messages may continue with context lines.
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+TorchArchive::TorchArchive(const std::filesystem::path& file, std::shared_ptr<const MappedFile> mapped)
+    : file_(file), mapped_(std::move(mapped)) {
+  const unsigned char* bytes = mapped_->data();
+  // Legacy torch.save files are a bare pickle stream (starting with PROTO), not a zip.
+  if (mapped_->size() >= 1 && bytes[0] == 0x80)
+    throw Error("legacy torch.save format is not supported; re-save with torch>=1.6");
+  if (mapped_->size() < 4 || std::memcmp(bytes, "PK\x03\x04", 4) != 0) throw Error("not a torch.save zip archive");
+  std::vector<ZipRecord> records;
+  try {
+    records = read_zip_directory(bytes, mapped_->size());
+  } catch (const Error& e) {
+    throw Error(fmt::format("cannot read the archive: {}", e.what()));
+  }
+  // As in PyTorchStreamReader: names are looked up inside the first record's top directory.
+  const std::string first = records.empty() ? std::string() : records.front().name;
+  const std::size_t slash = first.find('/');
+  if (slash == std::string::npos)
+    throw Error(fmt::format("cannot read the archive: its first record '{}' is not inside a top directory",
+                            brief_text(first)));
+  const std::string top = first.substr(0, slash + 1);
+  for (ZipRecord& r : records)
+    if (r.name.compare(0, top.size(), top) == 0) records_.emplace(r.name.substr(top.size()), std::move(r));
+}
+
+const ZipRecord& TorchArchive::record(const std::string& name) const {
+  const auto it = records_.find(name);
+  if (it == records_.end()) throw Error(fmt::format("archive has no record '{}'", brief_text(name)));
+  return it->second;
+}
+
+// A compressed record, inflated into memory by PyTorchStreamReader (miniz, which checks its CRC).
+at::DataPtr TorchArchive::extract(const std::string& name, const ZipRecord& r) {
+  if (r.method != 8)
+    throw Error(fmt::format("record '{}' uses compression method {}; only stored (0) and deflated (8) records are read",
+                            brief_text(name), r.method));
+  // Deflate expands at most 1032:1: a record that claims more is damaged, or a decompression bomb.
+  if (r.size / 1032 > r.stored_size + 1)
+    throw Error(fmt::format("record '{}' claims {} bytes from {} deflated bytes, more than deflate can produce",
+                            brief_text(name), r.size, r.stored_size));
+  if (!extractor_) extractor_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(file_.string());
+  auto [data, size] = extractor_->getRecord(name);
+  if (size != r.size)
+    throw Error(fmt::format("record '{}' extracts to {} bytes, but its header says {}", brief_text(name), size, r.size));
+  return std::move(data);
+}
+
+std::string_view TorchArchive::small_record(const std::string& name) {
+  const ZipRecord& r = record(name);
+  if (r.method != 0) {
+    extracted_.push_back(extract(name, r));
+    return {static_cast<const char*>(extracted_.back().get()), static_cast<std::size_t>(r.size)};
+  }
+  // Storages are not checked (that would read every byte of the weights); the pickle is small.
+  const unsigned char* data = mapped_->data() + r.data_offset;
+  if (zip_crc32(data, r.size) != r.crc32)
+    throw Error(fmt::format("record '{}' fails its CRC check: the file is damaged", brief_text(name)));
+  return {reinterpret_cast<const char*>(data), static_cast<std::size_t>(r.size)};
+}
+
+c10::Storage TorchArchive::storage(const std::string& key, c10::ScalarType type, std::int64_t numel) {
+  const std::string name = "data/" + key;
+  const ZipRecord& r = record(name);
+  const std::uint64_t item = c10::elementSize(type);
+  if (numel < 0 || r.size % item != 0 || r.size / item != static_cast<std::uint64_t>(numel))
+    throw Error(fmt::format("storage '{}' has {} bytes, not {} elements of {}", brief_text(key), r.size, numel,
+                            c10::toString(type)));
+  if (r.method == 0) return mapped_->tensor(r.data_offset, type, {numel}).storage();
+  return c10::Storage(c10::Storage::use_byte_size_t(), r.size, extract(name, r), c10::GetCPUAllocator(),
+                      /*resizable=*/false);
+}
 
 // Runs data.pkl of the archive and hands its top-level value to `convert`; every error names the file.
 template <typename Convert>
 TensorMap read_archive(const std::filesystem::path& file, Convert convert) {
-  check_zip_magic(file);
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec))
+    throw Error(fmt::format("{}: cannot open: not an existing regular file", file.string()));
+  std::shared_ptr<const MappedFile> mapped = MappedFile::open(file);  // its errors name the file
   try {
-    caffe2::serialize::PyTorchStreamReader zip(file.string());
-    if (zip.hasRecord("byteorder")) {
-      auto [order, n] = zip.getRecord("byteorder");
-      if (std::string(static_cast<const char*>(order.get()), n) != "little")
-        throw Error("big-endian archives are not supported");
-    }
-    if (!zip.hasRecord("data.pkl")) throw Error("archive has no data.pkl record");
-    auto [pickle, size] = zip.getRecord("data.pkl");
-    PickleMachine machine(static_cast<const char*>(pickle.get()), size, zip);
+    TorchArchive archive(file, std::move(mapped));
+    if (archive.has("byteorder") && archive.small_record("byteorder") != "little")
+      throw Error("big-endian archives are not supported");
+    if (!archive.has("data.pkl")) throw Error("archive has no data.pkl record");
+    PickleMachine machine(archive.small_record("data.pkl"), archive);
     return convert(machine.run());
   } catch (const Error& e) {
     throw Error(one_line(fmt::format("{}: {}", file.string(), e.what())));

@@ -4,6 +4,7 @@
 #include "hooklens/weights.h"
 
 #include "hooklens/error.h"
+#include "message_text.h"
 
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>
@@ -47,14 +48,6 @@ using FilePtr = std::unique_ptr<std::FILE, FileCloser>;
 
 // Messages stay one readable line even when a hostile header puts control characters or
 // megabytes into a name.
-std::string one_line(std::string s) {
-  constexpr std::size_t kMax = 1000;
-  if (s.size() > kMax) s = s.substr(0, kMax) + "...";
-  for (char& c : s)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
-  return s;
-}
-
 [[noreturn]] void fail(const std::filesystem::path& file, const std::string& what) {
   throw Error(one_line(fmt::format("{}: {}", file.string(), what)));
 }

@@ -53,6 +53,10 @@ TensorMap read_safetensors(const std::filesystem::path& file);
 // The same tensors as views of a read-only memory map of the file (model weights; see MappedFile).
 TensorMap map_safetensors(const std::filesystem::path& file);
 std::map<std::string, std::string> read_safetensors_metadata(const std::filesystem::path& file);
+// A torch.save file (zip format, torch >= 1.6) holding a state dict. The file is memory-mapped:
+// every tensor is a view of its stored bytes (tensors that share a storage in the file, such as tied
+// weights or slices, share it here too), so loading reads only the pickle and the zip directory. A
+// record that is compressed in the zip (torch.save never does this) is extracted into memory.
 TensorMap read_pytorch_bin(const std::filesystem::path& file);
 // A torch.save file holding a state dict, or a training checkpoint dict that holds one under
 // "model", "state_dict" or "model_state_dict" (tried in that order; nanoGPT's ckpt.pt uses "model").
@@ -63,8 +67,14 @@ TensorMap read_pytorch_checkpoint(const std::filesystem::path& file, std::string
                                   nlohmann::json* plain = nullptr);
 
 // A Hugging Face model directory's weights: model.safetensors, or the shards listed in
-// model.safetensors.index.json, or pytorch_model.bin (also its sharded index).
+// model.safetensors.index.json, or pytorch_model.bin, or the shards listed in
+// pytorch_model.bin.index.json (tried in that order).
 TensorMap load_hf_weights(const std::filesystem::path& model_dir);
+// The tensors an index file ({"weight_map": {tensor: shard file}}) maps, each taken from its shard
+// in the index's directory: `.safetensors` shards are mapped, any other is read as a torch.save
+// state dict. A shard outside the directory, a missing shard or a tensor missing from its shard is
+// an Error naming the index or the shard.
+TensorMap load_weight_index(const std::filesystem::path& index_file);
 
 // What a safetensors header says about one tensor.
 struct TensorLayout {
