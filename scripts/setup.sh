@@ -10,6 +10,7 @@ PACKAGES=(
   libboost-dev libboost-filesystem-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
   libstb-dev libzstd-dev libimgui-dev libglfw3-dev
   catch2 python3-torch python3-numpy xvfb xauth fonts-dejavu-core
+  python3-jinja2 python3-regex python3-sentencepiece   # independent references of the tokenizer and chat-template tests
   chromium                                  # headless browser for the HTML report test
 )
 

@@ -782,3 +782,114 @@ TEST_CASE("masked diffusion from the CLI: the upstream sampler's sequence, slice
     CHECK_FALSE(fs::exists(invocations[i].cwd / "run"));
   }
 }
+
+namespace {
+
+// llada-tiny-a (512 ids) with a LLaDA-style tokenizer: bytes at their own ids, a few merges,
+// fillers, the special tokens at 490..500 (the mask at 500, as the model's config has it), a
+// post-processor that adds BOS, and (with_template) LLaDA's chat template.
+fs::path llada_with_chat_tokenizer(const fs::path& dir, bool with_template) {
+  fs::create_directories(dir);
+  for (const char* file : {"config.json", "model.safetensors"})
+    fs::create_symlink(test::fixtures() / "llada-tiny-a" / file, dir / file);
+  const auto sym = [](const std::string& raw) {
+    std::string s;
+    for (const char c : raw) s += hooklens::gpt2_byte_symbol(static_cast<unsigned char>(c));
+    return s;
+  };
+  json vocab = json::object(), merges = json::array();
+  for (int b = 0; b < 256; ++b) vocab[sym(std::string(1, char(b)))] = b;
+  for (const auto& [a, b] : std::vector<std::pair<std::string, std::string>>{
+           {"\n", "\n"}, {"H", "i"}, {"u", "s"}, {"e", "r"}, {"us", "er"}}) {
+    merges.push_back({sym(a), sym(b)});
+    const auto id = vocab.size();
+    vocab[sym(a + b)] = id;
+  }
+  while (vocab.size() < 490) {
+    const auto id = vocab.size();
+    vocab["<filler" + std::to_string(id) + ">"] = id;
+  }
+  const std::vector<std::string> specials = {"<|startoftext|>", "<|endoftext|>", "<|start_header_id|>",
+                                             "<|end_header_id|>", "<|eot_id|>"};
+  json added = json::array();
+  for (std::int64_t id = 490; id <= 500; ++id) {
+    const std::string content = id < 495 ? specials[std::size_t(id - 490)]
+                                         : id == 500 ? "<|mdm_mask|>" : "<|reserved_" + std::to_string(id) + "|>";
+    added.push_back({{"id", id}, {"content", content}, {"special", true}, {"lstrip", false}, {"rstrip", false},
+                     {"single_word", false}, {"normalized", false}});
+  }
+  const json bos_template = {
+      {"type", "TemplateProcessing"},
+      {"single", json::array({{{"SpecialToken", {{"id", "<|startoftext|>"}, {"type_id", 0}}}},
+                              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+      {"special_tokens", {{"<|startoftext|>", {{"id", "<|startoftext|>"}, {"ids", {490}}, {"tokens", {"<|startoftext|>"}}}}}}};
+  const json tokenizer = {
+      {"version", "1.0"},
+      {"added_tokens", added},
+      {"normalizer", nullptr},
+      {"pre_tokenizer",
+       {{"type", "Sequence"},
+        {"pretokenizers",
+         json::array({{{"type", "Split"},
+                       {"pattern",
+                        {{"Regex",
+                          R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
+                       {"behavior", "Isolated"},
+                       {"invert", false}},
+                      {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}})}}},
+      {"post_processor", {{"type", "Sequence"}, {"processors", json::array({{{"type", "ByteLevel"}}, bos_template})}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"ignore_merges", true}, {"vocab", vocab}, {"merges", merges}}}};
+  write_text(dir / "tokenizer.json", tokenizer.dump());
+  if (with_template)
+    write_text(dir / "tokenizer_config.json",
+               json{{"bos_token", "<|startoftext|>"},
+                    {"eos_token", "<|endoftext|>"},
+                    {"model_max_length", json::parse("1000000000000000019884624838656")},
+                    {"chat_template",
+                     R"({% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }})"}}
+                   .dump());
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE("--chat: the model's chat template around one user message, without the post-processor's BOS") {
+  TempDir tmp;
+  const std::string model = llada_with_chat_tokenizer(tmp / "model", true).string();
+  const std::string plain = llada_with_chat_tokenizer(tmp / "plain", false).string();
+  const std::vector<std::string> diffusion{"--gen-length", "8", "--steps", "2", "--block-length", "8", "--hooks",
+                                           "blocks.0.attn.hook_pattern", "--out", "run"};
+  const auto generate = [&](const std::string& m, std::vector<std::string> args) {
+    args.insert(args.begin(), {"generate", "--model", m});
+    args.insert(args.end(), diffusion.begin(), diffusion.end());
+    return args;
+  };
+  const auto outcomes = run_all({
+      {"chat", generate(model, {"--prompt", "Hi", "--chat"}), tmp / "chat"},
+      {"capture chat", {"capture", "--model", model, "--prompt", " Hi ", "--chat", "--out", "run"}, tmp / "capture"},
+      {"no chat", generate(model, {"--prompt", "Hi"}), tmp / "plain-prompt"},
+      {"no template", generate(plain, {"--prompt", "Hi", "--chat"}), tmp / "no-template"},
+      {"ids", generate(model, {"--prompt-ids", "1,2", "--chat"}), tmp / "ids"},
+  });
+  for (std::size_t i = 0; i < 3; ++i) check_success(outcomes[i]);
+  // By hand: <|startoftext|> <|start_header_id|> "user" (u s -> us, e r -> er, us er -> user: 260)
+  // <|end_header_id|> "\n\n" (256) "Hi" (257) <|eot_id|> <|start_header_id|> "assistant" (bytes)
+  // <|end_header_id|> "\n\n". One BOS: the template's; the post-processor adds none.
+  const std::vector<std::int64_t> expected = {490, 492, 260, 493, 256, 257, 494, 492, 'a', 's', 's', 'i', 's',
+                                              't', 'a', 'n', 't', 493, 256};
+  const std::string text = "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                           "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  for (const char* dir : {"chat", "capture"}) {
+    INFO(dir);
+    const json m = hooklens::RunReader(tmp / dir / "run").manifest();
+    CHECK(m["prompts"][0]["text"] == text);
+    CHECK(m["prompts"][0]["ids"].get<std::vector<std::int64_t>>() == expected);
+  }
+  // Without --chat the text is the prompt, and the post-processor's BOS comes first.
+  const json m = hooklens::RunReader(tmp / "plain-prompt" / "run").manifest();
+  CHECK(m["prompts"][0]["text"] == "Hi");
+  CHECK(m["prompts"][0]["ids"].get<std::vector<std::int64_t>>() == std::vector<std::int64_t>{490, 257});
+  check_error(outcomes[3], 2, {"no chat template", "tokenizer_config.json"}, tmp / "no-template");
+  check_error(outcomes[4], 2, {"--chat", "--prompt"}, tmp / "ids");
+}

@@ -4,6 +4,7 @@
 
 #include <hooklens/analysis.h>
 #include <hooklens/capture_slice.h>
+#include <hooklens/chat_template.h>
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
@@ -44,7 +45,7 @@ struct RunOptions {
   std::string query_range, key_range;
   int threads = 0;
   std::uint64_t resident_weights_mib = LoadOptions{}.resident_weights_bytes >> 20;
-  bool overwrite = false;
+  bool overwrite = false, chat = false;
   std::size_t queue_mib = 256;
   SamplingOptions sampling;
   bool greedy = false, no_stop_at_eos = false;
@@ -110,10 +111,18 @@ std::vector<std::int64_t> parse_ids(const std::string& list) {
 std::vector<Prompt> read_prompts(const RunOptions& o, const Model& model) {
   const ModelInfo& info = model.info();
   std::vector<Prompt> prompts;
+  if (o.chat && o.prompts.empty()) throw UsageError("--chat applies to --prompt TEXT");
   for (const auto& text : o.prompts) {
     if (!model.tokenizer())
       throw UsageError(fmt::format("{} has no tokenizer: pass --prompt-ids, or --tokenizer DIR", info.path));
-    prompts.push_back({text, model.tokenizer()->encode(text)});
+    if (!o.chat) {
+      prompts.push_back({text, model.tokenizer()->encode(text)});
+      continue;
+    }
+    // As apply_chat_template(tokenize=True): the template writes its own BOS, so the tokenizer's
+    // post-processor adds none.
+    const std::string chat = chat_prompt(*model.tokenizer(), text);
+    prompts.push_back({chat, model.tokenizer()->encode(chat, false)});
   }
   for (const auto& list : o.prompt_ids) prompts.push_back({"", parse_ids(list)});
   if (!o.text_file.empty()) {
@@ -493,6 +502,9 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
   cmd.add_option("--spec", o.spec, "Architecture spec of a state dict (.pt/.pth, .safetensors, a weight index file or a directory): a JSON file or a shipped spec name such as raschka-gpt or nanogpt");
   cmd.add_option("--prompt", o.prompts, "Prompt text (repeatable: one run per prompt)");
   cmd.add_option("--prompt-ids", o.prompt_ids, "Prompt as token ids, e.g. 464,3797,318 (repeatable)");
+  cmd.add_flag("--chat", o.chat,
+               "Each --prompt is one user message in the model's chat template (tokenizer_config.json), followed by "
+               "the assistant's turn; the manifest records the rendered text");
   cmd.add_option("--hooks", o.hooks, "Hook points to capture: globs or re:REGEX, comma-separated")
       ->delimiter(',')
       ->capture_default_str();

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <array>
 #include <cctype>
 #include <cstdint>
 #include <cstring>
@@ -23,26 +24,28 @@ std::int32_t read_i32(const unsigned char* p) {
 
 class Llama2cTokenizer final : public Tokenizer {
  public:
-  Llama2cTokenizer(std::vector<std::string> pieces, std::vector<float> scores)
-      : pieces_(std::move(pieces)), scores_(std::move(scores)) {
+  Llama2cTokenizer(std::string file, std::vector<std::string> pieces, std::vector<float> scores)
+      : file_(std::move(file)), pieces_(std::move(pieces)), scores_(std::move(scores)) {
     for (size_t i = 0; i < pieces_.size(); ++i) ids_.emplace(pieces_[i], std::int64_t(i));  // first id wins
+    // Byte fallback only where the vocabulary has the byte's piece; a small custom vocabulary
+    // may have none (llama2.c itself assumes <0xNN> is id NN + 3, true of Llama 2's 32000 only).
+    byte_ids_.fill(-1);
+    for (int b = 0; b < 256; ++b)
+      if (auto it = ids_.find(fmt::format("<0x{:02X}>", b)); it != ids_.end()) byte_ids_[size_t(b)] = it->second;
   }
 
-  // As llama2.c's encode(bos=1, eos=0): BOS, a dummy-prefix " ", each UTF-8 code point as a token or
-  // its bytes as <0xNN> tokens (id byte + 3), then merges of the highest-scoring adjacent pair.
-  std::vector<std::int64_t> encode(std::string_view text) const override {
-    std::vector<std::int64_t> ids{kBos};
-    if (!text.empty()) ids.push_back(lookup_or_byte(" "));
+  // As llama2.c's encode(bos=add_special_tokens, eos=0): BOS, a dummy-prefix " ", each UTF-8
+  // code point as a token or its bytes as <0xNN> tokens, then merges of the highest-scoring
+  // adjacent pair.
+  std::vector<std::int64_t> encode(std::string_view text, bool add_special_tokens) const override {
+    std::vector<std::int64_t> ids;
+    if (add_special_tokens) ids.push_back(kBos);
+    if (!text.empty()) push_piece_or_bytes(" ", std::nullopt, ids);
     for (size_t i = 0; i < text.size();) {
       // A code point as llama2.c groups it: one byte and up to 3 following continuation bytes.
       size_t n = 1;
       while (n < 4 && i + n < text.size() && (static_cast<unsigned char>(text[i + n]) & 0xC0) == 0x80) ++n;
-      const std::string_view cp = text.substr(i, n);
-      if (auto it = ids_.find(std::string(cp)); it != ids_.end()) {
-        ids.push_back(it->second);
-      } else {
-        for (char c : cp) ids.push_back(std::int64_t(static_cast<unsigned char>(c)) + 3);
-      }
+      push_piece_or_bytes(text.substr(i, n), i, ids);
       i += n;
     }
     merge(ids);
@@ -67,9 +70,22 @@ class Llama2cTokenizer final : public Tokenizer {
  private:
   static constexpr std::int64_t kBos = 1;
 
-  std::int64_t lookup_or_byte(const std::string& s) const {
-    auto it = ids_.find(s);
-    return it != ids_.end() ? it->second : std::int64_t(static_cast<unsigned char>(s[0])) + 3;
+  // The piece for `chars` (text at `offset`; the dummy prefix has none), else its bytes' pieces.
+  void push_piece_or_bytes(std::string_view chars, std::optional<size_t> offset, std::vector<std::int64_t>& ids) const {
+    if (auto it = ids_.find(std::string(chars)); it != ids_.end()) {
+      ids.push_back(it->second);
+      return;
+    }
+    for (size_t k = 0; k < chars.size(); ++k) {
+      const auto byte = static_cast<unsigned char>(chars[k]);
+      if (byte_ids_[byte] < 0)
+        throw UsageError(fmt::format("byte 0x{:02X} {} has no token: {} has neither its character nor <0x{:02X}>",
+                                     byte,
+                                     offset ? fmt::format("of the text (offset {})", *offset + k)
+                                            : std::string("of the dummy-prefix space"),
+                                     file_, byte));
+      ids.push_back(byte_ids_[byte]);
+    }
   }
 
   void merge(std::vector<std::int64_t>& ids) const {
@@ -103,9 +119,11 @@ class Llama2cTokenizer final : public Tokenizer {
     return p;
   }
 
+  std::string file_;
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::unordered_map<std::string, std::int64_t> ids_;
+  std::array<std::int64_t, 256> byte_ids_{};  // byte -> id of its <0xNN> piece, or -1
 };
 
 }  // namespace
@@ -131,8 +149,10 @@ std::unique_ptr<Tokenizer> read_llama2c_tokenizer(const std::filesystem::path& f
     scores.push_back(score);
     at += size_t(len);
   }
-  if (pieces.size() < 259) throw Error(fmt::format("{}: {} tokens, fewer than the 259 of llama2.c's byte fallback", name, pieces.size()));
-  return std::make_unique<Llama2cTokenizer>(std::move(pieces), std::move(scores));
+  // llama2.c's BOS is id 1 whatever the vocabulary, so there have to be at least two tokens.
+  if (pieces.size() < 2)
+    throw Error(fmt::format("{}: {} token(s): too few for llama2.c, whose BOS is id 1", name, pieces.size()));
+  return std::make_unique<Llama2cTokenizer>(name, std::move(pieces), std::move(scores));
 }
 
 }  // namespace hooklens

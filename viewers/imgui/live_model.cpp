@@ -3,6 +3,7 @@
 #include "loaders.h"
 
 #include <hooklens/analysis.h>
+#include <hooklens/chat_template.h>
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
 #include <hooklens/hooks.h>
@@ -61,12 +62,15 @@ LiveModel::LiveModel(const LiveOptions& options)
   n_layers_ = info.n_layers;
   n_heads_ = info.n_heads;
   mode_ = all_bidirectional(info) ? "masked_diffusion" : "autoregressive";
+  if (options.chat && !options.prompt_ids.empty()) throw hooklens::UsageError("--chat applies to --prompt TEXT");
   if (!options.prompt_ids.empty()) {
     prompt_ids_ = options.prompt_ids;
   } else {
     if (!model_->tokenizer())
       throw hooklens::UsageError(fmt::format("{}: the model ships no tokenizer: pass --prompt-ids, or --tokenizer FILE", where));
-    prompt_ids_ = model_->tokenizer()->encode(options.prompt);
+    // --chat: the prompt is one user message in the model's chat template, whose own BOS is enough.
+    if (options.chat) options_.prompt = hooklens::chat_prompt(*model_->tokenizer(), options.prompt);
+    prompt_ids_ = model_->tokenizer()->encode(options_.prompt, !options.chat);
   }
   if (prompt_ids_.empty()) throw hooklens::UsageError("the prompt has no tokens");
   for (std::int64_t id : prompt_ids_)

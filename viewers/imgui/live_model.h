@@ -32,6 +32,7 @@ struct LiveOptions {
   std::filesystem::path tokenizer;                // overrides the model's own ("" = the model's)
   std::string prompt;                             // text, or
   std::vector<std::int64_t> prompt_ids;           // token ids
+  bool chat = false;                              // the prompt is one user message in the model's chat template
   int max_new_tokens = 16;                        // autoregressive models
   int gen_length = 32, steps = 32, block_length = 0;  // masked diffusion (every layer bidirectional)
   std::vector<std::string> analyze{"attention_stats", "head_detectors"};

@@ -228,6 +228,7 @@ int main(int argc, char** argv) {
   app.add_option("--prompt", opt.live.prompt, "Live mode: the prompt (text)")->needs(model);
   app.add_option("--prompt-ids", opt.live.prompt_ids, "Live mode: the prompt as token ids, e.g. 85,294,223")
       ->delimiter(',')->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->needs(model)->check(CLI::NonNegativeNumber);
+  app.add_flag("--chat", opt.live.chat, "Live mode: the prompt is one user message in the model's chat template")->needs(model);
   app.add_option("--tokenizer", opt.live.tokenizer, "Live mode: a tokenizer (Hugging Face dir or llama2.c tokenizer.bin) instead of the model's own")
       ->needs(model);
   app.add_option("--max-new-tokens", opt.live.max_new_tokens, "Live mode, causal models: tokens to generate (greedy)")->needs(model);

@@ -11,10 +11,21 @@
 
 namespace hooklens {
 
+// What a Hugging Face tokenizer_config.json says about chat prompts.
+struct ChatConfig {
+  std::string chat_template;                          // Jinja source; empty when there is none
+  std::map<std::string, std::string> special_tokens;  // "bos_token" -> "<|startoftext|>", ... (the template's variables)
+  std::string missing_reason;                         // when chat_template is empty: why, for error messages
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
-  virtual std::vector<std::int64_t> encode(std::string_view text) const = 0;
+  // What Hugging Face's tokenizer(text, add_special_tokens=...)["input_ids"] gives: with
+  // add_special_tokens the post-processor's tokens (e.g. a BOS) are added around the text;
+  // without them (as apply_chat_template encodes, its template writing its own) they are not.
+  virtual std::vector<std::int64_t> encode(std::string_view text, bool add_special_tokens) const = 0;
+  std::vector<std::int64_t> encode(std::string_view text) const { return encode(text, true); }
   // The decoded text of one token: its bytes as UTF-8, each maximal ill-formed subpart replaced
   // by one U+FFFD (Python's bytes.decode('utf-8', errors='replace')). Throws UsageError for an
   // id outside the vocabulary.
@@ -23,6 +34,8 @@ class Tokenizer {
   virtual std::string decode(const std::vector<std::int64_t>& ids) const = 0;
   virtual std::int64_t vocab_size() const = 0;
   virtual std::optional<std::int64_t> token_id(std::string_view token) const = 0;
+  // The chat template and special token texts that came with the tokenizer (none by default).
+  virtual const ChatConfig& chat_config() const;
 };
 
 // GPT-2 byte-level BPE with special (added) tokens that are matched literally before
@@ -34,13 +47,16 @@ struct Gpt2BpeSpec {
 };
 std::unique_ptr<Tokenizer> make_gpt2_bpe_tokenizer(Gpt2BpeSpec spec);
 
-// Reads a Hugging Face tokenizer from a model directory: `tokenizer.json` (byte-level BPE) if
-// present, else `vocab.json` + `merges.txt`. Throws Error naming the file on anything malformed,
-// and when the directory has neither.
+// Reads a Hugging Face tokenizer from a model directory: `tokenizer.json` if present (byte-level
+// BPE with the pre-tokenizers, post-processors and added tokens that modern models ship; see
+// docs/tokenizers.md), else `vocab.json` + `merges.txt`; plus `tokenizer_config.json` (added
+// tokens, chat template) when present. Throws Error naming the file on anything malformed or
+// unsupported, and when the directory has neither.
 std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::filesystem::path& model_dir);
 
-// Reads llama2.c's tokenizer.bin (SentencePiece-style pieces with merge scores and <0xNN> byte
-// fallback; encode adds BOS and a leading space as llama2.c does). Throws Error naming the file.
+// Reads llama2.c's tokenizer.bin of any vocabulary size (SentencePiece-style pieces with merge
+// scores; bytes fall back to <0xNN> pieces where the vocabulary has them). encode adds BOS (id 1)
+// and a leading space as llama2.c does. Throws Error naming the file.
 std::unique_ptr<Tokenizer> read_llama2c_tokenizer(const std::filesystem::path& file);
 
 // GPT-2's bytes-to-unicode map: the printable symbol (UTF-8) that stands for `byte` in vocab files.
