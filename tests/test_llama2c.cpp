@@ -241,3 +241,57 @@ TEST_CASE("llama2.c: the tokenizer beside the checkpoint, by name or by vocabula
   CHECK(error.find(options.tokenizer.string()) != std::string::npos);
   CHECK(error.find("300 tokens") != std::string::npos);
 }
+
+TEST_CASE("llama2.c: a model with a 105-token vocabulary and no byte pieces loads, encodes and generates") {
+  // The fixture's body with its first 105 embedding rows (the classifier is shared), and a custom
+  // vocabulary written as llama2.c's tokenizer.py writes one: no <0xNN> pieces at all.
+  const std::string good = test::read_file(checkpoint());
+  std::int32_t p[7];
+  std::memcpy(p, good.data(), 28);
+  REQUIRE(p[5] == 512);
+  const size_t D = size_t(p[0]), kVocab = 105;
+  std::string small = good.substr(0, 28) + good.substr(28, kVocab * D * 4) + good.substr(28 + 512 * D * 4);
+  set_i32(small, 20, std::int32_t(kVocab));
+  test::TempDir dir;
+  write_bytes(dir / "model.bin", small);
+
+  std::vector<std::pair<std::string, float>> pieces = {{"<unk>", 0}, {"<s>", 0}, {"</s>", 0}, {" ", -1}};
+  for (char c = 'a'; c <= 'z'; ++c) pieces.push_back({std::string(1, c), -2});
+  for (char c = 'A'; c <= 'Z'; ++c) pieces.push_back({std::string(1, c), -3});
+  for (const char* merge : {"he", "ll", "llo", "hello", " hello", "or", "ld", "orld", " w", " world", "on", "ce"})
+    pieces.push_back({merge, 10.0f - float(pieces.size()) / 100});
+  while (pieces.size() < kVocab) pieces.push_back({fmt::format("x{}y", pieces.size()), -50});
+  std::string tok(4, '\0');
+  set_i32(tok, 0, 16);
+  for (const auto& [piece, score] : pieces) {
+    std::string entry(8, '\0');
+    std::memcpy(&entry[0], &score, 4);
+    set_i32(entry, 4, std::int32_t(piece.size()));
+    tok += entry + piece;
+  }
+  write_bytes(dir / "tokenizer.bin", tok);
+
+  auto model = load(dir / "model.bin");
+  REQUIRE(model->tokenizer());
+  CHECK(model->info().vocab_size == 105);
+  // BOS, then " hello" and " world" merged as llama2.c's encoder does (dummy-prefix space).
+  const auto ids = model->tokenizer()->encode("hello world");
+  const auto id = [&](const std::string& piece) { return *model->tokenizer()->token_id(piece); };
+  CHECK(ids == std::vector<std::int64_t>{1, id(" hello"), id(" world")});
+  // A byte the vocabulary cannot spell is a usage error naming it, not a wrong id.
+  CHECK_THROWS_WITH(model->tokenizer()->encode("caf\u00e9"), Catch::Contains("0xC3"));
+
+  // Its numbers are the full model's on the same ids (the first 105 rows of the shared classifier).
+  auto full = load(checkpoint());
+  const at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0);
+  HookSet none;
+  CHECK(test::max_abs_diff(model->forward(input, none, {}, nullptr),
+                           full->forward(input, none, {}, nullptr).narrow(2, 0, 105)) < 1e-5);
+  // And the command line runs it end to end.
+  test::require_hooklens(fmt::format("generate --model '{}' --prompt 'hello world' --max-new-tokens 4 --out '{}'",
+                                     (dir / "model.bin").string(), (dir / "run").string()),
+                         dir / "generate.log");
+  CHECK(test::run_hooklens(fmt::format("generate --model '{}' --prompt 'caf\u00e9' --out '{}'", (dir / "model.bin").string(),
+                                       (dir / "run2").string()),
+                           dir / "refused.log") == 2);
+}
