@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -112,12 +111,6 @@ struct FileCloser {
   void operator()(std::FILE* f) const { std::fclose(f); }
 };
 
-void write_file(const fs::path& file, const std::string& text) {
-  std::ofstream out(file, std::ios::binary);
-  out << text;
-  if (!out.flush()) throw Error(fmt::format("{}: cannot write", file.string()));
-}
-
 }  // namespace
 
 void write_random_llada(const fs::path& dir, const RandomLladaShape& shape) {
@@ -163,9 +156,9 @@ void write_random_llada(const fs::path& dir, const RandomLladaShape& shape) {
     if (!ok || std::fclose(f.release()) != 0) throw Error(fmt::format("{}: write failed (disk full?)", file.string()));
     std::cerr << fmt::format("bench-model: wrote {} ({}/{})\n", name, s + 1, shards.size()) << std::flush;
   }
-  write_file(dir / "model.safetensors.index.json",
+  write_text(dir / "model.safetensors.index.json",
              nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(2) + "\n");
-  write_file(dir / "config.json", llada_8b_config(shape.n_layers).dump(2) + "\n");
+  write_text(dir / "config.json", llada_8b_config(shape.n_layers).dump(2) + "\n");
 }
 
 void add_bench_model_command(CLI::App& app) {

@@ -20,15 +20,11 @@ namespace hooklens::cli {
 
 namespace fs = std::filesystem;
 
-namespace {
-
 void write_text(const fs::path& file, const std::string& text) {
   std::ofstream out(file, std::ios::binary);
   out << text;
   if (!out.flush()) throw Error(fmt::format("{}: cannot write", file.string()));
 }
-
-}  // namespace
 
 void write_random_gpt_neo(const fs::path& dir, const RandomNeoShape& s) {
   if (s.d_model % s.n_heads) throw UsageError("d_model must be a multiple of the number of heads");
