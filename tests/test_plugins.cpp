@@ -5,6 +5,7 @@
 #include <hooklens/error.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/runtime.h>
 #include <hooklens/sink.h>
 
 #include <catch2/catch.hpp>
@@ -196,4 +197,9 @@ TEST_CASE("HOOKLENS_PLUGIN_PATH comes first, in order, and the first directory w
     CHECK(dir != good);
     CHECK(dir != other);
   }
+}
+
+TEST_CASE("libhooklens is built with optimisation unless this is a Debug build") {
+  // The default build type's flags once came out empty: everything compiled at -O0, unnoticed.
+  CHECK(hooklens::built_with_optimisation() == bool(HOOKLENS_EXPECT_OPTIMISED));
 }

@@ -24,6 +24,14 @@ void init_runtime(int threads) {
 #endif
 }
 
+bool built_with_optimisation() {
+#ifdef __OPTIMIZE__
+  return true;
+#else
+  return false;
+#endif
+}
+
 void release_free_memory() {
 #ifdef __GLIBC__
   constexpr std::size_t kMostFree = std::size_t(256) << 20;
