@@ -893,3 +893,23 @@ TEST_CASE("--chat: the model's chat template around one user message, without th
   check_error(outcomes[3], 2, {"no chat template", "tokenizer_config.json"}, tmp / "no-template");
   check_error(outcomes[4], 2, {"--chat", "--prompt"}, tmp / "ids");
 }
+
+TEST_CASE("--hooks none runs without capture; every run ends with its timing on stderr") {
+  TempDir tmp;
+  const std::string model = link_neo(tmp / "model").string();
+  const std::string args = fmt::format("generate --model '{}' --prompt 'The cat sat on the' --max-new-tokens 8", model);
+  test::require_hooklens(args + fmt::format(" --hooks none --out '{}'", (tmp / "plain").string()), tmp / "plain.log");
+  test::require_hooklens(args + fmt::format(" --out '{}'", (tmp / "captured").string()), tmp / "captured.log");
+  const json plain = json::parse(test::read_file(tmp / "plain" / "manifest.json"));
+  const json captured = json::parse(test::read_file(tmp / "captured" / "manifest.json"));
+  CHECK(plain["complete"] == true);
+  CHECK(plain["captures"].empty());
+  CHECK(captured["captures"].size() == 8 * 4);
+  CHECK(plain["generation"]["output_ids"] == captured["generation"]["output_ids"]);  // capture changes nothing
+  const std::string log = test::read_file(tmp / "plain.log");
+  CHECK_THAT(log, Catch::Matches("(.|\n)*timing: load [0-9.]+ s; prefill 5 tokens [0-9]+ ms \\([0-9]+ tok/s\\); "
+                                 "decode 7 tokens [0-9.]+ s \\([0-9.]+ tok/s\\)(.|\n)*"));
+  // Slicing options with nothing to slice are a mistake.
+  CHECK(test::run_hooklens(args + " --hooks none --layers 1", tmp / "bad.log") == 2);
+  CHECK_THAT(test::read_file(tmp / "bad.log"), Catch::Contains("--hooks none"));
+}

@@ -214,6 +214,9 @@ void add_ablations(HookSet& hooks, const std::vector<std::string>& specs, const 
   }
 }
 
+// A rate for the timing line (0 when nothing was timed).
+double per_second(double amount, double seconds) { return seconds > 0 ? amount / seconds : 0.0; }
+
 std::string default_out(const std::string& command) {
   return fmt::format("runs/{}-{:%Y%m%d-%H%M%S}", command, fmt::localtime(std::time(nullptr)));
 }
@@ -244,10 +247,15 @@ class RunSession {
     load.spec = o.spec;
     load.resident_weights_bytes = o.resident_weights_mib << 20;
     model_ = open_model(registry_, o.model, o.adapter, load);
+    load_seconds_ = seconds_since(started_);
     prompts_ = read_prompts(o, *model_);
     start_analyzers(command);
     for (const auto& format : o.render) renderers_.emplace_back(format, renderer_for(registry_, format));
-    check_hook_patterns(o.hooks, o.layers, *model_);
+    capture_ = !(o.hooks.size() == 1 && o.hooks[0] == "none");
+    if (capture_) check_hook_patterns(o.hooks, o.layers, *model_);
+    else if (!o.layers.empty() || !o.heads.empty() || !o.query_range.empty() || !o.key_range.empty() ||
+             !o.capture_steps.empty() || !o.capture_blocks.empty())
+      throw UsageError("--hooks none captures nothing: capture slicing options do not apply");
     if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
     add_ablations(hooks_, o.ablate, *model_);
     slice_.heads = o.heads;
@@ -290,6 +298,7 @@ class RunSession {
     sink_->open({{"out", out_}, {"dtype", options_.dtype}, {"overwrite", options_.overwrite},
                  {"queue_bytes", options_.queue_mib << 20}});
     if (analyzers_) analyzers_->attach(hooks_);  // after the ablations: they see what the model computes
+    if (!capture_) return;
     HookFilter filter;
     filter.names = options_.hooks;
     filter.layers = options_.layers;
@@ -299,6 +308,7 @@ class RunSession {
       hooks_.add(filter, [this](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
         sink_->capture(name, ctx, t);
         ++captures_;
+        captured_bytes_ += t.nbytes();
       });
       return;
     }
@@ -308,6 +318,7 @@ class RunSession {
       if (!sliced) return;  // nothing of this event lies in the slice
       sink_->capture(name, sliced->second, sliced->first);
       ++captures_;
+      captured_bytes_ += sliced->first.nbytes();
     });
   }
 
@@ -322,8 +333,11 @@ class RunSession {
 
   template <class Work>
   void run(Work work) {
+    const auto work_started = clock::now();
+    double work_seconds = 0;
     try {
       nlohmann::json manifest = work();
+      work_seconds = seconds_since(work_started);
       manifest["model"] = model_->info().to_json();
       manifest["prompts"] = prompts_json();
       manifest["hooks"] = options_.hooks;
@@ -336,9 +350,16 @@ class RunSession {
       sink_->abort(e.what());
       throw;
     }
+    const double finish_seconds = seconds_since(work_started) - work_seconds;
     std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s); manifest {}\n",
                              sink_->location(), captures_, fmt::join(options_.hooks, ", "), prompts_.size(),
                              (fs::path(sink_->location()) / "manifest.json").string());
+    // What the run cost, as llama.cpp prints its timings: on stderr, so stdout stays the results.
+    const double mib = double(captured_bytes_) / (1 << 20);
+    std::cerr << fmt::format("timing: load {:.2f} s; {}; captured {:.2f} MiB ({:.1f} MiB/s of model time); "
+                             "finishing the run directory {:.2f} s; total {:.2f} s\n",
+                             load_seconds_, work_timing_, mib, per_second(mib, work_seconds),
+                             finish_seconds, seconds_since(started_));
     if (analyzers_)  // the run is complete; a report that cannot be written fails the command only
       for (const auto& file : analyzers_->finish(manifest_, sink_->location()))
         std::cout << "report: " << file.string() << "\n";
@@ -353,8 +374,18 @@ class RunSession {
   Model& model() { return *model_; }
   const std::vector<Prompt>& prompts() const { return prompts_; }
   const HookSet& hooks() const { return hooks_; }
+  // The model's part of the timing line, e.g. "prefill 12 tokens 45 ms (267 tok/s); decode ...".
+  void set_work_timing(std::string text) { work_timing_ = std::move(text); }
 
  private:
+  using clock = std::chrono::steady_clock;
+  static double seconds_since(clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); }
+
+  clock::time_point started_ = clock::now();
+  double load_seconds_ = 0;
+  std::string work_timing_ = "model";
+  std::uint64_t captured_bytes_ = 0;
+  bool capture_ = true;  // false with --hooks none
   RunOptions options_;
   PluginRegistry registry_;
   std::shared_ptr<Model> model_;
@@ -395,7 +426,11 @@ void generate_tokens(RunSession& session, const RunOptions& o) {
     Progress progress("generate: token", s.max_new_tokens);
     const Tokenizer* tok = session.model().tokenizer();
     nlohmann::json steps = nlohmann::json::array();
+    using clock = std::chrono::steady_clock;
+    const auto started = clock::now();
+    double prefill_seconds = 0;
     auto result = generate_autoregressive(session.model(), prompt, s, session.hooks(), 0, [&](int step, std::int64_t token) {
+      if (step == 0) prefill_seconds = std::chrono::duration<double>(clock::now() - started).count();
       steps.push_back({{"step", step},
                        {"phase", step == 0 ? "prefill" : "decode"},
                        {"query_offset", step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1},
@@ -404,6 +439,11 @@ void generate_tokens(RunSession& session, const RunOptions& o) {
       release_free_memory();
       progress.update(step + 1);
     });
+    const double decode_seconds = std::chrono::duration<double>(clock::now() - started).count() - prefill_seconds;
+    const std::size_t decoded = result.new_ids.size() - 1;  // tokens chosen after the prefill's
+    session.set_work_timing(fmt::format("prefill {} tokens {:.0f} ms ({:.0f} tok/s); decode {} tokens {:.2f} s ({:.1f} tok/s)",
+                                        prompt.size(), 1000 * prefill_seconds, per_second(prompt.size(), prefill_seconds),
+                                        decoded, decode_seconds, per_second(decoded, decode_seconds)));
     nlohmann::json g = {{"mode", "autoregressive"},
                         {"max_new_tokens", s.max_new_tokens},
                         {"greedy", s.greedy},
@@ -460,12 +500,16 @@ void generate_diffusion(RunSession& session, RunOptions& o) {
   session.run([&] {
     Progress progress("generate: denoising step", d.steps);
     nlohmann::json steps = nlohmann::json::array();
+    const auto started = std::chrono::steady_clock::now();
     auto result = generate_masked_diffusion(session.model(), prompt, d, session.hooks(), 0, [&](const DiffusionStep& s) {
       steps.push_back({{"step", s.step}, {"block", s.block}, {"ids", s.ids}, {"committed", s.committed},
                        {"confidences", s.confidences}});
       release_free_memory();
       progress.update(s.step + 1, fmt::format(" (block {})", s.block));
     });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    session.set_work_timing(fmt::format("{} denoising steps over {} positions {:.2f} s ({:.3f} s a step)", result.steps.size(),
+                                        result.output_ids.size(), seconds, seconds / double(std::max<std::size_t>(1, result.steps.size()))));
     const std::vector<std::int64_t> generated(result.output_ids.begin() + std::ptrdiff_t(prompt.size()), result.output_ids.end());
     nlohmann::json g = {{"mode", "masked_diffusion"},
                         {"prompt_length", prompt.size()},
@@ -505,7 +549,8 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
   cmd.add_flag("--chat", o.chat,
                "Each --prompt is one user message in the model's chat template (tokenizer_config.json), followed by "
                "the assistant's turn; the manifest records the rendered text");
-  cmd.add_option("--hooks", o.hooks, "Hook points to capture: globs or re:REGEX, comma-separated")
+  cmd.add_option("--hooks", o.hooks, "Hook points to capture: globs or re:REGEX, comma-separated; 'none' captures nothing "
+                                    "(the run directory still records prompts and generation)")
       ->delimiter(',')
       ->capture_default_str();
   cmd.add_option("--layers", o.layers, "Capture only these layers (comma-separated)")->delimiter(',');
@@ -559,6 +604,8 @@ void add_run_commands(CLI::App& app) {
     session.open_sink();
     session.run([&] {
       Progress progress("capture: prompt", int(session.prompts().size()));
+      const auto started = std::chrono::steady_clock::now();
+      std::size_t tokens = 0;
       for (std::size_t i = 0; i < session.prompts().size(); ++i) {
         CaptureContext ctx;
         ctx.prompt = int(i);
@@ -567,7 +614,11 @@ void add_run_commands(CLI::App& app) {
                                 ctx, nullptr);
         release_free_memory();  // resident memory stays bounded, however many prompts
         progress.update(int(i) + 1);
+        tokens += ids.size();
       }
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      session.set_work_timing(fmt::format("forward {} prompt(s), {} tokens {:.2f} s ({:.0f} tok/s)", session.prompts().size(),
+                                          tokens, seconds, per_second(tokens, seconds)));
       return nlohmann::json{{"generation", {{"mode", "none"}}}};
     });
   });
