@@ -243,7 +243,7 @@ std::map<int, at::Tensor> capture_patterns(hooklens::Model& model, const Prompt&
   });
   std::vector<std::int64_t> ids = prompt.ids;
   const at::Tensor batch = at::from_blob(ids.data(), {1, std::int64_t(ids.size())}, at::kLong).clone();
-  model.forward(batch, hooks, hooklens::CaptureContext{}, nullptr, /*last_logits_only=*/true);
+  model.forward(batch, hooks, hooklens::CaptureContext{}, nullptr, hooklens::Logits::none);
   const std::int64_t T = std::int64_t(ids.size());
   for (const auto& [layer, p] : patterns) {
     if (p.dim() != 4 || p.size(0) != 1 || p.size(2) != T || p.size(3) != T)

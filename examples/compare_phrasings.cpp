@@ -111,7 +111,7 @@ json analyze_set(hooklens::Model& model, const PhrasingSet& set, const Options& 
     const at::Tensor input = at::from_blob(ids[p].data(), {1, std::int64_t(ids[p].size())}, at::kLong).clone();
     hooklens::CaptureContext ctx;
     ctx.prompt = int(p);
-    model.forward(input, hooks, ctx, nullptr, /*last_logits_only=*/true);
+    model.forward(input, hooks, ctx, nullptr, hooklens::Logits::none);
   }
   json manifest = run;
   manifest["generation"] = {{"mode", "none"}};

@@ -79,7 +79,7 @@ at::Tensor capture_pattern(hooklens::Model& model, std::vector<std::int64_t> ids
     pattern = t.to(at::kFloat).contiguous().clone();
   });
   const at::Tensor input = at::from_blob(ids.data(), {1, std::int64_t(ids.size())}, at::kLong).clone();
-  model.forward(input, hooks, {}, nullptr, /*last_logits_only=*/true);
+  model.forward(input, hooks, {}, nullptr, hooklens::Logits::none);
   if (!pattern.defined() || pattern.dim() != 4)
     throw Error(fmt::format("{}: no blocks.{}.attn.hook_pattern of shape [1, heads, queries, keys] fired",
                             model.info().path, layer));

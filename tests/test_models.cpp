@@ -255,3 +255,29 @@ TEST_CASE("sampling is seeded and respects top-k") {
   opts.top_p = 1e-6;
   CHECK(generate_autoregressive(*model, {464, 3797, 318}, opts, none).new_ids == k1.new_ids);
 }
+
+TEST_CASE("a forward computes only what is asked: Logits::none stops after the last observed layer") {
+  auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
+  const at::Tensor ids = at::arange(5, 30, at::kLong).unsqueeze(0);
+  Recorder full({"blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"});
+  const at::Tensor logits = model->forward(ids, full.hooks, {}, nullptr, Logits::all);
+  // Layer 1 observed only: layers 2-3 and the unembedding are skipped, what was observed is the same.
+  Recorder partial({"blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"});
+  CHECK_FALSE(model->forward(ids, partial.hooks, {}, nullptr, Logits::none).defined());
+  CHECK(test::max_abs_diff(partial.at("blocks.1.attn.hook_pattern"), full.at("blocks.1.attn.hook_pattern")) == 0);
+  CHECK(test::max_abs_diff(partial.at("blocks.1.hook_resid_post"), full.at("blocks.1.hook_resid_post")) == 0);
+  // Someone listening to hook_logits gets every position, and the caller gets them too.
+  Recorder logit_hook({"hook_logits"});
+  const at::Tensor hooked = model->forward(ids, logit_hook.hooks, {}, nullptr, Logits::none);
+  CHECK(test::max_abs_diff(logit_hook.at("hook_logits"), logits) == 0);
+  CHECK(test::max_abs_diff(hooked, logits) == 0);
+  // Logits::last is the last row of the full logits.
+  HookSet none;
+  CHECK(test::max_abs_diff(model->forward(ids, none, {}, nullptr, Logits::last), logits.narrow(1, 24, 1)) < 1e-6);
+  // With a KV cache every layer runs (the cache must hold them all): the next step is still right.
+  auto cache = model->new_state();
+  Recorder cached({"blocks.1.attn.hook_pattern"});
+  model->forward(ids.narrow(1, 0, 24), cached.hooks, {}, cache.get(), Logits::none);
+  const at::Tensor next = model->forward(ids.narrow(1, 24, 1), none, {}, cache.get(), Logits::last);
+  CHECK(test::max_abs_diff(next, logits.narrow(1, 24, 1)) < 1e-5);
+}

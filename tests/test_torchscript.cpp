@@ -121,7 +121,7 @@ void check_model(const std::string& name, const Expect& e) {
   CHECK(offsets.at("hook_logits") == (e.last_position_only ? ref.at("ids").size(1) - 1 : 0));
 
   // Last position only.
-  const at::Tensor last = model->forward(ref.at("ids"), HookSet(), {}, nullptr, true);
+  const at::Tensor last = model->forward(ref.at("ids"), HookSet(), {}, nullptr, Logits::last);
   CHECK(test::max_abs_diff(last, ref.at("logits").slice(1, -1)) < 1e-5);
   // Another shape after the executor has specialised (the models are causal: a prefix keeps its logits).
   if (name != "branchy" && !e.last_position_only) {

@@ -412,7 +412,7 @@ class TorchScriptModel final : public Model {
   }
 
   at::Tensor forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx, ModelState* state,
-                     bool last_logits_only) override {
+                     Logits wanted) override {
     if (state) throw UsageError(fmt::format("{}: TorchScript models keep no KV cache; pass no state", file_));
     check_ids(ids);
     ctx.query_offset = 0;
@@ -421,7 +421,7 @@ class TorchScriptModel final : public Model {
     ctx.layer = -1;
     ctx.query_offset = ids.size(1) - logits.size(1);  // > 0 when the model returns the last position only
     hooks.fire("hook_logits", ctx, logits);
-    return last_logits_only ? logits.slice(1, -1) : logits;
+    return wanted == Logits::last ? logits.slice(1, -1) : logits;  // the graph runs whole: none gives all
   }
 
  private:

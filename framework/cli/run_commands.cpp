@@ -611,7 +611,7 @@ void add_run_commands(CLI::App& app) {
         ctx.prompt = int(i);
         const auto& ids = session.prompts()[i].ids;
         session.model().forward(at::tensor(at::ArrayRef<std::int64_t>(ids), at::kLong).unsqueeze(0), session.hooks(),
-                                ctx, nullptr);
+                                ctx, nullptr, Logits::none);  // hooks are the output: no unembedding unless hooked
         release_free_memory();  // resident memory stays bounded, however many prompts
         progress.update(int(i) + 1);
         tokens += ids.size();

@@ -66,7 +66,7 @@ GenerationResult generate_autoregressive(Model& model, const std::vector<std::in
     ctx.prompt = prompt_index;
     ctx.phase = step == 0 ? Phase::prefill : Phase::decode;
     ctx.step = step;
-    at::Tensor logits = model.forward(input, hooks, ctx, cache.get(), /*last_logits_only=*/true).reshape({-1});
+    at::Tensor logits = model.forward(input, hooks, ctx, cache.get(), Logits::last).reshape({-1});
     const std::int64_t token = options.greedy ? logits.argmax().item<std::int64_t>() : sample(logits, options, gen);
     result.output_ids.push_back(token);
     result.new_ids.push_back(token);

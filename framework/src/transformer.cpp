@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <mutex>
@@ -38,6 +39,10 @@ struct LayerNames {
     mlp_post = n("mlp.hook_post");
     mlp_out = n("hook_mlp_out");
     resid_post = n("hook_resid_post");
+  }
+  std::array<const std::string*, 16> all() const {
+    return {&resid_pre, &q,        &k,        &v,          &rot_q,   &rot_k,         &scores,  &pattern,
+            &z,         &attn_out, &resid_mid, &mlp_pre, &mlp_pre_linear, &mlp_post, &mlp_out, &resid_post};
   }
 };
 
@@ -143,7 +148,7 @@ class HookedTransformer final : public Model {
   std::unique_ptr<ModelState> new_state() const override { return std::make_unique<KvCache>(layers_.size()); }
   std::vector<HookPointInfo> hook_points() const override;
   at::Tensor forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx, ModelState* state,
-                     bool last_logits_only) override;
+                     Logits wanted) override;
 
  private:
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
@@ -160,6 +165,7 @@ class HookedTransformer final : public Model {
                    KvCache* cache) const;
 
   void make_resident();
+  int last_observed_layer(const HookSet& hooks, CaptureContext ctx) const;
 
   ModelInfo info_;
   Spec spec_;
@@ -427,8 +433,18 @@ at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, co
   return x;
 }
 
+// The last layer any of whose hook points someone listens to in this context, or -1.
+int HookedTransformer::last_observed_layer(const HookSet& hooks, CaptureContext ctx) const {
+  for (int l = int(layers_.size()) - 1; l >= 0; --l) {
+    ctx.layer = l;
+    for (const std::string* name : layers_[size_t(l)].names.all())
+      if (hooks.wants(*name, ctx)) return l;
+  }
+  return -1;
+}
+
 at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx,
-                                      ModelState* state, bool last_logits_only) {
+                                      ModelState* state, Logits wanted) {
   auto* cache = dynamic_cast<KvCache*>(state);
   if (state && !cache) throw Error("forward: the state was not made by this model");
   if (ids.dim() != 2 || ids.scalar_type() != at::kLong || ids.size(1) == 0)
@@ -443,6 +459,13 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
   if (resident_) std::call_once(resident_once_, [this] { make_resident(); });
   ctx.query_offset = offset;
   ctx.layer = -1;
+  // Compute only what is asked: logits when the caller or a hook wants them, the final norm when
+  // they or its hook need it, and without a KV cache to fill, no layer after the last observed one.
+  const bool logits_needed = wanted != Logits::none || hooks.wants("hook_logits", ctx);
+  const bool final_needed = logits_needed || hooks.wants("ln_final.hook_normalized", ctx);
+  const std::size_t layers_run =
+      final_needed || cache ? layers_.size() : std::size_t(last_observed_layer(hooks, ctx) + 1);
+
   at::Tensor x = embedding_rows(w_.embed, ids);
   hooks.fire("hook_embed", ctx, x);
   if (spec_.positions == Spec::Positions::learned) {
@@ -450,19 +473,23 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
     hooks.fire("hook_pos_embed", ctx, pos);
     x = x + pos;
   }
-  for (size_t l = 0; l < layers_.size(); ++l) {
+  for (size_t l = 0; l < layers_run; ++l) {
     ctx.layer = int(l);
     x = block(layers_[l], l, x, hooks, ctx, cache);
   }
   ctx.layer = -1;
   if (cache) cache->advance(T);
+  if (!final_needed) return {};
   x = norm(x, w_.lnf_w, w_.lnf_b);
   hooks.fire("ln_final.hook_normalized", ctx, x);
-  const bool all_logits = !last_logits_only || hooks.wants("hook_logits", ctx);
-  if (!all_logits) x = x.narrow(1, T - 1, 1);
+  if (!logits_needed) return {};
+  // The unembedding is the largest product of a short sequence: only the last position unless the
+  // caller or hook_logits wants them all.
+  const bool all_positions = wanted != Logits::last || hooks.wants("hook_logits", ctx);
+  if (!all_positions) x = x.narrow(1, T - 1, 1);
   at::Tensor logits = linear(x, w_.unembed, w_.unembed_b);
   hooks.fire("hook_logits", ctx, logits);
-  return last_logits_only && all_logits ? logits.narrow(1, T - 1, 1) : logits;
+  return wanted == Logits::last && all_positions ? logits.narrow(1, T - 1, 1) : logits;
 }
 
 }  // namespace

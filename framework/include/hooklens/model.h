@@ -55,6 +55,17 @@ class ModelState {
   virtual std::int64_t length() const = 0;  // positions already consumed
 };
 
+// Which logits a forward pass must return. Hooks see what they ask for regardless: hook_logits
+// fires over every position whenever someone listens.
+enum class Logits {
+  all,   // [batch, positions, vocab]
+  last,  // [batch, 1, vocab]: generation needs the last position only
+  // None: the caller reads hooks only (capture). The model may skip the unembedding and, without a
+  // KV cache, every layer after the last one a hook listens to (TransformerLens' stop_at_layer);
+  // the result is undefined unless hook_logits made the model compute the logits anyway.
+  none,
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -64,13 +75,11 @@ class Model {
   // A fresh KV cache, or null if the model has none (every forward then recomputes everything).
   virtual std::unique_ptr<ModelState> new_state() const = 0;
   // ids: int64 [batch, positions]. With `state`, the positions follow those already cached and
-  // the state is extended; `ctx.query_offset` is set by the model. Returns float32 logits
-  // [batch, positions, vocab], or [batch, 1, vocab] for the last position only with
-  // `last_logits_only` (generation: saves the unembedding of every prompt position; hook_logits
-  // still sees all positions when someone listens). Fires hook points through `hooks` with `ctx`
-  // (layer filled in). Throws UsageError for ids outside the vocabulary or past n_ctx.
+  // the state is extended; `ctx.query_offset` is set by the model. Returns float32 logits as
+  // `logits` says. Fires hook points through `hooks` with `ctx` (layer filled in). Throws
+  // UsageError for ids outside the vocabulary or past n_ctx.
   virtual at::Tensor forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx,
-                             ModelState* state, bool last_logits_only = false) = 0;
+                             ModelState* state, Logits logits = Logits::all) = 0;
 };
 
 struct LoadOptions {
