@@ -913,3 +913,19 @@ TEST_CASE("--hooks none runs without capture; every run ends with its timing on 
   CHECK(test::run_hooklens(args + " --hooks none --layers 1", tmp / "bad.log") == 2);
   CHECK_THAT(test::read_file(tmp / "bad.log"), Catch::Contains("--hooks none"));
 }
+
+TEST_CASE("hooklens bench runs its cases and the peer's computation gives hooklens's greedy tokens") {
+  TempDir tmp;
+  const std::string model = link_neo(tmp / "model").string();
+  // tiny-neo-a's context is 128: a short run of every case (the figures are the benchmark's, not the test's).
+  test::require_hooklens(fmt::format("bench --model '{}' --repeats 1 --prompt-tokens 16 --new-tokens 8 --sequences 2 "
+                                     "--tokens 32 --threads 1",
+                                     model),
+                         tmp / "bench.log");
+  const std::string log = test::read_file(tmp / "bench.log");
+  for (const char* c : {"generate 8 from 16, no hooks", "generate 8 from 16, patterns -> disk",
+                        "generate 8 from 16, peer (output_attentions)", "forward 2 x 32, logits, no hooks",
+                        "capture 2 x 32, patterns -> disk", "forward 2 x 32, peer (output_attentions)"})
+    CHECK_THAT(log, Catch::Contains(c));
+  CHECK_THAT(log, Catch::Contains("greedy tokens identical"));
+}

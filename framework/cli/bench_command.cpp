@@ -3,10 +3,12 @@
 // pattern captured to a run directory on disk; medians over repeats and ratios to "no hooks".
 // A masked-diffusion model gets denoising steps instead, timed against their bare matrix products,
 // with the peak resident memory against the weight files.
+#include "bench_peer.h"
 #include "cli.h"
 
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
+#include <hooklens/hf_config.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 #include <hooklens/runtime.h>
@@ -20,6 +22,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <random>
 
@@ -32,19 +35,11 @@ namespace fs = std::filesystem;
 
 struct BenchOptions {
   std::string model;
-  int repeats = 5, threads = 0, forward_tokens = 128, new_tokens = 64, prompt_tokens = 16;
-  // Masked-diffusion models (every layer bidirectional): the LLaDA-8B case by default.
-  int diffusion_prompt = 32, gen_length = 32, steps = 2, block_length = 32;
+  int repeats = 5, threads = 0, forward_tokens = 128, new_tokens = 64, sequences = 16;
+  int prompt_tokens = 0;  // 0: 128 for generation, 32 for masked diffusion
+  // Masked-diffusion models (every layer bidirectional): an LLaDA-8B case by default.
+  int gen_length = 32, steps = 2, block_length = 32;
   std::uint64_t resident_weights_mib = LoadOptions{}.resident_weights_bytes >> 20;
-};
-
-enum class Capture { none, memory, disk };
-const char* capture_name(Capture c) { return c == Capture::none ? "no hooks" : c == Capture::memory ? "patterns -> memory" : "patterns -> disk"; }
-
-struct Timing {
-  double median_ms, min_ms;  // the whole run, including the sink's finish (last shard, manifest, fsync)
-  double model_ms;           // median time until the model's work returned: what capture cost the model
-  double captured_mib;
 };
 
 double median(std::vector<double> v) {
@@ -52,50 +47,50 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-class Bench {
- public:
-  Bench(std::shared_ptr<Model> model, const PluginRegistry& registry, fs::path scratch)
-      : model_(std::move(model)), registry_(registry), scratch_(std::move(scratch)) {}
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
-  // Runs `work(hooks)` `repeats` times (after one warm-up) under the given capture.
-  template <class Work>
-  Timing measure(Capture capture, int repeats, Work work) {
-    std::vector<double> ms, model_ms;
-    double mib = 0;
-    for (int r = -1; r < repeats; ++r) {
-      HookSet hooks;
-      std::vector<at::Tensor> kept;
-      std::shared_ptr<CaptureSink> sink;
-      std::size_t bytes = 0;
-      if (capture == Capture::disk) {
-        sink = registry_.create_sink("run_writer");
-        sink->open({{"out", (scratch_ / "run").string()}, {"overwrite", true}});
-      }
-      if (capture != Capture::none)
-        hooks.add({{"*hook_pattern"}}, [&](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
-          bytes += t.numel() * t.element_size();
-          if (sink) sink->capture(name, ctx, t);
-          else kept.push_back(t);  // memory capture keeps a reference: adapters never reuse fired tensors
-        });
-      using clock = std::chrono::steady_clock;
-      auto since = [](clock::time_point t) { return std::chrono::duration<double, std::milli>(clock::now() - t).count(); };
-      const auto start = clock::now();
-      work(hooks);
-      const double model_elapsed = since(start);
-      if (sink) sink->finish(nlohmann::json{{"generation", {{"mode", "bench"}}}});
-      if (r >= 0) {
-        ms.push_back(since(start));
-        model_ms.push_back(model_elapsed);
-      }
-      mib = double(bytes) / (1 << 20);
+// One measured case: `run` does the work once and returns the milliseconds until the model's work
+// returned (the whole run's time, including the sink's finish, is measured around it).
+struct Case {
+  std::string name;
+  std::function<double()> run;
+  double tokens = 0;  // tokens produced (generation) or consumed (forward passes) per run
+  std::vector<double> total_ms, model_ms;
+};
+
+// Runs every case `repeats` times after one warm-up round, interleaved (case 1, 2, 3, 1, 2, 3, ...)
+// so that a shared machine's drift hits every case alike.
+void measure_interleaved(std::vector<Case>& cases, int repeats) {
+  for (int r = -1; r < repeats; ++r)
+    for (Case& c : cases) {
+      const auto start = Clock::now();
+      const double model = c.run();
+      const double total = ms_since(start);
+      if (r < 0) continue;
+      c.total_ms.push_back(total);
+      c.model_ms.push_back(model);
     }
-    return {median(ms), *std::min_element(ms.begin(), ms.end()), median(model_ms), mib};
+}
+
+// Every attention pattern to a run directory, as `hooklens capture|generate` writes it.
+class DiskCapture {
+ public:
+  DiskCapture(const PluginRegistry& registry, const fs::path& out) : sink_(registry.create_sink("run_writer")) {
+    sink_->open({{"out", out.string()}, {"overwrite", true}});
+    hooks_.add({{"*hook_pattern"}}, [this](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
+      sink_->capture(name, ctx, t);
+      bytes_ += t.nbytes();
+    });
   }
+  const HookSet& hooks() const { return hooks_; }
+  void finish() { sink_->finish(nlohmann::json{{"generation", {{"mode", "bench"}}}}); }
+  std::uint64_t bytes() const { return bytes_; }
 
  private:
-  std::shared_ptr<Model> model_;
-  const PluginRegistry& registry_;
-  fs::path scratch_;
+  std::shared_ptr<CaptureSink> sink_;
+  HookSet hooks_;
+  std::uint64_t bytes_ = 0;
 };
 
 // Bytes of the weight files a model directory (or file) holds: what "1.3x the weights" refers to.
@@ -134,17 +129,18 @@ void run_diffusion_bench(const BenchOptions& o, const std::shared_ptr<Model>& mo
   d.block_length = o.block_length;
   d.validate();
   std::mt19937_64 rng(1);
-  std::vector<std::int64_t> prompt(o.diffusion_prompt);
+  const int prompt_tokens = o.prompt_tokens > 0 ? o.prompt_tokens : 32;
+  std::vector<std::int64_t> prompt(static_cast<std::size_t>(prompt_tokens));
   for (auto& id : prompt) id = std::int64_t(rng() % std::uint64_t(info.vocab_size));
   if (info.mask_id)
     for (auto& id : prompt) id = id == *info.mask_id ? (id + 1) % info.vocab_size : id;
-  const std::int64_t T = o.diffusion_prompt + o.gen_length;
+  const std::int64_t T = prompt_tokens + o.gen_length;
   const std::uint64_t weights = weight_file_bytes(info.path);
   std::cout << fmt::format(
       "model: {} ({} layers, {} heads, d_model {}, d_mlp {}, vocab {}, {} weights: {:.2f} GiB), {} threads\n"
       "masked diffusion: prompt {} + gen length {} = {} positions, {} steps, block length {}; loaded in {:.2f} s\n",
       info.path, info.n_layers, info.n_heads, info.d_model, info.d_mlp, info.vocab_size, info.weight_dtype,
-      double(weights) / (1 << 30), at::get_num_threads(), o.diffusion_prompt, o.gen_length, T, o.steps, o.block_length,
+      double(weights) / (1 << 30), at::get_num_threads(), prompt_tokens, o.gen_length, T, o.steps, o.block_length,
       load_seconds);
 
   using clock = std::chrono::steady_clock;
@@ -245,43 +241,109 @@ void run_bench(const BenchOptions& o) {
       !info.layer_attention.empty() && std::all_of(info.layer_attention.begin(), info.layer_attention.end(),
                                                    [](AttentionKind k) { return k == AttentionKind::bidirectional; });
   if (masked_diffusion) return run_diffusion_bench(o, model, registry, scratch, load_seconds);
-  if (o.forward_tokens > info.n_ctx || o.prompt_tokens + o.new_tokens > info.n_ctx)
+  const int prompt_tokens = o.prompt_tokens > 0 ? o.prompt_tokens : 128;
+  if (o.forward_tokens > info.n_ctx || prompt_tokens + o.new_tokens > info.n_ctx)
     throw UsageError(fmt::format("the model's context of {} tokens is too short for this bench", info.n_ctx));
-
   if (info.vocab_size == 0)  // e.g. TorchScript: known only after a forward
     model->forward(at::zeros({1, 1}, at::kLong), HookSet(), {}, nullptr);
   if (info.vocab_size <= 0) throw Error(fmt::format("{}: the model does not report its vocabulary size", info.path));
 
   std::mt19937_64 rng(1);
-  std::vector<std::int64_t> ids(o.forward_tokens);
-  for (auto& id : ids) id = std::int64_t(rng() % std::uint64_t(info.vocab_size));
-  const at::Tensor forward_ids = at::tensor(ids, at::kLong).unsqueeze(0);
-  const std::vector<std::int64_t> prompt(ids.begin(), ids.begin() + std::min(o.prompt_tokens, o.forward_tokens));
+  auto random_ids = [&](int n) {
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(n));
+    for (auto& id : ids) id = std::int64_t(rng() % std::uint64_t(info.vocab_size));
+    return ids;
+  };
+  const std::vector<std::int64_t> prompt = random_ids(prompt_tokens);
+  std::vector<std::vector<std::int64_t>> sequences;
+  for (int i = 0; i < o.sequences; ++i) sequences.push_back(random_ids(o.forward_tokens));
   SamplingOptions greedy;
   greedy.max_new_tokens = o.new_tokens;
   greedy.stop_at_eos = false;
+  const auto as_row = [](const std::vector<std::int64_t>& ids) { return at::tensor(ids, at::kLong).unsqueeze(0); };
 
-  Bench bench(model, registry, scratch);
-  std::cout << fmt::format("model: {} ({} layers, {} heads, d_model {}, vocab {}), {} threads, median of {} runs\n",
+  // The peer: Hugging Face's computation for the same model (GPT-Neo only), see bench_peer.h.
+  std::unique_ptr<PeerGptNeo> peer;
+  try {
+    peer = std::make_unique<PeerGptNeo>(info, model_dir, HfConfig(model_dir).number("layer_norm_epsilon", 1e-5));
+  } catch (const Error& e) {
+    std::cerr << "bench: no peer comparison: " << e.what() << "\n";
+  }
+  std::vector<std::int64_t> hooklens_ids, peer_ids;
+  const double total_sequence_tokens = double(o.sequences) * o.forward_tokens;
+  std::vector<Case> cases;
+  const std::size_t gen_plain = cases.size();
+  cases.push_back({fmt::format("generate {} from {}, no hooks", o.new_tokens, prompt_tokens), [&] {
+                     const auto start = Clock::now();
+                     hooklens_ids = generate_autoregressive(*model, prompt, greedy, HookSet()).new_ids;
+                     return ms_since(start);
+                   }, double(o.new_tokens)});
+  const std::size_t gen_disk = cases.size();
+  cases.push_back({fmt::format("generate {} from {}, patterns -> disk", o.new_tokens, prompt_tokens), [&] {
+                     DiskCapture disk(registry, scratch / "run");
+                     const auto start = Clock::now();
+                     generate_autoregressive(*model, prompt, greedy, disk.hooks());
+                     const double model_ms = ms_since(start);
+                     disk.finish();
+                     return model_ms;
+                   }, double(o.new_tokens)});
+  const std::size_t gen_peer = cases.size();
+  if (peer)
+    cases.push_back({fmt::format("generate {} from {}, peer (output_attentions)", o.new_tokens, prompt_tokens), [&] {
+                       std::vector<at::Tensor> attentions;  // kept, as generate() returns them
+                       const auto start = Clock::now();
+                       peer_ids = peer->generate(prompt, o.new_tokens, attentions);
+                       return ms_since(start);
+                     }, double(o.new_tokens)});
+  cases.push_back({fmt::format("forward {} x {}, logits, no hooks", o.sequences, o.forward_tokens), [&] {
+                     const auto start = Clock::now();
+                     for (const auto& seq : sequences) model->forward(as_row(seq), HookSet(), {}, nullptr, Logits::all);
+                     return ms_since(start);
+                   }, total_sequence_tokens});
+  const std::size_t cap_disk = cases.size();
+  cases.push_back({fmt::format("capture {} x {}, patterns -> disk", o.sequences, o.forward_tokens), [&] {
+                     DiskCapture disk(registry, scratch / "run");
+                     const auto start = Clock::now();
+                     for (std::size_t i = 0; i < sequences.size(); ++i) {
+                       CaptureContext ctx;
+                       ctx.prompt = int(i);
+                       model->forward(as_row(sequences[i]), disk.hooks(), ctx, nullptr, Logits::none);  // as `capture`
+                     }
+                     const double model_ms = ms_since(start);
+                     disk.finish();
+                     return model_ms;
+                   }, total_sequence_tokens});
+  const std::size_t cap_peer = cases.size();
+  if (peer)
+    cases.push_back({fmt::format("forward {} x {}, peer (output_attentions)", o.sequences, o.forward_tokens), [&] {
+                       const auto start = Clock::now();
+                       for (const auto& seq : sequences) {
+                         std::vector<at::Tensor> attentions;
+                         peer->forward(seq, attentions);
+                       }
+                       return ms_since(start);
+                     }, total_sequence_tokens});
+
+  std::cout << fmt::format("model: {} ({} layers, {} heads, d_model {}, vocab {}), {} threads, {} interleaved runs "
+                           "after a warm-up\n",
                            info.path, info.n_layers, info.n_heads, info.d_model, info.vocab_size, at::get_num_threads(),
                            o.repeats);
-  std::cout << fmt::format("{:<46} {:>9} {:>9} {:>7} {:>9} {:>7} {:>8}\n", "case", "median ms", "min ms", "ratio",
-                           "model ms", "ratio", "MiB");
-  auto report = [&](const std::string& what, auto work) {
-    double base = 0;
-    for (Capture c : {Capture::none, Capture::memory, Capture::disk}) {
-      const Timing t = bench.measure(c, o.repeats, work);
-      if (c == Capture::none) base = t.median_ms;
-      std::cout << fmt::format("{:<46} {:>9.1f} {:>9.1f} {:>7.3f} {:>9.1f} {:>7.3f} {:>8.2f}\n",
-                               what + ", " + capture_name(c), t.median_ms, t.min_ms, t.median_ms / base, t.model_ms,
-                               t.model_ms / base, t.captured_mib)
-                << std::flush;
-    }
-  };
-  report(fmt::format("forward {} tokens", o.forward_tokens),
-         [&](const HookSet& hooks) { model->forward(forward_ids, hooks, {}, nullptr); });
-  report(fmt::format("generate {} tokens (greedy)", o.new_tokens),
-         [&](const HookSet& hooks) { generate_autoregressive(*model, prompt, greedy, hooks); });
+  measure_interleaved(cases, o.repeats);
+  std::cout << fmt::format("{:<52} {:>9} {:>9} {:>9} {:>10}\n", "case (whole run; model's part)", "median ms", "min ms",
+                           "model ms", "tokens/s");
+  for (const Case& c : cases)
+    std::cout << fmt::format("{:<52} {:>9.1f} {:>9.1f} {:>9.1f} {:>10.1f}\n", c.name, median(c.total_ms),
+                             *std::min_element(c.total_ms.begin(), c.total_ms.end()), median(c.model_ms),
+                             c.tokens / median(c.total_ms) * 1000);
+  const auto whole = [&](std::size_t i) { return median(cases[i].total_ms); };
+  std::cout << fmt::format("capture overhead, generation with every pattern to disk vs no hooks (whole run): {:+.1f} %\n",
+                           100 * (whole(gen_disk) / whole(gen_plain) - 1));
+  if (peer) {
+    std::cout << fmt::format("vs the peer: generation with every pattern to disk {:.2f}x its tokens/s, capture of every "
+                             "pattern {:.2f}x; greedy tokens {}\n",
+                             whole(gen_peer) / whole(gen_disk), whole(cap_peer) / whole(cap_disk),
+                             peer_ids == hooklens_ids ? "identical" : "DIFFER");
+  }
 }
 
 }  // namespace
@@ -293,13 +355,14 @@ void add_bench_command(CLI::App& app) {
                "for a masked-diffusion model, denoising steps against their bare matrix products, and peak memory");
   cmd->add_option("--model", o->model, "Model directory (default: a random GPT-Neo of TinyStories-33M's shape)");
   cmd->add_option("--repeats", o->repeats, "Timed runs per case (after one warm-up)")->capture_default_str()->check(CLI::Range(1, 1000));
-  cmd->add_option("--tokens", o->forward_tokens, "Tokens in the forward pass")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--tokens", o->forward_tokens, "Tokens in each forward pass of the capture case")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--sequences", o->sequences, "Sequences in the capture case")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--new-tokens", o->new_tokens, "Tokens to generate")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--prompt-tokens", o->prompt_tokens, "Random prompt tokens (default 128; 32 for masked diffusion)")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--threads", o->threads, "Compute threads (0 = one per core)")->capture_default_str();
   cmd->add_option("--resident-weights", o->resident_weights_mib, "MiB of float32 weights converted once and kept (see 'hooklens generate --help')")
       ->capture_default_str();
   const std::string diffusion = "Masked-diffusion models (e.g. 'hooklens bench-model' output)";
-  cmd->add_option("--prompt-tokens", o->diffusion_prompt, "Random prompt tokens")->capture_default_str()->group(diffusion)->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--gen-length", o->gen_length, "Masked positions to generate")->capture_default_str()->group(diffusion)->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--steps", o->steps, "Denoising steps per run")->capture_default_str()->group(diffusion)->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--block-length", o->block_length, "Block length")->capture_default_str()->group(diffusion)->check(CLI::Range(1, 1 << 20));

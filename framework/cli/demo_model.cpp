@@ -96,11 +96,16 @@ void add_demo_model_command(CLI::App& app) {
   cmd->add_option("--d-model", shape->d_model, "Residual stream width")->capture_default_str()->check(CLI::Range(1, 8192));
   cmd->add_option("--window", shape->window, "Local attention window")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--context", shape->n_ctx, "Longest sequence")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--vocab", shape->vocab, "Vocabulary size (the byte-level tokenizer is written only for 257)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t(2), std::int64_t(1) << 24));
   cmd->add_option("--seed", shape->seed, "Random seed")->capture_default_str();
   cmd->callback([out, shape] {
     write_random_gpt_neo(*out, *shape);
-    std::cout << fmt::format("wrote a random GPT-Neo ({} layers, {} heads, d_model {}, byte-level tokenizer) to {}\n",
-                             shape->n_layers, shape->n_heads, shape->d_model, *out);
+    std::cout << fmt::format("wrote a random GPT-Neo ({} layers, {} heads, d_model {}, {}) to {}\n", shape->n_layers,
+                             shape->n_heads, shape->d_model,
+                             shape->vocab == 257 ? "byte-level tokenizer" : fmt::format("vocabulary {}, no tokenizer", shape->vocab),
+                             *out);
   });
 }
 
