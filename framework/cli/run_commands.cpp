@@ -46,6 +46,7 @@ struct RunOptions {
   int threads = 0;
   std::uint64_t resident_weights_mib = LoadOptions{}.resident_weights_bytes >> 20;
   bool overwrite = false, chat = false;
+  int batch_size = 1;  // capture: prompts per forward pass
   std::size_t queue_mib = 256;
   SamplingOptions sampling;
   bool greedy = false, no_stop_at_eos = false;
@@ -598,6 +599,11 @@ void add_run_commands(CLI::App& app) {
   auto capture = std::make_shared<RunOptions>();
   CLI::App* cap = app.add_subcommand("capture", "Run one forward pass per prompt and capture hook points to a run directory");
   add_common_options(*cap, *capture);
+  cap->add_option("--batch-size", capture->batch_size,
+                  "Prompts of the same length run through the model together, up to this many (captures are the same "
+                  "as one at a time)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   cap->callback([capture] {
     RunSession session(*capture, "capture");
     check_capture_schedule(*capture, 1, 0);
@@ -605,16 +611,28 @@ void add_run_commands(CLI::App& app) {
     session.run([&] {
       Progress progress("capture: prompt", int(session.prompts().size()));
       const auto started = std::chrono::steady_clock::now();
+      const auto& prompts = session.prompts();
       std::size_t tokens = 0;
-      for (std::size_t i = 0; i < session.prompts().size(); ++i) {
+      // Consecutive prompts of one length go through the model together, up to --batch-size; each
+      // row's hooks fire as in an unbatched pass (per_batch_row), so the captures are the same.
+      for (std::size_t first = 0; first < prompts.size();) {
+        std::size_t end = first + 1;
+        while (end < prompts.size() && end - first < std::size_t(capture->batch_size) &&
+               prompts[end].ids.size() == prompts[first].ids.size())
+          ++end;
+        std::vector<at::Tensor> rows;
+        for (std::size_t i = first; i < end; ++i) {
+          rows.push_back(at::tensor(at::ArrayRef<std::int64_t>(prompts[i].ids), at::kLong));
+          tokens += prompts[i].ids.size();
+        }
         CaptureContext ctx;
-        ctx.prompt = int(i);
-        const auto& ids = session.prompts()[i].ids;
-        session.model().forward(at::tensor(at::ArrayRef<std::int64_t>(ids), at::kLong).unsqueeze(0), session.hooks(),
-                                ctx, nullptr, Logits::none);  // hooks are the output: no unembedding unless hooked
+        ctx.prompt = int(first);
+        const HookSet batch_hooks = per_batch_row(session.hooks(), int(first), int(end - first));
+        const HookSet& hooks = end - first == 1 ? session.hooks() : batch_hooks;
+        session.model().forward(at::stack(rows), hooks, ctx, nullptr, Logits::none);  // hooks are the output
         release_free_memory();  // resident memory stays bounded, however many prompts
-        progress.update(int(i) + 1);
-        tokens += ids.size();
+        first = end;
+        progress.update(int(first));
       }
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       session.set_work_timing(fmt::format("forward {} prompt(s), {} tokens {:.2f} s ({:.0f} tok/s)", session.prompts().size(),

@@ -86,14 +86,16 @@ bool HookFilter::matches(std::string_view name, const CaptureContext& ctx) const
   return context_matches(*this, ctx) && matches_name(name);
 }
 
-// A filter with its regexes compiled once.
+// A filter with its regexes compiled once, or a predicate that decides instead (per_batch_row).
 struct HookSet::Entry {
   HookFilter filter;
   std::vector<std::regex> regexes;  // one per "re:" pattern
   std::vector<std::string> globs;   // the other patterns
   HookFn fn;
+  std::function<bool(std::string_view, const CaptureContext&)> predicate;
 
   bool matches(std::string_view name, const CaptureContext& ctx) const {
+    if (predicate) return predicate(name, ctx);
     if (!context_matches(filter, ctx)) return false;
     if (filter.names.empty()) return true;
     for (const auto& g : globs)
@@ -110,7 +112,7 @@ HookSet::HookSet(HookSet&&) noexcept = default;
 HookSet& HookSet::operator=(HookSet&&) noexcept = default;
 
 void HookSet::add(HookFilter filter, HookFn fn) {
-  Entry e{std::move(filter), {}, {}, std::move(fn)};
+  Entry e{std::move(filter), {}, {}, std::move(fn), {}};
   for (const auto& p : e.filter.names) {
     if (is_regex(p))
       e.regexes.push_back(compile_regex(p));
@@ -137,6 +139,39 @@ void HookSet::fire(std::string_view name, const CaptureContext& ctx, at::Tensor&
                               name, c10::toString(before.scalar_type()), fmt::join(before.sizes(), ", "),
                               c10::toString(tensor.scalar_type()), fmt::join(tensor.sizes(), ", ")));
   }
+}
+
+HookSet per_batch_row(const HookSet& inner, int first_prompt, int rows) {
+  const auto row_context = [first_prompt](CaptureContext ctx, int row) {
+    ctx.prompt = first_prompt + row;
+    return ctx;
+  };
+  HookSet outer;
+  HookSet::Entry e;
+  e.predicate = [&inner, rows, row_context](std::string_view name, const CaptureContext& ctx) {
+    for (int r = 0; r < rows; ++r)
+      if (inner.wants(name, row_context(ctx, r))) return true;
+    return false;
+  };
+  e.fn = [&inner, rows, row_context](std::string_view name, const CaptureContext& ctx, at::Tensor& batch) {
+    if (batch.dim() == 0 || batch.size(0) != rows)
+      throw Error(fmt::format("hook point '{}' fired a tensor of shape [{}] in a batch of {} prompts", name,
+                              fmt::join(batch.sizes(), ", "), rows));
+    at::Tensor result = batch;
+    for (int r = 0; r < rows; ++r) {
+      const CaptureContext row_ctx = row_context(ctx, r);
+      if (!inner.wants(name, row_ctx)) continue;
+      const at::Tensor row = batch.narrow(0, r, 1);
+      at::Tensor seen = row;
+      inner.fire(name, row_ctx, seen);
+      if (seen.is_same(row)) continue;
+      if (result.is_same(batch)) result = batch.clone();  // hooks never write into a fired tensor
+      result.narrow(0, r, 1).copy_(seen);
+    }
+    batch = result;
+  };
+  outer.entries_.push_back(std::move(e));
+  return outer;
 }
 
 }  // namespace hooklens

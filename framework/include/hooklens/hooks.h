@@ -69,9 +69,16 @@ class HookSet {
   void fire(std::string_view name, const CaptureContext& ctx, at::Tensor& tensor) const;
 
  private:
+  friend HookSet per_batch_row(const HookSet& inner, int first_prompt, int rows);
   struct Entry;
   std::vector<Entry> entries_;
 };
+
+// For a forward pass over a batch of `rows` prompts numbered from `first_prompt`: a hook set that
+// runs `inner` once per batch row, with ctx.prompt = first_prompt + row and that row (dimension 0
+// kept, size 1) as the tensor, so every hook sees exactly what an unbatched pass shows it. A row a
+// hook replaces is written back into (a copy of) the batch. `inner` must outlive the result.
+HookSet per_batch_row(const HookSet& inner, int first_prompt, int rows);
 
 // True if `pattern` (glob or "re:" regex, as in HookFilter::names) matches `name`.
 bool hook_name_matches(std::string_view pattern, std::string_view name);
