@@ -1,6 +1,7 @@
 // A main for the fuzz targets without libFuzzer (any compiler): runs each file given, or each file
 // in each directory given, through LLVMFuzzerTestOneInput once. The normal build uses it to replay
-// the seed corpora and the inputs that once crashed (fuzz/corpus) as a ctest entry.
+// the seed corpora (fuzz/corpus) and the inputs that once failed (fuzz/regressions) as ctest
+// entries; a directory that does not exist is skipped (a target may have no regressions yet).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -17,7 +18,9 @@ namespace fs = std::filesystem;
 int main(int argc, char** argv) {
   std::vector<fs::path> files;
   for (int i = 1; i < argc; ++i) {
-    if (fs::is_directory(argv[i])) {
+    if (!fs::exists(argv[i])) {
+      std::fprintf(stderr, "skipped %s: it does not exist\n", argv[i]);
+    } else if (fs::is_directory(argv[i])) {
       for (const auto& entry : fs::directory_iterator(argv[i]))
         if (entry.is_regular_file()) files.push_back(entry.path());
     } else {

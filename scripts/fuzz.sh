@@ -4,7 +4,8 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (targets: zip_directory chat_template chat_template_made
 #                                             tokenizer_hf tokenizer_llama2c)
 # New corpus entries go to build-fuzz/corpus/TARGET (fuzz/corpus/TARGET, the seeds, is only read);
-# crashing, hanging or memory-hungry inputs to build-fuzz/artifacts/TARGET/. See docs/fuzzing.md.
+# crashing, hanging or memory-hungry inputs to build-fuzz/artifacts/TARGET/ (libFuzzer stops a
+# target at its first), inputs slower than 10 s there too as slow-unit-*. See docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +53,7 @@ done
 wait
 
 failed=0
-printf '%-18s %12s %8s %8s %8s  %s\n' target executions cov features corpus findings
+printf '%-18s %12s %8s %8s %8s %6s  %s\n' target executions cov features corpus slow findings
 for t in "${TARGETS[@]}"; do
   log=$OUT/logs/$t.log
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -60,9 +61,10 @@ for t in "${TARGETS[@]}"; do
   cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
   ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
   corpus=$(find "$OUT/corpus/$t" -type f | wc -l)
-  findings=$(find "$OUT/artifacts/$t" -type f -newer "$stamp" | wc -l)
+  slow=$(find "$OUT/artifacts/$t" -type f -name 'slow-unit-*' -newer "$stamp" | wc -l)
+  findings=$(find "$OUT/artifacts/$t" -type f ! -name 'slow-unit-*' -newer "$stamp" | wc -l)
   ((findings == 0)) || failed=1
-  printf '%-18s %12s %8s %8s %8s  %s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$corpus" \
+  printf '%-18s %12s %8s %8s %8s %6s  %s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$corpus" "$slow" \
     "$( ((findings)) && echo "$findings in $OUT/artifacts/$t/" || echo none)"
 done
 exit $failed
