@@ -117,6 +117,14 @@ std::vector<Case> cases() {
       {"raise_exception", "a{{ raise_exception('No way: ' ~ messages[0].role) }}b", kOneUser, {}},
       {"undefined in +", "{{ nope + 'x' }}", kOneUser, {}},
       {"attribute of undefined", "{{ nope.attr }}", kOneUser, {}},
+      // What fuzzing and review found (tests further down): Python's floor division at the
+      // integer limits, an empty string repeated, substring search and strip sets.
+      {"integer and string edges",
+       "{{ (-9223372036854775807 - 1) % 3 }} {{ (-9223372036854775807 - 1) // 3 }} {{ 7 % -3 }} {{ -7 % -3 }} "
+       "{{ 7 // -2 }} {{ (-9223372036854775807 - 1) % -1 }}|{{ '' * 9223372036854775807 }}|{{ 9223372036854775807 * '' }}|"
+       "{{ 'aab' in 'aaab' }} {{ '' in 'a' }} {{ 'aXbXXc'.split('X') | join(',') }} {{ 'ababa'.replace('aba', 'x') }} "
+       "{{ 'xhxhix'.strip('xh') }} {{ 'cbaabc'.strip('abc') }}|",
+       kOneUser, {}},
   };
   return c;
 }
@@ -169,7 +177,7 @@ TEST_CASE("chat templates render as Jinja2 renders them, byte for byte") {
       ++refused;
     }
   }
-  CHECK(rendered == 14);  // the comparison is not vacuous
+  CHECK(rendered == 15);  // the comparison is not vacuous
   CHECK(refused == 5);
 }
 
@@ -307,4 +315,45 @@ TEST_CASE("chat_prompt renders a tokenizer's own template for one user message")
   write_file(dir / "tokenizer_config.json", R"({"bos_token": "<B>"})");
   write_file(dir / "chat_template.jinja", "{{ bos_token }}{{ messages[0].content }}\n");
   CHECK(hooklens::chat_prompt(*hooklens::load_hf_tokenizer(dir.path), "Hi") == "<B>Hi");
+}
+
+TEST_CASE("chat templates: what fuzzing and review found ends quickly, rendered right or as an Error") {
+  const auto start = std::chrono::steady_clock::now();
+  const auto repeat = [](const std::string& s, int n) {
+    std::string out;
+    for (int i = 0; i < n; ++i) out += s;
+    return out;
+  };
+  const auto refused = [](const std::string& source, const std::string& part) {
+    INFO(source.substr(0, 200));
+    CHECK_THROWS_WITH(render(source), Contains(part));
+  };
+  // fuzz_chat_template_made: an empty string repeated 2^63 times looped for ever.
+  CHECK(render("{{ 9223372036854775807 * '' }}|{{ '' * 9223372036854775807 }}") == "|");
+  // Review (UBSan: signed overflow): Python's modulo of the smallest integer.
+  CHECK(render("{{ (-9223372036854775807 - 1) % 3 }} {{ (-9223372036854775807 - 1) // 3 }}") ==
+        "1 -3074457345618258603");
+  // Review (a stack overflow comparing or freeing): {% set l = [l] %} nested lists without end.
+  refused("{% set l = [] %}" + repeat("{% set l = [l] %}", 40000) + "{{ l == l }}", "nested more than 64 deep");
+  CHECK(render("{% set l = [] %}" + repeat("{% set l = [l] %}", 60) + "{{ l == l }}") == "True");
+  // Review: the whitespace after each '-}}' was found by reading the whole rest of the source.
+  CHECK(render(repeat("{{- 1 -}} \n", 90000)) == std::string(90000, '1'));
+  // Review: bounded loops and output, but unbounded work inside them: a 16 MiB string copied in
+  // each of a million iterations, a million iterations of a thousand steps, one string copied
+  // into a list 300 times (4.7 GB), a list holding one list twice, 60 levels deep, compared.
+  const std::string thousand = "'xxxxxxxxxx' * 100";
+  const std::string two_loops = "{% for a in " + thousand + " %}{% for b in " + thousand + " %}";
+  refused("{% set x = 'a' * 16000000 %}" + two_loops + "{% if x %}{% endif %}{% endfor %}{% endfor %}", "work");
+  refused(two_loops + repeat("{% if false %}{% endif %}", 1000) + "{% endfor %}{% endfor %}", "work");
+  refused("{% set x = 'a' * 16000000 %}{% set l = [" + repeat("x, ", 300) + "x] %}", "work");
+  refused("{% set l = [1] %}" + repeat("{% set l = [l, l] %}", 60) + "{{ l == l }}", "work");
+  // Review: quadratic substring search and strip.
+  CHECK(render("{{ ('a' * 8000000 ~ 'b') in ('a' * 16000000) }}") == "False");
+  CHECK(render("{{ ('a' * 4000000).strip('b' * 4000000 ~ 'a') }}|") == "|");
+  CHECK(render("{{ ('a' * 8000000).split('a' * 4000000 ~ 'b') | length }}") == "1");
+  // Review: split made lists of any length; a loop over a long string made every item first.
+  refused("{{ ('x' * 200000).split('x') | length }}", "list of more than 131072 items");
+  refused("{% for c in 'ab' * 4000000 %}{% endfor %}", "work");
+  refused("{% for c in 'ab' * 600000 %}{% endfor %}", "loop iterations");
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
 }

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -29,6 +30,12 @@ constexpr int kMaxExprHeight = 256;                 // of an expression tree (a 
 constexpr std::size_t kMaxText = 16 << 20;          // bytes of the output, and of any one string
 constexpr std::size_t kMaxListItems = 1 << 17;
 constexpr std::uint64_t kMaxIterations = 1000000;   // loop iterations of one rendering
+// Work of one rendering, counted roughly in bytes: each evaluation step and each value a list
+// copies or compares costs kStepCost, and each string an evaluation yields (made or copied) its
+// length. Bounds time and memory where the limits above do not (a 16 MiB string copied in every
+// iteration of a loop, thousands of steps in each of a million iterations).
+constexpr std::uint64_t kMaxWork = 256 << 20;
+constexpr std::uint64_t kStepCost = 64;
 
 // ---------------------------------------------------------------------------------------------
 // UTF-8 text as Python sees it (code points)
@@ -52,10 +59,11 @@ char32_t first_code_point(std::string_view s) {
 // Python's str.strip(): removes whitespace (str.isspace), or the code points in `chars`.
 std::string_view strip(std::string_view s, bool left, bool right, const std::optional<std::string>& chars = {}) {
   const std::vector<std::string_view> cps = code_points(s);
-  std::vector<std::string_view> set;
+  std::vector<std::string_view> set;  // sorted: a long `chars` made stripping quadratic
   if (chars) set = code_points(*chars);
+  std::sort(set.begin(), set.end());
   const auto removable = [&](std::string_view cp) {
-    return chars ? std::find(set.begin(), set.end(), cp) != set.end() : text::is_python_space(first_code_point(cp));
+    return chars ? std::binary_search(set.begin(), set.end(), cp) : text::is_python_space(first_code_point(cp));
   };
   std::size_t begin = 0, end = cps.size();
   while (left && begin < end && removable(cps[begin])) ++begin;
@@ -64,6 +72,14 @@ std::string_view strip(std::string_view s, bool left, bool right, const std::opt
   const std::size_t from = static_cast<std::size_t>(cps[begin].data() - s.data());
   const std::size_t to = static_cast<std::size_t>(cps[end - 1].data() - s.data()) + cps[end - 1].size();
   return s.substr(from, to - from);
+}
+
+// s.find(needle, from) in linear time: glibc's memmem, where std::string::find is quadratic on
+// e.g. 'aaa...ab' in 'aaa...a'.
+std::size_t find_text(std::string_view s, std::string_view needle, std::size_t from) {
+  if (from > s.size()) return std::string_view::npos;
+  const void* at = memmem(s.data() + from, s.size() - from, needle.data(), needle.size());
+  return at == nullptr ? std::string_view::npos : static_cast<std::size_t>(static_cast<const char*>(at) - s.data());
 }
 
 bool all_space(std::string_view s) {
@@ -114,6 +130,7 @@ struct Value {
   std::string string;  // the text; for undefined, why it is undefined (for error messages)
   std::shared_ptr<const List> list;
   std::shared_ptr<const Dict> dict;
+  int depth = 0;  // of nested lists and dicts: bounded, so comparing and freeing cannot overflow the stack
 
   static Value undefined(std::string why) {
     Value v;
@@ -138,12 +155,15 @@ struct Value {
   }
   static Value of(List l) {
     Value v = with(Type::list);
+    for (const Value& item : l) v.depth = std::max(v.depth, item.depth + 1);
     v.list = std::make_shared<const List>(std::move(l));
     return v;
   }
-  static Value of(Dict d) {
+  static Value of(Dict d) { return of(std::make_shared<const Dict>(std::move(d))); }
+  static Value of(std::shared_ptr<const Dict> d) {
     Value v = with(Type::dict);
-    v.dict = std::make_shared<const Dict>(std::move(d));
+    for (const auto& entry : *d) v.depth = std::max(v.depth, entry.second.depth + 1);
+    v.dict = std::move(d);
     return v;
   }
 
@@ -184,23 +204,6 @@ bool truthy(const Value& v) {
     case Value::Type::dict: return !v.dict->empty();
   }
   return false;
-}
-
-bool equals(const Value& a, const Value& b) {
-  if (a.is_number() && b.is_number()) return a.number() == b.number();
-  if (a.type != b.type) return false;
-  switch (a.type) {
-    case Value::Type::undefined:
-    case Value::Type::none: return true;
-    case Value::Type::string: return a.string == b.string;
-    case Value::Type::list:
-      return a.list->size() == b.list->size() && std::equal(a.list->begin(), a.list->end(), b.list->begin(), equals);
-    case Value::Type::dict:
-      return a.dict->size() == b.dict->size() &&
-             std::equal(a.dict->begin(), a.dict->end(), b.dict->begin(),
-                        [](const auto& x, const auto& y) { return x.first == y.first && equals(x.second, y.second); });
-    default: return false;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,8 +270,13 @@ class Lexer {
   // block or comment; "+" keeps everything.
   void after_end(char sign, bool block) {
     if (sign == '-') {
-      const std::string_view rest = strip(std::string_view(src_).substr(pos_), true, false);
-      pos_ = src_.size() - rest.size();
+      // Only the whitespace is read: reading the whole rest for each tag was quadratic.
+      char32_t cp = 0;
+      while (pos_ < src_.size()) {
+        const std::size_t len = text::read_codepoint(src_, pos_, cp);
+        if (len == 0 || !text::is_python_space(cp)) break;
+        pos_ += len;
+      }
     } else if (sign != '+' && block && pos_ < src_.size() && src_[pos_] == '\n') {
       ++pos_;
     }
@@ -910,6 +918,19 @@ class Renderer {
  private:
   [[noreturn]] void fail(std::size_t pos, const std::string& message) const { fail_at(at_, pos, message); }
 
+  void charge(std::uint64_t units, std::size_t pos) {
+    work_ += units;
+    if (work_ > kMaxWork)
+      fail(pos, fmt::format("takes more work than the renderer allows ({} MiB of text made or copied, or steps)",
+                            kMaxWork >> 20));
+  }
+  // Copying list items: each a step, plus the text a string item copies.
+  void charge_copy(List::const_iterator begin, List::const_iterator end, std::size_t pos) {
+    std::uint64_t units = 0;
+    for (auto it = begin; it != end; ++it) units += kStepCost + it->string.size();
+    charge(units, pos);
+  }
+
   void check_size(std::size_t bytes, std::size_t pos) const {
     if (bytes > kMaxText) fail(pos, fmt::format("makes more than {} MiB of text", kMaxText >> 20));
   }
@@ -942,8 +963,12 @@ class Renderer {
     const Value iterable = eval(*node.expr);
     List items;
     switch (iterable.type) {
-      case Value::Type::list: items = *iterable.list; break;
+      case Value::Type::list:
+        charge_copy(iterable.list->begin(), iterable.list->end(), node.expr->pos);
+        items = *iterable.list;
+        break;
       case Value::Type::string:
+        charge(iterable.string.size() * kStepCost, node.expr->pos);  // at most one item per byte
         for (const std::string_view cp : code_points(iterable.string)) items.push_back(Value::of(std::string(cp)));
         break;
       case Value::Type::undefined: break;  // Jinja iterates an undefined value as empty
@@ -955,15 +980,24 @@ class Renderer {
       return;
     }
     const auto n = static_cast<std::int64_t>(items.size());
+    // One loop object, updated in place: making its nine entries anew was most of an iteration's
+    // cost (a million iterations took seconds). It is copied if the body kept a reference to it.
+    auto loop = std::make_shared<Dict>();
     for (std::int64_t i = 0; i < n; ++i) {
       if (++iterations_ > kMaxIterations) fail(node.pos, fmt::format("runs more than {} loop iterations", kMaxIterations));
-      Dict loop{{"index", Value::of(i + 1)},       {"index0", Value::of(i)},
-                {"first", Value::of(i == 0)},       {"last", Value::of(i == n - 1)},
-                {"length", Value::of(n)},           {"revindex", Value::of(n - i)},
-                {"revindex0", Value::of(n - i - 1)}};
-      loop["previtem"] = i > 0 ? items[std::size_t(i - 1)] : Value::undefined("there is no previous item");
-      loop["nextitem"] = i + 1 < n ? items[std::size_t(i + 1)] : Value::undefined("there is no next item");
-      scopes_.push_back(Dict{{node.text, items[std::size_t(i)]}, {"loop", Value::of(std::move(loop))}});
+      charge(kStepCost, node.pos);
+      if (loop.use_count() > 1) loop = std::make_shared<Dict>(*loop);
+      Dict& l = *loop;
+      l["index"] = Value::of(i + 1);
+      l["index0"] = Value::of(i);
+      l["first"] = Value::of(i == 0);
+      l["last"] = Value::of(i == n - 1);
+      l["length"] = Value::of(n);
+      l["revindex"] = Value::of(n - i);
+      l["revindex0"] = Value::of(n - i - 1);
+      l["previtem"] = i > 0 ? items[std::size_t(i - 1)] : Value::undefined("there is no previous item");
+      l["nextitem"] = i + 1 < n ? items[std::size_t(i + 1)] : Value::undefined("there is no next item");
+      scopes_.push_back(Dict{{node.text, items[std::size_t(i)]}, {"loop", Value::of(std::shared_ptr<const Dict>(loop))}});
       execute(node.bodies[0]);
       scopes_.pop_back();
     }
@@ -1005,12 +1039,22 @@ class Renderer {
   }
 
   Value eval(const Expr& e) {
+    charge(kStepCost, e.pos);
+    Value v = evaluate(e);
+    charge(v.string.size(), e.pos);  // a string made or copied (undefined's reason, too)
+    return v;
+  }
+
+  Value evaluate(const Expr& e) {
     switch (e.kind) {
       case Expr::Kind::literal: return e.value;
       case Expr::Kind::list: {
         List items;
         for (const auto& child : e.children) items.push_back(eval(*child));
-        return Value::of(std::move(items));
+        Value list = Value::of(std::move(items));
+        // [x] around x again and again ({% set x = [x] %} repeated) would nest without end.
+        if (list.depth > kMaxDepth) fail(e.pos, fmt::format("makes lists nested more than {} deep", kMaxDepth));
+        return list;
       }
       case Expr::Kind::name: {
         if (const Value* v = lookup(e.name)) return *v;
@@ -1118,7 +1162,9 @@ class Renderer {
     };
     if (obj.is(Value::Type::list)) {
       const auto [a, b] = range(obj.list->size());
-      return Value::of(List(obj.list->begin() + std::ptrdiff_t(a), obj.list->begin() + std::ptrdiff_t(b)));
+      const auto begin = obj.list->begin() + std::ptrdiff_t(a), end = obj.list->begin() + std::ptrdiff_t(b);
+      charge_copy(begin, end, e.pos);
+      return Value::of(List(begin, end));
     }
     if (obj.is(Value::Type::string)) {
       const auto cps = code_points(obj.string);
@@ -1191,7 +1237,7 @@ class Renderer {
       if (from.empty()) fail(e.pos, "unsupported replace() of an empty string");
       std::string out;
       for (std::size_t at = 0;;) {
-        const std::size_t found = s.find(from, at);
+        const std::size_t found = find_text(s, from, at);
         out.append(s, at, found == std::string::npos ? std::string::npos : found - at);
         check_size(out.size(), e.pos);
         if (found == std::string::npos) break;
@@ -1206,7 +1252,9 @@ class Renderer {
       if (sep.empty()) fail(e.pos, "empty separator");
       List parts;
       for (std::size_t at = 0;;) {
-        const std::size_t found = s.find(sep, at);
+        const std::size_t found = find_text(s, sep, at);
+        if (parts.size() == kMaxListItems) fail(e.pos, fmt::format("makes a list of more than {} items", kMaxListItems));
+        charge(kStepCost, e.pos);
         parts.push_back(Value::of(s.substr(at, found == std::string::npos ? std::string::npos : found - at)));
         if (found == std::string::npos) break;
         at = found + sep.size();
@@ -1254,6 +1302,7 @@ class Renderer {
       arity(args, 0, 1, "the filter 'join'", e.pos);
       if (!v.is(Value::Type::list)) fail(e.pos, fmt::format("unsupported join of a {}", type_name(v)));
       const std::string sep = args.empty() ? std::string() : need_string(args[0], e.pos, "join");
+      charge(v.list->size() * kStepCost, e.pos);
       std::string out;
       for (std::size_t i = 0; i < v.list->size(); ++i) {
         if (i) out += sep;
@@ -1288,9 +1337,32 @@ class Renderer {
     fail(e.pos, fmt::format("unsupported test '{}'", brief(name)));
   }
 
-  bool compare(const std::string& op, const Value& a, const Value& b, std::size_t pos) const {
-    if (op == "==") return equals(a, b);
-    if (op == "!=") return !equals(a, b);
+  // Python's ==, charging each value it compares: lists can hold one shared list many times, so
+  // a comparison can visit far more values than were ever made.
+  bool equals(const Value& a, const Value& b, std::size_t pos) {
+    charge(kStepCost, pos);
+    if (a.is_number() && b.is_number()) return a.number() == b.number();
+    if (a.type != b.type) return false;
+    const auto same = [&](const Value& x, const Value& y) { return equals(x, y, pos); };
+    switch (a.type) {
+      case Value::Type::undefined:
+      case Value::Type::none: return true;
+      case Value::Type::string:
+        charge(std::min(a.string.size(), b.string.size()), pos);
+        return a.string == b.string;
+      case Value::Type::list:
+        return a.list->size() == b.list->size() && std::equal(a.list->begin(), a.list->end(), b.list->begin(), same);
+      case Value::Type::dict:
+        return a.dict->size() == b.dict->size() &&
+               std::equal(a.dict->begin(), a.dict->end(), b.dict->begin(),
+                          [&](const auto& x, const auto& y) { return x.first == y.first && same(x.second, y.second); });
+      default: return false;
+    }
+  }
+
+  bool compare(const std::string& op, const Value& a, const Value& b, std::size_t pos) {
+    if (op == "==") return equals(a, b, pos);
+    if (op == "!=") return !equals(a, b, pos);
     if (op == "in" || op == "not in") return contains(b, a, pos) == (op == "in");
     for (const Value* v : {&a, &b})
       if (v->is(Value::Type::undefined)) fail_undefined(*v, pos);
@@ -1307,21 +1379,21 @@ class Renderer {
     return order >= 0;
   }
 
-  bool contains(const Value& container, const Value& needle, std::size_t pos) const {
+  bool contains(const Value& container, const Value& needle, std::size_t pos) {
     switch (container.type) {
       case Value::Type::string:
         if (!needle.is(Value::Type::string))
           fail(pos, fmt::format("'in <string>' requires string as left operand, not {}", type_name(needle)));
-        return container.string.find(needle.string) != std::string::npos;
+        return find_text(container.string, needle.string, 0) != std::string_view::npos;
       case Value::Type::list:
-        return std::any_of(container.list->begin(), container.list->end(), [&](const Value& x) { return equals(x, needle); });
+        return std::any_of(container.list->begin(), container.list->end(), [&](const Value& x) { return equals(x, needle, pos); });
       case Value::Type::dict: return needle.is(Value::Type::string) && container.dict->count(needle.string) > 0;
       case Value::Type::undefined: fail_undefined(container, pos);
       default: fail(pos, fmt::format("argument of type '{}' is not iterable", type_name(container)));
     }
   }
 
-  Value binary(const std::string& op, const Value& a, const Value& b, std::size_t pos) const {
+  Value binary(const std::string& op, const Value& a, const Value& b, std::size_t pos) {
     if (op == "~") {  // always text; undefined is ''
       std::string s = to_text(a, pos) + to_text(b, pos);
       check_size(s.size(), pos);
@@ -1341,10 +1413,19 @@ class Renderer {
       else if (op == "*") overflow = __builtin_mul_overflow(x, y, &r);
       else if (op == "//" || op == "%") {
         if (y == 0) fail(pos, "integer division or modulo by zero");
-        if (x == std::numeric_limits<std::int64_t>::min() && y == -1) fail(pos, "integer overflow");
-        std::int64_t q = x / y;
-        if ((x % y != 0) && ((x < 0) != (y < 0))) --q;  // Python floors
-        r = op == "//" ? q : x - q * y;
+        std::int64_t q = 0, m = 0;
+        if (y == -1) {  // C++'s min / -1 and min % -1 trap; Python's min % -1 is 0, min // -1 is 2^63
+          if (op == "//" && x == std::numeric_limits<std::int64_t>::min()) fail(pos, "integer overflow");
+          q = op == "//" ? -x : 0;
+        } else {
+          q = x / y;
+          m = x % y;
+          if (m != 0 && ((m < 0) != (y < 0))) {  // Python floors; m + y cannot overflow (opposite signs)
+            --q;
+            m += y;
+          }
+        }
+        r = op == "//" ? q : m;
       } else if (op == "/") {
         fail(pos, "unsupported '/' (it makes a float; use '//')");
       } else {
@@ -1359,13 +1440,16 @@ class Renderer {
     }
     if (op == "+" && a.is(Value::Type::list) && b.is(Value::Type::list)) {
       if (a.list->size() + b.list->size() > kMaxListItems) fail(pos, fmt::format("makes a list of more than {} items", kMaxListItems));
+      charge_copy(a.list->begin(), a.list->end(), pos);
+      charge_copy(b.list->begin(), b.list->end(), pos);
       List items = *a.list;
       items.insert(items.end(), b.list->begin(), b.list->end());
       return Value::of(std::move(items));
     }
     if (op == "*" && (a.is(Value::Type::string) || b.is(Value::Type::string)) && (a.is_number() || b.is_number())) {
       const std::string& s = a.is(Value::Type::string) ? a.string : b.string;
-      const std::int64_t times = std::max<std::int64_t>(0, a.is_number() ? a.number() : b.number());
+      // An empty string stays empty: no loop of up to 2^63 appends of nothing.
+      const std::int64_t times = s.empty() ? 0 : std::max<std::int64_t>(0, a.is_number() ? a.number() : b.number());
       if (times > 0 && s.size() > kMaxText / static_cast<std::uint64_t>(times)) check_size(kMaxText + 1, pos);
       std::string out;
       for (std::int64_t i = 0; i < times; ++i) out += s;
@@ -1378,6 +1462,7 @@ class Renderer {
   std::vector<Dict> scopes_;
   std::string out_;
   std::uint64_t iterations_ = 0;
+  std::uint64_t work_ = 0;
 };
 
 // Jinja reads templates with universal newlines and drops one trailing newline

@@ -104,8 +104,10 @@ constexpr std::uint32_t kMatchLimit = 20'000'000;
 Regex::Regex(std::string_view pattern) : pattern_(pattern) {
   int err = 0;
   PCRE2_SIZE err_offset = 0;
-  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &err,
-                        &err_offset, nullptr);
+  // \C (one byte, even inside a character) would cut pieces mid-character, and the next match on
+  // such a piece (PCRE2_NO_UTF_CHECK) reads past its end.
+  code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                        PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C, &err, &err_offset, nullptr);
   if (code_ == nullptr)
     throw Error(fmt::format("cannot compile the regex '{}': {} at offset {}", brief(pattern), pcre2_message(err),
                             err_offset));
