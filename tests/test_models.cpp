@@ -256,7 +256,7 @@ TEST_CASE("sampling is seeded and respects top-k") {
   CHECK(generate_autoregressive(*model, {464, 3797, 318}, opts, none).new_ids == k1.new_ids);
 }
 
-TEST_CASE("a forward computes only what is asked: Logits::none stops after the last observed layer") {
+TEST_CASE("a forward computes only what is asked: Logits::none stops after the last observed hook point") {
   auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
   const at::Tensor ids = at::arange(5, 30, at::kLong).unsqueeze(0);
   Recorder full({"blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"});
@@ -266,6 +266,17 @@ TEST_CASE("a forward computes only what is asked: Logits::none stops after the l
   CHECK_FALSE(model->forward(ids, partial.hooks, {}, nullptr, Logits::none).defined());
   CHECK(test::max_abs_diff(partial.at("blocks.1.attn.hook_pattern"), full.at("blocks.1.attn.hook_pattern")) == 0);
   CHECK(test::max_abs_diff(partial.at("blocks.1.hook_resid_post"), full.at("blocks.1.hook_resid_post")) == 0);
+  // Cut inside the last observed layer: after its pattern (no values, no MLP), its values, its MLP.
+  Recorder all_points({"blocks.1.attn.hook_pattern", "blocks.1.attn.hook_v", "blocks.1.attn.hook_z",
+                       "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out"});
+  model->forward(ids, all_points.hooks, {}, nullptr, Logits::all);
+  for (const char* last : {"blocks.1.attn.hook_pattern", "blocks.1.attn.hook_v", "blocks.1.attn.hook_z",
+                           "blocks.1.hook_resid_mid", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out"}) {
+    CAPTURE(last);
+    Recorder cut({last});
+    CHECK_FALSE(model->forward(ids, cut.hooks, {}, nullptr, Logits::none).defined());
+    CHECK(test::max_abs_diff(cut.at(last), all_points.at(last)) == 0);
+  }
   // Someone listening to hook_logits gets every position, and the caller gets them too.
   Recorder logit_hook({"hook_logits"});
   const at::Tensor hooked = model->forward(ids, logit_hook.hooks, {}, nullptr, Logits::none);

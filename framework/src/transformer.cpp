@@ -17,6 +17,10 @@ namespace {
 using Spec = TransformerSpec;
 
 // Hook point names of one block, built once so the forward pass does no string formatting.
+// Indices into LayerNames::all().
+constexpr int kPointResidPre = 0, kPointRotK = 5, kPointPattern = 7, kPointZ = 8, kPointResidMid = 10,
+              kPointMlpPost = 13, kPointMlpOut = 14, kPointResidPost = 15;
+
 struct LayerNames {
   std::string resid_pre, q, k, v, rot_q, rot_k, scores, pattern, z, attn_out, resid_mid;
   std::string mlp_pre, mlp_pre_linear, mlp_post, mlp_out, resid_post;
@@ -40,6 +44,7 @@ struct LayerNames {
     mlp_out = n("hook_mlp_out");
     resid_post = n("hook_resid_post");
   }
+  // Execution order: a layer run up to point i (kPoint*) fires exactly all()[0..i].
   std::array<const std::string*, 16> all() const {
     return {&resid_pre, &q,        &k,        &v,          &rot_q,   &rot_k,         &scores,  &pattern,
             &z,         &attn_out, &resid_mid, &mlp_pre, &mlp_pre_linear, &mlp_post, &mlp_out, &resid_post};
@@ -161,11 +166,16 @@ class HookedTransformer final : public Model {
   }
   at::Tensor rotate(const at::Tensor& x, std::int64_t offset) const;  // RoPE on [batch, pos, head, d_head]
   at::Tensor allowed_keys(AttentionKind kind, std::int64_t offset, std::int64_t queries, std::int64_t keys) const;
+  // Runs one layer up to and including its hook point `last_point` (LayerNames::all() order); a
+  // layer cut short returns an undefined tensor.
   at::Tensor block(Layer& layer, size_t index, at::Tensor x, const HookSet& hooks, const CaptureContext& ctx,
-                   KvCache* cache) const;
+                   KvCache* cache, int last_point = kPointResidPost) const;
 
   void make_resident();
-  int last_observed_layer(const HookSet& hooks, CaptureContext ctx) const;
+  struct ObservedPoint {
+    int layer = -1, point = -1;  // -1: nothing observed
+  };
+  ObservedPoint last_observed_point(const HookSet& hooks, CaptureContext ctx) const;
 
   ModelInfo info_;
   Spec spec_;
@@ -366,40 +376,47 @@ at::Tensor HookedTransformer::allowed_keys(AttentionKind kind, std::int64_t offs
 }
 
 at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, const HookSet& hooks,
-                                    const CaptureContext& ctx, KvCache* cache) const {
+                                    const CaptureContext& ctx, KvCache* cache, int last_point) const {
   const LayerWeights& w = layer.w;
   const LayerNames& n = layer.names;
   const std::int64_t B = x.size(0), T = x.size(1), H = info_.n_heads, HKV = info_.n_kv_heads, dh = info_.d_head;
   const std::int64_t offset = ctx.query_offset;
 
   hooks.fire(n.resid_pre, ctx, x);
+  if (last_point == kPointResidPre) return {};
   at::Tensor h = norm(x, w.ln1_w, w.ln1_b);
+  // A layer cut short at its attention pattern needs no values (capture's usual last layer).
+  const bool values_needed = last_point >= kPointZ || hooks.wants(n.v, ctx);
   at::Tensor q, k, v;
   if (layer.W_qkv.defined()) {
-    at::Tensor qkv = linear(h, layer.W_qkv, layer.b_qkv);
+    const std::int64_t rows = values_needed ? (H + 2 * HKV) * dh : (H + HKV) * dh;
+    at::Tensor qkv = linear(h, layer.W_qkv.narrow(0, 0, rows),
+                            layer.b_qkv.defined() ? layer.b_qkv.narrow(0, 0, rows) : at::Tensor());
     q = qkv.narrow(2, 0, H * dh).view({B, T, H, dh});
     k = qkv.narrow(2, H * dh, HKV * dh).view({B, T, HKV, dh});
-    v = qkv.narrow(2, (H + HKV) * dh, HKV * dh).view({B, T, HKV, dh});
+    if (values_needed) v = qkv.narrow(2, (H + HKV) * dh, HKV * dh).view({B, T, HKV, dh});
   } else {
     q = linear(h, w.W_q, w.b_q).view({B, T, H, dh});
     k = linear(h, w.W_k, w.b_k).view({B, T, HKV, dh});
-    v = linear(h, w.W_v, w.b_v).view({B, T, HKV, dh});
+    if (values_needed) v = linear(h, w.W_v, w.b_v).view({B, T, HKV, dh});
   }
   hooks.fire(n.q, ctx, q);
   hooks.fire(n.k, ctx, k);
-  hooks.fire(n.v, ctx, v);
+  if (values_needed) hooks.fire(n.v, ctx, v);
   if (uses_rope()) {
     q = rotate(q, offset);
     k = rotate(k, offset);
     hooks.fire(n.rot_q, ctx, q);
     hooks.fire(n.rot_k, ctx, k);
   }
-  at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2), vh = v.transpose(1, 2);  // [B, heads, T, dh]
+  if (last_point <= kPointRotK) return {};
+  at::Tensor qh = q.transpose(1, 2), kh = k.transpose(1, 2);  // [B, heads, T, dh]
+  at::Tensor vh = values_needed ? v.transpose(1, 2) : at::Tensor();
   if (cache) std::tie(kh, vh) = cache->append(index, kh, vh);
   const std::int64_t S = kh.size(2);
   if (HKV != H) {  // grouped kv heads: query head h reads kv head h / (H / HKV)
     kh = kh.repeat_interleave(H / HKV, 1);
-    vh = vh.repeat_interleave(H / HKV, 1);
+    if (values_needed) vh = vh.repeat_interleave(H / HKV, 1);
   }
   at::Tensor scores = at::matmul(qh, kh.transpose(2, 3));
   if (spec_.attn_scale != 1.0) scores = scores * spec_.attn_scale;
@@ -409,12 +426,15 @@ at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, co
   hooks.fire(n.scores, ctx, scores);
   at::Tensor pattern = at::softmax(scores, -1);
   hooks.fire(n.pattern, ctx, pattern);
+  if (last_point <= kPointPattern) return {};
   at::Tensor z = at::matmul(pattern, vh).transpose(1, 2);  // [B, T, H, dh]
   hooks.fire(n.z, ctx, z);
+  if (last_point <= kPointZ) return {};
   at::Tensor attn_out = linear(z.reshape({B, T, H * dh}), w.W_o, w.b_o);
   hooks.fire(n.attn_out, ctx, attn_out);
   x = x + attn_out;
   hooks.fire(n.resid_mid, ctx, x);
+  if (last_point <= kPointResidMid) return {};
 
   h = norm(x, w.ln2_w, w.ln2_b);
   at::Tensor pre = linear(h, spec_.gated_mlp ? w.W_gate : w.W_in, spec_.gated_mlp ? at::Tensor() : w.b_in);
@@ -426,21 +446,25 @@ at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, co
     post = post * up;
   }
   hooks.fire(n.mlp_post, ctx, post);
+  if (last_point <= kPointMlpPost) return {};
   at::Tensor mlp_out = linear(post, w.W_out, w.b_out);
   hooks.fire(n.mlp_out, ctx, mlp_out);
+  if (last_point <= kPointMlpOut) return {};
   x = x + mlp_out;
   hooks.fire(n.resid_post, ctx, x);
   return x;
 }
 
-// The last layer any of whose hook points someone listens to in this context, or -1.
-int HookedTransformer::last_observed_layer(const HookSet& hooks, CaptureContext ctx) const {
+// The last hook point of any layer that someone listens to in this context.
+HookedTransformer::ObservedPoint HookedTransformer::last_observed_point(const HookSet& hooks,
+                                                                        CaptureContext ctx) const {
   for (int l = int(layers_.size()) - 1; l >= 0; --l) {
     ctx.layer = l;
-    for (const std::string* name : layers_[size_t(l)].names.all())
-      if (hooks.wants(*name, ctx)) return l;
+    const auto names = layers_[size_t(l)].names.all();
+    for (int p = int(names.size()) - 1; p >= 0; --p)
+      if (hooks.wants(*names[size_t(p)], ctx)) return {l, p};
   }
-  return -1;
+  return {};
 }
 
 at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx,
@@ -460,11 +484,12 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
   ctx.query_offset = offset;
   ctx.layer = -1;
   // Compute only what is asked: logits when the caller or a hook wants them, the final norm when
-  // they or its hook need it, and without a KV cache to fill, no layer after the last observed one.
+  // they or its hook need it, and without a KV cache to fill, nothing after the last observed hook
+  // point (TransformerLens' stop_at_layer, down to the point within the layer).
   const bool logits_needed = wanted != Logits::none || hooks.wants("hook_logits", ctx);
   const bool final_needed = logits_needed || hooks.wants("ln_final.hook_normalized", ctx);
-  const std::size_t layers_run =
-      final_needed || cache ? layers_.size() : std::size_t(last_observed_layer(hooks, ctx) + 1);
+  ObservedPoint end{int(layers_.size()) - 1, kPointResidPost};
+  if (!final_needed && !cache) end = last_observed_point(hooks, ctx);
 
   at::Tensor x = embedding_rows(w_.embed, ids);
   hooks.fire("hook_embed", ctx, x);
@@ -473,9 +498,9 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
     hooks.fire("hook_pos_embed", ctx, pos);
     x = x + pos;
   }
-  for (size_t l = 0; l < layers_run; ++l) {
-    ctx.layer = int(l);
-    x = block(layers_[l], l, x, hooks, ctx, cache);
+  for (int l = 0; l <= end.layer; ++l) {
+    ctx.layer = l;
+    x = block(layers_[size_t(l)], size_t(l), x, hooks, ctx, cache, l == end.layer ? end.point : kPointResidPost);
   }
   ctx.layer = -1;
   if (cache) cache->advance(T);
