@@ -183,6 +183,53 @@ TEST_CASE("shards roll over at shard_bytes") {
   check_shards_match_manifest(run);
 }
 
+// The header length a safetensors file starts with.
+std::uint64_t header_length(const fs::path& file) {
+  std::uint64_t n = 0;
+  std::ifstream(file, std::ios::binary).read(reinterpret_cast<char*>(&n), sizeof n);
+  return n;
+}
+
+TEST_CASE("a shard is written once: its header fills the room left before the data") {
+  TempDir tmp;
+  SECTION("the header fits the first shard's 64 KiB") {
+    const fs::path out = tmp.path / "run";
+    std::vector<Capture> captures;
+    for (int step = 0; step < 4; ++step)  // 4 x 256 KiB
+      captures.push_back({"hook_embed", context(0, Phase::decode, step, -1, -1, step), at::randn({65536}),
+                          "p0.s" + std::to_string(step) + ".hook_embed"});
+    write_run({{"out", out.string()}}, captures);
+    const fs::path shard = out / "captures-00000.safetensors";
+    CHECK(files_in(out) == std::set<std::string>{"manifest.json", "captures-00000.safetensors"});
+    CHECK(header_length(shard) == 65536 - 8);
+    CHECK(fs::file_size(shard) == 65536 + 4 * 65536 * 4);
+    RunReader run(out);
+    REQUIRE(run.capture_count() == captures.size());
+    for (std::size_t i = 0; i < captures.size(); ++i) CHECK(at::equal(run.load(i), captures[i].tensor));
+    check_shards_match_manifest(run);
+  }
+  SECTION("a header that outgrew its room is assembled, and the next shard gets more room") {
+    const fs::path out = tmp.path / "run";
+    std::vector<Capture> captures;
+    for (int step = 0; step < 1400; ++step)  // 1 KiB each, ~100 header bytes each
+      captures.push_back({"blocks.0.hook_resid_post", context(0, Phase::decode, step, -1, 0, step),
+                          at::randn({256}), "p0.s" + std::to_string(step) + ".blocks.0.hook_resid_post"});
+    write_run({{"out", out.string()}, {"shard_bytes", 700 << 10}}, captures);
+    const std::uint64_t first = header_length(out / "captures-00000.safetensors");
+    const std::uint64_t second = header_length(out / "captures-00001.safetensors");
+    CHECK(first + 8 > 65536);  // did not fit: header then data, padded to 8 only
+    CHECK(first % 8 == 0);
+    CHECK((first + 8) % 4096 != 0);
+    CHECK((second + 8) % 4096 == 0);  // the grown room
+    CHECK(second + 8 > 65536);
+    CHECK(files_in(out).size() == 3);
+    RunReader run(out);
+    REQUIRE(run.capture_count() == captures.size());
+    for (std::size_t i = 0; i < captures.size(); i += 97) CHECK(at::equal(run.load(i), captures[i].tensor));
+    check_shards_match_manifest(run);
+  }
+}
+
 TEST_CASE("a tiny queue blocks the caller but loses nothing") {
   TempDir tmp;
   const fs::path out = tmp.path / "run";

@@ -4,12 +4,14 @@
 // capture() only queues a reference to the tensor (adapters never modify a fired tensor), so the
 // model's thread waits on the disk only when `queue_bytes` of tensors are already waiting. One
 // background thread converts each tensor (CPU, contiguous, F16 if asked) and streams its bytes to
-// the open shard's data file; at shard close the safetensors header is written to
-// `<shard>.tmp`, the data appended, and the file renamed into place. Tensor memory therefore stays
-// below queue_bytes plus one converted tensor, whatever the length of the run and shard_bytes (a
-// tensor larger than queue_bytes is let through alone); the disk transiently holds one shard twice
-// while it is assembled. The queue counts each tensor's own bytes: a fired view keeps its whole
-// base storage alive, which adapters should avoid.
+// the open shard, `<shard>.tmp`, behind room left for the safetensors header; at shard close the
+// header is written into that room (padded with spaces, as the format allows), the file synced
+// and renamed into place, so the data is written once. Only when the header outgrew its room, or
+// the padding would be a large part of a small shard, is the shard assembled into a second file.
+// Tensor memory therefore stays below queue_bytes plus one converted tensor, whatever the length
+// of the run and shard_bytes (a tensor larger than queue_bytes is let through alone). The queue
+// counts each tensor's own bytes: a fired view keeps its whole base storage alive, which adapters
+// should avoid.
 //
 // manifest.json is always replaced atomically (write .tmp, fsync, rename). It says
 // "complete": false from open() on, is rewritten after every closed shard (so a crashed run still
@@ -52,6 +54,8 @@ namespace {
 
 constexpr std::uint64_t kDefaultQueueBytes = 256ull << 20;
 constexpr std::uint64_t kDefaultShardBytes = 256ull << 20;
+// Room for a shard's header: 64 KiB hold ~450 captures' entries.
+constexpr std::uint64_t kInitialHeaderRoom = 64ull << 10;
 
 struct WriterOptions {
   fs::path out;
@@ -189,16 +193,20 @@ struct Item {
   std::uint64_t bytes = 0;
 };
 
-// The shard being written: tensor bytes go to a data file as they come; close() assembles the
-// safetensors file (8-byte little-endian header length, JSON header padded to 8 bytes, data).
+// The shard being written (safetensors: 8-byte little-endian header length, JSON header padded
+// to 8 bytes, data): tensor bytes go to `<shard>.tmp` as they come, after header_room bytes;
+// close() fills the room with the header, or assembles a second file when it does not fit.
 class Shard {
  public:
-  Shard(const fs::path& dir, int index)
+  // header_room: bytes reserved at the start of the file for the length and the JSON header.
+  Shard(const fs::path& dir, int index, std::uint64_t header_room)
       : name_(fmt::format("captures-{:05d}.safetensors", index)),
         final_(dir / name_),
-        data_path_(fs::path(final_) += ".data.tmp") {
+        data_path_(fs::path(final_) += ".tmp"),
+        header_room_(header_room) {
     data_ = std::fopen(data_path_.c_str(), "w+b");
     if (!data_) throw_io(data_path_, "cannot create");
+    if (std::fseek(data_, long(header_room_), SEEK_SET) != 0) throw_io(data_path_, "cannot write");
   }
   ~Shard() { discard(); }
   Shard(const Shard&) = delete;
@@ -216,18 +224,48 @@ class Shard {
     offset_ += n;
   }
 
-  void close() {
+  // Writes the header and renames the shard into place; returns the header's size.
+  std::uint64_t close() {
     std::string header = header_.dump();
+    const std::uint64_t header_size = header.size();
+    if (std::fflush(data_) != 0) throw_io(data_path_, "cannot write");
+    const std::uint64_t padding = header_room_ - 8 - std::min(header_room_ - 8, header.size());
+    if (8 + header.size() <= header_room_ && padding <= std::max<std::uint64_t>(offset_ / 8, 4096)) {
+      header.append(padding, ' ');
+      const std::uint64_t length = header.size();  // little-endian host (checked above)
+      pwrite_all(&length, sizeof length, 0);
+      pwrite_all(header.data(), header.size(), 8);
+      // Only the bytes the header describes: a write that failed halfway is left out.
+      if (::ftruncate(fileno(data_), off_t(header_room_ + offset_)) != 0) throw_io(data_path_, "cannot write");
+      std::FILE* closing = data_;
+      data_ = nullptr;  // flush_and_close closes it, even when it throws
+      try {
+        flush_and_close(closing, data_path_);
+        if (std::rename(data_path_.c_str(), final_.c_str()) != 0) throw_io(final_, "cannot rename into place");
+      } catch (...) {
+        std::error_code ec;
+        fs::remove(data_path_, ec);
+        throw;
+      }
+      return header_size;
+    }
+    assemble(std::move(header));
+    return header_size;
+  }
+
+ private:
+  // The header did not fit its room (or would leave too much padding): header and data are
+  // written to a second file.
+  void assemble(std::string header) {
     header.append((8 - header.size() % 8) % 8, ' ');
-    const fs::path tmp = fs::path(final_) += ".tmp";
+    const fs::path tmp = fs::path(final_) += ".assembling.tmp";
     std::FILE* out = std::fopen(tmp.c_str(), "wb");
     if (!out) throw_io(tmp, "cannot create");
     try {
       const std::uint64_t length = header.size();  // little-endian host (checked above)
       write(out, tmp, &length, sizeof length);
       write(out, tmp, header.data(), header.size());
-      if (std::fflush(data_) != 0) throw_io(data_path_, "cannot write");
-      std::rewind(data_);
+      if (std::fseek(data_, long(header_room_), SEEK_SET) != 0) throw_io(data_path_, "cannot read back");
       // Only the bytes the header describes: a write that failed halfway is left out.
       std::vector<char> buffer(1 << 20);
       for (std::uint64_t left = offset_; left > 0;) {
@@ -249,7 +287,17 @@ class Shard {
     discard();
   }
 
- private:
+  void pwrite_all(const void* data, std::size_t n, std::uint64_t at) {
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const ssize_t done = ::pwrite(fileno(data_), p, n, off_t(at));
+      if (done < 0 && errno == EINTR) continue;
+      if (done <= 0) throw_io(data_path_, "cannot write");
+      p += done;
+      n -= std::size_t(done);
+      at += std::uint64_t(done);
+    }
+  }
   static void write(std::FILE* f, const fs::path& file, const void* data, std::size_t n) {
     if (std::fwrite(data, 1, n, f) != n) throw_io(file, "cannot write");
   }
@@ -266,6 +314,7 @@ class Shard {
   std::FILE* data_ = nullptr;
   json header_ = json::object();
   std::uint64_t offset_ = 0;
+  std::uint64_t header_room_;
 };
 
 class RunWriter final : public CaptureSink {
@@ -295,9 +344,11 @@ class RunWriter final : public CaptureSink {
       return !error_.empty() || queued_bytes_ == 0 || queued_bytes_ + item.bytes <= options_.queue_bytes;
     });
     if (!error_.empty()) throw Error(error_);
+    const bool wake = queued_bytes_ < wake_bytes() && queued_bytes_ + item.bytes >= wake_bytes();
     queued_bytes_ += item.bytes;
     queue_.push_back(std::move(item));
-    not_empty_.notify_one();
+    lock.unlock();
+    if (wake) not_empty_.notify_one();
   }
 
   void finish(const json& manifest) override {
@@ -342,6 +393,11 @@ class RunWriter final : public CaptureSink {
     }
   }
 
+  // The writer sleeps until this many bytes are queued, then empties the queue: with many small
+  // captures (a decode step's patterns) the model's thread does not wake it, and it does not take
+  // a core from the compute threads, for every one.
+  std::uint64_t wake_bytes() const { return std::clamp<std::uint64_t>(options_.queue_bytes / 4, 1, 4ull << 20); }
+
   void stop_thread() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -359,7 +415,7 @@ class RunWriter final : public CaptureSink {
         Item item;
         {
           std::unique_lock<std::mutex> lock(mutex_);
-          not_empty_.wait(lock, [&] { return !queue_.empty() || stopping_; });
+          if (queue_.empty()) not_empty_.wait(lock, [&] { return queued_bytes_ >= wake_bytes() || stopping_; });
           if (queue_.empty()) break;
           item = std::move(queue_.front());
           queue_.pop_front();
@@ -418,7 +474,7 @@ class RunWriter final : public CaptureSink {
   void write_item(const Item& item) {
     const auto [t, dtype] = convert(item);
     if (shard_ && !shard_->empty() && shard_->bytes() + t.nbytes() > options_.shard_bytes) close_shard(true);
-    if (!shard_) shard_ = std::make_unique<Shard>(options_.out, next_shard_++);
+    if (!shard_) shard_ = std::make_unique<Shard>(options_.out, next_shard_++, header_room_);
     shard_->add(item.key, t, dtype);
     pending_.push_back({{"key", item.key},
                         {"hook", item.hook},
@@ -439,8 +495,10 @@ class RunWriter final : public CaptureSink {
   // `rotating`: a new shard follows (the run goes on).
   void close_shard(bool rotating = false) {
     if (!shard_) return;
-    shard_->close();
+    const std::uint64_t header_size = shard_->close();
     shard_.reset();
+    // The next shard of the run holds about as many captures: room for this header and a quarter.
+    header_room_ = std::max(header_room_, (8 + header_size + header_size / 4 + 4095) / 4096 * 4096);
 #ifdef __GLIBC__
     // Tensors are allocated on the model's thread and freed on this one; glibc tends to keep such
     // freed blocks rather than reuse them, and the RSS crept towards the run's total size (1 GB
@@ -469,6 +527,7 @@ class RunWriter final : public CaptureSink {
   WriterOptions options_;
   State state_ = State::closed;
   std::unordered_set<std::string> keys_;  // model thread only
+  std::uint64_t header_room_ = kInitialHeaderRoom;  // writer thread only
 
   std::mutex mutex_;
   std::condition_variable not_empty_, not_full_;
