@@ -395,8 +395,9 @@ class RunWriter final : public CaptureSink {
 
   // The writer sleeps until this many bytes are queued, then empties the queue: with many small
   // captures (a decode step's patterns) the model's thread does not wake it, and it does not take
-  // a core from the compute threads, for every one.
-  std::uint64_t wake_bytes() const { return std::clamp<std::uint64_t>(options_.queue_bytes / 4, 1, 4ull << 20); }
+  // a core from the compute threads, for every one. Small, so that little is left to write when
+  // the run ends.
+  std::uint64_t wake_bytes() const { return std::clamp<std::uint64_t>(options_.queue_bytes / 4, 1, 256ull << 10); }
 
   void stop_thread() {
     {
