@@ -5,7 +5,7 @@
 // far more often. Set HOOKLENS_FUZZ_PRINT to see the template an input makes.
 // The renderer claims bounded nesting, output and loop iterations: run with -timeout and
 // -rss_limit_mb (scripts/fuzz.sh) so that a template breaking those claims is reported.
-#include "fuzz_util.h"
+#include "fuzz_chat_util.h"
 #include "hooklens/chat_template.h"
 
 #include <cstdint>
@@ -114,11 +114,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   hooklens::ChatTemplateInput in;
   in.messages = {{"system", " Be brief. "}, {"user", "Hi\xC3\xA9 a b"}};
   in.special_tokens = {{"bos_token", "<s>"}};
-  try {
-    const std::string out = hooklens::render_chat_template(source, in);
-    if (out.size() > (16u << 20)) fuzz::violated("more output than the 16 MiB bound");
-  } catch (const hooklens::Error& e) {
-    fuzz::check_refusal(e);
-  }
+  fuzz::render_checked(source, in);
   return 0;
 }
