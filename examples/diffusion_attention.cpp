@@ -99,36 +99,16 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::int64_t int_field(const json& entry, const char* field, std::size_t index, const fs::path& manifest,
-                       std::optional<std::int64_t> fallback = std::nullopt) {
-  if (!entry.contains(field) && fallback) return *fallback;
-  if (!entry.contains(field) || !entry[field].is_number_integer())
-    throw Error(fmt::format("{}: capture {} has no integer field '{}'", manifest.string(), index, field));
-  return entry[field].get<std::int64_t>();
-}
-
-PatternCapture read_pattern_entry(const json& entry, std::size_t index, const fs::path& manifest) {
-  const auto shape = entry["shape"].get<std::vector<std::int64_t>>();  // RunReader checked it
+// RunReader (RunCheck::consistent) checked the entry's fields, offsets and heads; this adds what
+// this program needs of a pattern.
+PatternCapture read_pattern_entry(const hooklens::CaptureEntry& entry, std::size_t index, const fs::path& manifest) {
+  const std::vector<std::int64_t>& shape = entry.shape;
   if (shape.size() != 4 || shape[0] != 1 || shape[1] < 1 || shape[2] < 1 || shape[3] < 1)
     throw Error(fmt::format("{}: capture {} ('{}') has shape {}, not an attention pattern [1, heads, queries, keys]",
-                            manifest.string(), index, entry["key"].get<std::string>(), json(shape).dump()));
-  if (!entry.contains("phase") || !entry["phase"].is_string())
-    throw Error(fmt::format("{}: capture {} has no string field 'phase'", manifest.string(), index));
-  PatternCapture p{index,
-                   entry["key"].get<std::string>(),
-                   entry["phase"].get<std::string>(),
-                   int(int_field(entry, "step", index, manifest)),
-                   int(int_field(entry, "block", index, manifest)),
-                   int(int_field(entry, "layer", index, manifest)),
-                   int_field(entry, "query_offset", index, manifest),
-                   int_field(entry, "key_offset", index, manifest, 0),  // runs from before capture slicing
-                   shape[1],
-                   shape[2],
-                   shape[3]};
-  if (p.query_offset < 0 || p.key_offset < 0)
-    throw Error(fmt::format("{}: capture {} ('{}') has a negative query_offset or key_offset", manifest.string(),
-                            index, p.key));
-  return p;
+                            manifest.string(), index, entry.key, json(shape).dump()));
+  const hooklens::CaptureContext& c = entry.context;
+  return {index,         entry.key,      hooklens::phase_name(c.phase), c.step,  c.block, c.layer,
+          c.query_offset, c.key_offset, shape[1],                      shape[2], shape[3]};
 }
 
 // The hook_pattern captures of one prompt and pass. Refuses a run without any, naming what it has.
@@ -137,9 +117,9 @@ std::vector<PatternCapture> select_patterns(const hooklens::RunReader& run, cons
   std::set<std::int64_t> prompts, passes;
   std::vector<PatternCapture> patterns;
   for (std::size_t i = 0; i < run.capture_count(); ++i) {
-    const json& entry = run.capture(i);
-    if (!ends_with(entry["hook"].get<std::string>(), "attn.hook_pattern")) continue;
-    const std::int64_t prompt = int_field(entry, "prompt", i, manifest), pass = int_field(entry, "pass", i, manifest);
+    const hooklens::CaptureEntry& entry = run.entry(i);
+    if (!ends_with(entry.hook, "attn.hook_pattern")) continue;
+    const std::int64_t prompt = entry.context.prompt, pass = entry.context.pass;
     prompts.insert(prompt);
     if (prompt != o.prompt) continue;
     passes.insert(pass);
@@ -484,7 +464,7 @@ void write_influence(const std::vector<Influence>& rows, const RunView& view, co
 // ---- the program ---------------------------------------------------------------------------------
 
 void run(const Options& o) {
-  hooklens::RunReader reader(o.run);
+  hooklens::RunReader reader(o.run, /*allow_incomplete=*/false, hooklens::RunCheck::consistent);
   const RunView view = read_run(reader, o);
   const Plan plan = make_plan(view, o);
 

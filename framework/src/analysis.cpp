@@ -156,6 +156,7 @@ std::vector<fs::path> AnalyzerSet::finish(const nlohmann::json& manifest, const 
   return files;
 }
 
+// Unchecked decoding of a bare entry; RunReader::entry() gives the same context checked.
 CaptureContext capture_context(const nlohmann::json& entry) {
   try {
     CaptureContext ctx;
@@ -176,7 +177,8 @@ CaptureContext capture_context(const nlohmann::json& entry) {
 }
 
 std::vector<fs::path> analyze_run(const fs::path& run_dir, AnalyzerSet& analyzers, bool show_progress) {
-  RunReader run(run_dir);
+  // Checked once here, against the model, prompts and generation: analyzers index with these fields.
+  RunReader run(run_dir, /*allow_incomplete=*/false, RunCheck::consistent);
   const nlohmann::json& manifest = run.manifest();
   // Analyzers number heads by their index in a pattern: a run that kept some heads only would be misread.
   const nlohmann::json heads = manifest.contains("capture") ? manifest["capture"].value("heads", nlohmann::json::array())
@@ -185,14 +187,17 @@ std::vector<fs::path> analyze_run(const fs::path& run_dir, AnalyzerSet& analyzer
     throw UsageError(fmt::format("{}: the run kept heads {} only (--heads); analyzers need every head: capture again "
                                  "without --heads, or run them live with --analyze",
                                  run_dir.string(), heads.dump()));
+  for (const char* section : {"model", "prompts"})
+    if (!manifest.contains(section))
+      throw Error(fmt::format("{}: the run manifest has no \"{}\"", (run_dir / "manifest.json").string(), section));
   nlohmann::json begin = {{"model", manifest.at("model")}, {"prompts", manifest.at("prompts")}};
   begin["mode"] = manifest.contains("generation") ? manifest["generation"].value("mode", "none") : "none";
   analyzers.begin(begin);
   const std::size_t n = run.capture_count();
   const bool tty = isatty(2);
   for (std::size_t i = 0; i < n; ++i) {
-    const nlohmann::json& entry = run.capture(i);
-    analyzers.observe(entry.at("hook").get<std::string>(), capture_context(entry), run.load(i));
+    const CaptureEntry& entry = run.entry(i);
+    analyzers.observe(entry.hook, entry.context, run.load(i));
     if (show_progress && (tty || (i + 1) % std::max<std::size_t>(1, n / 10) == 0 || i + 1 == n))
       std::cerr << (tty ? "\r\033[K" : "") << fmt::format("analyze: capture {}/{}", i + 1, n)
                 << (tty && i + 1 < n ? "" : "\n") << std::flush;

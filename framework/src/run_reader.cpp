@@ -2,35 +2,369 @@
 #include <hooklens/run.h>
 #include <hooklens/weights.h>
 
+#include <c10/core/ScalarType.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
+#include <limits>
+#include <optional>
+#include <set>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 namespace fs = std::filesystem;
 
 namespace hooklens {
 namespace {
 
-// The manifest may come from anywhere: every field the reader relies on is checked once here, so
-// load() can trust it. Shard names must be plain file names inside the run directory.
-void check_capture_entry(const nlohmann::json& entry, std::size_t index, const fs::path& manifest) {
-  auto fail = [&](const std::string& what) {
-    throw Error(fmt::format("{}: capture {} {}", manifest.string(), index, what));
-  };
-  if (!entry.is_object()) fail("is not an object");
+using nlohmann::json;
+
+constexpr std::size_t kMaxDepth = 64;  // the writer nests 5 deep; deeper only from a damaged or hostile file
+// Far past any model's context, and small enough that offset + extent never overflows.
+constexpr std::int64_t kMaxPositions = std::int64_t(1) << 40;
+constexpr std::int64_t kMaxInt = std::numeric_limits<int>::max();
+
+// Iterative, so a deeply nested manifest cannot overflow the stack here; everything after this
+// check (copies, dump(), comparisons) recurses and may then do so safely.
+bool nested_deeper_than(const json& root, std::size_t limit) {
+  std::vector<std::pair<const json*, std::size_t>> stack{{&root, 1}};
+  while (!stack.empty()) {
+    const auto [value, depth] = stack.back();
+    stack.pop_back();
+    if (!value->is_structured()) continue;
+    if (depth > limit) return true;
+    for (const json& child : *value) stack.emplace_back(&child, depth + 1);
+  }
+  return false;
+}
+
+// A value for a message: one line, at most 40 characters.
+std::string brief(const json& v) {
+  const std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
+}
+
+// Checks a manifest, failing with one line "MANIFEST: WHERE ...".
+class Checker {
+ public:
+  explicit Checker(fs::path file) : file_(std::move(file)) {}
+
+  [[noreturn]] void fail(const std::string& what) const { throw Error(fmt::format("{}: {}", file_.string(), what)); }
+
+  // Integer field `name` of `object` (described as `where`) in [lo, hi]; `fallback` when absent, or
+  // required when there is none. `suffix` ends the message (the capture key).
+  std::int64_t integer(const json& object, const char* name, const std::string& where, std::int64_t lo, std::int64_t hi,
+                       std::optional<std::int64_t> fallback = std::nullopt, const std::string& suffix = "") const {
+    const auto it = object.find(name);
+    if (it == object.end() && fallback) return *fallback;
+    if (it == object.end() || !it->is_number_integer())
+      fail(fmt::format("{} has no integer field '{}'{}", where, name, suffix));
+    return in_range(*it, fmt::format("{} field '{}'", where, name), lo, hi, suffix);
+  }
+
+  // `v` (an integer) in [lo, hi].
+  std::int64_t in_range(const json& v, const std::string& what, std::int64_t lo, std::int64_t hi,
+                        const std::string& suffix = "") const {
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t(hi)) ||
+        v.get<std::int64_t>() < lo || v.get<std::int64_t>() > hi)
+      fail(fmt::format("{} is {}, not an integer in [{}, {}]{}", what, brief(v), lo, hi, suffix));
+    return v.get<std::int64_t>();
+  }
+
+  // An array field of integers in [lo, hi] (or equal to `also`); nullopt when absent.
+  std::optional<std::vector<std::int64_t>> ids(const json& object, const char* name, const std::string& where,
+                                                std::int64_t lo, std::int64_t hi,
+                                                std::optional<std::int64_t> also = std::nullopt) const {
+    const auto it = object.find(name);
+    if (it == object.end()) return std::nullopt;
+    if (!it->is_array()) fail(fmt::format("{} field '{}' is not an array", where, name));
+    std::vector<std::int64_t> out;
+    out.reserve(it->size());
+    for (std::size_t i = 0; i < it->size(); ++i) {
+      const json& v = (*it)[i];
+      if (also && v.is_number_integer() && v.get<std::int64_t>() == *also && !v.is_number_unsigned()) {
+        out.push_back(*also);
+        continue;
+      }
+      out.push_back(in_range(v, fmt::format("{} field '{}' [{}]", where, name, i), lo, hi));
+    }
+    return out;
+  }
+
+  void string_field(const json& object, const char* name, const std::string& where) const {
+    const auto it = object.find(name);
+    if (it != object.end() && !it->is_string()) fail(fmt::format("{} field '{}' is not a string", where, name));
+  }
+
+  const json* section(const json& manifest, const char* name) const {
+    const auto it = manifest.find(name);
+    if (it == manifest.end()) return nullptr;
+    if (!it->is_object()) fail(fmt::format("\"{}\" is not an object", name));
+    return &*it;
+  }
+
+ private:
+  fs::path file_;
+};
+
+// An entry's own fields. Shard names must be plain file names inside the run directory.
+CaptureEntry check_capture_entry(const Checker& check, const json& entry, std::size_t index) {
+  const std::string where = fmt::format("capture {}", index);
+  if (!entry.is_object()) check.fail(where + " is not an object");
   for (const char* field : {"key", "hook", "file", "dtype"})
-    if (!entry.contains(field) || !entry[field].is_string()) fail(fmt::format("has no string field '{}'", field));
-  if (!entry.contains("shape") || !entry["shape"].is_array()) fail("has no 'shape' array");
-  for (const auto& d : entry["shape"])
-    if (!d.is_number_integer() || d.get<std::int64_t>() < 0) fail("has a malformed 'shape'");
-  const std::string file = entry["file"];
-  if (file.empty() || file == "." || file == ".." || fs::path(file).filename().string() != file)
-    fail(fmt::format("names a shard outside the run directory: '{}'", file));
+    if (!entry.contains(field) || !entry[field].is_string())
+      check.fail(fmt::format("{} has no string field '{}'", where, field));
+  CaptureEntry e;
+  e.key = entry["key"].get<std::string>();
+  e.hook = entry["hook"].get<std::string>();
+  e.file = entry["file"].get<std::string>();
+  e.dtype = entry["dtype"].get<std::string>();
+  if (e.file.empty() || e.file == "." || e.file == ".." || fs::path(e.file).filename().string() != e.file)
+    check.fail(fmt::format("{} names a shard outside the run directory: '{}'", where, e.file));
+  const std::string of = fmt::format(" (capture key '{}')", e.key);
+  if (!entry.contains("shape") || !entry["shape"].is_array()) check.fail(fmt::format("{} has no 'shape' array{}", where, of));
+  c10::ScalarType type{};
+  try {
+    type = parse_safetensors_dtype(e.dtype);
+  } catch (const Error&) {
+    check.fail(fmt::format("{} field 'dtype' is '{}', not a safetensors dtype{}", where, e.dtype, of));
+  }
+  // The bytes the shape needs, in 128 bits: a hostile shape cannot overflow past the check.
+  unsigned __int128 bytes = c10::elementSize(type);
+  for (const json& d : entry["shape"]) {
+    if (!d.is_number_integer() || (d.is_number_unsigned() && d.get<std::uint64_t>() > std::uint64_t(INT64_MAX)) ||
+        d.get<std::int64_t>() < 0)
+      check.fail(fmt::format("{} has a malformed 'shape' {}{}", where, brief(entry["shape"]), of));
+    e.shape.push_back(d.get<std::int64_t>());
+    bytes = std::min<unsigned __int128>(bytes * std::uint64_t(e.shape.back()), std::uint64_t(1) << 62);
+  }
+  if (bytes >= std::uint64_t(1) << 62) check.fail(fmt::format("{} field 'shape' {} is impossibly large{}", where, brief(entry["shape"]), of));
+
+  CaptureContext& ctx = e.context;
+  ctx.prompt = int(check.integer(entry, "prompt", where, 0, kMaxInt, std::nullopt, of));
+  if (!entry.contains("phase") || !entry["phase"].is_string())
+    check.fail(fmt::format("{} has no string field 'phase'{}", where, of));
+  const auto phase = parse_phase(entry["phase"].get<std::string>());
+  if (!phase) check.fail(fmt::format("{} field 'phase' is '{}', not prefill, decode or denoise{}", where, entry["phase"].get<std::string>(), of));
+  ctx.phase = *phase;
+  ctx.step = int(check.integer(entry, "step", where, 0, kMaxInt, std::nullopt, of));
+  ctx.block = int(check.integer(entry, "block", where, -1, kMaxInt, -1, of));
+  ctx.layer = int(check.integer(entry, "layer", where, -1, kMaxInt, -1, of));
+  ctx.query_offset = check.integer(entry, "query_offset", where, 0, kMaxPositions, 0, of);
+  ctx.key_offset = check.integer(entry, "key_offset", where, 0, kMaxPositions, 0, of);  // absent before capture slicing
+  ctx.pass = int(check.integer(entry, "pass", where, 0, 1, 0, of));
+  return e;
+}
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Hook points whose dimension 1 is the position ([batch, pos, ...]) in the models hooklens builds.
+bool position_at_dim1(const std::string& hook) {
+  static const char* const kPoints[] = {
+      "hook_embed",        "hook_pos_embed",    "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
+      "hook_attn_out",     "hook_mlp_out",      "attn.hook_q",    "attn.hook_k",    "attn.hook_v",
+      "attn.hook_rot_q",   "attn.hook_rot_k",   "attn.hook_z",    "mlp.hook_pre",   "mlp.hook_pre_linear",
+      "mlp.hook_post",     "ln_final.hook_normalized", "hook_logits"};
+  for (const char* point : kPoints)
+    if (hook == point || ends_with(hook, std::string(".") + point)) return true;
+  return false;
+}
+
+// The manifest as a whole (RunCheck::consistent): its sections, and each capture against them.
+void check_consistency(const Checker& check, const json& manifest, const std::vector<CaptureEntry>& entries) {
+  // ---- model
+  std::int64_t n_layers = -1, n_heads = -1, vocab = 0, n_ctx = 0;  // -1 / 0: unknown
+  bool torchscript = false;
+  if (const json* model = check.section(manifest, "model")) {
+    const std::string where = "\"model\"";
+    auto size = [&](const char* name, std::int64_t hi) {
+      return model->contains(name) ? check.integer(*model, name, where, 0, hi) : -1;
+    };
+    n_layers = size("n_layers", 1 << 20);
+    n_heads = size("n_heads", 1 << 20);
+    for (const char* name : {"n_kv_heads", "d_model", "d_head", "d_mlp", "window_size"}) size(name, kMaxInt);
+    vocab = std::max<std::int64_t>(0, size("vocab_size", kMaxPositions));
+    n_ctx = std::max<std::int64_t>(0, size("n_ctx", kMaxPositions));
+    for (const char* name : {"adapter", "architecture", "path", "weight_dtype"}) check.string_field(*model, name, where);
+    torchscript = model->value("architecture", json()) == "torchscript";
+    if (model->contains("layer_attention")) {
+      const json& kinds = (*model)["layer_attention"];
+      if (!kinds.is_array() || (n_layers >= 0 && std::int64_t(kinds.size()) != n_layers))
+        check.fail(fmt::format("\"model\" field 'layer_attention' is not a list of {} attention kinds", n_layers));
+      for (const json& k : kinds)
+        if (k != "causal" && k != "local" && k != "bidirectional")
+          check.fail(fmt::format("\"model\" field 'layer_attention' has {}, not causal, local or bidirectional", brief(k)));
+    }
+    for (const char* name : {"bos_id", "eos_id", "mask_id"})
+      if (model->contains(name) && !(*model)[name].is_null())
+        check.integer(*model, name, where, 0, vocab > 0 ? vocab - 1 : kMaxPositions);
+  }
+  const std::int64_t id_max = vocab > 0 ? vocab - 1 : kMaxPositions;
+
+  // ---- prompts
+  std::vector<std::optional<std::int64_t>> prompt_length;  // per prompt, when it lists its ids
+  const bool has_prompts = manifest.contains("prompts");
+  if (has_prompts) {
+    const json& prompts = manifest["prompts"];
+    if (!prompts.is_array()) check.fail("\"prompts\" is not an array");
+    for (std::size_t p = 0; p < prompts.size(); ++p) {
+      const std::string where = fmt::format("prompt {}", p);
+      const json& prompt = prompts[p];
+      if (!prompt.is_object()) check.fail(where + " is not an object");
+      const auto ids = check.ids(prompt, "ids", where, 0, id_max);
+      for (const char* name : {"text", "source"}) check.string_field(prompt, name, where);
+      if (prompt.contains("tokens")) {
+        const json& tokens = prompt["tokens"];
+        if (!tokens.is_array()) check.fail(where + " field 'tokens' is not an array");
+        for (const json& t : tokens)
+          if (!t.is_string()) check.fail(where + " field 'tokens' holds a non-string");
+        if (ids && tokens.size() != ids->size())
+          check.fail(fmt::format("{} lists {} tokens for {} ids", where, tokens.size(), ids->size()));
+      }
+      prompt_length.push_back(ids ? std::optional<std::int64_t>(std::int64_t(ids->size())) : std::nullopt);
+    }
+  }
+
+  // ---- capture (the slicing the run used)
+  std::int64_t captured_heads = n_heads > 0 ? n_heads : -1;
+  if (const json* capture = check.section(manifest, "capture")) {
+    const auto heads = check.ids(*capture, "heads", "\"capture\"", 0, n_heads > 0 ? n_heads - 1 : kMaxInt);
+    if (heads && !heads->empty()) {
+      if (std::set<std::int64_t>(heads->begin(), heads->end()).size() != heads->size())
+        check.fail("\"capture\" field 'heads' lists a head twice");
+      captured_heads = std::int64_t(heads->size());
+    }
+  }
+
+  // ---- generation
+  std::string mode = "none";
+  std::int64_t steps = -1, generated = -1, blocks = -1;  // -1: the manifest does not say
+  if (const json* g = check.section(manifest, "generation")) {
+    const std::string where = "\"generation\"";
+    if (g->contains("mode")) {
+      if (!(*g)["mode"].is_string()) check.fail(where + " field 'mode' is not a string");
+      mode = (*g)["mode"].get<std::string>();
+      if (mode != "none" && mode != "autoregressive" && mode != "masked_diffusion")
+        check.fail(fmt::format("{} field 'mode' is '{}', not none, autoregressive or masked_diffusion", where, mode));
+    }
+    const std::int64_t P0 = prompt_length.empty() || !prompt_length[0] ? -1 : *prompt_length[0];
+    if (g->contains("steps") && !(*g)["steps"].is_array()) check.fail(where + " field 'steps' is not an array");
+    static const json kNoSteps = json::array();
+    const json& all = g->contains("steps") ? (*g)["steps"] : kNoSteps;
+    if (g->contains("steps")) steps = std::int64_t(all.size());
+    for (std::size_t s = 0; s < all.size(); ++s)
+      if (!all[s].is_object()) check.fail(fmt::format("generation step {} is not an object", s));
+    if (mode == "masked_diffusion") {
+      // The mask may stand anywhere in the sequences; other ids are within the vocabulary.
+      const std::optional<std::int64_t> mask =
+          g->contains("mask_id") ? std::optional<std::int64_t>(check.integer(*g, "mask_id", where, 0, id_max)) : std::nullopt;
+      if (P0 >= 0 && g->contains("prompt_length")) check.integer(*g, "prompt_length", where, P0, P0);
+      if (g->contains("gen_length")) generated = check.integer(*g, "gen_length", where, 1, kMaxPositions);
+      const auto output = check.ids(*g, "output_ids", where, 0, id_max, mask);
+      std::int64_t T = -1;  // positions of the sequence: the prompt and the generated region
+      if (output) {
+        T = std::int64_t(output->size());
+        if (P0 >= 0 && generated >= 0 && T != P0 + generated)
+          check.fail(fmt::format("{} field 'output_ids' has {} ids, not prompt 0's {} and 'gen_length' {}", where, T, P0,
+                                 generated));
+        if (P0 >= 0 && T < P0)
+          check.fail(fmt::format("{} field 'output_ids' has {} ids, fewer than prompt 0's {}", where, T, P0));
+        if (P0 >= 0) generated = T - P0;
+      } else if (P0 >= 0 && generated >= 0) {
+        T = P0 + generated;
+      }
+      if (g->contains("block_length") && generated > 0) {
+        const std::int64_t block = check.integer(*g, "block_length", where, 1, std::max<std::int64_t>(1, generated));
+        if (generated % block) check.fail(fmt::format("{} field 'block_length' {} does not divide the {} generated positions", where, block, generated));
+        blocks = generated / block;
+      }
+      check.ids(*g, "new_ids", where, 0, id_max, mask);
+      for (std::size_t s = 0; s < all.size(); ++s) {
+        const std::string at = fmt::format("generation step {}", s);
+        check.integer(all[s], "step", at, std::int64_t(s), std::int64_t(s));
+        check.integer(all[s], "block", at, 0, blocks > 0 ? blocks - 1 : kMaxInt);
+        const auto ids = check.ids(all[s], "ids", at, 0, id_max, mask);
+        if (!ids) check.fail(fmt::format("{} has no 'ids'", at));
+        if (T < 0) T = std::int64_t(ids->size());  // every step lists the whole sequence
+        if (std::int64_t(ids->size()) != T)
+          check.fail(fmt::format("{} field 'ids' has {} ids, not the {} positions of the sequence", at, ids->size(), T));
+        if (P0 >= 0 && T < P0) check.fail(fmt::format("{} field 'ids' has {} ids, fewer than prompt 0's {}", at, T, P0));
+        check.ids(all[s], "committed", at, 0, T - 1);
+      }
+      if (generated < 0 && T >= 0 && P0 >= 0) generated = T - P0;
+      if (g->contains("token_strings")) {
+        const json& strings = (*g)["token_strings"];
+        if (!strings.is_object()) check.fail(where + " field 'token_strings' is not an object");
+        for (const auto& [id, text] : strings.items())
+          if (!text.is_string()) check.fail(fmt::format("{} field 'token_strings' maps '{}' to a non-string", where, id));
+      }
+    } else {
+      const auto output = check.ids(*g, "output_ids", where, 0, id_max);
+      const auto fresh = check.ids(*g, "new_ids", where, 0, id_max);
+      if (mode == "autoregressive") {
+        if (output && P0 >= 0 && steps >= 0 && std::int64_t(output->size()) != P0 + steps)
+          check.fail(fmt::format("{} field 'output_ids' has {} ids, not prompt 0's {} and the {} steps' tokens", where,
+                                 output->size(), P0, steps));
+        if (fresh && steps >= 0 && std::int64_t(fresh->size()) != steps)
+          check.fail(fmt::format("{} field 'new_ids' has {} ids for {} steps", where, fresh->size(), steps));
+        for (std::size_t s = 0; s < all.size(); ++s) {
+          const std::string at = fmt::format("generation step {}", s);
+          check.integer(all[s], "step", at, std::int64_t(s), std::int64_t(s));
+          if (all[s].contains("token")) check.integer(all[s], "token", at, 0, id_max);
+          check.string_field(all[s], "token_string", at);
+        }
+      }
+    }
+  }
+
+  // ---- each capture against the sections
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const CaptureEntry& e = entries[i];
+    const CaptureContext& c = e.context;
+    const std::string where = fmt::format("capture {}", i), of = fmt::format(" (capture key '{}')", e.key);
+    auto bad = [&](const std::string& what) { check.fail(fmt::format("{} {}{}", where, what, of)); };
+    if (has_prompts && std::size_t(c.prompt) >= prompt_length.size())
+      bad(fmt::format("field 'prompt' is {}, but the run has {} prompt(s)", c.prompt, prompt_length.size()));
+    if (n_layers >= 0 && c.layer >= n_layers)
+      bad(fmt::format("field 'layer' is {}, but the model has {} layer(s)", c.layer, n_layers));
+    if (mode != "none" && steps >= 0 && c.step >= std::max<std::int64_t>(steps, 1))
+      bad(fmt::format("field 'step' is {}, but the generation has {} step(s)", c.step, steps));
+    if (mode == "masked_diffusion" && blocks > 0 && c.block >= blocks)
+      bad(fmt::format("field 'block' is {}, but the generation has {} block(s)", c.block, blocks));
+
+    // Positions the forward pass saw: the prompt, and the tokens generated before this step.
+    std::int64_t positions = -1;
+    const std::optional<std::int64_t> P =
+        std::size_t(c.prompt) < prompt_length.size() ? prompt_length[std::size_t(c.prompt)] : std::nullopt;
+    if (P && mode == "autoregressive") positions = *P + c.step;
+    else if (P && mode == "masked_diffusion") positions = generated >= 0 ? *P + generated : -1;
+    else if (P) positions = *P;
+    else if (!has_prompts && n_ctx > 0) positions = n_ctx;
+    const bool pattern = ends_with(e.hook, ".hook_pattern") || ends_with(e.hook, ".hook_attn_scores");
+    if (pattern && e.shape.size() == 4) {  // [batch, head, query, key]
+      const std::int64_t heads = e.shape[1], Q = e.shape[2], K = e.shape[3];
+      if (captured_heads > 0 && heads != captured_heads)
+        bad(fmt::format("has {} heads (shape {}), but the run captured {}", heads, brief(json(e.shape)), captured_heads));
+      if (Q < 1 || K < 1) bad(fmt::format("field 'shape' {} holds no query or no key", brief(json(e.shape))));
+      if (positions >= 0 && c.query_offset + Q > positions)
+        bad(fmt::format("field 'query_offset' {} + {} queries passes the {} positions of its forward pass", c.query_offset, Q, positions));
+      if (positions >= 0 && c.key_offset + K > positions)
+        bad(fmt::format("field 'key_offset' {} + {} keys passes the {} positions of its forward pass", c.key_offset, K, positions));
+    } else if (!torchscript && position_at_dim1(e.hook) && e.shape.size() >= 3) {
+      if (positions >= 0 && c.query_offset + e.shape[1] > positions)
+        bad(fmt::format("field 'query_offset' {} + {} positions passes the {} positions of its forward pass",
+                        c.query_offset, e.shape[1], positions));
+    }
+  }
 }
 
 }  // namespace
 
-void RunReader::open(const fs::path& dir, bool allow_incomplete) {
+void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check) {
   const fs::path file = dir / "manifest.json";
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open run manifest (is {} a hooklens run directory?)", file.string(),
@@ -41,6 +375,10 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(fmt::format("{}: malformed run manifest: {}", file.string(), e.what()));
   }
+
+  // Before anything copies or prints a part of it: both recurse.
+  if (nested_deeper_than(manifest, kMaxDepth))
+    throw Error(fmt::format("{}: run manifest nests deeper than {} levels", file.string(), kMaxDepth));
   if (!manifest.is_object() || manifest.value("format", "") != "hooklens-run")
     throw Error(fmt::format("{}: not a hooklens run manifest (no \"format\": \"hooklens-run\")", file.string()));
   if (!manifest.contains("version") || manifest["version"] != 1)
@@ -55,43 +393,49 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete) {
   }
   if (!manifest.contains("captures")) manifest["captures"] = nlohmann::json::array();
   if (!manifest["captures"].is_array()) throw Error(fmt::format("{}: \"captures\" is not an array", file.string()));
-  for (std::size_t i = 0; i < manifest["captures"].size(); ++i) check_capture_entry(manifest["captures"][i], i, file);
+  const Checker checker(file);
+  std::vector<CaptureEntry> entries;
+  entries.reserve(manifest["captures"].size());
+  for (std::size_t i = 0; i < manifest["captures"].size(); ++i)
+    entries.push_back(check_capture_entry(checker, manifest["captures"][i], i));
+  if (check == RunCheck::consistent) check_consistency(checker, manifest, entries);
 
   dir_ = dir;
   manifest_ = std::move(manifest);
+  entries_ = std::move(entries);
   cached_file_.clear();
   cached_tensors_.clear();
 }
 
-std::size_t RunReader::capture_count() const { return manifest_.is_object() ? manifest_["captures"].size() : 0; }
-
 const nlohmann::json& RunReader::capture(std::size_t index) const {
-  if (index >= capture_count())
-    throw Error(fmt::format("{}: capture index {} out of range (the run has {} captures)",
-                            (dir_ / "manifest.json").string(), index, capture_count()));
+  entry(index);  // checks the index
   return manifest_["captures"][index];
 }
 
+const CaptureEntry& RunReader::entry(std::size_t index) const {
+  if (index >= capture_count())
+    throw Error(fmt::format("{}: capture index {} out of range (the run has {} captures)",
+                            (dir_ / "manifest.json").string(), index, capture_count()));
+  return entries_[index];
+}
+
 at::Tensor RunReader::load(std::size_t index) {
-  const nlohmann::json& entry = capture(index);
-  const std::string file = entry["file"];
-  const fs::path shard = dir_ / file;
-  if (file != cached_file_) {
+  const CaptureEntry& e = entry(index);
+  const fs::path shard = dir_ / e.file;
+  if (e.file != cached_file_) {
     cached_tensors_.clear();  // free the previous shard before reading the next
     cached_file_.clear();
     cached_tensors_ = read_safetensors(shard);
-    cached_file_ = file;
+    cached_file_ = e.file;
   }
-  const std::string key = entry["key"];
-  auto it = cached_tensors_.find(key);
+  auto it = cached_tensors_.find(e.key);
   if (it == cached_tensors_.end())
-    throw Error(fmt::format("{}: no tensor '{}' (listed as capture {} in the manifest)", shard.string(), key, index));
+    throw Error(fmt::format("{}: no tensor '{}' (listed as capture {} in the manifest)", shard.string(), e.key, index));
   const at::Tensor& tensor = it->second;
-  const auto shape = entry["shape"].get<std::vector<std::int64_t>>();
-  if (tensor.sizes().vec() != shape || safetensors_dtype_name(tensor.scalar_type()) != entry["dtype"])
-    throw Error(fmt::format("{}: tensor '{}' is {} {}, the manifest says {} {}", shard.string(), key,
+  if (tensor.sizes().vec() != e.shape || safetensors_dtype_name(tensor.scalar_type()) != e.dtype)
+    throw Error(fmt::format("{}: tensor '{}' is {} {}, the manifest says {} {} (capture {})", shard.string(), e.key,
                             safetensors_dtype_name(tensor.scalar_type()), nlohmann::json(tensor.sizes().vec()).dump(),
-                            entry["dtype"].get<std::string>(), entry["shape"].dump()));
+                            e.dtype, nlohmann::json(e.shape).dump(), index));
   return tensor;
 }
 

@@ -123,7 +123,10 @@ struct Pattern {
 
 class Run {
  public:
-  explicit Run(const fs::path& dir) : reader_(dir), manifest_file_(dir / "manifest.json") {
+  // RunCheck::consistent: every capture's prompt, step, layer, offsets and heads were checked
+  // against the model, prompts and generation once, before anything here indexes with them.
+  explicit Run(const fs::path& dir)
+      : reader_(dir, /*allow_incomplete=*/false, hooklens::RunCheck::consistent), manifest_file_(dir / "manifest.json") {
     const json& m = reader_.manifest();
     model_ = hooklens::ModelInfo::from_json(m.at("model"));
     mode_ = m.at("generation").at("mode").get<std::string>();
@@ -152,19 +155,13 @@ class Run {
   }
 
   Pattern load(std::size_t index) {
-    const json& entry = reader_.capture(index);
+    const hooklens::CaptureEntry& entry = reader_.entry(index);
     at::Tensor t = reader_.load(index).to(at::kFloat).contiguous();
-    if (t.dim() != 4 || t.size(0) != 1 || t.size(1) != std::int64_t(captured_heads_.size()))
+    if (t.dim() != 4 || t.size(0) != 1 || t.size(1) < 1 || t.size(1) != std::int64_t(captured_heads_.size()) || t.size(2) < 1 ||
+        t.size(3) < 1)
       throw Error(fmt::format("{}: capture {} ({}) is not a pattern [1, {} heads, query, key]", manifest_file_.string(),
-                              index, entry.at("key").get<std::string>(), captured_heads_.size()));
-    hooklens::CaptureContext ctx;
-    ctx.prompt = entry.at("prompt").get<int>();
-    ctx.step = entry.at("step").get<int>();
-    ctx.block = entry.value("block", -1);
-    ctx.layer = entry.at("layer").get<int>();
-    ctx.query_offset = entry.value("query_offset", std::int64_t(0));
-    ctx.key_offset = entry.value("key_offset", std::int64_t(0));
-    return {t, ctx};
+                              index, entry.key, captured_heads_.size()));
+    return {t, entry.context};
   }
 
   // The token strings of prompt `p`'s sequence as the forward pass of `step` saw it.
@@ -181,7 +178,8 @@ class Run {
       const std::int64_t mask = gen.at("mask_id").get<std::int64_t>();
       std::vector<std::int64_t> ids = gen.at("output_ids").get<std::vector<std::int64_t>>();
       if (step > 0) ids = gen.at("steps").at(std::size_t(step - 1)).at("ids").get<std::vector<std::int64_t>>();
-      else std::fill(ids.begin() + std::ptrdiff_t(tokens.size()), ids.end(), mask);
+      if (ids.size() < tokens.size()) return tokens;  // another prompt than the generated one
+      if (step == 0) std::fill(ids.begin() + std::ptrdiff_t(tokens.size()), ids.end(), mask);
       // token_strings is written only when the run had a tokenizer: "#ID" otherwise.
       const json strings = gen.value("token_strings", json::object());
       for (std::size_t i = tokens.size(); i < ids.size(); ++i) {
@@ -216,13 +214,13 @@ class Run {
   void index_patterns() {
     static const std::regex kPattern(R"(blocks\.(\d+)\.attn\.hook_pattern)");
     for (std::size_t i = 0; i < reader_.capture_count(); ++i) {
-      const json& c = reader_.capture(i);
-      if (!std::regex_match(c.at("hook").get<std::string>(), kPattern)) continue;
-      if (c.value("pass", 0) != 0) {
+      const hooklens::CaptureEntry& c = reader_.entry(i);
+      if (!std::regex_match(c.hook, kPattern)) continue;
+      if (c.context.pass != 0) {
         ++unconditional_;
         continue;
       }
-      patterns_[c.at("prompt").get<int>()][c.at("step").get<int>()][c.at("layer").get<int>()] = i;
+      patterns_[c.context.prompt][c.context.step][c.context.layer] = i;
     }
   }
 
@@ -259,7 +257,7 @@ Matrix mean_matrix(const Pattern& p, const std::vector<std::int64_t>& columns) {
 std::vector<std::string> position_labels(const std::vector<std::string>& tokens, std::int64_t first, std::int64_t count) {
   std::vector<std::string> out;
   for (std::int64_t i = first; i < first + count; ++i)
-    out.push_back(fmt::format("{}:{}", i, i < std::int64_t(tokens.size()) ? figures::token_label(tokens[std::size_t(i)]) : "?"));
+    out.push_back(fmt::format("{}:{}", i, i >= 0 && i < std::int64_t(tokens.size()) ? figures::token_label(tokens[std::size_t(i)]) : "?"));
   return out;
 }
 
@@ -316,11 +314,11 @@ class FiguresRenderer final : public hooklens::Renderer {
     if (format != "png" && format != "svg")
       throw UsageError(fmt::format("figures: format \"{}\" is not one this renderer writes (png, svg)", format));
     const Options opts = parse_options(options);
-    Run run(run_dir);
     try {
+      Run run(run_dir);
       return render_run(run, format, out, opts);
     } catch (const json::exception& e) {  // a manifest that RunReader accepted but lacks a field drawn here
-      throw Error(fmt::format("{}: malformed run manifest: {}", run.manifest_file().string(), e.what()));
+      throw Error(fmt::format("{}: malformed run manifest: {}", (run_dir / "manifest.json").string(), e.what()));
     }
   }
 
@@ -533,6 +531,14 @@ class FiguresRenderer final : public hooklens::Renderer {
         return;
       }
       means.push_back(mean_matrix(it->second, columns));
+      if (means.back().rows != means.front().rows) {
+        job.skip(tag + " rollout", "needs every layer's pattern over the same positions");
+        return;
+      }
+    }
+    if (means.empty() || means.front().rows < 1 || columns.empty()) {  // a model of no layers, or nothing to average
+      job.skip(tag + " rollout", "no layer's pattern to roll out");
+      return;
     }
     const std::vector<Matrix> rolled = rollout(means);
     const std::int64_t T = means.front().rows, last = T - 1, L = std::int64_t(job.layers.size());
@@ -605,6 +611,7 @@ class FiguresRenderer final : public hooklens::Renderer {
         if (it == layers.end()) continue;
         const Pattern pat = job.run->load(it->second);
         const Matrix mean = mean_matrix(pat, columns);
+        if (mean.rows < 1) continue;
         for (std::int64_t k = 0; k < P; ++k) {
           const std::int64_t col = k - mean.first_col;
           sums[std::size_t(k)] += col >= 0 && col < mean.cols ? mean.at(mean.rows - 1, col) : kNaN;
@@ -665,7 +672,7 @@ class FiguresRenderer final : public hooklens::Renderer {
         const auto it = by_step.at(step).find(layer);
         if (it == by_step.at(step).end()) break;
         at_step.push_back(mean_matrix(job.run->load(it->second), columns));
-        if (at_step.back().values.size() != at_step.front().values.size()) break;
+        if (at_step.back().rows != at_step.front().rows || at_step.back().cols != at_step.front().cols) break;
       }
       if (at_step.size() != steps.size()) {
         job.skip(fmt::format("p{} layer {} evolution", p, layer), "a chosen step lacks this layer or has another shape");
@@ -711,7 +718,9 @@ class FiguresRenderer final : public hooklens::Renderer {
     const json report = json::parse(in, nullptr, false);
     if (report.is_discarded()) throw Error(fmt::format("{}: malformed report (not JSON)", file.string()));
     const std::string name = file.stem().string();
-    const json heads = report.is_object() ? report.value("heads", json()) : json();
+    // Referenced, not copied: copying recurses, and a hostile report may nest very deep.
+    static const json kNone;
+    const json& heads = report.is_object() && report.contains("heads") ? report["heads"] : kNone;
     if (!heads.is_array() || heads.empty()) {
       job.skip("report " + name, "no per-head records (\"heads\")");
       return;

@@ -135,38 +135,41 @@ struct Selection {
   std::vector<std::string> notes;
 };
 
-Selection select_patterns(const ManifestView& mv, const Options& options, std::int64_t prompt_count) {
+// The entries were checked by RunReader (RunCheck::consistent): offsets, prompt, layer and step
+// are within the run, so only what the page needs of a pattern is checked here.
+Selection select_patterns(const RunReader& reader, const ManifestView& mv, const Options& options,
+                          std::int64_t prompt_count) {
   Selection sel;
   std::size_t other_passes = 0;
   bool any_pattern = false;
-  const json& captures = mv.m["captures"];
-  for (std::size_t i = 0; i < captures.size(); ++i) {
-    const json& c = captures[i];
-    if (!is_pattern_hook(c["hook"].get<std::string>())) continue;
+  for (std::size_t i = 0; i < reader.capture_count(); ++i) {
+    const CaptureEntry& c = reader.entry(i);
+    if (!is_pattern_hook(c.hook)) continue;
     any_pattern = true;
-    const std::string where = fmt::format("capture {}", i);
-    const json& shape = c["shape"];
-    if (shape.size() != 4 || shape[0] != 1) mv.fail(fmt::format("{} has shape {}, expected [1, head, query, key]", where, shape.dump()));
+    const std::string where = fmt::format("capture {} ('{}')", i, c.key);
+    const std::vector<std::int64_t>& shape = c.shape;
+    if (shape.size() != 4 || shape[0] != 1 || shape[1] < 1)
+      mv.fail(fmt::format("{} has shape {}, expected [1, head, query, key]", where, json(shape).dump()));
     Pattern p;
     p.index = i;
-    p.prompt = int(mv.integer(c, "prompt", where));
-    p.step = int(mv.integer(c, "step", where));
-    p.block = int(mv.integer(c, "block", where));
-    p.layer = int(mv.integer(c, "layer", where));
-    p.query_offset = mv.integer(c, "query_offset", where);
-    p.key_offset = c.contains("key_offset") ? mv.integer(c, "key_offset", where) : 0;
-    p.phase = c.value("phase", "");
+    p.prompt = c.context.prompt;
+    p.step = c.context.step;
+    p.block = c.context.block;
+    p.layer = c.context.layer;
+    p.query_offset = c.context.query_offset;
+    p.key_offset = c.context.key_offset;
+    p.phase = phase_name(c.context.phase);
     if (p.prompt < 0 || p.prompt >= prompt_count) mv.fail(fmt::format("{} names prompt {} of {}", where, p.prompt, prompt_count));
-    if (c.value("pass", 0) != 0) {  // classifier-free guidance's unconditional copy
+    if (c.context.pass != 0) {  // classifier-free guidance's unconditional copy
       ++other_passes;
       continue;
     }
     if (options.layers && !options.layers->count(p.layer)) continue;
     if (options.prompts && !options.prompts->count(p.prompt)) continue;
     if (options.steps && !options.steps->count(p.step)) continue;
-    p.captured_heads = shape[1].get<std::int64_t>();
-    p.queries = shape[2].get<std::int64_t>();
-    p.keys = shape[3].get<std::int64_t>();
+    p.captured_heads = shape[1];
+    p.queries = shape[2];
+    p.keys = shape[3];
     const std::vector<int> ids = captured_head_ids(mv, p.captured_heads);
     for (std::size_t h = 0; h < ids.size(); ++h)
       if (!options.heads || options.heads->count(ids[h])) {
@@ -184,6 +187,21 @@ Selection select_patterns(const ManifestView& mv, const Options& options, std::i
   if (!any_pattern)
     sel.notes.push_back("the run has no attention patterns (capture blocks.*.attn.hook_pattern to see heatmaps)");
   return sel;
+}
+
+// Analyzers write reports a few levels deep; the nesting is bounded before anything recurses on it.
+constexpr std::size_t kMaxReportDepth = 64;
+
+bool nested_deeper_than(const json& root, std::size_t limit) {  // without recursion
+  std::vector<std::pair<const json*, std::size_t>> stack{{&root, 1}};
+  while (!stack.empty()) {
+    const auto [value, depth] = stack.back();
+    stack.pop_back();
+    if (!value->is_structured()) continue;
+    if (depth > limit) return true;
+    for (const json& child : *value) stack.emplace_back(&child, depth + 1);
+  }
+  return false;
 }
 
 std::uint64_t base64_size(std::uint64_t bytes) { return (bytes + 2) / 3 * 4 + 1; }  // + the line break
@@ -295,6 +313,9 @@ json read_reports(const fs::path& run) {
       throw Error(fmt::format("{}: malformed analyzer report: {}", file.string(), e.what()));
     }
     if (!report.is_object()) throw Error(fmt::format("{}: an analyzer report must be a JSON object", file.string()));
+    // The page embeds it with dump(), which recurses: a hostile nesting would overflow the stack.
+    if (nested_deeper_than(report, kMaxReportDepth))
+      throw Error(fmt::format("{}: analyzer report nests deeper than {} levels", file.string(), kMaxReportDepth));
     reports.push_back({{"file", "reports/" + file.filename().string()}, {"report", std::move(report)}});
   }
   return reports;
@@ -368,8 +389,9 @@ class HtmlReport final : public Renderer {
   json render(const fs::path& run, const std::string& format, const fs::path& out, const json& options) override {
     if (format != "html") throw UsageError(fmt::format("html report: cannot write format '{}' (only html)", format));
     const Options opts = parse_options(options);
-    RunReader reader(run);
     try {
+      // Every field the page indexes with is checked once here (RunCheck::consistent).
+      RunReader reader(run, /*allow_incomplete=*/false, RunCheck::consistent);
       return render_run(reader, out, opts);
     } catch (const json::exception& e) {  // a manifest field of the wrong type
       throw Error(fmt::format("{}: malformed run manifest: {}", (run / "manifest.json").string(), e.what()));
@@ -387,7 +409,7 @@ class HtmlReport final : public Renderer {
         mv.fail(fmt::format("prompt {} has no \"ids\" list", i));
     check_option_ranges(mv, opts, std::int64_t(prompts.size()));
 
-    Selection sel = select_patterns(mv, opts, std::int64_t(prompts.size()));
+    Selection sel = select_patterns(reader, mv, opts, std::int64_t(prompts.size()));
     json meta = {{"run", fs::absolute(run).lexically_normal().string()},
                  {"model", mv.m.value("model", json::object())},
                  {"prompts", prompts},

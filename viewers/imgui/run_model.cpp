@@ -80,7 +80,7 @@ float Grid::mean_at(int row, int col) const {
 }
 
 RunModel::RunModel(const fs::path& dir) : dir_(dir), reader_(std::make_unique<hooklens::RunReader>()) {
-  reader_->open(dir);
+  reader_->open(dir, /*allow_incomplete=*/false, hooklens::RunCheck::consistent);  // every field checked once
   const fs::path manifest_file = dir / "manifest.json";
   try {
     const json& m = reader_->manifest();
@@ -94,11 +94,11 @@ RunModel::RunModel(const fs::path& dir) : dir_(dir), reader_(std::make_unique<ho
     steps_ = generation.value("steps", json::array());
     for (const json& p : m.at("prompts")) prompts_.push_back({p.at("tokens").get<std::vector<std::string>>()});
     for (std::size_t i = 0; i < reader_->capture_count(); ++i) {
-      const json& c = reader_->capture(i);
-      const std::string hook = c.at("hook").get<std::string>();
-      const Where where{c.at("prompt").get<int>(), c.at("step").get<int>(), c.value("layer", -1)};
+      const hooklens::CaptureEntry& c = reader_->entry(i);
+      const std::string& hook = c.hook;
+      const Where where{c.context.prompt, c.context.step, c.context.layer};
       if (std::get<0>(where) < 0 || std::get<0>(where) >= int(prompts_.size()))
-        throw hooklens::Error(fmt::format("capture {} names prompt {}", c.at("key").dump(), std::get<0>(where)));
+        throw hooklens::Error(fmt::format("capture '{}' names prompt {}", c.key, std::get<0>(where)));
       step_count_ = std::max(step_count_, std::get<1>(where) + 1);
       const auto ends_with = [&](const std::string& s) {
         return hook.size() >= s.size() && hook.compare(hook.size() - s.size(), s.size(), s) == 0;
@@ -213,10 +213,10 @@ std::shared_ptr<const Grid> RunModel::read_grid(const std::map<Where, std::vecto
   std::vector<Piece> pieces;
   auto grid = std::make_shared<Grid>();
   for (std::size_t i : captures) {
-    const json& c = reader_->capture(i);
-    const std::string key = c.value("key", std::string("?"));
-    const auto dims = trailing(c.at("shape"), 3, key);
-    const Piece p{i, dims[0], dims[1], dims[2], c.value("query_offset", std::int64_t(0)), c.value("key_offset", std::int64_t(0))};
+    const hooklens::CaptureEntry& c = reader_->entry(i);
+    const std::string& key = c.key;
+    const auto dims = trailing(json(c.shape), 3, key);
+    const Piece p{i, dims[0], dims[1], dims[2], c.context.query_offset, c.context.key_offset};
     if (p.q0 < 0 || p.k0 < 0 || p.q0 + p.rows > 1 << 20 || p.k0 + p.cols > 1 << 20)
       throw hooklens::Error(fmt::format("{}: capture {} has impossible offsets", (dir_ / "manifest.json").string(), key));
     grid->heads = std::max(grid->heads, int(p.heads));
@@ -226,7 +226,7 @@ std::shared_ptr<const Grid> RunModel::read_grid(const std::map<Where, std::vecto
   }
   grid->values.assign(std::size_t(grid->heads) * grid->rows * grid->cols, kNaN);
   for (const Piece& p : pieces) {
-    const std::string key = reader_->capture(p.index).value("key", std::string("?"));
+    const std::string& key = reader_->entry(p.index).key;
     const at::Tensor t = as_floats(reader_->load(p.index), std::size_t(p.heads * p.rows * p.cols), key);
     const float* v = t.data_ptr<float>();
     for (std::int64_t h = 0; h < p.heads; ++h)

@@ -1,37 +1,75 @@
 // Reading a run directory (manifest.json + captures-NNNNN.safetensors shards; see DESIGN.md,
-// "The run-directory contract"). Used by tests and the offline viewer.
+// "The run-directory contract"). Used by the analyzers over a finished run, the renderers, the
+// offline viewer, examples and tests.
 #pragma once
+#include <hooklens/hooks.h>
+
 #include <ATen/core/Tensor.h>
 
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace hooklens {
+
+// One capture as the manifest lists it, decoded once by RunReader::open (which checked every
+// field), so readers never decode or re-check the JSON entry themselves.
+struct CaptureEntry {
+  std::string key;   // the tensor's name inside `file`
+  std::string hook;  // e.g. "blocks.0.attn.hook_pattern"
+  std::string file;  // a shard's plain file name inside the run directory
+  std::string dtype;  // safetensors dtype name, e.g. "F32"
+  std::vector<std::int64_t> shape;
+  CaptureContext context;  // prompt, phase, step, block, layer, query_offset, key_offset, pass
+};
+
+// How much of the manifest open() checks. A manifest may come from anywhere (damaged, edited,
+// hostile): whatever is checked, readers may rely on without checking again.
+enum class RunCheck {
+  // Each capture entry on its own: field types, integer ranges (offsets >= 0, pass 0 or 1, ...),
+  // known phase and dtype, sizes that cannot overflow, shard names inside the run directory, and
+  // the nesting depth of the whole manifest.
+  entries,
+  // Also the manifest as a whole, what renderers and analyzers index with: the "model",
+  // "prompts", "capture" and "generation" sections (ids within the vocabulary, output_ids and
+  // step lengths, mask_id, blocks), and each capture against them: prompt index, layer < n_layers,
+  // step and block within the generation, attention patterns' heads and
+  // query_offset + queries <= positions, key_offset + keys <= positions of that forward pass.
+  consistent,
+};
 
 class RunReader {
  public:
   RunReader() = default;
-  explicit RunReader(const std::filesystem::path& dir, bool allow_incomplete = false) { open(dir, allow_incomplete); }
+  explicit RunReader(const std::filesystem::path& dir, bool allow_incomplete = false,
+                     RunCheck check = RunCheck::entries) {
+    open(dir, allow_incomplete, check);
+  }
 
-  // Reads and checks manifest.json. Throws Error naming the file if it is missing or malformed,
-  // and "run ... is incomplete" for a run that was never finished, unless allow_incomplete.
-  void open(const std::filesystem::path& dir, bool allow_incomplete = false);
+  // Reads and checks manifest.json. Throws one-line Error naming the file (and the capture and
+  // field at fault) if it is missing or malformed, and "run ... is incomplete" for a run that was
+  // never finished, unless allow_incomplete.
+  void open(const std::filesystem::path& dir, bool allow_incomplete = false, RunCheck check = RunCheck::entries);
 
   const std::filesystem::path& directory() const { return dir_; }
   const nlohmann::json& manifest() const { return manifest_; }
-  std::size_t capture_count() const;
+  std::size_t capture_count() const { return entries_.size(); }
   const nlohmann::json& capture(std::size_t index) const;  // the manifest's entry
-  // The captured tensor as stored (F32 or F16). Keeps the tensors of the last shard read, so
-  // reading captures in manifest order reads each shard once.
+  const CaptureEntry& entry(std::size_t index) const;      // the same, decoded and checked
+  // The captured tensor as stored (F32 or F16). Its shard's header must agree with the manifest's
+  // shape and dtype (Error otherwise). Keeps the tensors of the last shard read, so reading
+  // captures in manifest order reads each shard once.
   at::Tensor load(std::size_t index);
 
  private:
   std::filesystem::path dir_;
   nlohmann::json manifest_;
+  std::vector<CaptureEntry> entries_;
   std::string cached_file_;
   std::map<std::string, at::Tensor> cached_tensors_;
 };
