@@ -7,6 +7,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fstream>
+#include <functional>
+
 using nlohmann::json;
 namespace fs = std::filesystem;
 
@@ -144,4 +147,47 @@ TEST_CASE("--render draws the run when it is complete; an unknown format is refu
   CHECK(test::run_hooklens(capture_args(dir / "run2", "--render bmp"), dir / "log") == 2);
   CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("bmp"));
   CHECK_FALSE(fs::exists(dir / "run2/manifest.json"));
+}
+
+TEST_CASE("hooklens analyze refuses semantically broken runs with one line naming the capture and field") {
+  test::TempDir dir;
+  const fs::path good = dir / "good";
+  test::require_hooklens(capture_args(good, "--hooks 'blocks.*.attn.hook_pattern'"), dir / "log");
+  const json m = read_json(good / "manifest.json");
+  REQUIRE(m["captures"].size() == 8);  // 2 prompts x 4 layers
+  const std::string key = m["captures"][1]["key"];
+  struct Case {
+    std::string name;
+    std::function<void(json&)> edit;
+    std::vector<std::string> culprits;
+  };
+  const std::vector<Case> cases = {
+      {"negative_query_offset", [](json& j) { j["captures"][1]["query_offset"] = -1; }, {"'query_offset'", key}},
+      {"negative_key_offset", [](json& j) { j["captures"][1]["key_offset"] = -5; }, {"'key_offset'", key}},
+      {"rows_past_the_prompt", [](json& j) { j["captures"][1]["query_offset"] = 1; }, {"'query_offset' 1 +", key}},
+      {"prompt_out_of_range", [](json& j) { j["captures"][1]["prompt"] = 7; }, {"'prompt' is 7", key}},
+      {"layer_out_of_range", [](json& j) { j["captures"][1]["layer"] = 4; }, {"'layer' is 4", "4 layer(s)"}},
+      {"huge_layer", [](json& j) { j["captures"][1]["layer"] = std::uint64_t(1) << 63; }, {"'layer'"}},
+      {"heads_of_another_model", [](json& j) { j["model"]["n_heads"] = 3; }, {"4 heads", "captured 3"}},
+      {"id_past_the_vocabulary", [](json& j) { j["prompts"][0]["ids"][0] = 50257; }, {"prompt 0 field 'ids'"}},
+      {"tokens_and_ids_disagree", [](json& j) { j["prompts"][1]["tokens"].erase(0); }, {"prompt 1"}},
+      {"unknown_phase", [](json& j) { j["captures"][1]["phase"] = "later"; }, {"'phase'", key}},
+      {"pass_2", [](json& j) { j["captures"][1]["pass"] = 2; }, {"'pass'", key}},
+      {"dtype", [](json& j) { j["captures"][1]["dtype"] = "F33"; }, {"'dtype'", key}},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const fs::path run = dir / c.name;
+    fs::copy(good, run, fs::copy_options::recursive);
+    json broken = m;
+    c.edit(broken);
+    std::ofstream(run / "manifest.json", std::ios::trunc) << broken.dump();
+    const std::string line = test::hooklens_refusal("analyze '" + run.string() + "' --analyze attention_stats", dir / "log");
+    CHECK_THAT(line, Catch::Contains((run / "manifest.json").string()));
+    for (const std::string& culprit : c.culprits) CHECK_THAT(line, Catch::Contains(culprit));
+    CHECK_FALSE(fs::exists(run / "reports"));
+  }
+  // The untouched run still analyzes.
+  test::require_hooklens("analyze '" + good.string() + "' --analyze attention_stats", dir / "log");
+  CHECK(fs::exists(good / "reports" / "attention_stats.json"));
 }

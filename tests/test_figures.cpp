@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
+#include <fstream>
+#include <functional>
 #include <memory>
 #include <regex>
 #include <set>
@@ -394,4 +396,110 @@ TEST_CASE("damaged runs and bad options", "[figures]") {
     const std::string message = test::error_of([&] { figures->render(run, "svg", out.path, {}); });
     CHECK(message.find("manifest.json") != std::string::npos);
   }
+}
+
+// ---- semantically broken runs (issue 13): refused by RunReader with one line, never a crash ------
+
+namespace {
+
+// A copy of `run` in `dir` / `name` whose manifest `edit` changed.
+fs::path mutated(const fs::path& run, const fs::path& dir, const std::string& name, const std::function<void(json&)>& edit) {
+  const fs::path copy = dir / name;
+  fs::copy(run, copy, fs::copy_options::recursive);
+  json m = json::parse(test::read_file(copy / "manifest.json"));
+  edit(m);
+  std::ofstream(copy / "manifest.json", std::ios::trunc) << m.dump();
+  return copy;
+}
+
+// Index of the first capture of `hook`'s suffix (and `step` when >= 0) in manifest `m`.
+std::size_t first_capture(const json& m, const std::string& suffix, int step = -1) {
+  for (std::size_t i = 0; i < m["captures"].size(); ++i) {
+    const std::string hook = m["captures"][i]["hook"];
+    if (hook.size() >= suffix.size() && hook.compare(hook.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+        (step < 0 || m["captures"][i]["step"] == step))
+      return i;
+  }
+  FAIL("no capture of " << suffix);
+  return 0;
+}
+
+// `hooklens render RUN --format F` for png and svg refuses with one line naming every culprit.
+void render_refuses(const fs::path& run, const fs::path& out, const std::vector<std::string>& culprits) {
+  for (const char* format : {"png", "svg"}) {
+    const std::string line = test::hooklens_refusal(
+        fmt::format("render '{}' --format {} --out '{}'", run.string(), format, (out / format).string()), out / "log");
+    for (const std::string& culprit : culprits) CHECK_THAT(line, Catch::Contains(culprit));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("negative query_offset or key_offset: png and svg refuse with one line", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir tmp;
+  const json m = json::parse(test::read_file(r.capture / "manifest.json"));
+  const std::size_t i = first_capture(m, ".attn.hook_pattern");
+  const std::string key = m["captures"][i]["key"];
+  for (const char* field : {"query_offset", "key_offset"}) {
+    const fs::path run = mutated(r.capture, tmp.path, field, [&](json& j) { j["captures"][i][field] = -3; });
+    render_refuses(run, tmp.path, {run.string(), fmt::format("capture {}", i), key, fmt::format("'{}'", field)});
+  }
+}
+
+TEST_CASE("masked diffusion whose output_ids is shorter than its steps: png refuses", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir tmp;
+  const fs::path run = mutated(r.diffusion, tmp.path, "short", [](json& j) {
+    json& ids = j["generation"]["output_ids"];
+    ids.erase(ids.begin() + 2, ids.end());  // shorter than the prompt of 4 and the 8 generated positions
+  });
+  render_refuses(run, tmp.path, {run.string(), "output_ids"});
+}
+
+TEST_CASE("key_offset off by one and a huge mask_id: refused, each alone and together", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir tmp;
+  const json m = json::parse(test::read_file(r.diffusion / "manifest.json"));
+  const std::size_t i = first_capture(m, ".attn.hook_pattern");
+  const std::string key = m["captures"][i]["key"];
+  const auto off_by_one = [&](json& j) { j["captures"][i]["key_offset"] = 1; };  // keys span every position already
+  const auto huge_mask = [](json& j) { j["generation"]["mask_id"] = std::int64_t(1) << 62; };
+  render_refuses(mutated(r.diffusion, tmp.path, "offset", off_by_one), tmp.path, {key, "'key_offset' 1 + 12 keys"});
+  render_refuses(mutated(r.diffusion, tmp.path, "mask", huge_mask), tmp.path, {"'mask_id'"});
+  render_refuses(mutated(r.diffusion, tmp.path, "both", [&](json& j) { off_by_one(j), huge_mask(j); }), tmp.path,
+                 {"manifest.json"});
+}
+
+TEST_CASE("rollout: a model of zero layers is refused; a run missing a layer draws without rollout", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir tmp;
+  const fs::path none = mutated(r.capture, tmp.path, "zero_layers", [](json& j) {
+    j["model"]["n_layers"] = 0;
+    j["model"]["layer_attention"] = json::array();
+  });
+  render_refuses(none, tmp.path, {"'layer'", "0 layer(s)"});
+
+  // Valid, but no layer-complete set of patterns: everything else is drawn and the rollout is skipped.
+  const fs::path partial = mutated(r.capture, tmp.path, "no_layer_2", [](json& j) {
+    json kept = json::array();
+    for (const json& c : j["captures"])
+      if (c["layer"] != 2) kept.push_back(c);
+    j["captures"] = kept;
+  });
+  const json result = renderer()->render(partial, "png", tmp.path / "out", {});
+  CHECK(has_file(result, "p0_overview.png"));
+  CHECK_FALSE(has_file(result, "p0_rollout.png"));
+  bool skipped = false;
+  for (const json& s : result.at("skipped")) skipped = skipped || s.at("what") == "p0 rollout";
+  CHECK(skipped);
+}
+
+TEST_CASE("shard names outside the run directory and captures of unknown prompts are refused", "[figures]") {
+  const Runs& r = runs();
+  test::TempDir tmp;
+  render_refuses(mutated(r.capture, tmp.path, "absolute", [](json& j) { j["captures"][0]["file"] = "/etc/passwd"; }),
+                 tmp.path, {"outside the run directory"});
+  render_refuses(mutated(r.capture, tmp.path, "prompt", [](json& j) { j["captures"][0]["prompt"] = 2; }), tmp.path,
+                 {"'prompt' is 2", "2 prompt(s)"});
 }

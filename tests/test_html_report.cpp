@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <array>
+#include <fstream>
+#include <functional>
 #include <map>
 #include <cmath>
 #include <regex>
@@ -558,3 +560,70 @@ TEST_CASE("html report pages load in headless Chromium and show the run") {
 }
 
 }  // namespace
+
+// ---- semantically broken runs (issue 13): one clear line, never a crash ---------------------------
+
+namespace {
+
+// A copy of `run` in `dir` / `name` whose manifest `edit` changed; "@DEEP@" in the manifest becomes
+// an array nested `depth` levels deep.
+fs::path broken_copy(const fs::path& run, const fs::path& dir, const std::string& name,
+                     const std::function<void(json&)>& edit, std::size_t depth = 0) {
+  const fs::path copy = dir / name;
+  fs::copy(run, copy, fs::copy_options::recursive);
+  json m = json::parse(test::read_file(copy / "manifest.json"));
+  edit(m);
+  std::string text = m.dump();
+  const std::size_t at = text.find("\"@DEEP@\"");
+  if (at != std::string::npos) text.replace(at, 8, std::string(depth, '[') + std::string(depth, ']'));
+  std::ofstream(copy / "manifest.json", std::ios::trunc) << text;
+  return copy;
+}
+
+std::string html_refusal(const fs::path& run, const fs::path& dir) {
+  return test::hooklens_refusal(
+      fmt::format("render '{}' --format html --out '{}'", run.string(), (dir / "html").string()), dir / "log");
+}
+
+}  // namespace
+
+TEST_CASE("html report: negative offsets are refused with one line naming the capture and field") {
+  const Runs& r = runs();
+  TempDir tmp;
+  const json m = manifest(r.capture);
+  std::size_t i = 0;
+  while (m["captures"][i]["hook"] != "blocks.0.attn.hook_pattern") ++i;
+  for (const char* field : {"query_offset", "key_offset"}) {
+    const fs::path run = broken_copy(r.capture, tmp.path, field, [&](json& j) { j["captures"][i][field] = -1; });
+    const std::string line = html_refusal(run, tmp.path);
+    CHECK_THAT(line, Catch::Contains(run.string()) && Catch::Contains(m["captures"][i]["key"].get<std::string>()) &&
+                         Catch::Contains(fmt::format("'{}'", field)));
+  }
+}
+
+TEST_CASE("html report: deeply nested manifests and reports are refused, not recursed into") {
+  const Runs& r = runs();
+  TempDir tmp;
+  // 100000 levels: dump() or a copy of it would overflow the stack.
+  const fs::path deep = broken_copy(r.capture, tmp.path, "deep", [](json& j) { j["model"]["extra"] = "@DEEP@"; }, 100000);
+  CHECK_THAT(html_refusal(deep, tmp.path), Catch::Contains("nests deeper than"));
+  CHECK_THAT(test::hooklens_refusal(fmt::format("render '{}' --format png --out '{}'", deep.string(), (tmp / "png").string()),
+                                    tmp / "log"),
+             Catch::Contains("nests deeper than"));
+
+  // A report the page would embed, nested as deep.
+  const fs::path report = broken_copy(r.capture, tmp.path, "deep_report", [](json&) {});
+  fs::create_directories(report / "reports");
+  std::ofstream(report / "reports" / "deep.json")
+      << "{\"heads\": [], \"deep\": " << std::string(100000, '[') << std::string(100000, ']') << "}";
+  CHECK_THAT(html_refusal(report, tmp.path), Catch::Contains("deep.json") && Catch::Contains("nests deeper than"));
+  // The figures renderer reads the same report without recursing: it draws the run and skips it.
+  test::require_hooklens(fmt::format("render '{}' --format png --out '{}'", report.string(), (tmp / "png2").string()),
+                         tmp / "log");
+
+  // Moderate nesting in a valid place is still a valid run.
+  const fs::path fine = broken_copy(r.capture, tmp.path, "fine", [](json& j) { j["model"]["extra"] = "@DEEP@"; }, 20);
+  test::require_hooklens(fmt::format("render '{}' --format html --out '{}'", fine.string(), (tmp / "fine_html").string()),
+                         tmp / "log");
+  CHECK(fs::exists(tmp / "fine_html" / "report.html"));
+}

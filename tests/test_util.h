@@ -7,6 +7,7 @@
 #include <hooklens/error.h>
 #include <hooklens/hooks.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -105,6 +106,18 @@ inline void require_hooklens(const std::string& args, const fs::path& log) {
   const int status = run_hooklens(args, log);
   INFO("hooklens " << args << "\n" << read_file(log));
   REQUIRE(status == 0);
+}
+
+// Runs build/bin/hooklens ARGS (output to LOG) and checks that it refused with status 1 (a crash
+// gives -1) and printed exactly one line, "hooklens: error: ..."; returns that line.
+inline std::string hooklens_refusal(const std::string& args, const fs::path& log) {
+  const int status = run_hooklens(args, log);
+  const std::string text = read_file(log);
+  INFO("hooklens " << args << "\n" << text);
+  CHECK(status == 1);
+  CHECK(text.rfind("hooklens: error: ", 0) == 0);
+  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+  return text;
 }
 
 inline hooklens::CaptureContext context(int prompt, hooklens::Phase phase, int step, int block, int layer,
