@@ -829,6 +829,19 @@ TEST_CASE("hooklens plugins lists the plugins and warns about a broken library")
   write_text(bad / "hooklens_bad.so", "this is not a shared library\n");
   // A real plugin cut short: mapping it without checks would kill the process with SIGBUS.
   write_text(bad / "hooklens_cut.so", test::read_file(test::plugin_file("gpt2")).substr(0, 4096));
+  write_text(bad / "hooklens_empty.so", "");
+  // A real plugin linked against a libtorch that is not here (its soname changed in a copy).
+  std::string other_torch = test::read_file(test::plugin_file("gpt2"));
+  const std::size_t soname = other_torch.find("libtorch_cpu.so");
+  REQUIRE(soname != std::string::npos);
+  other_torch[soname + 11] = 'X';
+  write_text(bad / "hooklens_other_torch.so", other_torch);
+  std::vector<std::string> culprits{"hooklens_bad.so", "hooklens_cut.so", "hooklens_empty.so", "hooklens_other_torch.so"};
+  // A shared library that is no hooklens plugin.
+  if (fs::exists("/usr/lib/x86_64-linux-gnu/libz.so.1")) {
+    fs::copy_file("/usr/lib/x86_64-linux-gnu/libz.so.1", bad / "hooklens_zlib.so");
+    culprits.push_back("hooklens_zlib.so");
+  }
   const auto outcomes = run_all({{"plugins", {"plugins"}, tmp / "a", {"HOOKLENS_PLUGIN_PATH="}},
                                  {"plugins with broken libraries", {"plugins"}, tmp / "b",
                                   {"HOOKLENS_PLUGIN_PATH=" + bad.string()}}});
@@ -846,8 +859,8 @@ TEST_CASE("hooklens plugins lists the plugins and warns about a broken library")
   CHECK(outcomes[0].err.empty());
   const auto warnings = lines_of(outcomes[1].err);
   INFO(outcomes[1].describe());
-  CHECK(warnings.size() == 2);
-  for (const char* file : {"hooklens_bad.so", "hooklens_cut.so"}) {
+  CHECK(warnings.size() == culprits.size());
+  for (const auto& file : culprits) {
     const bool named = std::any_of(warnings.begin(), warnings.end(), [&](const std::string& w) {
       return w.rfind("hooklens: warning: ", 0) == 0 && w.find((bad / file).string()) != std::string::npos;
     });
