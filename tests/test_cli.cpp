@@ -158,6 +158,12 @@ std::vector<Outcome> run_all(const std::vector<Invocation>& invocations, std::si
 
 Outcome run_one(const Invocation& inv) { return run_all({inv}).front(); }
 
+void require_hooklens_run(const std::vector<std::string>& args, const fs::path& cwd) {
+  const Outcome o = run_one({"setup", args, cwd});
+  INFO(o.describe());
+  REQUIRE(o.code == 0);
+}
+
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
   std::istringstream in(text);
@@ -588,6 +594,234 @@ TEST_CASE("--out refuses an existing directory that is not a run, and leaves it 
   CHECK(test::read_file(keep / "notes.txt") == "precious");
 }
 
+// ---- faults: kill -9, two writers, a full disk, a read-only directory ------------------------------
+
+// Starts `inv` and kills it with SIGKILL as soon as `now(elapsed)` is true (polled every
+// millisecond). Returns true if it was killed, false if it ended first.
+bool kill_when(const Invocation& inv, const std::function<bool(std::chrono::milliseconds)>& now) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const Running r = start(inv);
+  for (;;) {
+    int status = 0;
+    if (waitpid(r.pid, &status, WNOHANG) == r.pid) return false;
+    const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+    if (now(elapsed) || std::chrono::steady_clock::now() > r.deadline) {
+      kill(r.pid, SIGKILL);
+      waitpid(r.pid, &status, 0);
+      return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+bool file_named_exists(const fs::path& dir, const std::string& suffix) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return true;
+  }
+  return false;
+}
+
+// `hooklens analyze` and `hooklens render` refuse `run` (exit 1, one error line naming it) and
+// leave nothing in it.
+void check_readers_refuse(const fs::path& run, const fs::path& work) {
+  std::set<std::string> before;
+  std::error_code ec;
+  for (fs::directory_iterator it(run, ec), end; !ec && it != end; it.increment(ec))
+    before.insert(it->path().filename().string());
+  const auto outcomes =
+      run_all({{"analyze", {"analyze", run.string(), "--analyze", "attention_stats"}, work / "analyze"},
+               {"render png", {"render", run.string(), "--format", "png"}, work / "render-png"},
+               {"render html", {"render", run.string(), "--format", "html"}, work / "render-html"}});
+  for (const auto& o : outcomes) {
+    INFO(o.describe());
+    CHECK(o.code == 1);
+    const auto lines = lines_of(o.err);
+    REQUIRE(lines.size() == 1);
+    CHECK(lines[0].rfind("hooklens: error: " + (run / "manifest.json").string(), 0) == 0);
+    const bool why = lines[0].find("is incomplete") != std::string::npos ||
+                     lines[0].find("cannot open run manifest") != std::string::npos;
+    CHECK(why);
+  }
+  std::set<std::string> after;
+  for (fs::directory_iterator it(run, ec), end; !ec && it != end; it.increment(ec))
+    after.insert(it->path().filename().string());
+  CHECK(after == before);
+}
+
+TEST_CASE("kill -9 at any moment of a run never leaves a directory that claims to be complete") {
+  TempDir tmp;
+  const std::string neo = neo_fixture().string(), llada = (test::fixtures() / "llada-tiny-a").string();
+  const std::vector<std::string> generate{"generate", "--model", neo, "--prompt", "The cat sat on the mat",
+                                          "--max-new-tokens", "24", "--hooks", "*", "--out", "run"};
+  const std::vector<std::string> capture{"capture", "--model", neo, "--prompt", "The cat sat on the mat",
+                                         "--prompt", "A dog ran in the park and", "--prompt", "Once upon a time",
+                                         "--hooks", "*", "--out", "run"};
+  const std::vector<std::string> diffusion{"generate", "--model", llada, "--prompt-ids", "85,294,223,181",
+                                           "--gen-length", "32", "--steps", "32", "--hooks", "*", "--out", "run"};
+  using Moment = std::function<bool(const fs::path& run, const fs::path& err, std::chrono::milliseconds)>;
+  const Moment after_50ms = [](auto&, auto&, auto t) { return t.count() >= 50; };
+  const Moment after_200ms = [](auto&, auto&, auto t) { return t.count() >= 200; };
+  const Moment after_500ms = [](auto&, auto&, auto t) { return t.count() >= 500; };
+  const Moment directory = [](const fs::path& run, auto&, auto) { return fs::exists(run); };
+  const Moment manifest = [](const fs::path& run, auto&, auto) { return fs::exists(run / "manifest.json"); };
+  const Moment open_shard = [](const fs::path& run, auto&, auto) { return file_named_exists(run, ".safetensors.tmp"); };
+  const Moment closed_shard = [](const fs::path& run, auto&, auto) { return file_named_exists(run, ".safetensors"); };
+  const Moment progress = [](auto&, const fs::path& err, auto) {
+    return test::read_file(err).find("generate: token") != std::string::npos;
+  };
+  struct Case {
+    std::string name;
+    std::vector<std::string> args;
+    Moment moment;
+    bool may_finish;  // the moment comes so late that the run may end before it is seen
+    bool readers;     // also run analyze and render on what is left (each costs ~2 s)
+  };
+  const std::vector<Case> cases{
+      {"generate, 50 ms", generate, after_50ms, false, false},
+      {"generate, 200 ms", generate, after_200ms, false, false},
+      {"generate, 500 ms", generate, after_500ms, false, false},
+      {"generate, the directory appears", generate, directory, false, true},
+      {"generate, the manifest appears", generate, manifest, false, true},
+      {"generate, the first shard is open", generate, open_shard, false, false},
+      {"generate, a progress line", generate, progress, false, false},
+      {"generate, a shard is renamed into place", generate, closed_shard, true, true},
+      {"capture, the first shard is open", capture, open_shard, false, false},
+      {"capture, a shard is renamed into place", capture, closed_shard, true, true},
+      {"masked diffusion, the manifest appears", diffusion, manifest, false, false},
+      {"masked diffusion, the first shard is open", diffusion, open_shard, false, true},
+  };
+  int killed_with_a_run = 0;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const Invocation inv{c.name, c.args, tmp / fmt::format("case{}", i)};
+    const fs::path run = inv.cwd / "run";
+    const bool killed = kill_when(inv, [&](std::chrono::milliseconds t) { return c.moment(run, err_file(inv), t); });
+    INFO(c.name << (killed ? ": killed" : ": finished first") << "\n" << test::read_file(err_file(inv)));
+    if (!killed) {
+      CHECK(c.may_finish);
+      CHECK(has_complete_run(inv.cwd));
+      continue;
+    }
+    CHECK_FALSE(has_complete_run(inv.cwd));
+    if (!fs::exists(run)) continue;
+    if (fs::exists(run / "manifest.json")) ++killed_with_a_run;
+    if (c.readers) check_readers_refuse(run, inv.cwd);
+  }
+  CHECK(killed_with_a_run >= 5);
+
+  // What a killed writer leaves (its lock file too) does not stop the next run.
+  const fs::path killed_run = tmp / "case5" / "run";
+  REQUIRE(fs::exists(killed_run / "manifest.json"));
+  const auto rerun = run_one({"rerun with --overwrite",
+                              {"generate", "--model", neo, "--prompt", "hi", "--max-new-tokens", "2", "--overwrite",
+                               "--out", killed_run.string()},
+                              tmp / "rerun"});
+  check_success(rerun);
+  CHECK(hooklens::RunReader(killed_run).manifest()["prompts"][0]["text"] == "hi");
+}
+
+TEST_CASE("two processes writing one --out: the second is refused, the first's run stays its own") {
+  TempDir tmp;
+  const fs::path out = tmp / "shared-run";
+  const std::string neo = neo_fixture().string();
+  const Invocation first{"first", {"generate", "--model", neo, "--prompt", "The first run", "--max-new-tokens", "100",
+                                   "--out", out.string()},
+                         tmp / "first"};
+  const Running a = start(first);
+  // Its writer owns the directory once its manifest is there.
+  while (!fs::exists(out / "manifest.json") && std::chrono::steady_clock::now() < a.deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const std::vector<std::string> second{"generate", "--model", neo, "--prompt", "The second run", "--max-new-tokens",
+                                        "4", "--out", out.string()};
+  auto overwrite = second;
+  overwrite.push_back("--overwrite");
+  const auto refused = run_all({{"second, --overwrite", overwrite, tmp / "second"}, {"third", second, tmp / "third"}});
+  int status = 0;
+  waitpid(a.pid, &status, 0);
+  const std::string first_err = test::read_file(err_file(first));
+  INFO("first: exit " << (WIFEXITED(status) ? WEXITSTATUS(status) : -1) << "\n" << first_err);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  for (const auto& o : refused) {
+    INFO(o.describe());
+    CHECK(o.code == 1);
+    const auto lines = lines_of(o.err);
+    REQUIRE(lines.size() == 1);
+    CHECK_THAT(lines[0], Catch::StartsWith("hooklens: error: " + out.string()) &&
+                             Catch::Contains(fmt::format("is being written by another process (pid {})", a.pid)));
+  }
+  hooklens::RunReader run(out);
+  CHECK(run.manifest()["prompts"].size() == 1);
+  CHECK(run.manifest()["prompts"][0]["text"] == "The first run");
+  CHECK(run.manifest()["generation"]["output_ids"].size() == run.manifest()["prompts"][0]["ids"].size() + 100);
+  std::set<int> steps;
+  for (std::size_t i = 0; i < run.capture_count(); ++i) steps.insert(run.capture(i)["step"].get<int>());
+  CHECK(steps.size() == 100);  // prefill and 99 decode steps: every capture is the first run's
+  CHECK_FALSE(fs::exists(out / ".hooklens-writer.lock"));
+}
+
+// A run that failed on its way: exit 1, its stderr ends with the one error line (progress lines may
+// come before it), naming every culprit, and nothing below `root` looks like a complete run.
+void check_failed_run(const Outcome& o, const std::vector<std::string>& culprits, const fs::path& root) {
+  INFO(o.describe());
+  CHECK(o.code == 1);
+  const auto lines = lines_of(o.err);
+  REQUIRE(!lines.empty());
+  const auto errors = std::count_if(lines.begin(), lines.end(),
+                                    [](const std::string& l) { return l.find("error") != std::string::npos; });
+  CHECK(errors == 1);
+  CHECK(lines.back().rfind("hooklens: error: ", 0) == 0);
+  for (const auto& culprit : culprits) CHECK_THAT(lines.back(), Catch::Contains(culprit));
+  CHECK_FALSE(has_complete_run(root));
+}
+
+TEST_CASE("a full disk and a read-only --out: exit 1, one error line, no run that looks complete") {
+  test::TmpfsMount disk("2m");
+  if (!disk.mounted) {
+    WARN("skipped: " << disk.why);
+    return;
+  }
+  TempDir tmp;
+  const std::string neo = neo_fixture().string();
+  // Every hook point of one prompt of 20 tokens: about 4 MB of captures (one prompt: no progress lines).
+  const std::vector<std::string> big{"capture", "--model", neo, "--prompt",
+                                     "The cat sat on the mat and the dog ran in the park, and then they all went home",
+                                     "--hooks", "*"};
+  auto full = big;
+  full.insert(full.end(), {"--out", (disk.path / "full").string()});
+  const auto o = run_one({"disk full", full, tmp / "full"});
+  check_failed_run(o, {(disk.path / "full").string(), "No space left on device"}, disk.path);
+  for (const auto& e : fs::directory_iterator(disk.path / "full")) {
+    const std::string name = e.path().filename().string();
+    INFO(name);
+    CHECK(name.find(".tmp") == std::string::npos);
+    CHECK(name != ".hooklens-writer.lock");
+    if (name != "manifest.json") CHECK_NOTHROW(hooklens::read_safetensors(e.path()));
+  }
+  if (fs::exists(disk.path / "full" / "manifest.json")) check_readers_refuse(disk.path / "full", tmp / "readers");
+
+  // Read-only: a new directory, and a previous run that --overwrite must not touch.
+  fs::remove_all(disk.path / "full");
+  require_hooklens_run({"capture", "--model", neo, "--prompt", "hi", "--out", (disk.path / "old").string()},
+                       tmp / "old");
+  if (!disk.remount_read_only()) {
+    WARN("skipped the read-only part: cannot remount the tmpfs read-only");
+    return;
+  }
+  std::vector<Invocation> invocations;
+  for (const char* name : {"new", "old"}) {
+    std::vector<std::string> args{"capture", "--model", neo, "--prompt", "hi", "--overwrite", "--out",
+                                  (disk.path / name).string()};
+    invocations.push_back({std::string("read-only ") + name, args, tmp / fmt::format("ro-{}", name)});
+  }
+  for (const auto& r : run_all(invocations)) check_failed_run(r, {disk.path.string(), "Read-only file system"}, tmp.path);
+  CHECK_FALSE(fs::exists(disk.path / "new"));
+  CHECK(hooklens::RunReader(disk.path / "old").manifest()["prompts"][0]["text"] == "hi");
+}
+
 TEST_CASE("hooklens plugins lists the plugins and warns about a broken library") {
   TempDir tmp;
   const fs::path bad = tmp / "bad-plugins";
@@ -595,6 +829,19 @@ TEST_CASE("hooklens plugins lists the plugins and warns about a broken library")
   write_text(bad / "hooklens_bad.so", "this is not a shared library\n");
   // A real plugin cut short: mapping it without checks would kill the process with SIGBUS.
   write_text(bad / "hooklens_cut.so", test::read_file(test::plugin_file("gpt2")).substr(0, 4096));
+  write_text(bad / "hooklens_empty.so", "");
+  // A real plugin linked against a libtorch that is not here (its soname changed in a copy).
+  std::string other_torch = test::read_file(test::plugin_file("gpt2"));
+  const std::size_t soname = other_torch.find("libtorch_cpu.so");
+  REQUIRE(soname != std::string::npos);
+  other_torch[soname + 11] = 'X';
+  write_text(bad / "hooklens_other_torch.so", other_torch);
+  std::vector<std::string> culprits{"hooklens_bad.so", "hooklens_cut.so", "hooklens_empty.so", "hooklens_other_torch.so"};
+  // A shared library that is no hooklens plugin.
+  if (fs::exists("/usr/lib/x86_64-linux-gnu/libz.so.1")) {
+    fs::copy_file("/usr/lib/x86_64-linux-gnu/libz.so.1", bad / "hooklens_zlib.so");
+    culprits.push_back("hooklens_zlib.so");
+  }
   const auto outcomes = run_all({{"plugins", {"plugins"}, tmp / "a", {"HOOKLENS_PLUGIN_PATH="}},
                                  {"plugins with broken libraries", {"plugins"}, tmp / "b",
                                   {"HOOKLENS_PLUGIN_PATH=" + bad.string()}}});
@@ -612,8 +859,8 @@ TEST_CASE("hooklens plugins lists the plugins and warns about a broken library")
   CHECK(outcomes[0].err.empty());
   const auto warnings = lines_of(outcomes[1].err);
   INFO(outcomes[1].describe());
-  CHECK(warnings.size() == 2);
-  for (const char* file : {"hooklens_bad.so", "hooklens_cut.so"}) {
+  CHECK(warnings.size() == culprits.size());
+  for (const auto& file : culprits) {
     const bool named = std::any_of(warnings.begin(), warnings.end(), [&](const std::string& w) {
       return w.rfind("hooklens: warning: ", 0) == 0 && w.find((bad / file).string()) != std::string::npos;
     });

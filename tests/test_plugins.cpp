@@ -45,6 +45,24 @@ const PluginRecord* find(const PluginRegistry& registry, const std::string& name
 
 void write_text(const fs::path& file, const std::string& text) { std::ofstream(file, std::ios::binary) << text; }
 
+// A copy of `from` with every `find` replaced by `replace` (same length, so the ELF layout holds).
+void write_patched(const fs::path& from, const fs::path& to, const std::string& find, const std::string& replace) {
+  REQUIRE(find.size() == replace.size());
+  std::string bytes = test::read_file(from);
+  std::size_t count = 0;
+  for (std::size_t at = bytes.find(find); at != std::string::npos; at = bytes.find(find, at + find.size()), ++count)
+    bytes.replace(at, find.size(), replace);
+  REQUIRE(count > 0);
+  write_text(to, bytes);
+}
+
+// A shared library that is no hooklens plugin, found where Debian keeps zlib.
+fs::path foreign_library() {
+  for (const char* path : {"/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/libz.so.1"})
+    if (fs::exists(path)) return path;
+  return {};
+}
+
 }  // namespace
 
 TEST_CASE("a good plugin is found, described and created") {
@@ -139,6 +157,38 @@ TEST_CASE("bad libraries are refused with a message naming the file") {
     CHECK_THAT(error_of([&] { PluginRegistry::create_from(tmp.path / "hooklens_garbage.so", "sink"); }),
                Catch::Contains("hooklens_garbage.so"));
   }
+}
+
+TEST_CASE("foreign libraries are refused: empty, no hooklens entry point, another libtorch, a missing symbol") {
+  TempDir tmp;
+  write_text(tmp.path / "hooklens_empty.so", "");
+  CHECK_THAT(error_of([&] { PluginRegistry::inspect(tmp.path / "hooklens_empty.so"); }),
+             Catch::Contains("hooklens_empty.so: cannot load plugin: "));
+  // Linked against a libtorch this machine does not have (its soname changed in a copy).
+  write_patched(kGood / "hooklens_test_sink.so", tmp.path / "hooklens_other_torch.so", "libtorch_cpu.so",
+                "libtorch_cpX.so");
+  CHECK_THAT(error_of([&] { PluginRegistry::inspect(tmp.path / "hooklens_other_torch.so"); }),
+             Catch::Contains("hooklens_other_torch.so: cannot load plugin: ") && Catch::Contains("libtorch_cpX.so"));
+  // Needing a symbol the loaded libraries lack (as one built against another libtorch would):
+  // refused when loaded (RTLD_NOW), not a crash at the first call.
+  write_patched(kGood / "hooklens_test_sink.so", tmp.path / "hooklens_missing_symbol.so", "setenv", "setenX");
+  CHECK_THAT(error_of([&] { PluginRegistry::inspect(tmp.path / "hooklens_missing_symbol.so"); }),
+             Catch::Contains("hooklens_missing_symbol.so: cannot load plugin: ") && Catch::Contains("setenX"));
+  const fs::path zlib = foreign_library();
+  if (zlib.empty()) {
+    WARN("skipped the foreign-library case: no libz.so.1 found");
+    return;
+  }
+  fs::copy_file(zlib, tmp.path / "hooklens_zlib.so");
+  CHECK_THAT(error_of([&] { PluginRegistry::inspect(tmp.path / "hooklens_zlib.so"); }),
+             Catch::Contains("hooklens_zlib.so: not a hooklens plugin (no 'hooklens_plugin_entry' entry point)"));
+  PluginRegistry registry({tmp.path, kGood});
+  CHECK(registry.plugins().size() == 3);  // the good ones, found after the bad ones
+  REQUIRE(registry.problems().size() == 4);
+  for (const char* name :
+       {"hooklens_empty.so", "hooklens_missing_symbol.so", "hooklens_other_torch.so", "hooklens_zlib.so"})
+    CHECK(std::count_if(registry.problems().begin(), registry.problems().end(),
+                        [&](const std::string& p) { return p.find(name) != std::string::npos; }) == 1);
 }
 
 TEST_CASE("the registry lists what it could not load as problems, without throwing") {

@@ -354,6 +354,114 @@ TEST_CASE("open refuses what it must not overwrite, and bad options") {
   CHECK_FALSE(fs::exists(tmp.path / "x"));
 }
 
+TEST_CASE("a run directory has one writer: a second is refused before it deletes or writes anything") {
+  TempDir tmp;
+  const fs::path out = tmp.path / "run";
+  const fs::path lock = out / ".hooklens-writer.lock";
+  const auto captures = varied_captures();
+  auto first = make_sink();
+  first->open({{"out", out.string()}});
+  CHECK(test::read_file(lock) == std::to_string(getpid()) + "\n");
+  first->capture(captures[0].hook, captures[0].ctx, captures[0].tensor);
+  const std::string busy = fmt::format("{}: is being written by another process (pid {})", out.string(), getpid());
+  for (const bool overwrite : {false, true}) {
+    INFO("overwrite " << overwrite);
+    auto second = make_sink();
+    const std::string error = error_of([&] { second->open({{"out", out.string()}, {"overwrite", overwrite}}); });
+    CHECK_THAT(error, Catch::StartsWith(busy));
+    CHECK(fs::exists(out / "manifest.json"));  // nothing of the first run was deleted
+  }
+  first->capture(captures[1].hook, captures[1].ctx, captures[1].tensor);
+  first->finish(kManifestFields);
+  CHECK_FALSE(fs::exists(lock));  // released (and removed) with the finished run
+  {
+    RunReader run(out);
+    REQUIRE(run.capture_count() == 2);
+    CHECK(at::equal(run.load(1), captures[1].tensor));
+  }
+  // Once the first writer is done, the directory may be overwritten.
+  write_run({{"out", out.string()}, {"overwrite", true}}, {captures[2]});
+  CHECK(RunReader(out).capture_count() == 1);
+  CHECK(files_in(out) == std::set<std::string>{"manifest.json", "captures-00000.safetensors"});
+}
+
+TEST_CASE("a lock file left by a killed writer does not block the next run") {
+  TempDir tmp;
+  const auto captures = varied_captures();
+  // Killed before its manifest was written: the directory holds only the lock file.
+  const fs::path bare = tmp.path / "bare";
+  fs::create_directories(bare);
+  std::ofstream(bare / ".hooklens-writer.lock") << "999999999\n";
+  write_run({{"out", bare.string()}}, {captures[0]});
+  CHECK(RunReader(bare).capture_count() == 1);
+  // Killed mid-run: an incomplete run, which overwrite replaces.
+  const fs::path killed = tmp.path / "killed";
+  write_run({{"out", killed.string()}}, {captures[0], captures[1]});
+  std::ofstream(killed / ".hooklens-writer.lock") << "999999999\n";
+  CHECK_THAT(error_of([&] { make_sink()->open({{"out", killed.string()}}); }), Catch::Contains("not empty"));
+  write_run({{"out", killed.string()}, {"overwrite", true}}, {captures[2]});
+  CHECK(RunReader(killed).capture_count() == 1);
+  CHECK_FALSE(fs::exists(killed / ".hooklens-writer.lock"));
+}
+
+TEST_CASE("a full disk fails the run with one clear error, and leaves no shard pretending to be whole") {
+  test::TmpfsMount disk("1m");
+  if (!disk.mounted) {
+    WARN("skipped: " << disk.why);
+    return;
+  }
+  const fs::path out = disk.path / "run";
+  auto sink = make_sink();
+  sink->open({{"out", out.string()}, {"shard_bytes", 300000}, {"queue_bytes", 1}});
+  std::vector<at::Tensor> written;
+  std::string error;
+  try {
+    for (int step = 0; step < 40; ++step) {  // 40 x 128 KiB: four times the disk
+      written.push_back(at::randn({32768}));
+      sink->capture("hook_embed", context(0, Phase::decode, step, -1, -1, step), written.back());
+    }
+    sink->finish(kManifestFields);
+  } catch (const hooklens::Error& e) {
+    error = e.what();
+  }
+  sink->abort(error);  // as the CLI does when a capture fails (nothing once finish() threw)
+  CHECK_THAT(error, Catch::Contains(out.string()) && Catch::Contains("No space left on device"));
+  CHECK(error.find('\n') == std::string::npos);
+  CHECK_THAT(error_of([&] { RunReader{out}; }), Catch::Contains("is incomplete"));
+  // What the manifest lists is whole; every file named as a shard reads back; no .tmp is left.
+  RunReader run(out, /*allow_incomplete=*/true);
+  CHECK(run.manifest().at("complete") == false);
+  CHECK(run.capture_count() < written.size());
+  for (std::size_t i = 0; i < run.capture_count(); ++i) CHECK(at::equal(run.load(i), written[i]));
+  for (const auto& name : files_in(out)) {
+    INFO(name);
+    CHECK(name.find(".tmp") == std::string::npos);
+    if (name != "manifest.json") CHECK_NOTHROW(hooklens::read_safetensors(out / name));
+  }
+}
+
+TEST_CASE("a read-only place is refused at open, before anything is deleted") {
+  test::TmpfsMount disk("1m");
+  if (!disk.mounted) {
+    WARN("skipped: " << disk.why);
+    return;
+  }
+  const fs::path empty = disk.path / "empty", old = disk.path / "old";
+  fs::create_directories(empty);
+  write_run({{"out", old.string()}}, {varied_captures()[0]});
+  if (!disk.remount_read_only()) {
+    WARN("skipped: cannot remount the tmpfs read-only");
+    return;
+  }
+  for (const fs::path& out : {disk.path / "new", empty, old}) {
+    INFO(out);
+    const std::string error = error_of([&] { make_sink()->open({{"out", out.string()}, {"overwrite", true}}); });
+    CHECK_THAT(error, Catch::Contains(out.string()) && Catch::Contains("Read-only file system"));
+  }
+  CHECK_FALSE(fs::exists(disk.path / "new"));
+  CHECK(RunReader(old).capture_count() == 1);  // the previous run is untouched
+}
+
 TEST_CASE("RunReader refuses malformed run directories") {
   TempDir tmp;
   CHECK_THAT(error_of([&] { RunReader{tmp.path}; }), Catch::Contains("manifest.json"));

@@ -8,7 +8,9 @@
 #include <hooklens/hooks.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -16,6 +18,7 @@
 #include <random>
 #include <string>
 
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -44,6 +47,29 @@ struct TempDir {
     fs::remove_all(path, ec);
   }
   fs::path operator/(const std::string& name) const { return path / name; }
+};
+
+// A small tmpfs mounted at a fresh directory (`path`), for a full disk or a read-only directory.
+// Mounting needs root with CAP_SYS_ADMIN: where it is refused, `mounted` is false and `why` says
+// why, and the test skips with a WARN. Unmounted (lazily) before its directory is removed.
+struct TmpfsMount {
+  TempDir dir;
+  fs::path path;
+  bool mounted = false;
+  std::string why;
+  explicit TmpfsMount(const std::string& size) : path(dir.path / "mnt") {
+    fs::create_directories(path);
+    mounted = ::mount("tmpfs", path.c_str(), "tmpfs", 0, ("size=" + size).c_str()) == 0;
+    if (!mounted) why = std::string("cannot mount a tmpfs: ") + std::strerror(errno);
+  }
+  TmpfsMount(const TmpfsMount&) = delete;
+  TmpfsMount& operator=(const TmpfsMount&) = delete;
+  ~TmpfsMount() {
+    if (mounted) ::umount2(path.c_str(), MNT_DETACH);
+  }
+  bool remount_read_only() {
+    return ::mount("tmpfs", path.c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY, nullptr) == 0;
+  }
 };
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {

@@ -388,8 +388,8 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check)
     throw Error(fmt::format("{}: run manifest has no boolean \"complete\"", file.string()));
   if (!manifest["complete"].get<bool>() && !allow_incomplete) {
     const std::string error = manifest.contains("error") ? ": " + manifest["error"].dump() : "";
-    throw Error(fmt::format("{}: run {} is incomplete (it was aborted or is still being written){}", file.string(),
-                            dir.string(), error));
+    throw Error(fmt::format("{}: run {} is incomplete (its writer failed, was killed, or is still writing it){}",
+                            file.string(), dir.string(), error));
   }
   if (!manifest.contains("captures")) manifest["captures"] = nlohmann::json::array();
   if (!manifest["captures"].is_array()) throw Error(fmt::format("{}: \"captures\" is not an array", file.string()));

@@ -28,12 +28,15 @@
 
 #include <fcntl.h>
 #include <malloc.h>  // malloc_trim
+#include <sys/file.h>  // flock
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -157,24 +160,123 @@ bool looks_like_run_dir(const fs::path& dir) {
   return manifest.is_object() && manifest.value("format", "") == "hooklens-run";
 }
 
-// Refuses to clobber anything that is not an empty directory or a previous run.
-void prepare_directory(const WriterOptions& options) {
+// Ownership of a run directory: an flock on `<out>/.hooklens-writer.lock` (holding the owner's
+// pid), held from before anything in the directory is deleted or written until the run is
+// finished or aborted. A second writer of the same directory, with or without overwrite, is
+// refused instead of deleting or mixing into a run being written. The kernel drops the lock when
+// its process dies (kill -9 too), so a file left by a crash never blocks the next run. The file is
+// removed on release; a writer that locked a file just removed retries on the new one.
+class DirectoryLock {
+ public:
+  static constexpr const char* kName = ".hooklens-writer.lock";
+
+  DirectoryLock() = default;
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  ~DirectoryLock() { release(); }
+
+  bool held() const { return fd_ >= 0; }
+
+  void acquire(const fs::path& dir) {
+    if (held()) return;
+    const fs::path path = dir / kName;
+    for (int attempt = 0;; ++attempt) {
+      const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) throw_io(path, "cannot create the run directory's lock file");
+      if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        const int saved = errno;
+        if (saved == EWOULDBLOCK) {
+          const std::string owner = owner_of(fd);
+          ::close(fd);
+          throw Error(fmt::format("{}: is being written by another process{}; choose another directory, or wait for "
+                                  "that run to end",
+                                  dir.string(), owner));
+        }
+        ::close(fd);
+        errno = saved;
+        throw_io(path, "cannot lock the run directory");
+      }
+      struct stat locked {}, named {};
+      if (::fstat(fd, &locked) == 0 && ::stat(path.c_str(), &named) == 0 && locked.st_dev == named.st_dev &&
+          locked.st_ino == named.st_ino) {
+        fd_ = fd;
+        path_ = path;
+        break;
+      }
+      ::close(fd);  // its owner removed it as we took it: lock the file now at that name
+      if (attempt == 100) throw Error(fmt::format("{}: cannot lock the run directory (its lock file keeps changing)",
+                                                  dir.string()));
+    }
+    const std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != ssize_t(pid.size())) {
+      // the pid only makes the message of a refused writer better; the lock itself is held
+    }
+  }
+
+  // Removes the file while still holding the lock, then lets go.
+  void release() noexcept {
+    if (!held()) return;
+    ::unlink(path_.c_str());
+    ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  static std::string owner_of(int fd) {
+    char text[32] = {};
+    const ssize_t n = ::pread(fd, text, sizeof text - 1, 0);
+    if (n <= 0) return "";
+    char* end = nullptr;
+    const long pid = std::strtol(text, &end, 10);
+    return pid > 0 && end != text ? fmt::format(" (pid {})", pid) : "";
+  }
+
+  int fd_ = -1;
+  fs::path path_;
+};
+
+// What a directory holds besides the lock file.
+bool holds_more_than_lock(const fs::path& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (it->path().filename() != DirectoryLock::kName) return true;
+  if (ec) throw Error(fmt::format("{}: cannot list the run directory: {}", dir.string(), ec.message()));
+  return false;
+}
+
+// Refuses to clobber anything that is not an empty directory or a previous run, and to touch a
+// directory another writer owns. Checked once before the lock is taken, so that nothing (not even
+// a lock file) is left in a directory that is refused, and again under the lock, which is taken
+// before anything is deleted.
+void prepare_directory(const WriterOptions& options, DirectoryLock& lock) {
   const fs::path& out = options.out;
   std::error_code ec;
+  auto check_replaceable = [&] {
+    if (!holds_more_than_lock(out)) return false;
+    if (!options.overwrite)
+      throw Error(fmt::format("{}: directory exists and is not empty (choose another one, or set overwrite)", out.string()));
+    if (!looks_like_run_dir(out))
+      throw Error(fmt::format("{}: refusing to overwrite: not a hooklens run directory (no hooklens manifest.json)",
+                              out.string()));
+    return true;
+  };
   if (fs::exists(out, ec)) {
     if (!fs::is_directory(out, ec)) throw Error(fmt::format("{}: exists and is not a directory", out.string()));
-    if (!fs::is_empty(out, ec)) {
-      if (!options.overwrite)
-        throw Error(fmt::format("{}: directory exists and is not empty (choose another one, or set overwrite)", out.string()));
-      if (!looks_like_run_dir(out))
-        throw Error(fmt::format("{}: refusing to overwrite: not a hooklens run directory (no hooklens manifest.json)",
-                                out.string()));
-      fs::remove_all(out, ec);
-      if (ec) throw Error(fmt::format("{}: cannot remove the previous run: {}", out.string(), ec.message()));
-    }
+    // A writer at work is the first thing to report, whatever else the directory holds.
+    if (fs::exists(out / DirectoryLock::kName, ec)) lock.acquire(out);
+    check_replaceable();
   }
   fs::create_directories(out, ec);
   if (ec) throw Error(fmt::format("{}: cannot create the run directory: {}", out.string(), ec.message()));
+  lock.acquire(out);
+  if (!check_replaceable()) return;  // another writer may have finished a run here meanwhile
+  for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() == DirectoryLock::kName) continue;
+    std::error_code removed;
+    fs::remove_all(it->path(), removed);
+    if (removed) throw Error(fmt::format("{}: cannot remove the previous run: {}", out.string(), removed.message()));
+  }
+  if (ec) throw Error(fmt::format("{}: cannot remove the previous run: {}", out.string(), ec.message()));
 }
 
 std::string capture_key(std::string_view hook, const CaptureContext& ctx) {
@@ -326,9 +428,14 @@ class RunWriter final : public CaptureSink {
   void open(const json& options) override {
     if (state_ != State::closed) throw Error(fmt::format("{}: run writer opened twice", options_.out.string()));
     options_ = parse_options(options);
-    prepare_directory(options_);
-    write_manifest(json::object(), false);
-    thread_ = std::thread([this] { writer_loop(); });
+    try {
+      prepare_directory(options_, lock_);
+      write_manifest(json::object(), false);
+      thread_ = std::thread([this] { writer_loop(); });
+    } catch (...) {
+      lock_.release();
+      throw;
+    }
     state_ = State::open;
   }
 
@@ -364,9 +471,11 @@ class RunWriter final : public CaptureSink {
       } catch (const std::exception&) {
         // the writer's own error is the one to report
       }
+      lock_.release();
       throw Error(error_);
     }
     write_manifest(manifest, true);
+    lock_.release();
   }
 
   void abort(const std::string& reason) noexcept override {
@@ -378,6 +487,7 @@ class RunWriter final : public CaptureSink {
     } catch (...) {
       // nothing more can be done: the manifest on disk already says "complete": false
     }
+    lock_.release();
   }
 
   std::string location() const override { return options_.out.string(); }
@@ -526,6 +636,7 @@ class RunWriter final : public CaptureSink {
   }
 
   WriterOptions options_;
+  DirectoryLock lock_;  // held from open() until the run is finished or aborted
   State state_ = State::closed;
   std::unordered_set<std::string> keys_;  // model thread only
   std::uint64_t header_room_ = kInitialHeaderRoom;  // writer thread only
