@@ -85,4 +85,12 @@ inline void check_refusal(const hooklens::Error& e) {
     violated(std::string("an error message of more than one line: ") + e.what());
 }
 
+// Warnings also reach users as one line ("hooklens: warning: ..."): installs a handler that checks
+// that and keeps them off the fuzzer's output.
+inline void check_warnings() {
+  hooklens::set_warning_handler([](const std::string& message) {
+    if (message.find('\n') != std::string::npos) violated("a warning of more than one line: " + message);
+  });
+}
+
 }  // namespace fuzz

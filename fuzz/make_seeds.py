@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Writes the generated seeds of fuzz/corpus (the hand-written ones are files there already):
 small zip archives in the layouts read_zip_directory meets (torch.save's, zipfile's, a zip64 one
-made field by field), llama2.c tokenizer.bin files, and a tokenizer.json with the full byte
-vocabulary. Run with Debian's /usr/bin/python3 (torch.save needs python3-torch; skipped without).
+made field by field), llama2.c tokenizer.bin files, a tokenizer.json with the full byte
+vocabulary, and for the weight readers: safetensors files, index files with their shards,
+torch.save state dicts and checkpoints, config.json files, llama2.c checkpoints and architecture
+specs. Run with Debian's /usr/bin/python3 (torch.save needs python3-torch; skipped without).
 The output is committed; rerun only to change the seeds."""
 import io
 import json
@@ -125,7 +127,158 @@ def byte_vocab_tokenizer():
     out("tokenizer_hf", "byte_vocab.txt", text.encode())
 
 
+# ---- weights ---------------------------------------------------------------------------------
+
+ST_DTYPES = {"F32": ("<f", 4), "F16": ("<e", 2), "I64": ("<q", 8), "I32": ("<i", 4), "U8": ("<B", 1),
+             "BOOL": ("<?", 1), "F64": ("<d", 8), "I16": ("<h", 2), "I8": ("<b", 1)}
+
+
+def safetensors(tensors, metadata=None):
+    """tensors: name -> (dtype, shape, values) with values a flat list."""
+    header, blobs, offset = {}, b"", 0
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    for name, (dtype, shape, values) in tensors.items():
+        fmt, _ = ST_DTYPES[dtype]
+        data = b"".join(struct.pack(fmt, v) for v in values)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        blobs += data
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text + blobs
+
+
+def safetensors_seeds():
+    out("safetensors", "f32.safetensors", safetensors({"w": ("F32", [2, 3], [0.5 * i for i in range(6)])}))
+    out("safetensors", "mixed.safetensors", safetensors(
+        {"a": ("F16", [3], [1.0, -2.0, 0.25]), "ids": ("I64", [2], [-5, 2 ** 40]), "mask": ("BOOL", [2, 1], [True, False]),
+         "b": ("U8", [4], [0, 1, 254, 255]), "d": ("F64", [], [3.5]), "s": ("I16", [1], [-3]), "c": ("I8", [2], [1, -1]),
+         "i": ("I32", [1, 1, 1], [7]), "empty": ("F32", [0, 4], [])}, metadata={"format": "pt"}))
+    out("safetensors", "metadata_only.safetensors", safetensors({}, metadata={"format": "pt", "note": "none"}))
+    # bf16 by hand: the top halves of float32 values
+    data = b"".join(struct.pack("<f", v)[2:] for v in (1.0, -0.5, 3.0, 0.0))
+    text = json.dumps({"bf": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, len(data)]}}).encode()
+    out("safetensors", "bf16.safetensors", struct.pack("<Q", len(text)) + text + data)
+
+
+def weight_index_seeds():
+    a = safetensors({"x": ("F32", [2], [1.0, 2.0])})
+    b = safetensors({"y": ("F32", [1, 2], [3.0, 4.0]), "z": ("I64", [1], [9])})
+    index = json.dumps({"metadata": {"total_size": 24}, "weight_map": {"x": "a.safetensors", "y": "b.safetensors",
+                                                                         "z": "b.safetensors"}})
+    out("weight_index", "two_shards.txt", index.encode() + b"\n==> a.safetensors <==\n" + a + b"\n==> b.safetensors <==\n" + b)
+    out("weight_index", "subdir.txt", json.dumps({"weight_map": {"x": "sub/../a.safetensors"}}).encode() +
+        b"\n==> a.safetensors <==\n" + a)
+    out("weight_index", "direct.txt", b"{}\n==> model.safetensors <==\n" + a)
+    try:
+        import torch
+    except ImportError:
+        return
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(3, dtype=torch.float32)}, buf)
+    out("weight_index", "bin_shard.txt", json.dumps({"weight_map": {"w": "p.bin", "x": "a.safetensors"}}).encode() +
+        b"\n==> p.bin <==\n" + buf.getvalue() + b"\n==> a.safetensors <==\n" + a)
+
+
+def pytorch_bin_seeds():
+    try:
+        import collections
+        import torch
+    except ImportError:
+        print("no torch: pytorch_bin seeds skipped")
+        return
+    torch.manual_seed(0)
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    tied = torch.randn(2, 2)
+    sd = collections.OrderedDict([("view", base[1:, ::2]), ("t", base.t()), ("wte", tied), ("lm_head", tied),
+                                  ("h", torch.ones(2, dtype=torch.float16)), ("n", torch.tensor(3)),
+                                  ("p", torch.nn.Parameter(torch.zeros(1)))])
+    ckpt = {"model": {"w": torch.ones(2)}, "model_args": {"n_head": 2, "bias": True, "dropout": 0.0, "name": None},
+            "iter_num": 5, "config": {"lr": [1e-3, 2e-3], "shared": "x"}}
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).state_dict()
+    for name, obj, protocol in (("views_tied.pt", sd, 2), ("views_tied_p4.pt", sd, 4), ("checkpoint.pt", ckpt, 2),
+                                ("module.pt", module, 2)):
+        buf = io.BytesIO()
+        torch.save(obj, buf, pickle_protocol=protocol)
+        out("pytorch_bin", name, buf.getvalue())
+
+
+def hf_config_seeds():
+    configs = {
+        "gpt2.json": {"model_type": "gpt2", "n_layer": 2, "n_head": 4, "n_embd": 32, "vocab_size": 100, "n_positions": 64,
+                      "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+                      "bos_token_id": 50256, "eos_token_id": [50256, 2], "architectures": ["GPT2LMHeadModel"]},
+        "llama.json": {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "num_key_value_heads": 2, "intermediate_size": 128, "rope_theta": 500000.0,
+                       "rope_scaling": {"type": "llama3", "factor": 8.0}, "max_position_embeddings": 128,
+                       "eos_token_id": "x", "mask_token_id": 3, "tie_word_embeddings": False, "_comment": "x"},
+        "neo.json": {"model_type": "gpt_neo", "attention_layers": ["global", "local"], "window_size": 256,
+                     "attention_types": [[["global", "local"], 1]], "hidden_size": 32, "unknown_key": {"a": [1, 2]}},
+    }
+    for name, config in configs.items():
+        out("hf_config", name, json.dumps(config, indent=1).encode())
+
+
+def llama2c_checkpoint(version, shared=True, dim=8, hidden=16, layers=1, heads=2, kv_heads=1, vocab=6, seq_len=4,
+                       freq=False):
+    head = dim // heads
+    kv_dim = kv_heads * head
+    floats = lambda n, k: struct.pack("<%df" % n, *[((i * 7 + k) % 11 - 5) / 10 for i in range(n)])
+    emb, rms_att, rms_ffn, rms_final = floats(vocab * dim, 1), floats(layers * dim, 2), floats(layers * dim, 3), floats(dim, 4)
+    wq, wk, wv, wo = floats(layers * dim * dim, 5), floats(layers * dim * kv_dim, 6), floats(layers * dim * kv_dim, 7), floats(layers * dim * dim, 8)
+    w1, w2, w3 = floats(layers * hidden * dim, 9), floats(layers * dim * hidden, 10), floats(layers * hidden * dim, 11)
+    wcls = b"" if shared else floats(vocab * dim, 12)
+    params = struct.pack("<7i", dim, hidden, layers, heads, kv_heads, vocab if shared or version else -vocab, seq_len)
+    if version == 0:
+        body = emb + rms_att + wq + wk + wv + wo + rms_ffn + w1 + w2 + w3 + rms_final
+        if freq:
+            body += floats(seq_len * head, 13)
+        return params + body + wcls
+    header = struct.pack("<Ii", 0x616B3432, 1) + params + bytes([1 if shared else 0])
+    header += b"\0" * (256 - len(header))
+    return header + rms_att + rms_ffn + rms_final + emb + wq + wk + wv + wo + w1 + w2 + w3 + wcls
+
+
+def llama2c_checkpoint_seeds():
+    out("llama2c_checkpoint", "legacy.bin", llama2c_checkpoint(0))
+    out("llama2c_checkpoint", "legacy_unshared_freq.bin", llama2c_checkpoint(0, shared=False, freq=True))
+    out("llama2c_checkpoint", "v1.bin", llama2c_checkpoint(1))
+    out("llama2c_checkpoint", "v1_unshared_2layers.bin", llama2c_checkpoint(1, shared=False, layers=2, kv_heads=2))
+    out("llama2c_checkpoint", "v2_header.bin", struct.pack("<Ii", 0x616B3432, 2) + b"\0" * 248)
+
+
+def arch_spec_seeds():
+    spec_dir = os.path.join(HERE, "..", "specs")
+    nanogpt = json.load(open(os.path.join(spec_dir, "nanogpt.json")))
+    nanogpt.pop("description")
+    nanogpt["n_heads"] = 2
+    seeds = {
+        "extends.json": {"extends": "nanogpt", "n_heads": 2},
+        "inline.json": nanogpt,
+        "raschka.json": {"extends": "raschka-gpt", "n_heads": 2},
+        "overrides.json": {"extends": "nanogpt", "n_heads": 2, "n_ctx": 4,
+                           "norm": {"type": "rms", "eps": 1e-6}, "activation": {"function": "silu", "gated": False},
+                           "positions": {"type": "rope_neox", "theta": 10000.0}, "tensors": {"pos_embed": None},
+                           "ignore": ["transformer.wpe.weight", "transformer.h.*.attn.bias"],
+                           "attention": {"mask": "bidirectional", "scale": 0.5},
+                           "linear_layout": {"default": "in_out", "W_qkv": "out_in"}, "bos_id": 0, "eos_id": 1},
+    }
+    for name, spec in seeds.items():
+        out("arch_spec", name, json.dumps(spec, indent=1).encode())
+    base = dict(nanogpt)
+    base.pop("n_heads")
+    out("arch_spec", "extends_file.txt", json.dumps({"extends": "base.json", "n_heads": 2, "ignore": ["**.attn.bias"]}).encode() +
+        b"\n==> base.json <==\n" + json.dumps(base).encode())
+
+
 if __name__ == "__main__":
     zips()
     llama2cs()
     byte_vocab_tokenizer()
+    safetensors_seeds()
+    weight_index_seeds()
+    pytorch_bin_seeds()
+    hf_config_seeds()
+    llama2c_checkpoint_seeds()
+    arch_spec_seeds()

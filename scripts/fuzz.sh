@@ -2,23 +2,27 @@
 # Builds the libFuzzer targets (fuzz/, clang with ASan+UBSan) into build-fuzz/ and runs each for
 # SECONDS (default 60), two at a time, then reports executions, coverage and findings per target.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (targets: zip_directory chat_template chat_template_made
-#                                             tokenizer_hf tokenizer_llama2c)
+#                                             tokenizer_hf tokenizer_llama2c safetensors weight_index
+#                                             pytorch_bin hf_config llama2c_checkpoint arch_spec)
 # New corpus entries go to build-fuzz/corpus/TARGET (fuzz/corpus/TARGET, the seeds, is only read);
 # crashing, hanging or memory-hungry inputs to build-fuzz/artifacts/TARGET/ (libFuzzer stops a
-# target at its first), inputs slower than 10 s there too as slow-unit-*. See docs/fuzzing.md.
+# target at its first), inputs slower than 10 s there too as slow-unit-*. See docs/reliability.md.
+# The llama2c_checkpoint and arch_spec targets link a normal build's libhooklens (build/, or
+# HOOKLENS_BUILD): build it first (cmake --build build --target hooklens hooklens_ops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
-((${#TARGETS[@]})) || TARGETS=(zip_directory chat_template chat_template_made tokenizer_hf tokenizer_llama2c)
+((${#TARGETS[@]})) || TARGETS=(zip_directory chat_template chat_template_made tokenizer_hf tokenizer_llama2c safetensors
+                               weight_index pytorch_bin hf_config llama2c_checkpoint arch_spec)
 JOBS=${FUZZ_JOBS:-2}
 OUT=build-fuzz
 
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is missing (apt-get install clang libclang-rt-14-dev)"; exit 2; }
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
-CC=clang CXX=clang++ cmake -S fuzz -B "$OUT" >/dev/null
+CC=clang CXX=clang++ cmake -S fuzz -B "$OUT" ${HOOKLENS_BUILD:+-DHOOKLENS_BUILD="$HOOKLENS_BUILD"} >/dev/null
 cmake --build "$OUT" -j2 --target "${TARGETS[@]/#/fuzz_}" >/dev/null
 
 # What a slow, huge or hungry input is: -timeout seconds for one input, -rss_limit_mb. The
@@ -32,6 +36,8 @@ options() {
     chat_template_made) echo "$common -timeout=60 -max_len=2048" ;;
     tokenizer_hf) echo "$common -timeout=10 -max_len=16384 -dict=fuzz/dict/tokenizer_hf.dict" ;;
     tokenizer_llama2c) echo "$common -timeout=10 -max_len=8192" ;;
+    safetensors | pytorch_bin | hf_config | llama2c_checkpoint) echo "$common -timeout=10 -max_len=4096" ;;
+    weight_index | arch_spec) echo "$common -timeout=10 -max_len=8192" ;;
   esac
 }
 

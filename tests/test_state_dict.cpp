@@ -17,6 +17,8 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <set>
 
@@ -315,4 +317,64 @@ TEST_CASE("state dicts: the CLI takes --spec") {
   CHECK_THAT(out, Catch::Contains("raschka-gpt") && Catch::Contains("blocks.{L}.attn.hook_pattern"));
   CHECK(run_cli(fmt::format("info --model '{}'", model), dir, out) == 2);
   CHECK_THAT(out, Catch::Contains("hooklens: error:") && Catch::Contains("--spec"));
+}
+
+namespace {
+
+// Hostile torch.save files, each a real zip (PyTorchFileWriter) around a hand-written pickle.
+const char* const kHostileScript = R"PY(
+import os, struct, sys, torch
+d = sys.argv[1]
+def archive(path, pkl, data=struct.pack('<f', 1.0)):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    w = torch._C.PyTorchFileWriter(path)
+    w.write_record('data.pkl', pkl, len(pkl))
+    w.write_record('data/0', data, len(data))
+    w.write_end_of_file()
+def text(s):
+    b = s.encode()
+    return b'X' + struct.pack('<I', len(b)) + b
+# A checkpoint whose model_args is 60 levels of tuples, each holding the level below twice
+# (it and a BINGET of it, then MEMOIZE): 2^60 values if shared objects were expanded.
+dag = b')\x94' + b''.join(b'h%c\x86\x94' % i for i in range(60))
+archive(os.path.join(d, 'dag.pt'), b'\x80\x04}(' + text('model') + b'}' + text('model_args') + dag + b'u.')
+# nanoGPT's wte as a [24000, 24000] view of a 1-element storage with stride (0, 0): 2.3 GB as floats.
+storage = b'(' + text('storage') + b'ctorch\nFloatStorage\n' + text('0') + text('cpu') + b'K\x01tQ'
+wte = (b'ctorch._utils\n_rebuild_tensor_v2\n(' + storage + b'K\x00' + b'M\xc0\x5dM\xc0\x5d\x86' +
+       b'K\x00K\x00\x86' + b'\x89' + b'ccollections\nOrderedDict\n)R' + b'tR')
+archive(os.path.join(d, 'repeat', 'pytorch_model.bin'), b'\x80\x02}(' + text('transformer.wte.weight') + wte + b'u.')
+assert torch.load(os.path.join(d, 'repeat', 'pytorch_model.bin'))['transformer.wte.weight'].shape == (24000, 24000)
+)PY";
+
+}  // namespace
+
+TEST_CASE("state dicts: hostile pickles are refused at once, with little memory") {
+  if (!test::python_has("torch")) {
+    WARN("SKIPPED: /usr/bin/python3 with torch is not available, so no archives can be made");
+    return;
+  }
+  const test::TempDir dir;
+  std::ofstream(dir / "make.py") << kHostileScript;
+  REQUIRE(test::run_python(dir / "make.py", "'" + dir.path.string() + "'", dir / "make.log") == 0);
+
+  const auto refuse = [&](const fs::path& model, const std::string& fragment) {
+    const auto start = std::chrono::steady_clock::now();
+    const test::Measured m = test::run_hooklens_measured(
+        fmt::format("info --model '{}' --spec nanogpt", model.string()), dir / "cli.log");
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const std::string out = test::read_file(dir / "cli.log");
+    INFO(out << "(" << seconds << " s, peak RSS " << (m.peak_rss_kib >> 10) << " MiB)");
+    CHECK(m.status == 1);
+    CHECK(out.rfind("hooklens: error: ", 0) == 0);
+    CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+    CHECK_THAT(out, Catch::Contains(model.string()) && Catch::Contains(fragment));
+    CHECK(seconds < 10);  // a few seconds at most on a loaded machine; it ran > 90 s before
+    CHECK(m.peak_rss_kib < (1 << 20));  // < 1 GiB
+  };
+  SECTION("an object shared at each of 60 levels") {
+    refuse(dir / "dag.pt", "plain values expand to more than 64 MiB of JSON");
+  }
+  SECTION("a stride-0 view larger than its storage") {
+    refuse(dir / "repeat", "tensor of shape [24000, 24000] from a storage of only 1 elements");
+  }
 }

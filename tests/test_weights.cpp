@@ -14,7 +14,10 @@
 #include <ATen/ops/zeros.h>
 // After the torch headers: glog (pulled in by them) also defines CHECK, and Catch's must win.
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
+
+#include <chrono>
 
 #include <cstdint>
 #include <cstdlib>
@@ -342,6 +345,11 @@ TEST_CASE("pytorch_model.bin: truncated, garbage and legacy files are errors", "
   }
 }
 
+nlohmann::json& plain_sink() {
+  static nlohmann::json j;
+  return j;
+}
+
 // The Python side saves checkpoints with torch.save and writes the expected tensors with a tiny
 // independent safetensors writer; it also checks a file written by our writer.
 static const char* kPythonScript = R"PY(
@@ -471,6 +479,24 @@ craft('cut_pickle.bin', None, pkl=b'\x80\x02X\xff\x00\x00\x00abc')
 craft('many_values.bin', None, pkl=b'\x80\x02' + b')' * 5000000 + b'.')
 craft('long_key.bin', {'x': Rebuild(Stub(4, 'k' * 500), 0, (4,), (1,))})
 craft('expanded.bin', {'x': Rebuild(Stub(4), 1, (2**40, 3), (0, 1))})  # 3 * 2^40 elements viewing 3
+craft('repeat.bin', {'wte': Rebuild(Stub(1, '0'), 0, (24000, 24000), (0, 0))}, data=struct.pack('<f', 1))
+craft('overlap.bin', {'x': Rebuild(Stub(4), 0, (3, 2), (1, 1))})  # 6 elements from 4, no stride 0
+craft('tiny_repeat.bin', {'x': Rebuild(Stub(4), 0, (2, 2), (0, 1))})  # repeats, but no more than stored
+craft('rank.bin', {'x': Rebuild(Stub(4), 0, (1,) * 65, (1,) * 65)})
+shared = {'n_head': 4, 'name': 'x' * 100}
+craft('shared_config.bin', {'model': {'x': Rebuild(Stub(4), 0, (4,), (1,))}, 'a': shared, 'b': [shared, shared]})
+# 60 levels, each a tuple holding the level below twice (the level on the stack and a BINGET of it,
+# then MEMOIZE): 2^60 values if the reader expanded shared objects instead of keeping one of each.
+dag = b')\x94' + b''.join(b'h%c\x86\x94' % i for i in range(60))
+dag_pkl = b'\x80\x04}(X\x05\x00\x00\x00model}X\x0a\x00\x00\x00model_args' + dag + b'u.'
+craft('dag.bin', None, pkl=dag_pkl)
+# A list that holds itself twice: converted down to a depth limit it would still be 2^64 values.
+craft('cycle.bin', None, pkl=b'\x80\x02}(X\x05\x00\x00\x00model}X\x01\x00\x00\x00c]q\x00h\x00ah\x00au.')
+level = pickle.loads(dag_pkl)['model_args']
+for _ in range(60):
+    assert level[0] is level[1]
+    level = level[0]
+assert level == ()
 
 # Zip-level variants of torch.save files: rewritten by Python's zipfile, or patched byte by byte.
 import warnings, zipfile, zlib
@@ -627,11 +653,16 @@ TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
   SECTION("crafted archives") {
     const TensorMap ok = hooklens::read_pytorch_bin(d / "crafted_ok.bin");
     CHECK(at::equal(ok.at("x"), at::arange(2, 5, at::kFloat)));
-    // A stride-0 view of 3 * 2^40 elements is legal and stays a view: nothing is materialised.
-    const at::Tensor expanded = hooklens::read_pytorch_bin(d / "expanded.bin").at("x");
-    CHECK(expanded.sizes() == at::IntArrayRef{std::int64_t(1) << 40, 3});
-    CHECK(expanded.strides() == at::IntArrayRef{0, 1});
-    CHECK(at::equal(expanded[std::int64_t(1) << 39], at::arange(2, 5, at::kFloat)));
+    // A view may repeat elements of its storage (stride 0) as long as it has no more elements than
+    // the storage: a copy of it (contiguous, a dtype conversion) is then no larger than the file.
+    const at::Tensor tiny_repeat = hooklens::read_pytorch_bin(d / "tiny_repeat.bin").at("x");
+    CHECK(tiny_repeat.strides() == at::IntArrayRef{0, 1});
+    CHECK(at::equal(tiny_repeat.contiguous(), at::tensor({1.f, 2.f, 1.f, 2.f}).reshape({2, 2})));
+    // Plain values the pickle shares (one dict under two keys) are read as copies.
+    nlohmann::json plain;
+    hooklens::read_pytorch_checkpoint(d / "shared_config.bin", nullptr, &plain);
+    CHECK(plain.at("a").at("n_head") == 4);
+    CHECK(plain.at("b").at(1) == plain.at("a"));
     const std::pair<const char*, const char*> bad[] = {
         {"past_end.bin", "past its storage"},
         {"huge_stride.bin", "past its storage"},
@@ -646,8 +677,29 @@ TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
         {"bad_memo.bin", "memo entry 5"},
         {"cut_pickle.bin", "ends early"},
         {"many_values.bin", "too many values"},
+        // More elements than the storage holds: refused before anything could copy them.
+        {"expanded.bin", "tensor of shape [1099511627776, 3] from a storage of only 4 elements"},
+        {"repeat.bin", "tensor of shape [24000, 24000] from a storage of only 1 elements"},
+        {"overlap.bin", "overlapping strides"},
+        {"rank.bin", "more than 64 dimensions"},
+        {"dag.bin", "'model' is a dict, not a tensor"},
     };
     for (const auto& [name, fragment] : bad) require_error([&] { hooklens::read_pytorch_bin(d / name); }, d / name, fragment);
+  }
+
+  SECTION("an object shared at every level of 60 is one object: refused in well under a second") {
+    // Expanded into JSON, the plain values would be 2^60 values; the budget stops the copies.
+    const auto start = std::chrono::steady_clock::now();
+    require_error([&] { hooklens::read_pytorch_checkpoint(d / "dag.bin", nullptr, &plain_sink()); }, d / "dag.bin",
+                  "plain values expand to more than 64 MiB of JSON");
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    require_error([&] { hooklens::read_pytorch_checkpoint(d / "cycle.bin", nullptr, &plain_sink()); }, d / "cycle.bin",
+                  "plain values expand to more than 64 MiB of JSON");
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    // Without `plain` nothing walks the values: the state dict under 'model' (empty) is read.
+    std::string under;
+    CHECK(hooklens::read_pytorch_checkpoint(d / "dag.bin", &under).empty());
+    CHECK(under == "model");
   }
 
   SECTION("zip variants: deflated records are extracted, unaligned ones copied, zip64 fields read") {

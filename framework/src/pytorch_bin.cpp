@@ -26,6 +26,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -98,8 +99,13 @@ c10::ScalarType storage_dtype(const std::string& global) {
   return it->second;
 }
 
-// Bounds the memory a hostile pickle can make us spend; a state dict needs ~15 values per tensor.
+// Bound the memory a hostile pickle can make us spend; a state dict needs ~15 values per tensor.
+// Values live once in the arena and containers hold pointers, so an object the pickle refers to
+// many times (its memo) is never copied: kMaxItems bounds those pointers, i.e. the work of every
+// later walk over the containers.
 constexpr std::size_t kMaxValues = std::size_t(1) << 22;
+constexpr std::size_t kMaxItems = std::size_t(1) << 24;
+constexpr std::size_t kMaxRank = 64;  // dimensions of a tensor
 
 // Runs a pickle program. Errors are thrown as Error without the file name; the caller adds it.
 class PickleMachine {
@@ -203,9 +209,14 @@ class PickleMachine {
   Value* long1(std::size_t n);
   Value* binfloat();
   Value* tuple(std::vector<Value*> items) {
+    count_items(items.size());
     Value* t = make(Kind::Tuple);
     t->items = std::move(items);
     return t;
+  }
+  void count_items(std::size_t n) {
+    items_ += n;
+    if (items_ > kMaxItems) throw Error("pickle holds too many items for a state dict");
   }
   void add_to(Value* container, const std::vector<Value*>& items);
   Value* persistent_load(Value* pid);
@@ -221,6 +232,7 @@ class PickleMachine {
   std::vector<std::size_t> marks_;
   std::unordered_map<std::uint64_t, Value*> memo_;
   std::unordered_map<std::string, StorageRecord> storages_;
+  std::size_t items_ = 0;  // pointers held by all containers
   Value none_;
 };
 
@@ -341,6 +353,7 @@ Value* PickleMachine::binfloat() {
 }
 
 void PickleMachine::add_to(Value* container, const std::vector<Value*>& items) {
+  count_items(items.size());
   if (container->kind == Kind::List) {
     container->items.insert(container->items.end(), items.begin(), items.end());
   } else if (container->kind == Kind::Dict) {
@@ -398,6 +411,7 @@ Value* PickleMachine::rebuild_tensor(const std::vector<Value*>& args) {
   const std::vector<std::int64_t> size = int_tuple(args[2], "a tensor's size");
   const std::vector<std::int64_t> stride = int_tuple(args[3], "a tensor's stride");
   if (size.size() != stride.size()) throw Error("pickle rebuilds a tensor whose size and stride differ in rank");
+  if (size.size() > kMaxRank) throw Error(fmt::format("pickle rebuilds a tensor of more than {} dimensions", kMaxRank));
 
   bool empty = false;
   for (std::size_t i = 0; i < size.size(); ++i) {
@@ -413,6 +427,15 @@ Value* PickleMachine::rebuild_tensor(const std::vector<Value*>& args) {
   if (!empty && last >= storage_numel)
     throw Error(fmt::format("pickle rebuilds a tensor that reaches past its storage of {} elements",
                             static_cast<std::int64_t>(storage_numel)));
+  // A view inside its storage can still repeat it (stride 0, overlapping strides): a tensor of more
+  // elements than its storage holds would blow up to that many when anything copies it (contiguous,
+  // a dtype conversion), far beyond the file's size. torch.save of a weight never makes one.
+  __int128 numel = 1;
+  for (std::size_t i = 0; i < size.size() && numel <= storage_numel; ++i) numel *= size[i];
+  if (!empty && numel > storage_numel)
+    throw Error(fmt::format("pickle rebuilds a tensor of shape [{}] from a storage of only {} elements "
+                            "(stride 0 or overlapping strides repeat its elements)",
+                            fmt::join(size, ", "), static_cast<std::int64_t>(storage_numel)));
 
   Value* v = make(Kind::Tensor);
   v->tensor = at::empty({0}, at::TensorOptions().dtype(s.type));
@@ -449,6 +472,55 @@ bool is_tensor_dict(const Value* v) {
     if (v->items[i]->kind != Kind::String || v->items[i + 1]->kind != Kind::Tensor) return false;
   return true;
 }
+
+// JSON cannot share a value the way the pickle's memo does: an object referred to twice is written
+// twice, so a pickle of n levels that each refer twice to the level below would expand to 2^n
+// values. What a conversion would cost (16 per value plus its text) is therefore counted first,
+// once per object (memoised by identity, in time linear in the pickle), and refused above the
+// budget. Without shared objects the cost stays below the pickle's own size plus 16 per value.
+constexpr std::uint64_t kPlainJsonBudget = std::uint64_t(64) << 20;
+
+class PlainCost {
+ public:
+  // The cost of converting `root` (an upper bound: the conversion stops early at a value that is
+  // not plain, or 64 levels down), saturating just above the budget. Walked with a stack of its own
+  // (pickles nest millions deep); a value that contains itself costs more than the budget, as its
+  // conversion would repeat it down to the depth limit.
+  std::uint64_t of(const Value* root) {
+    constexpr std::uint64_t kOver = kPlainJsonBudget + 1;
+    std::vector<std::pair<const Value*, std::size_t>> path{{root, 0}};  // value, next item to visit
+    while (!path.empty()) {
+      const Value* v = path.back().first;
+      const std::size_t next = path.back().second;
+      if (next == 0) {
+        const auto known = cost_.find(v);
+        if (known != cost_.end() && known->second != kInProgress) {
+          path.pop_back();
+          continue;
+        }
+        cost_[v] = kInProgress;
+      }
+      if (next < v->items.size()) {
+        ++path.back().second;
+        const Value* item = v->items[next];
+        const auto known = cost_.find(item);
+        if (known == cost_.end()) path.push_back({item, 0});
+        else if (known->second == kInProgress) cost_[v] = kOver, path.clear();  // a cycle: stop here
+        continue;
+      }
+      std::uint64_t c = 16 + v->text.size();
+      for (const Value* item : v->items) c = std::min(c + cost_.at(item), kOver);
+      cost_[v] = c;
+      path.pop_back();
+    }
+    const std::uint64_t c = cost_.at(root);
+    return c == kInProgress ? kOver : c;
+  }
+
+ private:
+  static constexpr std::uint64_t kInProgress = ~std::uint64_t(0);
+  std::unordered_map<const Value*, std::uint64_t> cost_;
+};
 
 // Plain data as JSON; false (and `out` unspecified) when `v` holds anything else (tensors, objects,
 // non-string dict keys). `depth` bounds the recursion on hostile nesting.
@@ -495,7 +567,17 @@ Value* dict_get(const Value* d, const std::string& key) {
 TensorMap checkpoint_state_dict(Value* root, std::string* found_under, nlohmann::json* plain) {
   if (root->kind != Kind::Dict) throw Error(fmt::format("holds a {}, not a state dict", kind_name(root->kind)));
   std::vector<std::string> keys;
-  if (plain) *plain = nlohmann::json::object();
+  if (plain) {
+    *plain = nlohmann::json::object();
+    PlainCost cost;
+    std::uint64_t total = 0;
+    for (std::size_t i = 0; i < root->items.size(); i += 2)
+      if (root->items[i]->kind == Kind::String) total = std::min(total + cost.of(root->items[i + 1]), kPlainJsonBudget + 1);
+    if (total > kPlainJsonBudget)
+      throw Error(fmt::format("the checkpoint's plain values expand to more than {} MiB of JSON (objects the pickle "
+                              "shares, repeated)",
+                              kPlainJsonBudget >> 20));
+  }
   for (std::size_t i = 0; i < root->items.size(); i += 2) {
     const Value* k = root->items[i];
     if (k->kind != Kind::String) continue;
