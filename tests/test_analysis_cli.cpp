@@ -29,7 +29,7 @@ std::string capture_args(const fs::path& out, const std::string& extra) {
 
 }  // namespace
 
-TEST_CASE("analyzers live and offline give the same report; a failing one is disabled, the run completes") {
+TEST_CASE("analyzers live and offline give the same report; a failing one is disabled, the run completes", "[fixtures]") {
   test::TempDir dir;
   const fs::path run = dir / "run";
   REQUIRE(test::run_hooklens(capture_args(run, "--analyze attention_stats,failing --analyze-option failing.fail_in=observe"),
@@ -66,7 +66,7 @@ TEST_CASE("analyzers live and offline give the same report; a failing one is dis
   }
 }
 
-TEST_CASE("head_detectors adds its repeated random sequence to a capture run") {
+TEST_CASE("head_detectors adds its repeated random sequence to a capture run", "[fixtures]") {
   test::TempDir dir;
   const fs::path run = dir / "run";
   REQUIRE(test::run_hooklens(capture_args(run, "--analyze head_detectors"), dir / "log") == 0);
@@ -78,7 +78,7 @@ TEST_CASE("head_detectors adds its repeated random sequence to a capture run") {
   CHECK(report["heads"].size() == 16);  // tiny-neo-a: 4 layers x 4 heads
 }
 
-TEST_CASE("bad analyzer arguments are usage errors that leave no run") {
+TEST_CASE("bad analyzer arguments are usage errors that leave no run", "[fixtures]") {
   test::TempDir dir;
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--analyze no_such_analyzer", "no_such_analyzer"},
@@ -100,7 +100,7 @@ TEST_CASE("bad analyzer arguments are usage errors that leave no run") {
   CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("bmp"));
 }
 
-TEST_CASE("--text-file feeds consecutive sequences cut from a text file") {
+TEST_CASE("--text-file feeds consecutive sequences cut from a text file", "[fixtures]") {
   test::TempDir dir;
   const std::string text =
       "The tower stood above the valley for three hundred years. Travellers counted its windows, and every "
@@ -131,14 +131,14 @@ TEST_CASE("--text-file feeds consecutive sequences cut from a text file") {
   CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("--seq-len"));
 }
 
-TEST_CASE("offline analysis refuses runs that kept some heads only") {
+TEST_CASE("offline analysis refuses runs that kept some heads only", "[fixtures]") {
   test::TempDir dir;
   REQUIRE(test::run_hooklens(capture_args(dir / "run", "--heads 1"), dir / "log") == 0);
   CHECK(test::run_hooklens("analyze '" + (dir / "run").string() + "' --analyze attention_stats", dir / "log") == 2);
   CHECK_THAT(test::read_file(dir / "log"), Catch::Contains("--heads"));
 }
 
-TEST_CASE("--render draws the run when it is complete; an unknown format is refused before it starts") {
+TEST_CASE("--render draws the run when it is complete; an unknown format is refused before it starts", "[fixtures]") {
   test::TempDir dir;
   REQUIRE(test::run_hooklens(capture_args(dir / "run", "--render svg,html"), dir / "log") == 0);
   CHECK(fs::exists(dir / "run/report/report.html"));

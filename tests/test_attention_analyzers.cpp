@@ -639,7 +639,7 @@ std::int64_t counted_rows(hooklens::RunReader& reader, int layer) {
 
 }  // namespace
 
-TEST_CASE("both analyzers over run directories of tiny-neo-a") {
+TEST_CASE("both analyzers over run directories of tiny-neo-a", "[fixtures]") {
   const test::fs::path model = test::fixtures() / "tiny-neo-a";
   test::TempDir tmp;
 

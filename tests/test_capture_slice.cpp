@@ -237,7 +237,7 @@ TEST_CASE("CaptureSlice::parse_range") {
   CHECK_FALSE(CaptureSlice{{0}, {}, {}}.empty());
 }
 
-TEST_CASE("slice_capture on a real model's attention pattern (tiny-neo-a)") {
+TEST_CASE("slice_capture on a real model's attention pattern (tiny-neo-a)", "[fixtures]") {
   const auto fixture = test::fixtures() / "tiny-neo-a";
   auto model = test::load_model("gpt_neo", fixture);
   const std::string name = "blocks.0.attn.hook_pattern";

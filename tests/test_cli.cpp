@@ -327,7 +327,7 @@ TEST_CASE("hooklens --help and command-line usage errors") {
   for (std::size_t i = 0; i < cases.size(); ++i) check_error(outcomes[i], 2, cases[i].culprits, cases[i].inv.cwd);
 }
 
-TEST_CASE("capture and generate on tiny-neo-a store exactly what was asked, equal to the reference") {
+TEST_CASE("capture and generate on tiny-neo-a store exactly what was asked, equal to the reference", "[fixtures]") {
   TempDir tmp;
   const std::string model = link_neo(tmp / "model").string();
   const json prompts = fixture_prompts();
@@ -449,7 +449,7 @@ TEST_CASE("capture and generate on tiny-neo-a store exactly what was asked, equa
   }
 }
 
-TEST_CASE("bad requests are usage errors: exit 2, one line, no run left") {
+TEST_CASE("bad requests are usage errors: exit 2, one line, no run left", "[fixtures]") {
   TempDir tmp;
   const std::string model = link_neo(tmp / "model").string();
   std::string long_prompt;
@@ -495,7 +495,7 @@ TEST_CASE("bad requests are usage errors: exit 2, one line, no run left") {
   }
 }
 
-TEST_CASE("broken models and directories are errors: exit 1, one line naming the file, no run left") {
+TEST_CASE("broken models and directories are errors: exit 1, one line naming the file, no run left", "[fixtures]") {
   TempDir tmp;
   const fs::path models = tmp / "models";
   fs::create_directories(models / "empty");
@@ -569,7 +569,7 @@ TEST_CASE("broken models and directories are errors: exit 1, one line naming the
   CHECK(test::read_file(neo_fixture() / "config.json") == fixture_config);  // nothing was written through a link
 }
 
-TEST_CASE("--out refuses an existing directory that is not a run, and leaves it untouched") {
+TEST_CASE("--out refuses an existing directory that is not a run, and leaves it untouched", "[fixtures]") {
   TempDir tmp;
   const std::string model = link_neo(tmp / "model").string();
   const fs::path keep = tmp / "keep";
@@ -868,7 +868,7 @@ TEST_CASE("hooklens plugins lists the plugins and warns about a broken library")
   }
 }
 
-TEST_CASE("hooklens info --json describes tiny-neo-a and its hook points") {
+TEST_CASE("hooklens info --json describes tiny-neo-a and its hook points", "[fixtures]") {
   TempDir tmp;
   const Outcome o = run_one({"info --json", {"info", "--json", "--model", link_neo(tmp / "model").string()}, tmp / "a"});
   check_success(o);
@@ -944,7 +944,7 @@ std::map<std::int64_t, std::string> gpt2_token_strings(const fs::path& vocab_jso
   return out;
 }
 
-TEST_CASE("masked diffusion from the CLI: the upstream sampler's sequence, sliced captures, usage errors") {
+TEST_CASE("masked diffusion from the CLI: the upstream sampler's sequence, sliced captures, usage errors", "[fixtures]") {
   TempDir tmp;
   const fs::path llada = test::fixtures() / "llada-tiny-a";
   const std::string prompt = "85,294,223,181,193,390,258,97,335,300,120,241";
@@ -1101,7 +1101,7 @@ fs::path llada_with_chat_tokenizer(const fs::path& dir, bool with_template) {
 
 }  // namespace
 
-TEST_CASE("--chat: the model's chat template around one user message, without the post-processor's BOS") {
+TEST_CASE("--chat: the model's chat template around one user message, without the post-processor's BOS", "[fixtures]") {
   TempDir tmp;
   const std::string model = llada_with_chat_tokenizer(tmp / "model", true).string();
   const std::string plain = llada_with_chat_tokenizer(tmp / "plain", false).string();
@@ -1141,7 +1141,7 @@ TEST_CASE("--chat: the model's chat template around one user message, without th
   check_error(outcomes[4], 2, {"--chat", "--prompt"}, tmp / "ids");
 }
 
-TEST_CASE("--hooks none runs without capture; every run ends with its timing on stderr") {
+TEST_CASE("--hooks none runs without capture; every run ends with its timing on stderr", "[fixtures]") {
   TempDir tmp;
   const std::string model = link_neo(tmp / "model").string();
   const std::string args = fmt::format("generate --model '{}' --prompt 'The cat sat on the' --max-new-tokens 8", model);
@@ -1161,7 +1161,7 @@ TEST_CASE("--hooks none runs without capture; every run ends with its timing on 
   CHECK_THAT(test::read_file(tmp / "bad.log"), Catch::Contains("--hooks none"));
 }
 
-TEST_CASE("hooklens bench runs its cases and the peer's computation gives hooklens's greedy tokens") {
+TEST_CASE("hooklens bench runs its cases and the peer's computation gives hooklens's greedy tokens", "[fixtures]") {
   TempDir tmp;
   const std::string model = link_neo(tmp / "model").string();
   // tiny-neo-a's context is 128: a short run of every case (the figures are the benchmark's, not the test's).
@@ -1177,7 +1177,7 @@ TEST_CASE("hooklens bench runs its cases and the peer's computation gives hookle
   CHECK_THAT(log, Catch::Contains("greedy tokens identical"));
 }
 
-TEST_CASE("capture --batch-size runs prompts of one length together and stores what one at a time stores") {
+TEST_CASE("capture --batch-size runs prompts of one length together and stores what one at a time stores", "[fixtures]") {
   TempDir tmp;
   const std::string model = link_neo(tmp / "model").string();
   // Five prompts: four of 6 tokens (one batch of 3, then one of 1 when the length changes), one of 4.

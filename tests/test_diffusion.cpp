@@ -100,11 +100,11 @@ void check_generation(const fs::path& model_dir) {
 
 }  // namespace
 
-TEST_CASE("LLaDA forward pass matches the upstream model") { check_forward(kFixture); }
+TEST_CASE("LLaDA forward pass matches the upstream model", "[fixtures]") { check_forward(kFixture); }
 
-TEST_CASE("masked diffusion matches the upstream LLaDA sampler step by step") { check_generation(kFixture); }
+TEST_CASE("masked diffusion matches the upstream LLaDA sampler step by step", "[fixtures]") { check_generation(kFixture); }
 
-TEST_CASE("LLaDA from 3 shards of either format (layers split across shards) matches the upstream model") {
+TEST_CASE("LLaDA from 3 shards of either format (layers split across shards) matches the upstream model", "[fixtures]") {
   test::TempDir st;
   fs::create_symlink(kFixture / "config.json", st / "config.json");
   test::write_safetensors_shards(read_safetensors(kFixture / "model.safetensors"), st.path, 3);
@@ -115,7 +115,7 @@ TEST_CASE("LLaDA from 3 shards of either format (layers split across shards) mat
   test::TempDir bin;
   fs::create_symlink(kFixture / "config.json", bin / "config.json");
   if (!test::write_bin_shards(kFixture / "model.safetensors", bin.path, 3)) {
-    WARN("skipped the pytorch_model.bin shards: " << test::kPython << " cannot import torch");
+    test::skip(fmt::format("{} cannot import torch: the pytorch_model.bin shards were not checked", test::kPython));
     return;
   }
   CHECK(test::shards_holding(bin / "pytorch_model.bin.index.json", ".blocks.0.").size() == 3);
@@ -123,7 +123,7 @@ TEST_CASE("LLaDA from 3 shards of either format (layers split across shards) mat
   check_generation(bin.path);
 }
 
-TEST_CASE("transfer schedules: uneven steps and several blocks") {
+TEST_CASE("transfer schedules: uneven steps and several blocks", "[fixtures]") {
   auto model = load_model("diffusion", kFixture);
   const std::vector<std::int64_t> prompt{85, 294, 223, 181, 193};
   HookSet none;
@@ -175,7 +175,7 @@ TEST_CASE("transfer schedules: uneven steps and several blocks") {
   }
 }
 
-TEST_CASE("classifier-free guidance runs a distinguishable unconditional pass") {
+TEST_CASE("classifier-free guidance runs a distinguishable unconditional pass", "[fixtures]") {
   auto model = load_model("diffusion", kFixture);
   const std::vector<std::int64_t> prompt{85, 294, 223, 181};
   DiffusionOptions o;
@@ -201,7 +201,7 @@ TEST_CASE("classifier-free guidance runs a distinguishable unconditional pass") 
   for (size_t i = 0; i < prompt.size(); ++i) CHECK(test::max_abs_diff(seen[0][0][i], mask_embedding) == 0.0);
 }
 
-TEST_CASE("bad diffusion parameters are refused") {
+TEST_CASE("bad diffusion parameters are refused", "[fixtures]") {
   auto model = load_model("diffusion", kFixture);
   HookSet none;
   const std::vector<std::int64_t> prompt{1, 2, 3};
@@ -229,7 +229,7 @@ TEST_CASE("bad diffusion parameters are refused") {
   refuse(o, "gen length");
 }
 
-TEST_CASE("MMaDA configs and half-precision LLaDA checkpoints load through the same adapter") {
+TEST_CASE("MMaDA configs and half-precision LLaDA checkpoints load through the same adapter", "[fixtures]") {
   test::TempDir tmp;
   auto config = read_json_file(kFixture / "config.json");
   config["model_type"] = "mmada";
@@ -250,7 +250,7 @@ TEST_CASE("MMaDA configs and half-precision LLaDA checkpoints load through the s
   CHECK(diff < 0.1);
 }
 
-TEST_CASE("unsupported LLaDA options are refused, naming the key") {
+TEST_CASE("unsupported LLaDA options are refused, naming the key", "[fixtures]") {
   test::TempDir tmp;
   auto config = read_json_file(kFixture / "config.json");
   config["block_type"] = "sequential";
@@ -260,7 +260,7 @@ TEST_CASE("unsupported LLaDA options are refused, naming the key") {
   CHECK_THAT(test::error_of([&] { adapter->load(tmp.path, {}); }), Catch::Contains("block_type") && Catch::Contains("config.json"));
 }
 
-TEST_CASE("stop at end-of-text ends generation after the block that committed it") {
+TEST_CASE("stop at end-of-text ends generation after the block that committed it", "[fixtures]") {
   test::TempDir tmp;
   auto config = read_json_file(kFixture / "config.json");
   config["eos_token_id"] = 496;  // the fixture's sampler commits 496 in the first block

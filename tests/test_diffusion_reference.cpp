@@ -139,7 +139,7 @@ struct References {
 // Null (with a warning) when Python has no torch; the references are made on first use.
 const References* references() {
   static References refs;
-  if (!refs.available) WARN("skipped: " << kPython << " cannot import torch and numpy (apt-get install python3-torch)");
+  if (!refs.available) test::skip(fmt::format("{} cannot import torch and numpy (apt-get install python3-torch)", kPython));
   return refs.available ? &refs : nullptr;
 }
 
@@ -232,24 +232,24 @@ void compare(const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("grouped kv heads, padded embedding, 3 blocks: matches the reference") { compare("gqa"); }
+TEST_CASE("grouped kv heads, padded embedding, 3 blocks: matches the reference", "[fixtures]") { compare("gqa"); }
 
-TEST_CASE("multi-query model, 10 tokens in 4 steps (3, 3, 2, 2): matches the reference") { compare("uneven"); }
+TEST_CASE("multi-query model, 10 tokens in 4 steps (3, 3, 2, 2): matches the reference", "[fixtures]") { compare("uneven"); }
 
-TEST_CASE("3 blocks of 2 steps committing 2 tokens each: matches the reference") { compare("blocks-2x2"); }
+TEST_CASE("3 blocks of 2 steps committing 2 tokens each: matches the reference", "[fixtures]") { compare("blocks-2x2"); }
 
-TEST_CASE("3 blocks of 5 tokens in 2 steps (3 + 2): matches the reference") { compare("blocks-3+2"); }
+TEST_CASE("3 blocks of 5 tokens in 2 steps (3 + 2): matches the reference", "[fixtures]") { compare("blocks-3+2"); }
 
-TEST_CASE("classifier-free guidance, scale 1: both passes match the reference") { compare("cfg"); }
+TEST_CASE("classifier-free guidance, scale 1: both passes match the reference", "[fixtures]") { compare("cfg"); }
 
-TEST_CASE("Gumbel noise at temperature 0.5, seed 3: matches the reference draw for draw") { compare("temperature"); }
+TEST_CASE("Gumbel noise at temperature 0.5, seed 3: matches the reference draw for draw", "[fixtures]") { compare("temperature"); }
 
-TEST_CASE("random remasking, seed 5: matches the reference draw for draw") { compare("random"); }
+TEST_CASE("random remasking, seed 5: matches the reference draw for draw", "[fixtures]") { compare("random"); }
 
-TEST_CASE("Gumbel noise, random remasking and guidance in one step: draws in the reference's order") {
+TEST_CASE("Gumbel noise, random remasking and guidance in one step: draws in the reference's order", "[fixtures]") {
   compare("noise-and-cfg");
 }
 
-TEST_CASE("float64 confidence softmax (MMaDA): matches the reference") { compare("confidence-float64"); }
+TEST_CASE("float64 confidence softmax (MMaDA): matches the reference", "[fixtures]") { compare("confidence-float64"); }
 
-TEST_CASE("the argmax is the mask id: those positions stay masked, as in the reference") { compare("mask-argmax"); }
+TEST_CASE("the argmax is the mask id: those positions stay masked, as in the reference", "[fixtures]") { compare("mask-argmax"); }

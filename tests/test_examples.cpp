@@ -561,7 +561,7 @@ TEST_CASE("diffusion_attention on sliced captures (heads, query and key windows)
 TEST_CASE("diffusion_attention on the LLaDA fixture's attention matches masses computed here") {
   const fs::path fixture = test::fixtures() / "llada-tiny-a";
   if (!fs::exists(fixture / "reference_0.safetensors")) {
-    WARN("no llada-tiny-a fixture: skipped");
+    test::skip("no llada-tiny-a fixture in " + test::fixtures().string());
     return;
   }
   const auto reference = hooklens::read_safetensors(fixture / "reference_0.safetensors");
@@ -669,7 +669,7 @@ Square square(std::int64_t n) { return Square(std::size_t(n), std::vector<double
 // One test case without SECTIONs: Catch2 reruns a case per section, which would train the model again.
 TEST_CASE("analyze_attention on the example model it makes agrees with an eager recomputation") {
   if (!test::python_has("torch")) {
-    WARN("skipped: " << test::kPython << " has no torch (apt install python3-torch)");
+    test::skip(fmt::format("{} has no torch (apt install python3-torch)", test::kPython));
     return;
   }
   const fs::path program = HOOKLENS_BUILD_DIR "/bin/analyze_attention";
@@ -903,7 +903,7 @@ double mean_head_entropy(const at::Tensor& pattern, int layer, const hooklens::M
 
 }  // namespace
 
-TEST_CASE("compare_phrasings writes both reports per set and a table that matches a direct computation") {
+TEST_CASE("compare_phrasings writes both reports per set and a table that matches a direct computation", "[fixtures]") {
   TempDir tmp;
   const std::string a = "The cat is black.", b = "Is the cat black?";
   const Outcome r = run_program({"--model", kTinyNeo.string(), "--set", "all", "--pair", a, b, "--top", "3", "--out",
@@ -949,7 +949,7 @@ TEST_CASE("compare_phrasings writes both reports per set and a table that matche
   }
 }
 
-TEST_CASE("word_attention's word sums agree with patterns recorded through the library") {
+TEST_CASE("word_attention's word sums agree with patterns recorded through the library", "[fixtures]") {
   TempDir tmp;
   const std::string prompt = "The cat sat on the mat, and";
   const int N = 4;
@@ -1019,7 +1019,7 @@ TEST_CASE("word_attention's word sums agree with patterns recorded through the l
   CHECK(lines_of(test::read_file(out / "word_attention.csv")).size() == csv_rows + 1);
 }
 
-TEST_CASE("validation_heads cuts sequences as the CLI does and agrees with the attention_stats analyzer") {
+TEST_CASE("validation_heads cuts sequences as the CLI does and agrees with the attention_stats analyzer", "[fixtures]") {
   TempDir tmp;
   const fs::path text = tmp / "valid.txt";
   {
@@ -1078,7 +1078,7 @@ TEST_CASE("validation_heads cuts sequences as the CLI does and agrees with the a
   CHECK(summary.at("averaging_hides") == layer_stats.at("averaging_hides"));
 }
 
-TEST_CASE("attention_distance (the custom analyzer template) on hand-made patterns and in a capture") {
+TEST_CASE("attention_distance (the custom analyzer template) on hand-made patterns and in a capture", "[fixtures]") {
   auto analyzer = std::static_pointer_cast<hooklens::Analyzer>(
       hooklens::PluginRegistry::create_from(test::plugin_file("attention_distance"), "analyzer"));
   hooklens::ModelInfo info;
@@ -1135,7 +1135,7 @@ TEST_CASE("attention_distance (the custom analyzer template) on hand-made patter
   for (const json& entry : live.at("heads")) CHECK(entry.at("mean_distance").get<double>() >= 0);  // causal model
 }
 
-TEST_CASE("issue 5 examples refuse bad arguments with exit 2 and one error line") {
+TEST_CASE("issue 5 examples refuse bad arguments with exit 2 and one error line", "[fixtures]") {
   TempDir tmp;
   const std::string model = kTinyNeo.string(), text = (tmp / "short.txt").string();
   { std::ofstream(text) << "A few words only.\n"; }

@@ -176,7 +176,7 @@ void check_svg_syntax(const std::string& svg) {
 
 }  // namespace
 
-TEST_CASE("a single-forward capture renders as PNG with the expected cells", "[figures]") {
+TEST_CASE("a single-forward capture renders as PNG with the expected cells", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir out;
   const json result = renderer()->render(r.capture, "png", out.path, json::object());
@@ -205,7 +205,7 @@ TEST_CASE("a single-forward capture renders as PNG with the expected cells", "[f
   }
 }
 
-TEST_CASE("SVG figures carry the token labels, titles and captions as text and the cells as a PNG", "[figures]") {
+TEST_CASE("SVG figures carry the token labels, titles and captions as text and the cells as a PNG", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir out;
   const json result = renderer()->render(r.capture, "svg", out.path, {{"heads", {1}}});
@@ -239,7 +239,7 @@ TEST_CASE("SVG figures carry the token labels, titles and captions as text and t
   }
 }
 
-TEST_CASE("autoregressive generation: attention to each prompt token from every generated token", "[figures]") {
+TEST_CASE("autoregressive generation: attention to each prompt token from every generated token", "[figures][fixtures]") {
   const Runs& r = runs();
   for (const std::string format : {"png", "svg"}) {
     test::TempDir out;
@@ -269,7 +269,7 @@ TEST_CASE("autoregressive generation: attention to each prompt token from every 
   }
 }
 
-TEST_CASE("masked diffusion: heatmaps per chosen step and the attention evolution", "[figures]") {
+TEST_CASE("masked diffusion: heatmaps per chosen step and the attention evolution", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir out;
   const json result = renderer()->render(r.diffusion, "png", out.path, json::object());
@@ -323,7 +323,7 @@ TEST_CASE("masked diffusion: heatmaps per chosen step and the attention evolutio
   CHECK(printable > 0);
 }
 
-TEST_CASE("128 tokens stay labelled", "[figures]") {
+TEST_CASE("128 tokens stay labelled", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir out;
   const json result = renderer()->render(r.long_run, "svg", out.path, json::object());
@@ -338,7 +338,7 @@ TEST_CASE("128 tokens stay labelled", "[figures]") {
   CHECK(result.at("skipped").size() > 0);  // layers 1-3 were not captured
 }
 
-TEST_CASE("analyzer reports with per-head records are drawn as layer x head matrices", "[figures]") {
+TEST_CASE("analyzer reports with per-head records are drawn as layer x head matrices", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir copy, out;
   fs::copy(r.capture, copy.path / "run", fs::copy_options::recursive);
@@ -362,7 +362,7 @@ TEST_CASE("analyzer reports with per-head records are drawn as layer x head matr
   CHECK(message.find("attention_stats.json") != std::string::npos);
 }
 
-TEST_CASE("damaged runs and bad options", "[figures]") {
+TEST_CASE("damaged runs and bad options", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir copy, out;
   const fs::path run = copy.path / "run";

@@ -178,7 +178,7 @@ void check_patterns(const fs::path& run, const Page& page) {
 
 // ---- the renderer through its interface -------------------------------------------------------
 
-TEST_CASE("html report embeds every pattern of a run, quantised to 1/255") {
+TEST_CASE("html report embeds every pattern of a run, quantised to 1/255", "[fixtures]") {
   Runs& r = runs();
   TempDir out;
   const json files = render(r.capture, out.path);
@@ -236,7 +236,7 @@ TEST_CASE("html report embeds every pattern of a run, quantised to 1/255") {
   }
 }
 
-TEST_CASE("html report options select layers, heads, prompts and steps") {
+TEST_CASE("html report options select layers, heads, prompts and steps", "[fixtures]") {
   Runs& r = runs();
   TempDir out;
   render(r.capture, out.path, {{"layers", {1, 3}}, {"heads", {2}}, {"prompts", {1}}});
@@ -271,7 +271,7 @@ TEST_CASE("html report options select layers, heads, prompts and steps") {
   CHECK(dif.meta["generation"]["steps"][1]["input"] == manifest(r.diffusion)["generation"]["steps"][4]["ids"]);
 }
 
-TEST_CASE("html report keeps the embedded data under max_mib") {
+TEST_CASE("html report keeps the embedded data under max_mib", "[fixtures]") {
   Runs& r = runs();
   TempDir out;
   SECTION("generation steps are subsampled with a visible note") {
@@ -297,7 +297,7 @@ TEST_CASE("html report keeps the embedded data under max_mib") {
   }
 }
 
-TEST_CASE("html report refuses bad options and damaged runs with one clear line") {
+TEST_CASE("html report refuses bad options and damaged runs with one clear line", "[fixtures]") {
   Runs& r = runs();
   TempDir out;
   auto usage = [&](const fs::path& run, const json& options, const std::string& format = "html") {
@@ -448,10 +448,10 @@ struct Pages {
   }
 };
 
-TEST_CASE("html report pages load in headless Chromium and show the run") {
+TEST_CASE("html report pages load in headless Chromium and show the run", "[fixtures]") {
   static Pages pages;
   if (pages.calls.empty()) {
-    WARN("no chromium binary on PATH: the browser checks are skipped (scripts/setup.sh installs it)");
+    test::skip("no chromium binary on PATH: the browser checks did not run (scripts/setup.sh installs it)");
     return;
   }
   Runs& r = runs();

@@ -57,7 +57,7 @@ void check_same_forward(Model& resident, Model& stream, const at::Tensor& ids, d
 
 }  // namespace
 
-TEST_CASE("streamed float32 weights give the Hugging Face references (GPT-Neo, GPT-2)") {
+TEST_CASE("streamed float32 weights give the Hugging Face references (GPT-Neo, GPT-2)", "[fixtures]") {
   for (const auto& [adapter, name] : {std::pair{"gpt_neo", "tiny-neo-a"}, {"gpt2", "tiny-gpt2-a"}}) {
     INFO(name);
     const fs::path fixture = test::fixtures() / name;
@@ -81,7 +81,7 @@ TEST_CASE("streamed float32 weights give the Hugging Face references (GPT-Neo, G
   }
 }
 
-TEST_CASE("streamed BF16/F16 weights compute what converted-once weights compute (LLaDA)") {
+TEST_CASE("streamed BF16/F16 weights compute what converted-once weights compute (LLaDA)", "[fixtures]") {
   const fs::path fixture = test::fixtures() / "llada-tiny-a";
   const TensorMap ref = read_safetensors(fixture / "reference_0.safetensors");
   SECTION("float32: the upstream sampler's trace, step by step") {
@@ -111,7 +111,7 @@ TEST_CASE("streamed BF16/F16 weights compute what converted-once weights compute
   }
 }
 
-TEST_CASE("matrices converted in many chunks, the last one partial, give the same numbers") {
+TEST_CASE("matrices converted in many chunks, the last one partial, give the same numbers", "[fixtures]") {
   const fs::path fixture = test::fixtures() / "tiny-neo-a";
   test::TempDir tmp;
   const fs::path dir = with_weights_as(tmp, fixture, at::kHalf);
@@ -134,7 +134,7 @@ TEST_CASE("an LLaDA-8B-shaped checkpoint denoises within 1.3x its weight bytes; 
   // 2.74 GiB of weights: skip (loudly) where the disk cannot take them.
   const auto space = fs::space(tmp.path);
   if (space.available < (std::uintmax_t(6) << 30)) {
-    WARN("skipped: " << space.available / (1 << 20) << " MiB free in " << tmp.path << ", the test needs 6 GiB");
+    test::skip(fmt::format("{} MiB free in {}, the LLaDA-8B-shaped checkpoint needs 6 GiB", space.available / (1 << 20), tmp.path.string()));
     return;
   }
   // Shards of 640 MiB: layer 1's tensors straddle two shards, as in the real 6-shard checkpoint.
@@ -177,7 +177,7 @@ TEST_CASE("an LLaDA-8B-shaped checkpoint denoises within 1.3x its weight bytes; 
   CHECK(manifest["captures"][0]["shape"] == nlohmann::json{1, 32, 64, 64});
 }
 
-TEST_CASE("config values the forward pass does not use are warnings, not errors") {
+TEST_CASE("config values the forward pass does not use are warnings, not errors", "[fixtures]") {
   // A real trained GPT-2 with a 53-token vocabulary keeps GPT-2's bos/eos 50256 in its config.json;
   // Hugging Face ignores them. Built here from the fixture: its first 53 embedding rows.
   const fs::path fixture = test::fixtures() / "tiny-gpt2-a";
@@ -219,7 +219,7 @@ TEST_CASE("config values the forward pass does not use are warnings, not errors"
   CHECK_THAT(test::read_file(tmp / "info.log"), Catch::Contains("hooklens: warning:"));
 }
 
-TEST_CASE("a mask token outside the vocabulary is still refused: the sampler feeds it to the model") {
+TEST_CASE("a mask token outside the vocabulary is still refused: the sampler feeds it to the model", "[fixtures]") {
   const fs::path fixture = test::fixtures() / "llada-tiny-a";
   test::TempDir tmp;
   auto config = read_json_file(fixture / "config.json");

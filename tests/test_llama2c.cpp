@@ -59,6 +59,7 @@ void set_i32(std::string& bytes, size_t at, std::int32_t v) { std::memcpy(&bytes
 
 // The legacy fixture rewritten in llama2.c's "ak42" version-1 layout (norms first, no RoPE tables).
 std::string to_v1(const std::string& legacy) {
+  REQUIRE(legacy.size() > 28);
   std::int32_t p[7];
   std::memcpy(p, legacy.data(), 28);
   const size_t D = size_t(p[0]), F = size_t(p[1]), L = size_t(p[2]), KV = D * size_t(p[4]) / size_t(p[3]),
@@ -82,9 +83,9 @@ std::string to_v1(const std::string& legacy) {
 
 }  // namespace
 
-TEST_CASE("llama2.c fixture: logits, attention and encodes match the float64 reference") {
+TEST_CASE("llama2.c fixture: logits, attention and encodes match the float64 reference", "[fixtures]") {
   if (!test::python_has("numpy")) {
-    WARN("skipped: " << kPython << " cannot import numpy");
+    test::skip(std::string(kPython) + " cannot import numpy");
     return;
   }
   test::TempDir dir;
@@ -124,7 +125,7 @@ TEST_CASE("llama2.c fixture: logits, attention and encodes match the float64 ref
             << pattern << "\n";
 }
 
-TEST_CASE("llama2.c fixture: what the model reports") {
+TEST_CASE("llama2.c fixture: what the model reports", "[fixtures]") {
   auto model = load(checkpoint());
   const ModelInfo& info = model->info();
   CHECK(info.adapter == "custom");
@@ -147,7 +148,7 @@ TEST_CASE("llama2.c fixture: what the model reports") {
   CHECK_THROWS_AS(tok->token_string(512), UsageError);
 }
 
-TEST_CASE("llama2.c fixture: greedy generation with the KV cache continues as llama2.c's program does") {
+TEST_CASE("llama2.c fixture: greedy generation with the KV cache continues as llama2.c's program does", "[fixtures]") {
   auto model = load(checkpoint());
   SamplingOptions opts;
   opts.max_new_tokens = 60;
@@ -158,7 +159,7 @@ TEST_CASE("llama2.c fixture: greedy generation with the KV cache continues as ll
   CHECK(text.rfind(", pixels unfolding like petals. Classifications unfold, a kaleidoscope of probability revealing hidden patterns.", 0) == 0);
 }
 
-TEST_CASE("llama2.c version-1 layout gives the same model as the legacy one") {
+TEST_CASE("llama2.c version-1 layout gives the same model as the legacy one", "[fixtures]") {
   test::TempDir dir;
   write_bytes(dir / "v1.bin", to_v1(test::read_file(checkpoint())));
   REQUIRE(adapter()->accepts(dir / "v1.bin"));
@@ -169,7 +170,7 @@ TEST_CASE("llama2.c version-1 layout gives the same model as the legacy one") {
   CHECK(test::max_abs_diff(legacy->forward(ids, {}, {}, nullptr), v1->forward(ids, {}, {}, nullptr)) == 0);
 }
 
-TEST_CASE("llama2.c: malformed files are refused with an Error naming the file") {
+TEST_CASE("llama2.c: malformed files are refused with an Error naming the file", "[fixtures]") {
   test::TempDir dir;
   const std::string good = test::read_file(checkpoint());
   auto refused = [&](const std::string& name, const std::string& bytes, const std::string& why) {
@@ -211,7 +212,7 @@ TEST_CASE("llama2.c: malformed files are refused with an Error naming the file")
   CHECK_FALSE(adapter()->accepts(dir / "model.pt"));
 }
 
-TEST_CASE("llama2.c: the tokenizer beside the checkpoint, by name or by vocabulary size") {
+TEST_CASE("llama2.c: the tokenizer beside the checkpoint, by name or by vocabulary size", "[fixtures]") {
   test::TempDir dir;
   const std::string good = test::read_file(checkpoint()), tok = test::read_file(tokenizer_file());
   write_bytes(dir / "m.bin", good);
@@ -242,10 +243,11 @@ TEST_CASE("llama2.c: the tokenizer beside the checkpoint, by name or by vocabula
   CHECK(error.find("300 tokens") != std::string::npos);
 }
 
-TEST_CASE("llama2.c: a model with a 105-token vocabulary and no byte pieces loads, encodes and generates") {
+TEST_CASE("llama2.c: a model with a 105-token vocabulary and no byte pieces loads, encodes and generates", "[fixtures]") {
   // The fixture's body with its first 105 embedding rows (the classifier is shared), and a custom
   // vocabulary written as llama2.c's tokenizer.py writes one: no <0xNN> pieces at all.
   const std::string good = test::read_file(checkpoint());
+  REQUIRE(good.size() > 28);
   std::int32_t p[7];
   std::memcpy(p, good.data(), 28);
   REQUIRE(p[5] == 512);

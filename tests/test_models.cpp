@@ -96,7 +96,7 @@ void check_against_fixture(const std::string& adapter, const fs::path& fixture, 
 
 }  // namespace
 
-TEST_CASE("GPT-Neo matches Hugging Face from both weight formats") {
+TEST_CASE("GPT-Neo matches Hugging Face from both weight formats", "[fixtures]") {
   const fs::path fixture = test::fixtures() / "tiny-neo-a";
   for (const char* weights : {"model.safetensors", "pytorch_model.bin"}) {
     test::TempDir tmp;
@@ -104,7 +104,7 @@ TEST_CASE("GPT-Neo matches Hugging Face from both weight formats") {
   }
 }
 
-TEST_CASE("GPT-2 matches Hugging Face from both weight formats") {
+TEST_CASE("GPT-2 matches Hugging Face from both weight formats", "[fixtures]") {
   const fs::path fixture = test::fixtures() / "tiny-gpt2-a";
   for (const char* weights : {"model.safetensors", "pytorch_model.bin"}) {
     test::TempDir tmp;
@@ -112,7 +112,7 @@ TEST_CASE("GPT-2 matches Hugging Face from both weight formats") {
   }
 }
 
-TEST_CASE("GPT-Neo and GPT-2 match Hugging Face from 3 shards of either format (layers split across shards)") {
+TEST_CASE("GPT-Neo and GPT-2 match Hugging Face from 3 shards of either format (layers split across shards)", "[fixtures]") {
   for (const auto& [adapter, name] : {std::pair{"gpt_neo", "tiny-neo-a"}, {"gpt2", "tiny-gpt2-a"}}) {
     const fs::path fixture = test::fixtures() / name;
     auto link_files = [&](const test::TempDir& tmp) {
@@ -129,7 +129,7 @@ TEST_CASE("GPT-Neo and GPT-2 match Hugging Face from 3 shards of either format (
     test::TempDir tmp;
     link_files(tmp);
     if (!test::write_bin_shards(fixture / "pytorch_model.bin", tmp.path, 3)) {
-      WARN("skipped the pytorch_model.bin shards: " << test::kPython << " cannot import torch");
+      test::skip(fmt::format("{} cannot import torch: the pytorch_model.bin shards were not checked", test::kPython));
       continue;
     }
     INFO(name << ": pytorch_model-0000N-of-00003.bin");
@@ -138,7 +138,7 @@ TEST_CASE("GPT-Neo and GPT-2 match Hugging Face from 3 shards of either format (
   }
 }
 
-TEST_CASE("GPT-Neo reports its shape and hook points") {
+TEST_CASE("GPT-Neo reports its shape and hook points", "[fixtures]") {
   auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
   const ModelInfo& info = model->info();
   CHECK(info.n_layers == 4);
@@ -156,7 +156,7 @@ TEST_CASE("GPT-Neo reports its shape and hook points") {
     CHECK(std::find(names.begin(), names.end(), expected) != names.end());
 }
 
-TEST_CASE("local attention never looks further back than the window") {
+TEST_CASE("local attention never looks further back than the window", "[fixtures]") {
   auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
   // 40 tokens, window 8: in local layers every key more than 7 positions back has weight exactly 0.
   std::vector<std::int64_t> ids;
@@ -176,7 +176,7 @@ TEST_CASE("local attention never looks further back than the window") {
   CHECK(test::max_abs_diff(local.sum(-1), at::ones({4, 40})) < 1e-5);
 }
 
-TEST_CASE("zero-ablating a head through hook_z changes exactly what it should") {
+TEST_CASE("zero-ablating a head through hook_z changes exactly what it should", "[fixtures]") {
   auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
   const std::vector<std::int64_t> ids{464, 3797, 318, 257, 1310, 2576};
   at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0);
@@ -216,14 +216,14 @@ TEST_CASE("zero-ablating a head through hook_z changes exactly what it should") 
   CHECK(test::max_abs_diff(removed, head_alone) < 1e-5);
 }
 
-TEST_CASE("a hook that changes a tensor's shape is refused") {
+TEST_CASE("a hook that changes a tensor's shape is refused", "[fixtures]") {
   auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
   HookSet hooks;
   hooks.add({{"blocks.0.hook_resid_pre"}}, [](std::string_view, const CaptureContext&, at::Tensor& t) { t = t.sum(-1); });
   CHECK_THROWS_AS(model->forward(at::tensor({464, 3797}, at::kLong).unsqueeze(0), hooks, {}, nullptr), Error);
 }
 
-TEST_CASE("bad token ids and over-long inputs are usage errors") {
+TEST_CASE("bad token ids and over-long inputs are usage errors", "[fixtures]") {
   auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
   HookSet none;
   CHECK_THROWS_AS(model->forward(at::tensor({50257}, at::kLong).unsqueeze(0), none, {}, nullptr), UsageError);
@@ -233,7 +233,7 @@ TEST_CASE("bad token ids and over-long inputs are usage errors") {
   CHECK_THROWS_AS(generate_autoregressive(*model, {1, 2}, opts, none), UsageError);
 }
 
-TEST_CASE("sampling is seeded and respects top-k") {
+TEST_CASE("sampling is seeded and respects top-k", "[fixtures]") {
   auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
   HookSet none;
   SamplingOptions opts;
@@ -256,7 +256,7 @@ TEST_CASE("sampling is seeded and respects top-k") {
   CHECK(generate_autoregressive(*model, {464, 3797, 318}, opts, none).new_ids == k1.new_ids);
 }
 
-TEST_CASE("a forward computes only what is asked: Logits::none stops after the last observed hook point") {
+TEST_CASE("a forward computes only what is asked: Logits::none stops after the last observed hook point", "[fixtures]") {
   auto model = load_model("gpt_neo", test::fixtures() / "tiny-neo-a");
   const at::Tensor ids = at::arange(5, 30, at::kLong).unsqueeze(0);
   Recorder full({"blocks.1.attn.hook_pattern", "blocks.1.hook_resid_post"});

@@ -107,7 +107,7 @@ struct References {
 // Null (with a warning) when Python has no torch; the references are made on first use.
 const References* references() {
   static References refs;
-  if (!refs.available) WARN("skipped: " << kPython << " cannot import torch and numpy (apt-get install python3-torch)");
+  if (!refs.available) test::skip(fmt::format("{} cannot import torch and numpy (apt-get install python3-torch)", kPython));
   return refs.available ? &refs : nullptr;
 }
 
@@ -183,16 +183,16 @@ void compare(const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("GPT-Neo, window 4, mixed attention types, 90-token prompt: matches the reference") { compare("neo"); }
+TEST_CASE("GPT-Neo, window 4, mixed attention types, 90-token prompt: matches the reference", "[fixtures]") { compare("neo"); }
 
-TEST_CASE("GPT-Neo, window 4, 2-token prompt decoded across the window: matches the reference") {
+TEST_CASE("GPT-Neo, window 4, 2-token prompt decoded across the window: matches the reference", "[fixtures]") {
   compare("neo-short");
 }
 
-TEST_CASE("GPT-2 of another shape, 70-token prompt: matches the reference") { compare("gpt2"); }
+TEST_CASE("GPT-2 of another shape, 70-token prompt: matches the reference", "[fixtures]") { compare("gpt2"); }
 
-TEST_CASE("tiny-neo-a, window 8, 100-token Unicode prompt: matches the reference") { compare("tiny-neo-a"); }
+TEST_CASE("tiny-neo-a, window 8, 100-token Unicode prompt: matches the reference", "[fixtures]") { compare("tiny-neo-a"); }
 
-TEST_CASE("tiny-gpt2-a, 44-token Unicode prompt filling the context: matches the reference") {
+TEST_CASE("tiny-gpt2-a, 44-token Unicode prompt filling the context: matches the reference", "[fixtures]") {
   compare("tiny-gpt2-a");
 }

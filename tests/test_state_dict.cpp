@@ -129,7 +129,7 @@ int run_cli(const std::string& args, const test::TempDir& dir, std::string& outp
 
 TEST_CASE("state dicts with a spec: logits, patterns and KV-cache generation match the eager models") {
   if (!models()) {
-    WARN("skipped: " << test::kPython << " cannot import torch and numpy");
+    test::skip(std::string(test::kPython) + " cannot import torch and numpy");
     return;
   }
   const test::TempDir dir;
@@ -145,7 +145,7 @@ TEST_CASE("state dicts with a spec: logits, patterns and KV-cache generation mat
   }
 }
 
-TEST_CASE("state dicts: sharded, as safetensors, as a directory or an index file") {
+TEST_CASE("state dicts: sharded, as safetensors, as a directory or an index file", "[fixtures]") {
   if (!models()) return;
   const test::TempDir dir;
   const std::string raschka = write_spec(dir, "raschka4.json", kRaschka4).string();

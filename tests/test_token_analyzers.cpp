@@ -244,7 +244,7 @@ TEST_CASE("neurons on hand-made activations") {
   CHECK(across[0]["means"][1].get<double>() == Approx(b[0].to(at::kDouble).select(1, best).mean().item<double>()).epsilon(1e-9));
 }
 
-TEST_CASE("token_influence and neurons on a real autoregressive run") {
+TEST_CASE("token_influence and neurons on a real autoregressive run", "[fixtures]") {
   test::TempDir dir;
   const auto run = dir / "run";
   test::require_hooklens(fmt::format("generate --model '{}' --prompt 'Once upon a time' --max-new-tokens 6 "
@@ -292,7 +292,7 @@ TEST_CASE("token_influence and neurons on a real autoregressive run") {
   CHECK(neurons["across_prompts"].is_null());
 }
 
-TEST_CASE("token_influence per denoising step of a real masked-diffusion run") {
+TEST_CASE("token_influence per denoising step of a real masked-diffusion run", "[fixtures]") {
   test::TempDir dir;
   const auto run = dir / "run";
   // The fixture's generate call (llada-tiny-a/README.md).
@@ -322,7 +322,7 @@ TEST_CASE("token_influence per denoising step of a real masked-diffusion run") {
   CHECK(report["target"]["token"] == "<mask>");
 }
 
-TEST_CASE("compare_prompts on two prompts of a real run") {
+TEST_CASE("compare_prompts on two prompts of a real run", "[fixtures]") {
   test::TempDir dir;
   const auto run = dir / "run";
   test::require_hooklens(fmt::format("capture --model '{}' --prompt 'Once upon a time there' --prompt 'The cat sat' "

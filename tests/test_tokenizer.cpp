@@ -2,6 +2,7 @@
 // ids computed by an independent reference (see "tricky texts" below).
 #include "hooklens/error.h"
 #include "hooklens/tokenizer.h"
+#include "test_skip.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -21,7 +22,7 @@ using json = nlohmann::json;
 
 namespace {
 
-const fs::path kFixtures = HOOKLENS_FIXTURES_DIR;
+const fs::path kFixtures = test::fixtures();
 const fs::path kNeo = kFixtures / "tiny-neo-a";
 const fs::path kGpt2 = kFixtures / "tiny-gpt2-a";
 
@@ -130,7 +131,7 @@ TEST_CASE("utf8_decode_replace matches Python's bytes.decode('utf-8', errors='re
   }
 }
 
-TEST_CASE("the fixtures' prompts tokenize as Hugging Face's GPT2Tokenizer did") {
+TEST_CASE("the fixtures' prompts tokenize as Hugging Face's GPT2Tokenizer did", "[fixtures]") {
   for (const fs::path& dir : {kNeo, kGpt2}) {
     const auto tok = hooklens::load_hf_tokenizer(dir);
     CHECK(tok->vocab_size() == 50257);
@@ -155,7 +156,7 @@ TEST_CASE("the fixtures' prompts tokenize as Hugging Face's GPT2Tokenizer did") 
   }
 }
 
-TEST_CASE("special tokens are cut out literally before pre-tokenization") {
+TEST_CASE("special tokens are cut out literally before pre-tokenization", "[fixtures]") {
   // The example documented in the fixture README.
   CHECK(gpt2().encode("hello<|endoftext|>world") == Ids{31373, 50256, 6894});
   CHECK(gpt2().token_id("<|endoftext|>") == 50256);
@@ -169,7 +170,7 @@ TEST_CASE("special tokens are cut out literally before pre-tokenization") {
 // unicodedata categories and the Unicode White_Space set (no regex engine), its BPE is
 // GPT2Tokenizer.bpe's loop over the fixture's vocab.json/merges.txt, and it reproduces every
 // fixture prompt. 3800 random strings over these character classes also agreed with this code.
-TEST_CASE("tricky texts give the ids of an independent reference") {
+TEST_CASE("tricky texts give the ids of an independent reference", "[fixtures]") {
   const std::vector<std::pair<std::string, Ids>> cases = {
       {"don't", {9099, 470}},
       {"I'll", {40, 1183}},
@@ -208,7 +209,7 @@ TEST_CASE("tricky texts give the ids of an independent reference") {
   }
 }
 
-TEST_CASE("token strings decode partial UTF-8 to U+FFFD") {
+TEST_CASE("token strings decode partial UTF-8 to U+FFFD", "[fixtures]") {
   // "日" is 3 bytes e6 97 a5 split into tokens 33768 (e6 97) and 98 (a5).
   CHECK(gpt2().token_string(33768) == "\xEF\xBF\xBD");
   CHECK(gpt2().token_string(98) == "\xEF\xBF\xBD");
@@ -217,7 +218,7 @@ TEST_CASE("token strings decode partial UTF-8 to U+FFFD") {
   CHECK(gpt2().token_string(198) == "\n");
 }
 
-TEST_CASE("merging follows GPT2Tokenizer.bpe exactly") {
+TEST_CASE("merging follows GPT2Tokenizer.bpe exactly", "[fixtures]") {
   SECTION("all occurrences of the best pair merge in one pass before any new pair") {
     // bpe("abab") with ranks {(ab,a): 0, (a,b): 1}: the pairs present are (a,b) and (b,a), so
     // (a,b) merges everywhere -> [ab, ab]; (ab,ab) has no rank. A merge-as-you-go queue would
@@ -240,7 +241,7 @@ TEST_CASE("merging follows GPT2Tokenizer.bpe exactly") {
   }
 }
 
-TEST_CASE("tokenizer.json gives the same ids as vocab.json + merges.txt") {
+TEST_CASE("tokenizer.json gives the same ids as vocab.json + merges.txt", "[fixtures]") {
   const json vocab = read_json(kNeo / "vocab.json");
   json merge_strings = json::array(), merge_pairs = json::array();
   std::istringstream lines(read_text(kNeo / "merges.txt"));
@@ -276,7 +277,7 @@ TEST_CASE("tokenizer.json gives the same ids as vocab.json + merges.txt") {
   }
 }
 
-TEST_CASE("tokenizer_config.json's added_tokens_decoder adds special tokens") {
+TEST_CASE("tokenizer_config.json's added_tokens_decoder adds special tokens", "[fixtures]") {
   TempDir dir;
   const auto spec = small_spec({}, {});
   write_text(dir.path / "vocab.json", json(spec.vocab).dump());
@@ -289,7 +290,7 @@ TEST_CASE("tokenizer_config.json's added_tokens_decoder adds special tokens") {
   CHECK(tok->token_string(256) == "<pad>");
 }
 
-TEST_CASE("bad tokenizer files and bad input give clear errors") {
+TEST_CASE("bad tokenizer files and bad input give clear errors", "[fixtures]") {
   TempDir dir;
   const fs::path& d = dir.path;
   const std::string small_vocab = json(small_spec({"ab"}, {}).vocab).dump();
@@ -375,7 +376,7 @@ TEST_CASE("bad tokenizer files and bad input give clear errors") {
   }
 }
 
-TEST_CASE("a shared tokenizer encodes correctly from several threads") {
+TEST_CASE("a shared tokenizer encodes correctly from several threads", "[fixtures]") {
   const std::vector<std::string> texts = {"The cat is on the mat.", "naïve café 日本語", "don't   stop\n\n", "2024 🙂!"};
   std::vector<Ids> expected;
   for (const auto& t : texts) expected.push_back(gpt2().encode(t));
@@ -397,7 +398,7 @@ TEST_CASE("a shared tokenizer encodes correctly from several threads") {
   CHECK(wrong == std::vector<int>(4, 0));
 }
 
-TEST_CASE("long texts encode quickly") {
+TEST_CASE("long texts encode quickly", "[fixtures]") {
   // The paragraph starts with a letter and ends with "\n", so repeating it repeats its pieces.
   const std::string paragraph =
       "Once upon a time, there was a little girl named Lily. She didn't like 2024's rain — "

@@ -136,7 +136,7 @@ void check_model(const std::string& name, const Expect& e) {
 
 TEST_CASE("TorchScript models: patterns, block outputs and logits match the eager models") {
   if (!models()) {
-    WARN("skipped: " << test::kPython << " cannot import torch and numpy");
+    test::skip(std::string(test::kPython) + " cannot import torch and numpy");
     return;
   }
   SECTION("GPT with a blocks ModuleList (dot-product attention, dropout before matmul)") { check_model("gpt", {3, 4}); }
@@ -217,7 +217,7 @@ TEST_CASE("TorchScript models: only loadable TorchScript archives are accepted")
   }
 }
 
-TEST_CASE("TorchScript models: a tokenizer only when named, of any kind hooklens reads") {
+TEST_CASE("TorchScript models: a tokenizer only when named, of any kind hooklens reads", "[fixtures]") {
   if (!models()) return;
   auto a = adapter();
   const fs::path file = *models() / "gpt.pt";

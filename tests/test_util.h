@@ -7,6 +7,8 @@
 #include <hooklens/error.h>
 #include <hooklens/hooks.h>
 
+#include "test_skip.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
@@ -27,10 +29,6 @@ namespace test {
 
 namespace fs = std::filesystem;
 
-inline fs::path fixtures() {
-  const char* env = std::getenv("HOOKLENS_FIXTURES");
-  return env && *env ? fs::path(env) : fs::path(HOOKLENS_FIXTURES_DIR);
-}
 inline fs::path build_dir() { return HOOKLENS_BUILD_DIR; }
 inline fs::path plugin_file(const std::string& name) { return build_dir() / "plugins" / ("hooklens_" + name + ".so"); }
 

@@ -148,9 +148,9 @@ Runs& runs() {
 
 }  // namespace
 
-TEST_CASE("hooklens-view screenshots show the selected head's pattern", "[viewer]") {
+TEST_CASE("hooklens-view screenshots show the selected head's pattern", "[viewer][fixtures]") {
   if (!have_xvfb()) {
-    WARN("xvfb-run is not installed: skipping the viewer tests");
+    test::skip("xvfb-run is not installed: the viewer tests did not run");
     return;
   }
   Runs& r = runs();
@@ -187,9 +187,9 @@ TEST_CASE("hooklens-view screenshots show the selected head's pattern", "[viewer
   }
 }
 
-TEST_CASE("hooklens-view shows a damaged run's error instead of crashing", "[viewer]") {
+TEST_CASE("hooklens-view shows a damaged run's error instead of crashing", "[viewer][fixtures]") {
   if (!have_xvfb()) {
-    WARN("xvfb-run is not installed: skipping the viewer tests");
+    test::skip("xvfb-run is not installed: the viewer tests did not run");
     return;
   }
   Runs& r = runs();
@@ -218,9 +218,9 @@ TEST_CASE("hooklens-view shows a damaged run's error instead of crashing", "[vie
   }
 }
 
-TEST_CASE("hooklens-view live mode shows the patterns of a model generating now", "[viewer]") {
+TEST_CASE("hooklens-view live mode shows the patterns of a model generating now", "[viewer][fixtures]") {
   if (!have_xvfb()) {
-    WARN("xvfb-run is not installed: skipping the viewer tests");
+    test::skip("xvfb-run is not installed: the viewer tests did not run");
     return;
   }
   Runs& r = runs();
@@ -249,9 +249,9 @@ TEST_CASE("hooklens-view live mode shows the patterns of a model generating now"
   CHECK(text.find("live: generating: step ") != std::string::npos);
 }
 
-TEST_CASE("hooklens-view live mode: masked diffusion, Stop, analyzer tables", "[viewer]") {
+TEST_CASE("hooklens-view live mode: masked diffusion, Stop, analyzer tables", "[viewer][fixtures]") {
   if (!have_xvfb()) {
-    WARN("xvfb-run is not installed: skipping the viewer tests");
+    test::skip("xvfb-run is not installed: the viewer tests did not run");
     return;
   }
   Runs& r = runs();

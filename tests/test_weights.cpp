@@ -35,7 +35,7 @@ using hooklens::TensorMap;
 
 namespace {
 
-const fs::path kFixtures = HOOKLENS_FIXTURES_DIR;
+const fs::path kFixtures = test::fixtures();
 
 struct TempDir {
   fs::path path;
@@ -109,7 +109,7 @@ void require_same(const TensorMap& a, const TensorMap& b) {
 
 }  // namespace
 
-TEST_CASE("fixtures: safetensors and pytorch_model.bin hold the same tensors", "[weights]") {
+TEST_CASE("fixtures: safetensors and pytorch_model.bin hold the same tensors", "[weights][fixtures]") {
   for (const char* name : {"tiny-neo-a", "tiny-gpt2-a"}) {
     INFO("fixture " << name);
     const fs::path dir = kFixtures / name;
@@ -314,7 +314,7 @@ TEST_CASE("safetensors: hostile files are rejected with the file name", "[weight
   }
 }
 
-TEST_CASE("pytorch_model.bin: truncated, garbage and legacy files are errors", "[weights]") {
+TEST_CASE("pytorch_model.bin: truncated, garbage and legacy files are errors", "[weights][fixtures]") {
   TempDir tmp("bin");
   const fs::path f = tmp.path / "pytorch_model.bin";
   const auto read = [&] { hooklens::read_pytorch_bin(f); };
@@ -607,10 +607,10 @@ const fs::path& python_outputs() {
   return dir ? dir->path : none;
 }
 
-TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights]") {
+TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights][fixtures]") {
   const fs::path& d = python_outputs();
   if (d.empty()) {
-    WARN("SKIPPED: /usr/bin/python3 with torch is not available, so no checkpoints can be made");
+    test::skip("/usr/bin/python3 with torch is not available, so no checkpoints can be made");
     return;
   }
   const fs::path fixture_bin = kFixtures / "tiny-neo-a" / "pytorch_model.bin";
@@ -788,9 +788,9 @@ std::int64_t status_kib(const std::string& field) {
 
 }  // namespace
 
-TEST_CASE("pytorch_model.bin: loading a large file reads no tensor data; the values are right", "[weights]") {
+TEST_CASE("pytorch_model.bin: loading a large file reads no tensor data; the values are right", "[weights][fixtures]") {
   if (!test::python_has("torch")) {
-    WARN("SKIPPED: /usr/bin/python3 with torch is not available, so no checkpoint can be made");
+    test::skip("/usr/bin/python3 with torch is not available, so no checkpoint can be made");
     return;
   }
   TempDir tmp("large");
@@ -840,7 +840,7 @@ torch.save(sd, sys.argv[1])
   CHECK(anon_growth_mib < 32);
 }
 
-TEST_CASE("load_hf_weights: formats, priority, shards and errors", "[weights]") {
+TEST_CASE("load_hf_weights: formats, priority, shards and errors", "[weights][fixtures]") {
   TempDir tmp("hf");
   const fs::path neo = kFixtures / "tiny-neo-a";
   const TensorMap st = hooklens::read_safetensors(neo / "model.safetensors");

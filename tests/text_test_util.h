@@ -2,6 +2,7 @@
 // (test_util.h pulls in ATen).
 #pragma once
 #include "hooklens/error.h"
+#include "test_skip.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -19,7 +20,7 @@ namespace textest {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-inline fs::path fixtures() { return HOOKLENS_FIXTURES_DIR; }
+inline fs::path fixtures() { return test::fixtures(); }
 inline fs::path reference_script(const std::string& name) {
   return fs::path(HOOKLENS_SOURCE_DIR) / "tests" / "reference" / name;
 }
