@@ -1,10 +1,12 @@
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/run.h>
 #include <hooklens/weights.h>
 
 #include <fmt/format.h>
 
 #include <fstream>
+#include <iterator>
 
 namespace fs = std::filesystem;
 
@@ -35,12 +37,7 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete) {
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open run manifest (is {} a hooklens run directory?)", file.string(),
                                    dir.string()));
-  nlohmann::json manifest;
-  try {
-    manifest = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("{}: malformed run manifest: {}", file.string(), e.what()));
-  }
+  nlohmann::json manifest = parse_json_text(std::string(std::istreambuf_iterator<char>(in), {}), file.string());
   if (!manifest.is_object() || manifest.value("format", "") != "hooklens-run")
     throw Error(fmt::format("{}: not a hooklens run manifest (no \"format\": \"hooklens-run\")", file.string()));
   if (!manifest.contains("version") || manifest["version"] != 1)
