@@ -21,6 +21,7 @@
 #include "example_main.h"
 
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 
@@ -109,9 +110,12 @@ int run_process(const std::vector<std::string>& args) {
 
 // What make_example_model.py wrote about the model in `dir` (example_model.json), or null.
 json example_model_info(const fs::path& dir) {
-  std::ifstream in(dir / "example_model.json");
-  json made = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return made.is_object() && made.value("format", "") == "hooklens-example-model" ? made : json();
+  try {
+    json made = hooklens::read_json_file(dir / "example_model.json");
+    return made.is_object() && made.value("format", "") == "hooklens-example-model" ? made : json();
+  } catch (const Error&) {  // not made yet, or damaged: made again
+    return json();
+  }
 }
 
 // The model in `dir` if an earlier run made it with the same number of training steps.

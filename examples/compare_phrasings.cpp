@@ -20,6 +20,7 @@
 #include "example_main.h"
 
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 
@@ -118,7 +119,8 @@ json analyze_set(hooklens::Model& model, const PhrasingSet& set, const Options& 
   json compare;
   for (const fs::path& file : analyzers.finish(manifest, dir)) {  // a failed analyzer's report holds "error"
     json report = hooklens::read_json_file(file);
-    if (report.contains("error")) throw Error(fmt::format("{}: the analyzer failed: {}", file.string(), report["error"].dump()));
+    if (report.contains("error")) throw Error(fmt::format("{}: the analyzer failed: {}", file.string(),
+                                                           hooklens::brief_json(report["error"], 200)));
     if (file.stem() == "compare_prompts") compare = std::move(report);
   }
   if (compare.is_null()) throw Error(fmt::format("{}: compare_prompts wrote no report", (dir / "reports").string()));

@@ -19,6 +19,7 @@
 #include "example_main.h"
 
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/run.h>
 
 #include <ATen/core/Tensor.h>
@@ -312,8 +313,12 @@ constexpr const char* kSummaryFormat = "hooklens-diffusion-attention";
 // Figures an earlier invocation listed in its summary.json are removed, so the directory and the new
 // summary agree. Only our own summaries and plain file names are trusted.
 void remove_previous_outputs(const fs::path& dir) {
-  std::ifstream in(dir / "summary.json");
-  const json old = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  json old;
+  try {
+    old = hooklens::read_json_file(dir / "summary.json");
+  } catch (const Error&) {  // none yet, or not ours to trust
+    return;
+  }
   if (!old.is_object() || old.value("format", "") != kSummaryFormat || !old.contains("files") ||
       !old["files"].is_array())
     return;

@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <functional>
 
@@ -149,7 +151,7 @@ TEST_CASE("--render draws the run when it is complete; an unknown format is refu
   CHECK_FALSE(fs::exists(dir / "run2/manifest.json"));
 }
 
-TEST_CASE("hooklens analyze refuses semantically broken runs with one line naming the capture and field") {
+TEST_CASE("hooklens analyze refuses semantically broken runs with one line naming the capture and field", "[fixtures]") {
   test::TempDir dir;
   const fs::path good = dir / "good";
   test::require_hooklens(capture_args(good, "--hooks 'blocks.*.attn.hook_pattern'"), dir / "log");
@@ -190,4 +192,45 @@ TEST_CASE("hooklens analyze refuses semantically broken runs with one line namin
   // The untouched run still analyzes.
   test::require_hooklens("analyze '" + good.string() + "' --analyze attention_stats", dir / "log");
   CHECK(fs::exists(good / "reports" / "attention_stats.json"));
+}
+
+// Hostile JSON (issue 13): a manifest or report nested a few thousand levels deep once overflowed
+// the stack of `analyze` and `render`; now it is one error line naming the file, at once.
+TEST_CASE("analyze and render refuse a manifest or report nested 5000 levels deep in one line", "[fixtures]") {
+  test::TempDir dir;
+  const std::string deep = std::string(5000, '[') + "1" + std::string(5000, ']');
+  const std::vector<std::pair<std::string, std::string>> manifests = {
+      {"format", R"({"format": )" + deep + "}"},
+      {"version", R"({"format": "hooklens-run", "version": )" + deep + "}"},
+      {"model", R"({"format": "hooklens-run", "version": 1, "complete": true, "captures": [], "model": )" + deep + "}"},
+      {"error", R"({"format": "hooklens-run", "version": 1, "complete": false, "error": )" + deep + "}"},
+  };
+  const auto check_refused = [&](const std::string& args, const fs::path& culprit) {
+    INFO("hooklens " << args);
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(test::run_hooklens(args, dir / "log") == 1);
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(20));
+    const std::string log = test::read_file(dir / "log");
+    INFO(log);
+    CHECK(log.rfind("hooklens: error: ", 0) == 0);
+    CHECK(std::count(log.begin(), log.end(), '\n') == 1);
+    CHECK_THAT(log, Catch::Contains(culprit.string()) && Catch::Contains("nested deeper than 128 levels"));
+  };
+  for (const auto& [field, text] : manifests) {
+    INFO("deep " << field);
+    const fs::path run = dir / ("run-" + field);
+    fs::create_directories(run);
+    std::ofstream(run / "manifest.json") << text;
+    check_refused(fmt::format("analyze '{}' --analyze attention_stats", run.string()), run / "manifest.json");
+    check_refused(fmt::format("render '{}' --format html", run.string()), run / "manifest.json");
+    check_refused(fmt::format("render '{}' --format svg", run.string()), run / "manifest.json");
+  }
+
+  // An analyzer report read back by the renderers.
+  const fs::path run = dir / "run";
+  REQUIRE(test::run_hooklens(capture_args(run, "--layers 0"), dir / "log") == 0);
+  fs::create_directories(run / "reports");
+  std::ofstream(run / "reports/deep.json") << R"({"heads": )" + deep + "}";
+  check_refused(fmt::format("render '{}' --format html", run.string()), run / "reports/deep.json");
+  check_refused(fmt::format("render '{}' --format svg", run.string()), run / "reports/deep.json");
 }

@@ -569,6 +569,90 @@ TEST_CASE("broken models and directories are errors: exit 1, one line naming the
   CHECK(test::read_file(neo_fixture() / "config.json") == fixture_config);  // nothing was written through a link
 }
 
+// Hostile JSON (issue 13): a value nested a few thousand levels deep once overflowed the stack in
+// nlohmann's recursive dump/copy/destroy, and a huge value was echoed whole into the error line.
+TEST_CASE("deeply nested JSON and 100 KB values in model files: exit 1, one short line naming the file", "[fixtures]") {
+  TempDir tmp;
+  const fs::path models = tmp / "models";
+  const std::string deep = std::string(5000, '[') + "2048" + std::string(5000, ']');
+  const std::string huge = "\"" + std::string(100000, 'x') + "\"";
+  // config.json with one value replaced by raw JSON text (built as text: the test must not build the value either).
+  const auto config_with = [&](const fs::path& dir, const std::string& key, const std::string& raw) {
+    neo_with_config(dir, [&](json& c) { c[key] = "@@VALUE@@"; });
+    std::string text = test::read_file(dir / "config.json");
+    text.replace(text.find("\"@@VALUE@@\""), 11, raw);
+    write_text(dir / "config.json", text);
+    return dir;
+  };
+  const auto header_with_shape = [&](const fs::path& dir, const std::string& raw) {
+    neo_with_header(dir, [](json& h) { h["transformer.ln_f.bias"]["shape"] = "@@VALUE@@"; });
+    std::string file = test::read_file(dir / "model.safetensors");
+    std::uint64_t n = 0;
+    std::memcpy(&n, file.data(), 8);
+    std::string header = file.substr(8, n);
+    header.replace(header.find("\"@@VALUE@@\""), 11, raw);
+    const std::uint64_t size = header.size();
+    write_text(dir / "model.safetensors", std::string(reinterpret_cast<const char*>(&size), 8) + header + file.substr(8 + n));
+    return dir;
+  };
+  const fs::path sharded = [&] {  // weights through an index file only
+    const fs::path dir = link_neo(models / "i1");
+    fs::remove(dir / "model.safetensors");
+    write_text(dir / "model.safetensors.index.json", R"({"weight_map": {"a": )" + deep + "}}");
+    return dir;
+  }();
+  const std::string nested = "nested deeper than 128 levels";
+  struct Case {
+    std::string name;
+    std::vector<std::string> args;
+    std::vector<std::string> culprits;
+  };
+  const fs::path deep_config = config_with(models / "c1", "max_position_embeddings", deep);
+  const std::vector<Case> cases{
+      {"capture: config.json value nested 5000 deep",
+       {"capture", "--model", deep_config.string(), "--prompt", "The cat is", "--out", "run"}, {"config.json", nested}},
+      {"info: config.json value nested 5000 deep", {"info", "--model", deep_config.string()}, {"config.json", nested}},
+      {"info: 100 KB string as max_position_embeddings",
+       {"info", "--model", config_with(models / "c2", "max_position_embeddings", huge).string()},
+       {"config.json", "max_position_embeddings", "xxx..."}},
+      {"capture: 100 KB string as activation_function",
+       {"capture", "--model", config_with(models / "c3", "activation_function", huge).string(), "--prompt", "The cat is",
+        "--out", "run"},
+       {"config.json", "activation_function", "xxx..."}},
+      {"info: 100 KB model_type", {"info", "--model", config_with(models / "c4", "model_type", huge).string()},
+       {"config.json", "xxx..."}},
+      {"capture: safetensors shape nested 5000 deep",
+       {"capture", "--model", header_with_shape(models / "w1", deep).string(), "--prompt", "The cat is", "--out", "run"},
+       {"model.safetensors", nested}},
+      {"info: safetensors shape a 100 KB string",
+       {"info", "--model", header_with_shape(models / "w2", "[" + huge + "]").string()},
+       {"model.safetensors", "transformer.ln_f.bias", "xxx..."}},
+      {"capture: weight index nested 5000 deep",
+       {"capture", "--model", sharded.string(), "--prompt", "The cat is", "--out", "run"},
+       {"model.safetensors.index.json", nested}},
+      {"capture: vocab.json nested 5000 deep",
+       {"capture", "--model", neo_with_file(models / "v1", "vocab.json", R"({"a": )" + deep + "}").string(), "--prompt",
+        "The cat is", "--out", "run"},
+       {"vocab.json", nested}},
+      {"capture: tokenizer_config.json nested 5000 deep",
+       {"capture", "--model", neo_with_file(models / "v2", "tokenizer_config.json", R"({"bos_token": )" + deep + "}").string(),
+        "--prompt", "The cat is", "--out", "run"},
+       {"tokenizer_config.json", nested}},
+  };
+  std::vector<Invocation> invocations;
+  for (std::size_t i = 0; i < cases.size(); ++i) invocations.push_back({cases[i].name, cases[i].args, tmp / fmt::format("case{}", i)});
+  const auto started = std::chrono::steady_clock::now();
+  const auto outcomes = run_all(invocations);
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    check_error(outcomes[i], 1, cases[i].culprits, invocations[i].cwd);
+    INFO(outcomes[i].describe());
+    CHECK(outcomes[i].err.size() < 400);  // the value is cut to 60; paths and the plugin list make the rest
+    CHECK_FALSE(fs::exists(invocations[i].cwd / "run"));
+  }
+  // Each refusal is quick: libtorch's ~1 s start-up, two at a time, and nothing to build or parse deeply.
+  CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(4 * cases.size()));
+}
+
 TEST_CASE("--out refuses an existing directory that is not a run, and leaves it untouched", "[fixtures]") {
   TempDir tmp;
   const std::string model = link_neo(tmp / "model").string();

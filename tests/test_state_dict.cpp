@@ -296,6 +296,15 @@ TEST_CASE("state dicts: bad specs and files fail with errors naming the file") {
     CHECK_THAT(load_error(raschka, act), Contains(act) && Contains("activation.function"));
     CHECK_THAT(load_error(raschka, spec("[1, 2]")), Contains("JSON object"));
   }
+  SECTION("a spec nested 5000 levels deep, or with a 100 KB value: one short line") {
+    const std::string deep = spec(R"({"extends": "raschka-gpt", "n_heads": )" + std::string(5000, '[') + "4" +
+                                  std::string(5000, ']') + "}");
+    CHECK_THAT(load_error(raschka, deep), Contains(deep) && Contains("nested deeper than 128 levels"));
+    const std::string huge = spec(R"({"extends": "raschka-gpt", "n_heads": ")" + std::string(100000, 'x') + R"("})");
+    const std::string message = load_error(raschka, huge);
+    CHECK_THAT(message, Contains(huge) && Contains("'n_heads'") && Contains("xxx..."));
+    CHECK(message.size() < huge.size() + 200);
+  }
   SECTION("a truncated archive") {
     const std::string whole = test::read_file(raschka);
     const fs::path cut = dir / "cut.pt";

@@ -4,6 +4,7 @@
 // independent references (tests/reference/hf_bpe_reference.py on Python's `regex` module,
 // SentencePiece itself); none comes from the code under test.
 #include "hooklens/error.h"
+#include "hooklens/json_read.h"
 #include "hooklens/tokenizer.h"
 #include "text_test_util.h"
 
@@ -492,7 +493,7 @@ TEST_CASE("tokenizer.json: what is not implemented is refused by name, malformed
   write_file(file, tj.dump().substr(0, 100));
   check_error([&] { hooklens::load_hf_tokenizer(dir.path); }, {file.string(), "malformed JSON"});
   write_file(file, "[" + std::string(100000, '[') + std::string(100001, ']'));  // deep nesting: no stack overflow
-  check_error([&] { hooklens::load_hf_tokenizer(dir.path); }, {file.string()});
+  check_error([&] { hooklens::load_hf_tokenizer(dir.path); }, {file.string(), "nested deeper than 128 levels"});
 
   // tokenizer_config.json: its own errors name it; a chat_template list without "default" is no error.
   write_file(file, base.dump());
@@ -505,6 +506,74 @@ TEST_CASE("tokenizer.json: what is not implemented is refused by name, malformed
   write_file(dir / "tokenizer_config.json",
              R"({"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": "y"}]})");
   CHECK(hooklens::load_hf_tokenizer(dir.path)->chat_config().chat_template == "y");
+  write_file(dir / "tokenizer_config.json", R"({"chat_template": )" + std::string(5000, '[') + std::string(5000, ']') + "}");
+  check_error([&] { hooklens::load_hf_tokenizer(dir.path); }, {"tokenizer_config.json", "nested deeper than 128 levels"});
+}
+
+TEST_CASE("vocab.json nested a few thousand levels deep is an Error naming it") {
+  TempDir dir;
+  write_file(dir / "vocab.json", R"({"a": 0, "b": )" + std::string(5000, '[') + std::string(5000, ']') + "}");
+  write_file(dir / "merges.txt", "#version: 0.2\na b\n");
+  check_error([&] { hooklens::load_hf_tokenizer(dir.path); }, {"vocab.json", "nested deeper than 128 levels"});
+}
+
+// The one reader every JSON input goes through (hooklens/json_read.h).
+TEST_CASE("JSON reading: nesting past 128 levels is refused before a value is built, brackets in strings do not count") {
+  using hooklens::json_depth_overflow;
+  using hooklens::parse_json_text;
+  const auto nested = [](std::size_t depth, const std::string& inner = "1") {
+    std::string text;
+    for (std::size_t i = 0; i < depth; ++i) text += i % 2 ? R"({"k": )" : "[";
+    text += inner;
+    for (std::size_t i = depth; i-- > 0;) text += i % 2 ? "}" : "]";
+    return text;
+  };
+  const auto depth_of = [](const json& j) {
+    std::size_t d = 0;
+    for (const json* v = &j; v->is_array() || v->is_object(); v = v->is_array() ? &v->back() : &v->at("k")) ++d;
+    return d;
+  };
+
+  // At the limit: parsed whole. One more level: refused, naming what was read and where.
+  CHECK(json_depth_overflow(nested(128)) == std::string::npos);
+  CHECK(depth_of(parse_json_text(nested(128), "at-limit.json")) == 128);
+  const std::string deeper = nested(129);
+  CHECK(json_depth_overflow(deeper) == deeper.rfind('[', deeper.find('1')));  // the 129th opening bracket
+  check_error([&] { parse_json_text(deeper, "x/over.json"); }, {"x/over.json: JSON nested deeper than 128 levels"});
+  CHECK(json_depth_overflow(nested(3), 2) != std::string::npos);
+  CHECK(json_depth_overflow(nested(2), 2) == std::string::npos);
+
+  // Brackets inside strings are text, escaped quotes do not end a string, an escaped backslash does not
+  // escape the closing quote.
+  const std::string brackets(1000, '[');
+  CHECK(json_depth_overflow(nested(128, json(brackets).dump())) == std::string::npos);
+  CHECK(parse_json_text(R"({"a": ")" + brackets + R"(", "b": 1})", "s.json")["a"] == brackets);
+  const std::string quoted = R"(["\"[[[", )" + nested(127) + "]";
+  CHECK(json_depth_overflow(quoted) == std::string::npos);
+  CHECK(depth_of(parse_json_text(R"(["\\", )" + nested(127) + "]", "b.json")) == 128);
+  CHECK(json_depth_overflow(R"(["\\", )" + nested(128) + "]") != std::string::npos);
+  // Closing brackets never drive the count below zero (the parser refuses such text anyway).
+  CHECK(json_depth_overflow("]]]]" + nested(129)) != std::string::npos);
+
+  // Malformed text: one short line even when the token nlohmann stopped in is a 100 KB string.
+  const std::string msg = check_error([&] { parse_json_text("[\"" + std::string(100000, 'x') + "\n\"]", "m.json"); },
+                                      {"m.json: malformed JSON", "last read"});
+  CHECK(msg.size() < 400);
+
+  // A few thousand levels, and megabytes of brackets, are refused at once.
+  const auto start = std::chrono::steady_clock::now();
+  check_error([&] { parse_json_text(std::string(5000, '[') + std::string(5000, ']'), "d.json"); }, {"d.json", "128"});
+  check_error([&] { parse_json_text(std::string(4 << 20, '{'), "e.json"); }, {"e.json", "128"});
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+}
+
+TEST_CASE("JSON values quoted in messages are cut to 60 bytes on one line") {
+  CHECK(hooklens::brief_json(json(std::string(100000, 'x'))).size() <= 60);
+  CHECK(hooklens::brief_json(json(std::string(100000, 'x'))).substr(57) == "...");
+  CHECK(hooklens::brief_json(json::array({1, 2, 3})) == "[1,2,3]");
+  CHECK(hooklens::brief_json(json("a\nb")) == R"("a\nb")");  // dump() escapes control characters
+  CHECK(hooklens::brief_json(json(std::string(100, 'y')), 20).size() == 20);
+  CHECK(hooklens::brief_text(std::string(100000, 'z') + "\n").size() == 60);
 }
 
 TEST_CASE("a regex that backtracks without end is an Error, not a hang") {

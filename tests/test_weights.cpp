@@ -241,7 +241,7 @@ TEST_CASE("safetensors: hostile files are rejected with the file name", "[weight
   }
   SECTION("header not JSON") {
     write_raw_safetensors(f, "{\"a\": nope}", "");
-    require_error(read, f, "not valid JSON");
+    require_error(read, f, "malformed JSON");
   }
   SECTION("header not an object") {
     write_raw_safetensors(f, "[1, 2]", "");
@@ -249,7 +249,28 @@ TEST_CASE("safetensors: hostile files are rejected with the file name", "[weight
   }
   SECTION("deeply nested header") {
     write_raw_safetensors(f, std::string(1000000, '[') + std::string(1000000, ']'), "");
-    require_error(read, f, "not a JSON object");
+    require_error(read, f, "header: JSON nested deeper than 128 levels");
+  }
+  SECTION("a shape nested 5000 levels deep: refused before it is built, at once") {
+    const std::string shape = std::string(5000, '[') + "2" + std::string(5000, ']');
+    write_raw_safetensors(f, R"({"a":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,8]}})", std::string(8, '\0'));
+    const auto start = std::chrono::steady_clock::now();
+    require_error(read, f, "nested deeper than 128 levels");
+    require_error([&] { hooklens::read_safetensors_metadata(f); }, f, "nested deeper than 128 levels");
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
+  }
+  SECTION("100 KB values are cut in messages") {
+    const std::string huge(100000, 'n');
+    write_raw_safetensors(f, R"({")" + huge + R"(":{"dtype":")" + huge + R"(","shape":[2],"data_offsets":[0,8]}})",
+                          std::string(8, '\0'));
+    const std::string dtype = test::error_of(read);
+    CHECK_THAT(dtype, Catch::Contains("unknown safetensors dtype"));
+    CHECK(dtype.size() < f.string().size() + 200);
+    write_raw_safetensors(f, R"({"a":{"dtype":"F32","shape":[")" + huge + R"("],"data_offsets":[0,8]}})",
+                          std::string(8, '\0'));
+    const std::string shape = test::error_of(read);
+    CHECK_THAT(shape, Catch::Contains("not a non-negative integer"));
+    CHECK(shape.size() < f.string().size() + 200);
   }
   SECTION("offsets out of range") {
     write_raw_safetensors(f, R"({"a":)" + entry_f32_2 + "}", std::string(4, '\0'));
@@ -919,7 +940,9 @@ TEST_CASE("load_hf_weights: formats, priority, shards and errors", "[weights][fi
       write_bytes(index_file, R"({"weights": {}})");
       require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "weight_map");
       write_bytes(index_file, R"({"weight_map": {)");
-      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not valid JSON");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "malformed JSON");
+      write_bytes(index_file, R"({"weight_map": {"a": )" + std::string(5000, '[') + std::string(5000, ']') + "}}");
+      require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "nested deeper than 128 levels");
       write_bytes(index_file, R"({"weight_map": {"a": 3}})");
       require_error([&] { hooklens::load_hf_weights(tmp.path); }, index_file, "not a file name");
     }

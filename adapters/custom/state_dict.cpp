@@ -11,6 +11,7 @@
 #include "torchscript.h"
 
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/transformer.h>
 #include <hooklens/weights.h>
 
@@ -134,7 +135,7 @@ class SpecReader {
   explicit SpecReader(std::string file) : file_(std::move(file)) {}
 
   [[noreturn]] void fail(const std::string& key, const std::string& message) const {
-    throw Error(fmt::format("{}: '{}': {}", file_, key, message));
+    throw Error(fmt::format("{}: '{}': {}", file_, brief_text(key), message));
   }
 
   void only_keys(const json& obj, const std::string& where, const std::set<std::string>& keys) const {
@@ -146,36 +147,36 @@ class SpecReader {
 
   const json& object(const json& parent, const std::string& key) const {
     const json& v = parent.at(key);
-    if (!v.is_object()) fail(key, fmt::format("must be a JSON object, not {}", v.dump()));
+    if (!v.is_object()) fail(key, fmt::format("must be a JSON object, not {}", brief_json(v)));
     return v;
   }
 
   std::string string(const json& v, const std::string& key, const std::set<std::string>& allowed = {}) const {
-    if (!v.is_string()) fail(key, fmt::format("must be a string, not {}", v.dump()));
+    if (!v.is_string()) fail(key, fmt::format("must be a string, not {}", brief_json(v)));
     const std::string s = v.get<std::string>();
-    if (!allowed.empty() && !allowed.count(s)) fail(key, fmt::format("'{}' is not one of {}", s, fmt::join(allowed, ", ")));
+    if (!allowed.empty() && !allowed.count(s)) fail(key, fmt::format("'{}' is not one of {}", brief_text(s), fmt::join(allowed, ", ")));
     return s;
   }
 
   double positive_number(const json& v, const std::string& key) const {
     if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>()))
-      fail(key, fmt::format("must be a positive number, not {}", v.dump()));
+      fail(key, fmt::format("must be a positive number, not {}", brief_json(v)));
     return v.get<double>();
   }
 
   std::int64_t integer(const json& v, const std::string& key, std::int64_t min) const {
     if (!v.is_number_integer() || v.get<std::int64_t>() < min || v.get<std::int64_t>() > INT32_MAX)
-      fail(key, fmt::format("must be an integer in [{}, 2^31), not {}", min, v.dump()));
+      fail(key, fmt::format("must be an integer in [{}, 2^31), not {}", min, brief_json(v)));
     return v.get<std::int64_t>();
   }
 
   bool boolean(const json& v, const std::string& key) const {
-    if (!v.is_boolean()) fail(key, fmt::format("must be true or false, not {}", v.dump()));
+    if (!v.is_boolean()) fail(key, fmt::format("must be true or false, not {}", brief_json(v)));
     return v.get<bool>();
   }
 
   std::vector<std::string> strings(const json& v, const std::string& key) const {
-    if (!v.is_array()) fail(key, fmt::format("must be a list of strings, not {}", v.dump()));
+    if (!v.is_array()) fail(key, fmt::format("must be a list of strings, not {}", brief_json(v)));
     std::vector<std::string> out;
     for (const json& s : v) out.push_back(string(s, key));
     return out;
@@ -204,7 +205,7 @@ json read_spec_json(const fs::path& file, int depth) {
   const std::string ref = r.string(*it, "extends");
   if (depth >= 8) r.fail("extends", "chain of more than 8 specs (a cycle?)");
   const auto base_file = find_spec(ref, file.parent_path());
-  if (!base_file) r.fail("extends", fmt::format("no spec file or shipped spec '{}' (shipped: {})", ref, shipped_list()));
+  if (!base_file) r.fail("extends", fmt::format("no spec file or shipped spec '{}' (shipped: {})", brief_text(ref), shipped_list()));
   json base = read_spec_json(*base_file, depth + 1);
   j.erase("extends");
   base.merge_patch(j);
@@ -227,10 +228,10 @@ void read_template(const SpecReader& r, ArchSpec& spec, const std::string& role_
   std::string rest = t;
   for (std::size_t at; (at = rest.find("{i}")) != std::string::npos;) rest.erase(at, 3);
   if (t.empty() || rest.find_first_of("{}") != std::string::npos)
-    r.fail(key, fmt::format("'{}' is not a tensor name template (only {{i}} may appear in braces)", t));
+    r.fail(key, fmt::format("'{}' is not a tensor name template (only {{i}} may appear in braces)", brief_text(t)));
   if (role->per_layer != (rest.size() != t.size()))
-    r.fail(key, role->per_layer ? fmt::format("'{}' must hold {{i}}, the layer index", t)
-                                : fmt::format("'{}' is not per layer and must not hold {{i}}", t));
+    r.fail(key, role->per_layer ? fmt::format("'{}' must hold {{i}}, the layer index", brief_text(t))
+                                : fmt::format("'{}' is not per layer and must not hold {{i}}", brief_text(t)));
   spec.tensors[role_name] = t;
 }
 
@@ -253,8 +254,8 @@ void check_roles(const SpecReader& r, const ArchSpec& spec) {
     r.fail("tensors.W_gate", spec.t.gated_mlp ? "is required with a gated activation" : "needs \"gated\": true");
   for (const std::string& role : spec.optional) {
     const Role* x = find_role(role);
-    if (!x || !x->bias) r.fail("optional", fmt::format("'{}' is not a bias role (only biases may be optional)", role));
-    if (!spec.has(role)) r.fail("optional", fmt::format("'{}' has no template in 'tensors'", role));
+    if (!x || !x->bias) r.fail("optional", fmt::format("'{}' is not a bias role (only biases may be optional)", brief_text(role)));
+    if (!spec.has(role)) r.fail("optional", fmt::format("'{}' has no template in 'tensors'", brief_text(role)));
   }
   if (!spec.tied_aliases.empty() && !spec.tied()) r.fail("tied_aliases", "only with \"unembed\": \"tied\"");
 }
@@ -412,7 +413,7 @@ class Mapper {
     if (it == tensors_.end()) missing(role, n);
     std::vector<std::int64_t> s(it->second.sizes().begin(), it->second.sizes().end());
     if (s.size() != 2 && (find_role(role)->linear || role == "embed" || role == "pos_embed"))
-      throw Error(fmt::format("{}: tensor '{}' (role {}) has shape [{}], expected a matrix", what_, n, role,
+      throw Error(fmt::format("{}: tensor '{}' (role {}) has shape [{}], expected a matrix", what_, brief_text(n), role,
                               fmt::join(s, ", ")));
     if (transposed(role)) std::swap(s[0], s[1]);
     return s;
@@ -441,7 +442,8 @@ class Mapper {
     return it != spec_.in_out.end() && it->second;
   }
   [[noreturn]] void missing(const std::string& role, const std::string& n) const {
-    throw Error(fmt::format("{}: no tensor '{}', which spec {} names for role '{}'", what_, n, spec_.file, role));
+    throw Error(fmt::format("{}: no tensor '{}', which spec {} names for role '{}'", what_, brief_text(n), spec_.file,
+                            role));
   }
 
   TensorMap& tensors_;
@@ -465,7 +467,7 @@ std::int64_t resolve_count(const Count& c, const char* key, const ArchSpec& spec
   if (!v || !v->is_number_integer() || v->get<std::int64_t>() <= 0 || v->get<std::int64_t>() > INT32_MAX)
     throw Error(fmt::format("{}: spec {} reads '{}' from '{}' of the checkpoint, which has no positive integer there; "
                             "give it in a spec of your own: {{\"extends\": \"{}\", \"{}\": N}}",
-                            file, spec.file, key, path, spec.ref, key));
+                            file, spec.file, key, brief_text(path), brief_text(spec.ref), key));
   return v->get<std::int64_t>();
 }
 
@@ -565,7 +567,7 @@ void take_tied_aliases(TensorMap& tensors, const ArchSpec& spec, const at::Tenso
                             t.strides() == embed.strides() && t.data_ptr() == embed.data_ptr();
     if (!same_bytes && (t.sizes() != embed.sizes() || !at::equal(t.to(embed.scalar_type()), embed)))
       throw Error(fmt::format("{}: '{}' differs from the embedding '{}', but spec {} says the unembedding is tied",
-                              what, alias, spec.tensors.at("embed"), spec.file));
+                              what, brief_text(alias), brief_text(spec.tensors.at("embed")), spec.file));
     tensors.erase(it);
   }
 }
@@ -654,7 +656,7 @@ std::unique_ptr<Model> load_state_dict(const fs::path& model, const LoadOptions&
   const auto spec_file = find_spec(options.spec, {});
   if (!spec_file)
     throw UsageError(fmt::format("--spec '{}': no such file, nor a shipped spec of that name (shipped: {})",
-                                 options.spec, shipped_list()));
+                                 brief_text(options.spec), shipped_list()));
   ArchSpec spec = parse_spec(*spec_file);
   spec.ref = options.spec;
 

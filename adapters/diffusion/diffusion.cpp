@@ -7,6 +7,7 @@
 // with a larger vocabulary. Generation is the framework's masked-diffusion loop.
 #include <hooklens/error.h>
 #include <hooklens/hf_config.h>
+#include <hooklens/json_read.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/transformer.h>
 
@@ -24,7 +25,7 @@ bool is_llada_type(const std::string& type) { return type == "llada" || type == 
 void refuse_unsupported(const HfConfig& cfg) {
   auto require = [&](const char* key, const nlohmann::json& expected) {
     if (cfg.has(key) && cfg.json()[key] != expected)
-      cfg.fail(fmt::format("'{}': {} is not supported (only {})", key, cfg.json()[key].dump(), expected.dump()));
+      cfg.fail(fmt::format("'{}': {} is not supported (only {})", key, brief_json(cfg.json()[key]), expected.dump()));
   };
   require("block_type", "llama");
   require("layer_norm_type", "rms");

@@ -5,6 +5,7 @@
 // cache, every hook point and generation come from the framework.
 #include <hooklens/error.h>
 #include <hooklens/hf_config.h>
+#include <hooklens/message_text.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/transformer.h>
 
@@ -24,7 +25,7 @@ TransformerSpec read_spec(const HfConfig& cfg, int d_head) {
   spec.positions = TransformerSpec::Positions::learned;
   const std::string activation = cfg.string("activation_function", "gelu_new");
   if (auto a = parse_activation(activation)) spec.activation = *a;
-  else cfg.fail(fmt::format("activation_function '{}' is not supported", activation));
+  else cfg.fail(fmt::format("activation_function '{}' is not supported", brief_text(activation)));
   const auto& j = cfg.json();
   if (j.value("scale_attn_by_inverse_layer_idx", false) == true)
     cfg.fail("'scale_attn_by_inverse_layer_idx' is not supported");

@@ -6,6 +6,7 @@
 // activation gelu_new; lm_head is tied to wte.
 #include <hooklens/error.h>
 #include <hooklens/hf_config.h>
+#include <hooklens/message_text.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/transformer.h>
 
@@ -47,7 +48,7 @@ std::vector<AttentionKind> attention_layers(const HfConfig& cfg, int n_layers) {
   for (const auto& k : kinds) {
     if (k == "global") result.push_back(AttentionKind::causal);
     else if (k == "local") result.push_back(AttentionKind::local);
-    else cfg.fail(fmt::format("unknown attention type '{}' (expected global or local)", k));
+    else cfg.fail(fmt::format("unknown attention type '{}' (expected global or local)", brief_text(k)));
   }
   return result;
 }
@@ -82,7 +83,7 @@ class GptNeoAdapter final : public Adapter {
     spec.norm_eps = cfg.number("layer_norm_epsilon", 1e-5);
     const std::string activation = cfg.string("activation_function", "gelu_new");
     if (auto a = parse_activation(activation)) spec.activation = *a;
-    else cfg.fail(fmt::format("activation_function '{}' is not supported", activation));
+    else cfg.fail(fmt::format("activation_function '{}' is not supported", brief_text(activation)));
     spec.attn_scale = 1.0;  // GPT-Neo does not scale attention scores
 
     TensorMap tensors = load_hf_weights(dir);

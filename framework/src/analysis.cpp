@@ -1,5 +1,6 @@
 #include <hooklens/analysis.h>
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/renderer.h>
 #include <hooklens/run.h>
 
@@ -162,7 +163,7 @@ CaptureContext capture_context(const nlohmann::json& entry) {
     CaptureContext ctx;
     ctx.prompt = entry.at("prompt").get<int>();
     const auto phase = parse_phase(entry.at("phase").get<std::string>());
-    if (!phase) throw Error(fmt::format("unknown phase {}", entry.at("phase").dump()));
+    if (!phase) throw Error(fmt::format("unknown phase {}", brief_json(entry.at("phase"))));
     ctx.phase = *phase;
     ctx.step = entry.at("step").get<int>();
     ctx.block = entry.value("block", -1);
@@ -172,7 +173,7 @@ CaptureContext capture_context(const nlohmann::json& entry) {
     ctx.key_offset = entry.value("key_offset", std::int64_t(0));
     return ctx;
   } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("malformed capture entry {}: {}", entry.dump(), e.what()));
+    throw Error(fmt::format("malformed capture entry {}: {}", brief_json(entry, 200), e.what()));
   }
 }
 

@@ -4,13 +4,12 @@
 #include "hooklens/weights.h"
 
 #include "hooklens/error.h"
+#include "hooklens/json_read.h"
 #include "message_text.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
-
-#include <fstream>
 
 namespace hooklens {
 namespace {
@@ -30,14 +29,7 @@ fs::path shard_path(const fs::path& dir, const std::string& name, const fs::path
 
 // name -> shard file, from the index's weight_map.
 std::map<std::string, std::string> read_weight_map(const fs::path& index) {
-  std::ifstream in(index, std::ios::binary);
-  if (!in) fail(index, "cannot open");
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail(index, fmt::format("not valid JSON ({})", e.what()));
-  }
+  const nlohmann::json json = read_json_file(index);
   const auto map = json.is_object() ? json.find("weight_map") : json.end();
   if (map == json.end() || !map->is_object())
     fail(index, "has no \"weight_map\" object");

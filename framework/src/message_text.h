@@ -1,27 +1,3 @@
-// Text taken from files that may be hostile (names in an archive, a pickle or an index) goes into
-// error messages through these: one line, bounded length, whatever the file holds.
+// Moved to the public <hooklens/message_text.h> (plugins, the viewer and examples quote values too).
 #pragma once
-#include "hooklens/tokenizer.h"  // utf8_decode_replace
-
-#include <string>
-
-namespace hooklens {
-
-// A value to quote in a message: bytes that are not UTF-8 become U+FFFD, control characters
-// spaces, and text past `max` bytes is cut (on a character boundary) and ends in "...".
-inline std::string brief_text(const std::string& raw, std::size_t max = 60) {
-  std::string s = utf8_decode_replace(raw.size() > 4 * max ? raw.substr(0, 4 * max) : raw);
-  if (s.size() > max) {
-    std::size_t cut = max - 3;
-    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;  // not inside a character
-    s = s.substr(0, cut) + "...";
-  }
-  for (char& c : s)
-    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
-  return s;
-}
-
-// A whole message as one line of at most 1000 bytes.
-inline std::string one_line(const std::string& s) { return brief_text(s, 1000); }
-
-}  // namespace hooklens
+#include <hooklens/message_text.h>

@@ -1,5 +1,6 @@
 #include <hooklens/error.h>
 #include <hooklens/hf_config.h>
+#include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 
@@ -9,7 +10,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <fstream>
 #include <ostream>
 #include <set>
 
@@ -62,7 +62,7 @@ ModelInfo ModelInfo::from_json(const nlohmann::json& j) {
       if (name == "causal") i.layer_attention.push_back(AttentionKind::causal);
       else if (name == "local") i.layer_attention.push_back(AttentionKind::local);
       else if (name == "bidirectional") i.layer_attention.push_back(AttentionKind::bidirectional);
-      else throw Error(fmt::format("unknown attention kind '{}'", name));
+      else throw Error(fmt::format("unknown attention kind '{}'", brief_text(name)));
     }
     auto id = [&](const char* key) {
       return j.contains(key) && !j[key].is_null() ? std::optional<std::int64_t>(j[key].get<std::int64_t>())
@@ -86,16 +86,6 @@ std::shared_ptr<Model> open_model(const PluginRegistry& plugins, const std::file
   return tie_lifetime(a->load(model, options), a);
 }
 
-nlohmann::json read_json_file(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open", file.string()));
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("{}: malformed JSON: {}", file.string(), e.what()));
-  }
-}
-
 HfConfig::HfConfig(const std::filesystem::path& model_dir) : file_((model_dir / "config.json").string()) {
   if (!std::filesystem::is_regular_file(file_)) throw Error(fmt::format("{}: no such file", file_));
   json_ = read_json_file(file_);
@@ -103,14 +93,6 @@ HfConfig::HfConfig(const std::filesystem::path& model_dir) : file_((model_dir / 
 }
 
 void HfConfig::fail(const std::string& message) const { throw Error(fmt::format("{}: {}", file_, message)); }
-
-namespace {
-// A config value in a message: one line, at most 60 characters.
-std::string brief_json(const nlohmann::json& v) {
-  std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
-}
-}  // namespace
 
 bool HfConfig::has(const std::string& key) const { return json_.contains(key) && !json_[key].is_null(); }
 
@@ -185,7 +167,7 @@ void HfConfig::warn_unknown_keys(const std::vector<std::string>& known) const {
     const bool dropout = key.find("dropout") != std::string::npos || key.find("pdrop") != std::string::npos;
     const bool comment = !key.empty() && key[0] == '_';  // "_name_or_path", "_comment_..."
     if (!dropout && !comment && !generic.count(key) && std::find(known.begin(), known.end(), key) == known.end())
-      unknown.push_back(key.size() > 60 ? key.substr(0, 57) + "..." : key);
+      unknown.push_back(brief_text(key));
   }
   if (unknown.empty()) return;
   if (unknown.size() > 12) unknown.resize(12), unknown.push_back("...");

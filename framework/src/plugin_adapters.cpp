@@ -1,6 +1,7 @@
 // PluginRegistry::adapter_for: the one loader function that calls into an Adapter, so it needs
 // hooklens/model.h (and with it libtorch's headers), which plugin_loader.cpp stays free of.
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 
@@ -21,7 +22,7 @@ std::string config_clue(const std::filesystem::path& model) {
     const auto type = config.is_object() ? config.find("model_type") : config.end();
     if (type == config.end() || !type->is_string())
       return fmt::format("; {} has no string \"model_type\"", file.string());
-    return fmt::format("; {} says model_type '{}'", file.string(), type->get<std::string>());
+    return fmt::format("; {} says model_type '{}'", file.string(), brief_text(type->get<std::string>()));
   } catch (const Error& e) {
     return fmt::format("; {}", e.what());
   }

@@ -1,4 +1,5 @@
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/run.h>
 #include <hooklens/weights.h>
 
@@ -13,6 +14,7 @@
 #include <string_view>
 #include <utility>
 #include <vector>
+#include <iterator>
 
 namespace fs = std::filesystem;
 
@@ -369,12 +371,7 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check)
   std::ifstream in(file, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open run manifest (is {} a hooklens run directory?)", file.string(),
                                    dir.string()));
-  nlohmann::json manifest;
-  try {
-    manifest = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("{}: malformed run manifest: {}", file.string(), e.what()));
-  }
+  nlohmann::json manifest = parse_json_text(std::string(std::istreambuf_iterator<char>(in), {}), file.string());
 
   // Before anything copies or prints a part of it: both recurse.
   if (nested_deeper_than(manifest, kMaxDepth))

@@ -4,6 +4,7 @@
 #include "hooklens/weights.h"
 
 #include "hooklens/error.h"
+#include "hooklens/json_read.h"
 #include "message_text.h"
 
 #include <ATen/ops/empty.h>
@@ -71,7 +72,7 @@ std::string safetensors_dtype_name(c10::ScalarType type) {
 c10::ScalarType parse_safetensors_dtype(const std::string& name) {
   for (const auto& entry : kDtypeNames)
     if (name == entry.name) return entry.type;
-  throw Error(fmt::format("unknown safetensors dtype '{}'", name));
+  throw Error(fmt::format("unknown safetensors dtype '{}'", brief_text(name)));
 }
 
 std::string safetensors_preamble(const std::vector<TensorLayout>& tensors,
@@ -155,11 +156,6 @@ struct Header {
 };
 
 // JSON integers only (a 2.0 or "2" is not a size); negative values are rejected by the caller.
-std::string brief(const nlohmann::json& v) {
-  std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return s.size() > 64 ? s.substr(0, 61) + "..." : s;
-}
-
 bool json_uint(const nlohmann::json& v, std::uint64_t& out) {
   if (v.is_number_unsigned()) {
     out = v.get<std::uint64_t>();
@@ -177,7 +173,7 @@ std::map<std::string, std::string> parse_metadata(const nlohmann::json& v,
   if (!v.is_object()) fail(file, "__metadata__ is not a JSON object");
   std::map<std::string, std::string> out;
   for (const auto& [key, value] : v.items()) {
-    if (!value.is_string()) fail(file, fmt::format("__metadata__ value '{}' is not a string", key));
+    if (!value.is_string()) fail(file, fmt::format("__metadata__ value '{}' is not a string", brief_text(key)));
     out[key] = value.get<std::string>();
   }
   return out;
@@ -185,7 +181,7 @@ std::map<std::string, std::string> parse_metadata(const nlohmann::json& v,
 
 Entry parse_entry(const std::string& name, const nlohmann::json& v, std::uint64_t data_size,
                   const std::filesystem::path& file) {
-  const auto bad = [&](const std::string& what) { fail(file, fmt::format("tensor '{}': {}", name, what)); };
+  const auto bad = [&](const std::string& what) { fail(file, fmt::format("tensor '{}': {}", brief_text(name), what)); };
   if (!v.is_object()) bad("header entry is not a JSON object");
   const auto dtype = v.find("dtype");
   const auto shape = v.find("shape");
@@ -207,20 +203,20 @@ Entry parse_entry(const std::string& name, const nlohmann::json& v, std::uint64_
   for (const auto& dim : *shape) {
     std::uint64_t d = 0;
     if (!json_uint(dim, d) || d > static_cast<std::uint64_t>(INT64_MAX))
-      bad(fmt::format("shape {} has a dimension that is not a non-negative integer", brief(*shape)));
+      bad(fmt::format("shape {} has a dimension that is not a non-negative integer", brief_json(*shape)));
     e.shape.push_back(static_cast<std::int64_t>(d));
     bytes *= d;
     if (bytes > data_size) bytes = static_cast<unsigned __int128>(data_size) + 1;  // saturate
   }
   if (!offsets->is_array() || offsets->size() != 2 || !json_uint((*offsets)[0], e.begin) ||
       !json_uint((*offsets)[1], e.end))
-    bad(fmt::format("data_offsets {} is not a pair of non-negative integers", brief(*offsets)));
+    bad(fmt::format("data_offsets {} is not a pair of non-negative integers", brief_json(*offsets)));
   if (e.begin > e.end || e.end > data_size)
     bad(fmt::format("data_offsets [{}, {}] lie outside the data section of {} bytes", e.begin, e.end,
                     data_size));
   if (bytes != e.end - e.begin)
     bad(fmt::format("data_offsets [{}, {}] hold {} bytes but dtype {} and shape {} need a different size",
-                    e.begin, e.end, e.end - e.begin, dtype->get<std::string>(), brief(*shape)));
+                    e.begin, e.end, e.end - e.begin, dtype->get<std::string>(), brief_json(*shape)));
   return e;
 }
 
@@ -232,7 +228,8 @@ void check_no_overlap(std::vector<Entry> entries, const std::filesystem::path& f
   for (const auto& e : entries) {
     if (e.begin == e.end) continue;
     if (previous && e.begin < previous->end)
-      fail(file, fmt::format("tensors '{}' and '{}' overlap in the data section", previous->name, e.name));
+      fail(file, fmt::format("tensors '{}' and '{}' overlap in the data section", brief_text(previous->name),
+                             brief_text(e.name)));
     previous = &e;
   }
 }
@@ -262,14 +259,9 @@ Header read_header(std::FILE* f, const std::filesystem::path& file) {
       duplicate = value.get<std::string>();
     return true;
   };
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(text, check_key);
-  } catch (const nlohmann::json::exception& e) {
-    fail(file, fmt::format("header is not valid JSON ({})", e.what()));
-  }
+  const nlohmann::json json = parse_json_text(text, file.string() + ": header", check_key);
   if (!json.is_object()) fail(file, "header is not a JSON object");
-  if (!duplicate.empty()) fail(file, fmt::format("tensor name '{}' appears twice in the header", duplicate));
+  if (!duplicate.empty()) fail(file, fmt::format("tensor name '{}' appears twice in the header", brief_text(duplicate)));
 
   Header header;
   header.data_start = 8 + header_size;
@@ -324,7 +316,7 @@ TensorMap read_safetensors(const std::filesystem::path& file) {
     if (size != 0) {
       if (fseeko(f.get(), static_cast<off_t>(header.data_start + e.begin), SEEK_SET) != 0 ||
           std::fread(t.data_ptr(), 1, size, f.get()) != size)
-        fail(file, fmt::format("cannot read the data of tensor '{}'", e.name));
+        fail(file, fmt::format("cannot read the data of tensor '{}'", brief_text(e.name)));
     }
     out.emplace(e.name, std::move(t));
   }

@@ -5,6 +5,7 @@
 #include "byte_level_bpe.h"
 
 #include "hooklens/error.h"
+#include "hooklens/json_read.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -46,13 +47,7 @@ std::string read_file(const fs::path& path) {
   return text;
 }
 
-json read_json(const fs::path& path) {
-  try {
-    return json::parse(read_file(path));
-  } catch (const json::exception& e) {
-    fail(path, fmt::format("malformed JSON: {}", e.what()));
-  }
-}
+json read_json(const fs::path& path) { return parse_json_text(read_file(path), path.string()); }
 
 // A value for an error message, without dumping containers (deep ones would recurse deeply).
 std::string describe(const json& v) {
@@ -110,6 +105,7 @@ class StreamingReader final : public nlohmann::json_sax<json> {
 
   json read(const fs::path& path) {
     const std::string text = read_file(path);
+    check_json_depth(text, path.string());  // the DOM part is nlohmann's, which recurses per level
     if (!json::sax_parse(text, this)) fail(path, error_.empty() ? "malformed JSON" : error_);
     return std::move(root_);
   }
@@ -196,7 +192,7 @@ class StreamingReader final : public nlohmann::json_sax<json> {
     return true;
   }
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
-    return stop(fmt::format("malformed JSON: {}", e.what()));
+    return stop("malformed JSON: " + json_error_text(e));
   }
 
  private:

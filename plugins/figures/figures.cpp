@@ -5,6 +5,7 @@
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/renderer.h>
@@ -714,9 +715,7 @@ class FiguresRenderer final : public hooklens::Renderer {
   }
 
   static void draw_report(Job& job, const fs::path& file) {
-    std::ifstream in(file, std::ios::binary);
-    const json report = json::parse(in, nullptr, false);
-    if (report.is_discarded()) throw Error(fmt::format("{}: malformed report (not JSON)", file.string()));
+    const json report = hooklens::read_json_file(file);
     const std::string name = file.stem().string();
     // Referenced, not copied: copying recurses, and a hostile report may nest very deep.
     static const json kNone;

@@ -9,6 +9,7 @@
 // plus the metadata. The embedded data is limited (max_mib, default 64): generation steps are
 // subsampled with a visible note when that is enough, otherwise render() refuses with advice.
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/renderer.h>
 #include <hooklens/run.h>
@@ -305,13 +306,7 @@ json read_reports(const fs::path& run) {
   if (ec) throw Error(fmt::format("{}: cannot list the reports: {}", dir.string(), ec.message()));
   std::sort(files.begin(), files.end());
   for (const fs::path& file : files) {
-    std::ifstream in(file, std::ios::binary);
-    json report;
-    try {
-      report = json::parse(in);
-    } catch (const json::exception& e) {
-      throw Error(fmt::format("{}: malformed analyzer report: {}", file.string(), e.what()));
-    }
+    json report = read_json_file(file);
     if (!report.is_object()) throw Error(fmt::format("{}: an analyzer report must be a JSON object", file.string()));
     // The page embeds it with dump(), which recurses: a hostile nesting would overflow the stack.
     if (nested_deeper_than(report, kMaxReportDepth))

@@ -18,6 +18,7 @@
 // lists what reached the disk), and says "complete": true only after finish() wrote everything.
 #include <hooklens/error.h>
 #include <hooklens/hooks.h>
+#include <hooklens/json_read.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/sink.h>
 #include <hooklens/weights.h>
@@ -154,10 +155,12 @@ std::string format_manifest(const json& manifest) {
 }
 
 bool looks_like_run_dir(const fs::path& dir) {
-  std::ifstream in(dir / "manifest.json", std::ios::binary);
-  if (!in) return false;
-  const json manifest = json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return manifest.is_object() && manifest.value("format", "") == "hooklens-run";
+  try {
+    const json manifest = read_json_file(dir / "manifest.json");
+    return manifest.is_object() && manifest.value("format", "") == "hooklens-run";
+  } catch (const Error&) {  // missing, unreadable, malformed or too deep: not a run to replace
+    return false;
+  }
 }
 
 // Ownership of a run directory: an flock on `<out>/.hooklens-writer.lock` (holding the owner's

@@ -1,6 +1,7 @@
 #include "run_model.h"
 
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/run.h>
 
 #include <ATen/core/Tensor.h>
@@ -23,7 +24,7 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 // The last `n` entries of a capture's shape (its dims from the end).
 std::vector<std::int64_t> trailing(const json& shape, std::size_t n, const std::string& key) {
-  if (!shape.is_array() || shape.size() < n) throw hooklens::Error(fmt::format("capture {} has shape {}", key, shape.dump()));
+  if (!shape.is_array() || shape.size() < n) throw hooklens::Error(fmt::format("capture {} has shape {}", key, hooklens::brief_json(shape)));
   std::vector<std::int64_t> dims;
   for (std::size_t i = shape.size() - n; i < shape.size(); ++i) dims.push_back(shape[i].get<std::int64_t>());
   return dims;
@@ -125,8 +126,7 @@ std::vector<HeadTable> read_head_tables(const fs::path& reports_dir, std::vector
   std::sort(files.begin(), files.end());
   for (const fs::path& file : files) {
     try {
-      std::ifstream in(file);
-      const json report = json::parse(in);
+      const json report = hooklens::read_json_file(file);
       if (report.contains("heads") && report["heads"].is_array())
         tables.push_back(head_table(file.stem().string(), report["heads"]));
     } catch (const std::exception& e) {

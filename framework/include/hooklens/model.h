@@ -1,6 +1,7 @@
 // A running model as the framework sees it, whatever its architecture. Adapters implement Model.
 #pragma once
 #include <hooklens/hooks.h>
+#include <hooklens/json_read.h>  // read_json_file, which model code has always reached through here
 #include <hooklens/tokenizer.h>
 
 #include <nlohmann/json_fwd.hpp>
@@ -109,9 +110,6 @@ class Adapter {
 std::shared_ptr<Model> open_model(const PluginRegistry& plugins, const std::filesystem::path& model,
                                   const std::string& adapter = {}, const LoadOptions& options = {},
                                   std::string* adapter_used = nullptr);
-
-// Reads a JSON file; throws Error naming the file when it is missing or malformed.
-nlohmann::json read_json_file(const std::filesystem::path& file);
 
 // The tokenizer for a model: `options.tokenizer` if given (a Hugging Face directory or file, or
 // llama2.c's tokenizer.bin), else the Hugging Face tokenizer files in
