@@ -818,11 +818,14 @@ TEST_CASE("two processes writing one --out: the second is refused, the first's r
   // Its writer owns the directory once its manifest is there.
   while (!fs::exists(out / "manifest.json") && std::chrono::steady_clock::now() < a.deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // Paused while the others try, so that it is still writing whatever the machine's speed.
+  REQUIRE(kill(a.pid, SIGSTOP) == 0);
   const std::vector<std::string> second{"generate", "--model", neo, "--prompt", "The second run", "--max-new-tokens",
                                         "4", "--out", out.string()};
   auto overwrite = second;
   overwrite.push_back("--overwrite");
   const auto refused = run_all({{"second, --overwrite", overwrite, tmp / "second"}, {"third", second, tmp / "third"}});
+  REQUIRE(kill(a.pid, SIGCONT) == 0);
   int status = 0;
   waitpid(a.pid, &status, 0);
   const std::string first_err = test::read_file(err_file(first));
