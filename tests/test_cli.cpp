@@ -735,7 +735,7 @@ void check_readers_refuse(const fs::path& run, const fs::path& work) {
   CHECK(after == before);
 }
 
-TEST_CASE("kill -9 at any moment of a run never leaves a directory that claims to be complete") {
+TEST_CASE("kill -9 at any moment of a run never leaves a directory that claims to be complete", "[fixtures]") {
   TempDir tmp;
   const std::string neo = neo_fixture().string(), llada = (test::fixtures() / "llada-tiny-a").string();
   const std::vector<std::string> generate{"generate", "--model", neo, "--prompt", "The cat sat on the mat",
@@ -807,7 +807,7 @@ TEST_CASE("kill -9 at any moment of a run never leaves a directory that claims t
   CHECK(hooklens::RunReader(killed_run).manifest()["prompts"][0]["text"] == "hi");
 }
 
-TEST_CASE("two processes writing one --out: the second is refused, the first's run stays its own") {
+TEST_CASE("two processes writing one --out: the second is refused, the first's run stays its own", "[fixtures]") {
   TempDir tmp;
   const fs::path out = tmp / "shared-run";
   const std::string neo = neo_fixture().string();
@@ -865,7 +865,7 @@ void check_failed_run(const Outcome& o, const std::vector<std::string>& culprits
   CHECK_FALSE(has_complete_run(root));
 }
 
-TEST_CASE("a full disk and a read-only --out: exit 1, one error line, no run that looks complete") {
+TEST_CASE("a full disk and a read-only --out: exit 1, one error line, no run that looks complete", "[fixtures]") {
   test::TmpfsMount disk("2m");
   if (!disk.mounted) {
     WARN("skipped: " << disk.why);

@@ -435,7 +435,7 @@ void render_refuses(const fs::path& run, const fs::path& out, const std::vector<
 
 }  // namespace
 
-TEST_CASE("negative query_offset or key_offset: png and svg refuse with one line", "[figures]") {
+TEST_CASE("negative query_offset or key_offset: png and svg refuse with one line", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir tmp;
   const json m = json::parse(test::read_file(r.capture / "manifest.json"));
@@ -447,7 +447,7 @@ TEST_CASE("negative query_offset or key_offset: png and svg refuse with one line
   }
 }
 
-TEST_CASE("masked diffusion whose output_ids is shorter than its steps: png refuses", "[figures]") {
+TEST_CASE("masked diffusion whose output_ids is shorter than its steps: png refuses", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir tmp;
   const fs::path run = mutated(r.diffusion, tmp.path, "short", [](json& j) {
@@ -457,7 +457,7 @@ TEST_CASE("masked diffusion whose output_ids is shorter than its steps: png refu
   render_refuses(run, tmp.path, {run.string(), "output_ids"});
 }
 
-TEST_CASE("key_offset off by one and a huge mask_id: refused, each alone and together", "[figures]") {
+TEST_CASE("key_offset off by one and a huge mask_id: refused, each alone and together", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir tmp;
   const json m = json::parse(test::read_file(r.diffusion / "manifest.json"));
@@ -471,7 +471,7 @@ TEST_CASE("key_offset off by one and a huge mask_id: refused, each alone and tog
                  {"manifest.json"});
 }
 
-TEST_CASE("rollout: a model of zero layers is refused; a run missing a layer draws without rollout", "[figures]") {
+TEST_CASE("rollout: a model of zero layers is refused; a run missing a layer draws without rollout", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir tmp;
   const fs::path none = mutated(r.capture, tmp.path, "zero_layers", [](json& j) {
@@ -495,7 +495,7 @@ TEST_CASE("rollout: a model of zero layers is refused; a run missing a layer dra
   CHECK(skipped);
 }
 
-TEST_CASE("shard names outside the run directory and captures of unknown prompts are refused", "[figures]") {
+TEST_CASE("shard names outside the run directory and captures of unknown prompts are refused", "[figures][fixtures]") {
   const Runs& r = runs();
   test::TempDir tmp;
   render_refuses(mutated(r.capture, tmp.path, "absolute", [](json& j) { j["captures"][0]["file"] = "/etc/passwd"; }),

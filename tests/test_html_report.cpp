@@ -587,7 +587,7 @@ std::string html_refusal(const fs::path& run, const fs::path& dir) {
 
 }  // namespace
 
-TEST_CASE("html report: negative offsets are refused with one line naming the capture and field") {
+TEST_CASE("html report: negative offsets are refused with one line naming the capture and field", "[fixtures]") {
   const Runs& r = runs();
   TempDir tmp;
   const json m = manifest(r.capture);
@@ -601,7 +601,7 @@ TEST_CASE("html report: negative offsets are refused with one line naming the ca
   }
 }
 
-TEST_CASE("html report: deeply nested manifests and reports are refused, not recursed into") {
+TEST_CASE("html report: deeply nested manifests and reports are refused, not recursed into", "[fixtures]") {
   const Runs& r = runs();
   TempDir tmp;
   // 100000 levels: dump() or a copy of it would overflow the stack.
