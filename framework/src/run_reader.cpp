@@ -23,30 +23,9 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::size_t kMaxDepth = 64;  // the writer nests 5 deep; deeper only from a damaged or hostile file
 // Far past any model's context, and small enough that offset + extent never overflows.
 constexpr std::int64_t kMaxPositions = std::int64_t(1) << 40;
 constexpr std::int64_t kMaxInt = std::numeric_limits<int>::max();
-
-// Iterative, so a deeply nested manifest cannot overflow the stack here; everything after this
-// check (copies, dump(), comparisons) recurses and may then do so safely.
-bool nested_deeper_than(const json& root, std::size_t limit) {
-  std::vector<std::pair<const json*, std::size_t>> stack{{&root, 1}};
-  while (!stack.empty()) {
-    const auto [value, depth] = stack.back();
-    stack.pop_back();
-    if (!value->is_structured()) continue;
-    if (depth > limit) return true;
-    for (const json& child : *value) stack.emplace_back(&child, depth + 1);
-  }
-  return false;
-}
-
-// A value for a message: one line, at most 40 characters.
-std::string brief(const json& v) {
-  const std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
-  return s.size() > 40 ? s.substr(0, 37) + "..." : s;
-}
 
 // Checks a manifest, failing with one line "MANIFEST: WHERE ...".
 class Checker {
@@ -71,7 +50,7 @@ class Checker {
                         const std::string& suffix = "") const {
     if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t(hi)) ||
         v.get<std::int64_t>() < lo || v.get<std::int64_t>() > hi)
-      fail(fmt::format("{} is {}, not an integer in [{}, {}]{}", what, brief(v), lo, hi, suffix));
+      fail(fmt::format("{} is {}, not an integer in [{}, {}]{}", what, brief_json(v), lo, hi, suffix));
     return v.get<std::int64_t>();
   }
 
@@ -138,11 +117,11 @@ CaptureEntry check_capture_entry(const Checker& check, const json& entry, std::s
   for (const json& d : entry["shape"]) {
     if (!d.is_number_integer() || (d.is_number_unsigned() && d.get<std::uint64_t>() > std::uint64_t(INT64_MAX)) ||
         d.get<std::int64_t>() < 0)
-      check.fail(fmt::format("{} has a malformed 'shape' {}{}", where, brief(entry["shape"]), of));
+      check.fail(fmt::format("{} has a malformed 'shape' {}{}", where, brief_json(entry["shape"]), of));
     e.shape.push_back(d.get<std::int64_t>());
     bytes = std::min<unsigned __int128>(bytes * std::uint64_t(e.shape.back()), std::uint64_t(1) << 62);
   }
-  if (bytes >= std::uint64_t(1) << 62) check.fail(fmt::format("{} field 'shape' {} is impossibly large{}", where, brief(entry["shape"]), of));
+  if (bytes >= std::uint64_t(1) << 62) check.fail(fmt::format("{} field 'shape' {} is impossibly large{}", where, brief_json(entry["shape"]), of));
 
   CaptureContext& ctx = e.context;
   ctx.prompt = int(check.integer(entry, "prompt", where, 0, kMaxInt, std::nullopt, of));
@@ -199,7 +178,7 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
         check.fail(fmt::format("\"model\" field 'layer_attention' is not a list of {} attention kinds", n_layers));
       for (const json& k : kinds)
         if (k != "causal" && k != "local" && k != "bidirectional")
-          check.fail(fmt::format("\"model\" field 'layer_attention' has {}, not causal, local or bidirectional", brief(k)));
+          check.fail(fmt::format("\"model\" field 'layer_attention' has {}, not causal, local or bidirectional", brief_json(k)));
     }
     for (const char* name : {"bos_id", "eos_id", "mask_id"})
       if (model->contains(name) && !(*model)[name].is_null())
@@ -350,8 +329,8 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
     if (pattern && e.shape.size() == 4) {  // [batch, head, query, key]
       const std::int64_t heads = e.shape[1], Q = e.shape[2], K = e.shape[3];
       if (captured_heads > 0 && heads != captured_heads)
-        bad(fmt::format("has {} heads (shape {}), but the run captured {}", heads, brief(json(e.shape)), captured_heads));
-      if (Q < 1 || K < 1) bad(fmt::format("field 'shape' {} holds no query or no key", brief(json(e.shape))));
+        bad(fmt::format("has {} heads (shape {}), but the run captured {}", heads, brief_json(json(e.shape)), captured_heads));
+      if (Q < 1 || K < 1) bad(fmt::format("field 'shape' {} holds no query or no key", brief_json(json(e.shape))));
       if (positions >= 0 && c.query_offset + Q > positions)
         bad(fmt::format("field 'query_offset' {} + {} queries passes the {} positions of its forward pass", c.query_offset, Q, positions));
       if (positions >= 0 && c.key_offset + K > positions)
@@ -373,18 +352,15 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check)
                                    dir.string()));
   nlohmann::json manifest = parse_json_text(std::string(std::istreambuf_iterator<char>(in), {}), file.string());
 
-  // Before anything copies or prints a part of it: both recurse.
-  if (nested_deeper_than(manifest, kMaxDepth))
-    throw Error(fmt::format("{}: run manifest nests deeper than {} levels", file.string(), kMaxDepth));
   if (!manifest.is_object() || manifest.value("format", "") != "hooklens-run")
     throw Error(fmt::format("{}: not a hooklens run manifest (no \"format\": \"hooklens-run\")", file.string()));
   if (!manifest.contains("version") || manifest["version"] != 1)
     throw Error(fmt::format("{}: unsupported run format version {} (this hooklens reads version 1)", file.string(),
-                            manifest.value("version", nlohmann::json()).dump()));
+                            brief_json(manifest.value("version", nlohmann::json()))));
   if (!manifest.contains("complete") || !manifest["complete"].is_boolean())
     throw Error(fmt::format("{}: run manifest has no boolean \"complete\"", file.string()));
   if (!manifest["complete"].get<bool>() && !allow_incomplete) {
-    const std::string error = manifest.contains("error") ? ": " + manifest["error"].dump() : "";
+    const std::string error = manifest.contains("error") ? ": " + brief_json(manifest["error"], 200) : "";
     throw Error(fmt::format("{}: run {} is incomplete (its writer failed, was killed, or is still writing it){}",
                             file.string(), dir.string(), error));
   }

@@ -42,11 +42,11 @@ struct Options {
 };
 
 std::set<int> int_list(const json& value, const std::string& name) {
-  if (!value.is_array()) throw UsageError(fmt::format("html report: option '{}' must be a list of integers, got {}", name, value.dump()));
+  if (!value.is_array()) throw UsageError(fmt::format("html report: option '{}' must be a list of integers, got {}", name, brief_json(value)));
   std::set<int> out;
   for (const json& v : value) {
     if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > 1'000'000'000)
-      throw UsageError(fmt::format("html report: option '{}' must list integers >= 0, got {}", name, v.dump()));
+      throw UsageError(fmt::format("html report: option '{}' must list integers >= 0, got {}", name, brief_json(v)));
     out.insert(v.get<int>());
   }
   return out;
@@ -66,7 +66,7 @@ double positive_number(const json& value, const std::string& name) {
     }
   }
   if (!(x > 0) || !std::isfinite(x))
-    throw UsageError(fmt::format("html report: option '{}' must be a positive number, got {}", name, value.dump()));
+    throw UsageError(fmt::format("html report: option '{}' must be a positive number, got {}", name, brief_json(value)));
   return x;
 }
 
@@ -150,7 +150,7 @@ Selection select_patterns(const RunReader& reader, const ManifestView& mv, const
     const std::string where = fmt::format("capture {} ('{}')", i, c.key);
     const std::vector<std::int64_t>& shape = c.shape;
     if (shape.size() != 4 || shape[0] != 1 || shape[1] < 1)
-      mv.fail(fmt::format("{} has shape {}, expected [1, head, query, key]", where, json(shape).dump()));
+      mv.fail(fmt::format("{} has shape {}, expected [1, head, query, key]", where, brief_json(json(shape))));
     Pattern p;
     p.index = i;
     p.prompt = c.context.prompt;
@@ -188,21 +188,6 @@ Selection select_patterns(const RunReader& reader, const ManifestView& mv, const
   if (!any_pattern)
     sel.notes.push_back("the run has no attention patterns (capture blocks.*.attn.hook_pattern to see heatmaps)");
   return sel;
-}
-
-// Analyzers write reports a few levels deep; the nesting is bounded before anything recurses on it.
-constexpr std::size_t kMaxReportDepth = 64;
-
-bool nested_deeper_than(const json& root, std::size_t limit) {  // without recursion
-  std::vector<std::pair<const json*, std::size_t>> stack{{&root, 1}};
-  while (!stack.empty()) {
-    const auto [value, depth] = stack.back();
-    stack.pop_back();
-    if (!value->is_structured()) continue;
-    if (depth > limit) return true;
-    for (const json& child : *value) stack.emplace_back(&child, depth + 1);
-  }
-  return false;
 }
 
 std::uint64_t base64_size(std::uint64_t bytes) { return (bytes + 2) / 3 * 4 + 1; }  // + the line break
@@ -308,9 +293,6 @@ json read_reports(const fs::path& run) {
   for (const fs::path& file : files) {
     json report = read_json_file(file);
     if (!report.is_object()) throw Error(fmt::format("{}: an analyzer report must be a JSON object", file.string()));
-    // The page embeds it with dump(), which recurses: a hostile nesting would overflow the stack.
-    if (nested_deeper_than(report, kMaxReportDepth))
-      throw Error(fmt::format("{}: analyzer report nests deeper than {} levels", file.string(), kMaxReportDepth));
     reports.push_back({{"file", "reports/" + file.filename().string()}, {"report", std::move(report)}});
   }
   return reports;
