@@ -4,7 +4,9 @@ small zip archives in the layouts read_zip_directory meets (torch.save's, zipfil
 made field by field), llama2.c tokenizer.bin files, a tokenizer.json with the full byte
 vocabulary, and for the weight readers: safetensors files, index files with their shards,
 torch.save state dicts and checkpoints, config.json files, llama2.c checkpoints and architecture
-specs. Run with Debian's /usr/bin/python3 (torch.save needs python3-torch; skipped without).
+specs, and TorchScript archives as their records (parts). Run with Debian's /usr/bin/python3
+(torch.save needs python3-torch; skipped without). With HOOKLENS_OPS=build/lib/libhooklens_ops.so
+the TorchScript seeds include models that call torch.ops.hooklens.capture themselves.
 The output is committed; rerun only to change the seeds."""
 import io
 import json
@@ -272,6 +274,51 @@ def arch_spec_seeds():
         b"\n==> base.json <==\n" + json.dumps(base).encode())
 
 
+# ---- TorchScript archives --------------------------------------------------------------------
+
+def torchscript_parts(module, with_debug=False):
+    """The archive torch.jit.save writes, as parts: "==> RECORD <==" then the record's bytes, the
+    archive's own folder name left out (the harness writes the records back with its own)."""
+    import torch
+    buf = io.BytesIO()
+    torch.jit.save(module, buf)
+    parts = []
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+        for name in z.namelist():
+            record = name.split("/", 1)[1]
+            if record.endswith(".debug_pkl") and not with_debug:
+                continue  # optional for the loader, and most of the bytes
+            parts.append(b"==> " + record.encode() + b" <==\n" + z.read(name))
+    return b"\n".join(parts)
+
+
+def torchscript_seeds():
+    import sys
+    import torch
+    sys.path.insert(0, os.path.join(HERE, "..", "tests", "reference"))
+    import make_torchscript as ts
+    ops = os.environ.get("HOOKLENS_OPS")
+    if ops:
+        torch.ops.load_library(ops)
+    torch.manual_seed(0)
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    models = {
+        "gpt": (ts.GPT(vocab=12, d=8, heads=2, n=2, ctx=8), False),
+        "kl": (ts.KLModel(vocab=11, d=4, heads=2), False),
+        "branchy": (ts.BranchyModel(vocab=10, d=4, heads=2), False),
+        "nano": (ts.NanoGPT(vocab=9, d=8, heads=2, n=1, ctx=8), False),
+    }
+    for name, (model, trace) in models.items():
+        model.eval()
+        out("torchscript", name + ".txt", torchscript_parts(torch.jit.script(model), with_debug=name == "gpt"))
+    gpt = models["gpt"][0]
+    with torch.no_grad():
+        out("torchscript", "gpt_traced.txt", torchscript_parts(torch.jit.trace(gpt, ids)))
+    if ops:
+        out("torchscript", "gpt_ops.txt", torchscript_parts(torch.jit.script(
+            ts.GPT(attention=ts.OpsDotAttention, vocab=12, d=8, heads=2, n=2, ctx=8, ops=True).eval())))
+
+
 if __name__ == "__main__":
     zips()
     llama2cs()
@@ -282,3 +329,4 @@ if __name__ == "__main__":
     hf_config_seeds()
     llama2c_checkpoint_seeds()
     arch_spec_seeds()
+    torchscript_seeds()
