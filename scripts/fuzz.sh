@@ -20,6 +20,8 @@ TARGETS=("$@")
                                weight_index pytorch_bin hf_config llama2c_checkpoint arch_spec torchscript)
 JOBS=${FUZZ_JOBS:-2}
 OUT=build-fuzz
+# The targets write each input's files to a scratch directory: in memory, not on the disk, if we can.
+[ -d /dev/shm ] && [ -w /dev/shm ] && export TMPDIR=${TMPDIR:-/dev/shm}
 
 command -v clang++ >/dev/null || { echo "fuzz: clang++ is missing (apt-get install clang libclang-rt-14-dev)"; exit 2; }
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
