@@ -79,10 +79,14 @@ class ScratchDir {
   std::abort();
 }
 
-// Errors go to users as one line "hooklens: error: ...": a message must be one line.
+// Errors go to users as one line "hooklens: error: ...": a message must be one line, and must not
+// end where its reason should be ("...: " with nothing after it).
 inline void check_refusal(const hooklens::Error& e) {
-  if (std::string_view(e.what()).find('\n') != std::string_view::npos)
+  const std::string_view what = e.what();
+  if (what.find('\n') != std::string_view::npos)
     violated(std::string("an error message of more than one line: ") + e.what());
+  if (what.empty() || (what.size() >= 2 && what.substr(what.size() - 2) == ": "))
+    violated(std::string("an error message without its reason: '") + e.what() + "'");
 }
 
 // Warnings also reach users as one line ("hooklens: warning: ..."): installs a handler that checks

@@ -47,9 +47,12 @@ options() {
 
 run() {
   local t=$1
+  # libtorch's TorchScript compiler leaks what a failed load built (fuzz/lsan_libtorch.supp).
+  local lsan=${LSAN_OPTIONS:-}
+  [ "$t" = torchscript ] && lsan="suppressions=$PWD/fuzz/lsan_libtorch.supp${lsan:+:$lsan}"
   mkdir -p "$OUT/corpus/$t" "$OUT/artifacts/$t" "$OUT/logs"
   # shellcheck disable=SC2046
-  "$OUT/fuzz_$t" $(options "$t") -max_total_time="$SECONDS_EACH" -artifact_prefix="$OUT/artifacts/$t/" \
+  LSAN_OPTIONS=$lsan "$OUT/fuzz_$t" $(options "$t") -max_total_time="$SECONDS_EACH" -artifact_prefix="$OUT/artifacts/$t/" \
     "$OUT/corpus/$t" "fuzz/corpus/$t" >"$OUT/logs/$t.log" 2>&1 || true
 }
 

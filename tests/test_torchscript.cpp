@@ -18,6 +18,7 @@
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
+#include <caffe2/serialize/inline_container.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -215,6 +216,33 @@ TEST_CASE("TorchScript models: only loadable TorchScript archives are accepted")
     INFO(cut);
     CHECK_THAT(test::error_of([&] { a->load(cut, {}); }), Catch::Contains(cut.string()));
   }
+
+  // Code that does not compile: libtorch's reason, whose message opens with a blank line (found by
+  // the torchscript fuzz target: the error said nothing after "model: ").
+  const fs::path broken = dir / "broken.pt";
+  {
+    caffe2::serialize::PyTorchStreamReader reader((*models() / "gpt.pt").string());
+    caffe2::serialize::PyTorchStreamWriter writer(broken.string());
+    bool changed = false;
+    for (const std::string& name : reader.getAllRecords()) {
+      if (name == "version") continue;  // the writer adds it
+      auto [data, size] = reader.getRecord(name);
+      std::string record(static_cast<const char*>(data.get()), size);
+      const std::size_t at = record.find("return ");
+      if (!changed && name.rfind("code/", 0) == 0 && record.find("def forward") != std::string::npos &&
+          at != std::string::npos) {
+        record.insert(at + 7, "hooklens_undefined + ");
+        changed = true;
+      }
+      writer.writeRecord(name, record.data(), record.size());
+    }
+    writer.writeEndOfFile();
+    REQUIRE(changed);
+  }
+  const std::string error = test::error_of([&] { a->load(broken, {}); });
+  CHECK_THAT(error, Catch::StartsWith(broken.string() + ": not a loadable TorchScript model: ") &&
+                        Catch::Contains("hooklens_undefined"));
+  CHECK(error.find('\n') == std::string::npos);
 }
 
 TEST_CASE("TorchScript models: a tokenizer only when named, of any kind hooklens reads", "[fixtures]") {

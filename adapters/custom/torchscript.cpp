@@ -31,6 +31,7 @@
 
 #include <capture_op.h>
 #include <hooklens/error.h>
+#include <hooklens/message_text.h>
 
 #include <caffe2/serialize/inline_container.h>
 #include <fmt/format.h>
@@ -56,7 +57,14 @@ using torch::jit::Graph;
 using torch::jit::Node;
 using torch::jit::Value;
 
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+// What an exception from libtorch says, in one line (c10::Error's what() adds a backtrace; the
+// compiler's first line ends in ':' before the source it quotes).
+std::string reason(const std::exception& e) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  std::string line = first_line(c10_error ? c10_error->what_without_backtrace() : e.what());
+  while (line.size() > 1 && (line.back() == ':' || line.back() == ' ')) line.pop_back();
+  return line;
+}
 
 c10::Symbol capture_symbol() {
   static const c10::Symbol symbol = c10::Symbol::fromQualString(ops::kCaptureOp);
@@ -480,7 +488,7 @@ class TorchScriptModel final : public Model {
       function_->run(stack);
     } catch (const std::exception& e) {
       dispatch.rethrow_failure();
-      throw Error(fmt::format("{}: forward failed: {}", file_, first_line(e.what())));
+      throw Error(fmt::format("{}: forward failed: {}", file_, reason(e)));
     }
     dispatch.rethrow_failure();
     return stack.back();
@@ -528,12 +536,12 @@ std::unique_ptr<Model> load_torchscript(const fs::path& file, std::unique_ptr<To
   try {
     module = torch::jit::load(file.string(), at::kCPU);
   } catch (const std::exception& e) {
-    throw Error(fmt::format("{}: not a loadable TorchScript model: {}", file.string(), first_line(e.what())));
+    throw Error(fmt::format("{}: not a loadable TorchScript model: {}", file.string(), reason(e)));
   }
   try {
     return std::make_unique<TorchScriptModel>(file, std::move(module), std::move(tokenizer));
   } catch (const c10::Error& e) {  // e.g. no forward method
-    throw Error(fmt::format("{}: cannot prepare forward for capture: {}", file.string(), first_line(e.what())));
+    throw Error(fmt::format("{}: cannot prepare forward for capture: {}", file.string(), reason(e)));
   }
 }
 

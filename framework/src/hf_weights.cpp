@@ -5,7 +5,7 @@
 
 #include "hooklens/error.h"
 #include "hooklens/json_read.h"
-#include "message_text.h"
+#include <hooklens/message_text.h>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

@@ -15,7 +15,7 @@
 #include "hooklens/weights.h"
 
 #include "hooklens/error.h"
-#include "message_text.h"
+#include <hooklens/message_text.h>
 #include "zip_directory.h"
 
 #include <ATen/ops/empty.h>
@@ -600,8 +600,6 @@ TensorMap checkpoint_state_dict(Value* root, std::string* found_under, nlohmann:
 }
 
 // torch's messages may continue with context lines.
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
-
 TorchArchive::TorchArchive(const std::filesystem::path& file, std::shared_ptr<const MappedFile> mapped)
     : file_(file), mapped_(std::move(mapped)) {
   const unsigned char* bytes = mapped_->data();

@@ -5,7 +5,7 @@
 
 #include "hooklens/error.h"
 #include "hooklens/json_read.h"
-#include "message_text.h"
+#include <hooklens/message_text.h>
 
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>

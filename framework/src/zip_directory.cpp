@@ -4,7 +4,7 @@
 #include "zip_directory.h"
 
 #include "hooklens/error.h"
-#include "message_text.h"
+#include <hooklens/message_text.h>
 
 #include <fmt/format.h>
 

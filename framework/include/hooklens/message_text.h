@@ -4,6 +4,7 @@
 #pragma once
 #include <hooklens/tokenizer.h>  // utf8_decode_replace
 
+#include <algorithm>
 #include <string>
 
 namespace hooklens {
@@ -20,6 +21,18 @@ inline std::string brief_text(const std::string& raw, std::size_t max = 60) {
   for (char& c : s)
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
   return s;
+}
+
+// The first line of another library's message (an exception's what()) that says something, cut as
+// brief_text does; libtorch's may open with a blank line and go on with a backtrace.
+inline std::string first_line(const std::string& text, std::size_t max = 300) {
+  for (std::size_t at = 0; at < text.size();) {
+    const std::size_t end = std::min(text.find('\n', at), text.size());
+    const std::string line = text.substr(at, end - at);
+    if (line.find_first_not_of(" \t\r") != std::string::npos) return brief_text(line, max);
+    at = end + 1;
+  }
+  return "(no message)";
 }
 
 // A whole message as one line of at most 1000 bytes.
