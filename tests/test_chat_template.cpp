@@ -2,6 +2,7 @@
 // transformers' apply_chat_template sets it up: trim_blocks, lstrip_blocks, raise_exception),
 // byte for byte, on LLaDA's template and on templates written to exercise each construct; and
 // its refusals of what it does not implement, and of hostile templates.
+#include "resource_bounds.h"
 #include "hooklens/chat_template.h"
 #include "hooklens/error.h"
 #include "hooklens/tokenizer.h"
@@ -293,7 +294,7 @@ TEST_CASE("chat templates: hostile templates end in an Error, quickly, without a
     return s;
   }(), "list of more than");
   refused("\xFF{{ x }}", "UTF-8");
-  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30 * test::kSlowdown));
   // Message content that is not UTF-8 is the user's error.
   CHECK_THROWS_AS(render("{{ messages[0].content }}", {{"user", "\xC3"}}), hooklens::UsageError);
 }
@@ -355,5 +356,5 @@ TEST_CASE("chat templates: what fuzzing and review found ends quickly, rendered 
   refused("{{ ('x' * 200000).split('x') | length }}", "list of more than 131072 items");
   refused("{% for c in 'ab' * 4000000 %}{% endfor %}", "work");
   refused("{% for c in 'ab' * 600000 %}{% endfor %}", "loop iterations");
-  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(30 * test::kSlowdown));
 }

@@ -5,6 +5,7 @@
 //
 // Every invocation gets its own working directory, runs under a deadline (a hang fails the test),
 // and independent invocations run two at a time: each one pays ~0.8 s for loading libtorch.
+#include "resource_bounds.h"
 #include "test_util.h"
 
 #include <ATen/ATen.h>
@@ -37,7 +38,7 @@ using nlohmann::json;
 using test::TempDir;
 
 const fs::path kCli = HOOKLENS_BUILD_DIR "/bin/hooklens";
-constexpr auto kDeadline = std::chrono::seconds(60);
+constexpr auto kDeadline = std::chrono::seconds(60 * test::kSlowdown);
 
 fs::path neo_fixture() { return test::fixtures() / "tiny-neo-a"; }
 
@@ -650,7 +651,7 @@ TEST_CASE("deeply nested JSON and 100 KB values in model files: exit 1, one shor
     CHECK_FALSE(fs::exists(invocations[i].cwd / "run"));
   }
   // Each refusal is quick: libtorch's ~1 s start-up, two at a time, and nothing to build or parse deeply.
-  CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(4 * cases.size()));
+  CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(4 * test::kSlowdown * cases.size()));
 }
 
 TEST_CASE("--out refuses an existing directory that is not a run, and leaves it untouched", "[fixtures]") {

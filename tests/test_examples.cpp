@@ -2,6 +2,7 @@
 // directories written here with the run_writer sink (synthetic patterns with known answers, and the
 // upstream LLaDA fixture's attention), checked for the PNGs (decoded with stb_image), the influence
 // tables, summary.json, and one-line errors with exit codes 1 / 2 on bad input.
+#include "resource_bounds.h"
 #include "png_util.h"
 #include "test_util.h"
 
@@ -89,7 +90,7 @@ Child start_program(const std::vector<std::string>& args, const fs::path& logs, 
 
 // Waits for the child; one still running after 60 s is killed, so a hang fails the test.
 Outcome wait_program(const Child& child) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60 * test::kSlowdown);
   int status = 0;
   while (waitpid(child.pid, &status, WNOHANG) == 0) {
     if (std::chrono::steady_clock::now() > deadline) kill(child.pid, SIGKILL);

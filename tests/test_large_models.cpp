@@ -1,6 +1,7 @@
 // Models as large as users have them: weights used from their memory-mapped files (streamed), an
 // LLaDA-8B-shaped checkpoint within 1.3x its weight bytes, `info` from headers only, and real
 // configs whose unused values are warnings.
+#include "resource_bounds.h"
 #include "model_util.h"
 
 #include <ATen/ATen.h>
@@ -149,7 +150,7 @@ TEST_CASE("an LLaDA-8B-shaped checkpoint denoises within 1.3x its weight bytes; 
   const test::Measured info = test::run_hooklens_measured(fmt::format("info --model '{}' --json", model.string()), tmp / "info.log");
   INFO(test::read_file(tmp / "info.log"));
   REQUIRE(info.status == 0);
-  CHECK(info.peak_rss_kib < 200 * 1024);
+  if (!test::kSanitized) CHECK(info.peak_rss_kib < 200 * 1024);
   const std::string text = test::read_file(tmp / "info.log");
   const auto described = nlohmann::json::parse(text.substr(text.find('{')))["model"];
   CHECK(described["n_layers"] == 2);
@@ -168,7 +169,7 @@ TEST_CASE("an LLaDA-8B-shaped checkpoint denoises within 1.3x its weight bytes; 
   INFO(test::read_file(tmp / "generate.log"));
   REQUIRE(run.status == 0);
   INFO("peak RSS " << run.peak_rss_kib / 1024 << " MiB for " << weight_bytes / (1 << 20) << " MiB of weights");
-  CHECK(double(run.peak_rss_kib) * 1024 <= 1.3 * double(weight_bytes));
+  if (!test::kSanitized) CHECK(double(run.peak_rss_kib) * 1024 <= 1.3 * double(weight_bytes));
   // The run is real: two denoising steps, every layer's [1, 32, 64, 64] pattern captured.
   const auto manifest = read_json_file(tmp / "run" / "manifest.json");
   CHECK(manifest["complete"] == true);

@@ -1,5 +1,6 @@
 // Weight readers and the safetensors writer, checked against the upstream fixtures, files made by
 // PyTorch itself (/usr/bin/python3), and hand-made hostile files.
+#include "resource_bounds.h"
 #include "test_util.h"
 
 #include "hooklens/error.h"
@@ -257,7 +258,7 @@ TEST_CASE("safetensors: hostile files are rejected with the file name", "[weight
     const auto start = std::chrono::steady_clock::now();
     require_error(read, f, "nested deeper than 128 levels");
     require_error([&] { hooklens::read_safetensors_metadata(f); }, f, "nested deeper than 128 levels");
-    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2 * test::kSlowdown));
   }
   SECTION("100 KB values are cut in messages") {
     const std::string huge(100000, 'n');
@@ -713,10 +714,10 @@ TEST_CASE("pytorch_model.bin: files saved by PyTorch", "[weights][fixtures]") {
     const auto start = std::chrono::steady_clock::now();
     require_error([&] { hooklens::read_pytorch_checkpoint(d / "dag.bin", nullptr, &plain_sink()); }, d / "dag.bin",
                   "plain values expand to more than 64 MiB of JSON");
-    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5 * test::kSlowdown));
     require_error([&] { hooklens::read_pytorch_checkpoint(d / "cycle.bin", nullptr, &plain_sink()); }, d / "cycle.bin",
                   "plain values expand to more than 64 MiB of JSON");
-    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5 * test::kSlowdown));
     // Without `plain` nothing walks the values: the state dict under 'model' (empty) is read.
     std::string under;
     CHECK(hooklens::read_pytorch_checkpoint(d / "dag.bin", &under).empty());

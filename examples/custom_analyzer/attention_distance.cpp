@@ -39,7 +39,8 @@ class AttentionDistance final : public hooklens::Analyzer {
   // 2. A run starts: read the model description (needed to know which keys each row may see) and
   //    reject options we do not have, so a typo in --analyze-option fails loudly.
   void begin(const json& run) override {
-    for (const auto& option : run.value("options", json::object()).items())
+    const json options = run.value("options", json::object());  // named: items() refers to it
+    for (const auto& option : options.items())
       throw hooklens::UsageError(fmt::format("attention_distance: unknown option \"{}\" (it has none)", option.key()));
     model_ = hooklens::ModelInfo::from_json(run.at("model"));
     heads_.clear();
