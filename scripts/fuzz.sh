@@ -3,11 +3,12 @@
 # SECONDS (default 60), two at a time, then reports executions, coverage and findings per target.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (targets: zip_directory chat_template chat_template_made
 #                                             tokenizer_hf tokenizer_llama2c safetensors weight_index
-#                                             pytorch_bin hf_config llama2c_checkpoint arch_spec)
+#                                             pytorch_bin hf_config llama2c_checkpoint arch_spec
+#                                             run_directory analysis_report)
 # New corpus entries go to build-fuzz/corpus/TARGET (fuzz/corpus/TARGET, the seeds, is only read);
 # crashing, hanging or memory-hungry inputs to build-fuzz/artifacts/TARGET/ (libFuzzer stops a
 # target at its first), inputs slower than 10 s there too as slow-unit-*. See docs/reliability.md.
-# The llama2c_checkpoint and arch_spec targets link a normal build's libhooklens (build/, or
+# The llama2c_checkpoint, arch_spec, run_directory and analysis_report targets link a normal build's libhooklens (build/, or
 # HOOKLENS_BUILD): build it first (cmake --build build --target hooklens hooklens_ops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,8 @@ SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=(zip_directory chat_template chat_template_made tokenizer_hf tokenizer_llama2c safetensors
-                               weight_index pytorch_bin hf_config llama2c_checkpoint arch_spec)
+                               weight_index pytorch_bin hf_config llama2c_checkpoint arch_spec run_directory
+                               analysis_report)
 JOBS=${FUZZ_JOBS:-2}
 OUT=build-fuzz
 
@@ -38,6 +40,9 @@ options() {
     tokenizer_llama2c) echo "$common -timeout=10 -max_len=8192" ;;
     safetensors | pytorch_bin | hf_config | llama2c_checkpoint) echo "$common -timeout=10 -max_len=4096" ;;
     weight_index | arch_spec) echo "$common -timeout=10 -max_len=8192" ;;
+    # Whole run directories (the seeds are real runs of up to ~20 KiB), rendered three times each.
+    run_directory) echo "$common -timeout=30 -max_len=65536 -dict=fuzz/dict/run_directory.dict" ;;
+    analysis_report) echo "$common -timeout=30 -max_len=16384 -dict=fuzz/dict/run_directory.dict" ;;
   esac
 }
 
