@@ -4,12 +4,12 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (targets: zip_directory chat_template chat_template_made
 #                                             tokenizer_hf tokenizer_llama2c safetensors weight_index
 #                                             pytorch_bin hf_config llama2c_checkpoint arch_spec
-#                                             torchscript)
+#                                             torchscript run_directory analysis_report)
 # New corpus entries go to build-fuzz/corpus/TARGET (fuzz/corpus/TARGET, the seeds, is only read);
 # crashing, hanging or memory-hungry inputs to build-fuzz/artifacts/TARGET/ (libFuzzer stops a
 # target at its first), inputs slower than 10 s there too as slow-unit-*. See docs/reliability.md.
-# The llama2c_checkpoint, arch_spec and torchscript targets link a normal build's libhooklens (build/, or
-# HOOKLENS_BUILD): build it first (cmake --build build --target hooklens hooklens_ops).
+# The llama2c_checkpoint, arch_spec, torchscript, run_directory and analysis_report targets link a
+# normal build's libhooklens (build/, or HOOKLENS_BUILD): build it first (cmake --build build --target hooklens hooklens_ops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +17,8 @@ SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=(zip_directory chat_template chat_template_made tokenizer_hf tokenizer_llama2c safetensors
-                               weight_index pytorch_bin hf_config llama2c_checkpoint arch_spec torchscript)
+                               weight_index pytorch_bin hf_config llama2c_checkpoint arch_spec torchscript
+                               run_directory analysis_report)
 JOBS=${FUZZ_JOBS:-2}
 OUT=build-fuzz
 # The targets write each input's files to a scratch directory: in memory, not on the disk, if we can.
@@ -44,6 +45,9 @@ options() {
     # libtorch's own TorchScript loader crashes on some archives (docs/reliability.md): fork mode
     # keeps fuzzing past them; each is still saved as crash-* for triage.
     torchscript) echo "$common -timeout=20 -max_len=65536 -fork=1 -ignore_crashes=1" ;;
+    # Whole run directories (the seeds are real runs of up to ~20 KiB), rendered three times each.
+    run_directory) echo "$common -timeout=30 -max_len=65536 -dict=fuzz/dict/run_directory.dict" ;;
+    analysis_report) echo "$common -timeout=30 -max_len=16384 -dict=fuzz/dict/run_directory.dict" ;;
   esac
 }
 

@@ -177,6 +177,14 @@ TEST_CASE("hooklens analyze refuses semantically broken runs with one line namin
       {"unknown_phase", [](json& j) { j["captures"][1]["phase"] = "later"; }, {"'phase'", key}},
       {"pass_2", [](json& j) { j["captures"][1]["pass"] = 2; }, {"'pass'", key}},
       {"dtype", [](json& j) { j["captures"][1]["dtype"] = "F33"; }, {"'dtype'", key}},
+      // Found by fuzz_run_directory: without ids every analyzer failed on its own (a raw JSON
+      // message, the run "analyzed"); without tokens the figures and the viewer did.
+      {"prompt_without_ids", [](json& j) { j["prompts"][0].erase("ids"); }, {"prompt 0 has no 'ids'"}},
+      {"prompt_without_tokens", [](json& j) { j["prompts"][1].erase("tokens"); }, {"prompt 1 has no 'tokens'"}},
+      {"a_million_heads", [](json& j) { j["model"]["n_heads"] = 1 << 20; }, {"'n_heads' is 1048576"}},
+      {"key_offset_of_activations",
+       [](json& j) { j["captures"][1]["hook"] = "blocks.1.hook_resid_post", j["captures"][1]["key_offset"] = 2; },
+       {"'key_offset' is 2", key}},
   };
   for (const Case& c : cases) {
     INFO(c.name);

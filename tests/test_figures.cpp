@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -493,6 +494,44 @@ TEST_CASE("rollout: a model of zero layers is refused; a run missing a layer dra
   bool skipped = false;
   for (const json& s : result.at("skipped")) skipped = skipped || s.at("what") == "p0 rollout";
   CHECK(skipped);
+}
+
+// Found by fuzz_run_directory: the figures' head bookkeeping was quadratic in the model's heads, so a
+// manifest claiming 2^20 heads (then accepted) kept `render` busy for days; the reader now bounds them.
+TEST_CASE("a manifest claiming a million heads or layers is refused at once", "[figures][fixtures]") {
+  const Runs& r = runs();
+  test::TempDir tmp;
+  for (const char* field : {"n_heads", "n_layers"}) {
+    const fs::path run = mutated(r.capture, tmp.path, field, [&](json& j) {
+      j["model"][field] = 1 << 20;
+      j["model"].erase("layer_attention");
+      j["captures"] = json::array();
+    });
+    const auto start = std::chrono::steady_clock::now();
+    render_refuses(run, tmp.path, {run.string(), fmt::format("'{}' is 1048576", field)});
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(20));
+  }
+}
+
+// Reports are drawn as one layer x head matrix per numeric score: a report with more scores than
+// fit one figure once allocated a matrix for each of them (and then refused the whole render).
+TEST_CASE("a report with more scores than fit one figure draws the first ones and says so", "[figures][fixtures]") {
+  const Runs& r = runs();
+  test::TempDir tmp;
+  const fs::path run = tmp.path / "run";
+  fs::copy(r.capture, run, fs::copy_options::recursive);
+  json record = {{"layer", 1}, {"head", 2}};
+  for (int i = 0; i < 2000; ++i) record[fmt::format("score_{:04}", i)] = i;
+  fs::create_directories(run / "reports");
+  std::ofstream(run / "reports" / "many.json") << json{{"heads", {record}}}.dump();
+  const json result = renderer()->render(run, "png", tmp.path / "out", {});
+  REQUIRE(has_file(result, "report_many.png"));
+  const json& figure = entry(result, "report_many.png");
+  CHECK(figure.at("panels").size() < 2000);
+  CHECK(figure.at("panels").size() >= 4);
+  bool said = false;
+  for (const json& s : result.at("skipped")) said = said || s.at("what").get<std::string>().find("scores past the first") != std::string::npos;
+  CHECK(said);
 }
 
 TEST_CASE("shard names outside the run directory and captures of unknown prompts are refused", "[figures][fixtures]") {

@@ -26,6 +26,9 @@ using nlohmann::json;
 // Far past any model's context, and small enough that offset + extent never overflows.
 constexpr std::int64_t kMaxPositions = std::int64_t(1) << 40;
 constexpr std::int64_t kMaxInt = std::numeric_limits<int>::max();
+// Far past any model (the largest have ~128 layers and ~128 heads); renderers lay out and loop over
+// layers x heads, so a manifest claiming a million of each made them run for days (found by fuzzing).
+constexpr std::int64_t kMaxLayers = 4096, kMaxHeads = 4096;
 
 // Checks a manifest, failing with one line "MANIFEST: WHERE ...".
 class Checker {
@@ -165,8 +168,8 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
     auto size = [&](const char* name, std::int64_t hi) {
       return model->contains(name) ? check.integer(*model, name, where, 0, hi) : -1;
     };
-    n_layers = size("n_layers", 1 << 20);
-    n_heads = size("n_heads", 1 << 20);
+    n_layers = size("n_layers", kMaxLayers);
+    n_heads = size("n_heads", kMaxHeads);
     for (const char* name : {"n_kv_heads", "d_model", "d_head", "d_mlp", "window_size"}) size(name, kMaxInt);
     vocab = std::max<std::int64_t>(0, size("vocab_size", kMaxPositions));
     n_ctx = std::max<std::int64_t>(0, size("n_ctx", kMaxPositions));
@@ -196,17 +199,18 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
       const std::string where = fmt::format("prompt {}", p);
       const json& prompt = prompts[p];
       if (!prompt.is_object()) check.fail(where + " is not an object");
+      // Every reader of a whole run indexes the ids (analyzers, the HTML report) or the tokens
+      // (figures, the viewer), and a prompt's length bounds its captures' offsets: both required.
       const auto ids = check.ids(prompt, "ids", where, 0, id_max);
+      if (!ids) check.fail(where + " has no 'ids' array");
       for (const char* name : {"text", "source"}) check.string_field(prompt, name, where);
-      if (prompt.contains("tokens")) {
-        const json& tokens = prompt["tokens"];
-        if (!tokens.is_array()) check.fail(where + " field 'tokens' is not an array");
-        for (const json& t : tokens)
-          if (!t.is_string()) check.fail(where + " field 'tokens' holds a non-string");
-        if (ids && tokens.size() != ids->size())
-          check.fail(fmt::format("{} lists {} tokens for {} ids", where, tokens.size(), ids->size()));
-      }
-      prompt_length.push_back(ids ? std::optional<std::int64_t>(std::int64_t(ids->size())) : std::nullopt);
+      if (!prompt.contains("tokens") || !prompt["tokens"].is_array()) check.fail(where + " has no 'tokens' array");
+      const json& tokens = prompt["tokens"];
+      for (const json& t : tokens)
+        if (!t.is_string()) check.fail(where + " field 'tokens' holds a non-string");
+      if (tokens.size() != ids->size())
+        check.fail(fmt::format("{} lists {} tokens for {} ids", where, tokens.size(), ids->size()));
+      prompt_length.push_back(std::int64_t(ids->size()));
     }
   }
 
@@ -326,6 +330,9 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
     else if (P) positions = *P;
     else if (!has_prompts && n_ctx > 0) positions = n_ctx;
     const bool pattern = ends_with(e.hook, ".hook_pattern") || ends_with(e.hook, ".hook_attn_scores");
+    // Only patterns have a key dimension to slice; elsewhere the viewer would place columns by it.
+    if (!pattern && c.key_offset != 0)
+      bad(fmt::format("field 'key_offset' is {}, but only attention patterns have key positions", c.key_offset));
     if (pattern && e.shape.size() == 4) {  // [batch, head, query, key]
       const std::int64_t heads = e.shape[1], Q = e.shape[2], K = e.shape[3];
       if (captured_heads > 0 && heads != captured_heads)

@@ -23,6 +23,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <regex>
 #include <string>
@@ -359,7 +360,8 @@ class FiguresRenderer final : public hooklens::Renderer {
     Job job{&run, format, out, opts};
     job.layers = opts.layers.empty() ? all_up_to(n_layers) : opts.layers;
     job.heads = opts.heads.empty() ? run.captured_heads() : opts.heads;
-    job.averaged = head_columns(run.captured_heads(), run.captured_heads());
+    job.averaged = std::vector<std::int64_t>(run.captured_heads().size());  // every captured head's column
+    std::iota(job.averaged.begin(), job.averaged.end(), 0);
     if (run.unconditional_skipped() > 0)
       job.skip(fmt::format("{} unconditional (classifier-free guidance) pattern captures", run.unconditional_skipped()),
                "only the conditional pass is drawn");
@@ -725,6 +727,15 @@ class FiguresRenderer final : public hooklens::Renderer {
       return;
     }
     const int L = job.run->model().n_layers, H = job.run->model().n_heads;
+    // One matrix of 28 px cells per score, four to a row: what cannot fit a figure is not allocated.
+    constexpr int kCell = 28, kColumns = 4;
+    if (std::int64_t(std::max(L, H)) * kCell > figures::kMaxSide) {
+      job.skip("report " + name, fmt::format("{} layers x {} heads do not fit a figure", L, H));
+      return;
+    }
+    // A panel row is the matrix and ~120 px of title, labels and gaps: as many rows as fit a figure.
+    const std::size_t max_scores = kColumns * std::size_t(std::max(1, figures::kMaxSide / (L * kCell + 120)));
+    std::size_t dropped = 0;
     std::map<std::string, Matrix> scores;  // score name -> layers x heads
     for (const json& rec : heads) {
       if (!rec.is_object() || !rec.contains("layer") || !rec.contains("head") || !rec["layer"].is_number_integer() ||
@@ -735,7 +746,11 @@ class FiguresRenderer final : public hooklens::Renderer {
         throw Error(fmt::format("{}: head L{}H{} is not in the model ({} layers, {} heads)", file.string(), l, h, L, H));
       for (const auto& [key, value] : rec.items()) {
         if (key == "layer" || key == "head" || !(value.is_number() || value.is_null()) || value.is_boolean()) continue;
-        auto [it, fresh] = scores.try_emplace(key, Matrix{L, H, std::vector<double>(std::size_t(L * H), kNaN)});
+        if (!scores.count(key) && scores.size() == max_scores) {
+          ++dropped;
+          continue;
+        }
+        auto [it, fresh] = scores.try_emplace(key, Matrix{L, H, std::vector<double>(std::size_t(L) * std::size_t(H), kNaN)});
         it->second.values[std::size_t(l * H + h)] = finite_or_nan(value);
       }
     }
@@ -747,16 +762,17 @@ class FiguresRenderer final : public hooklens::Renderer {
       bool negative = false;
       for (double v : m.values) negative = negative || v < 0;
       panels.push_back({key, "", m,
-                        negative ? figures::signed_scale(m) : figures::sequential_scale({&m}), 28, 28, row_labels,
+                        negative ? figures::signed_scale(m) : figures::sequential_scale({&m}), kCell, kCell, row_labels,
                         col_labels});
     }
     if (panels.empty()) {
       job.skip("report " + name, "its per-head records hold no numbers");
       return;
     }
+    if (dropped) job.skip(fmt::format("report {}: scores past the first {}", name, max_scores), "more do not fit one figure");
     const std::string stem = "report_" + name;
     job.add(stem, fmt::format("layer x head matrices of every per-head score in reports/{}.json", name),
-            figures::write_figure(job.path(stem), panels, 4, fmt::format("report {}: rows layers, columns heads", name)));
+            figures::write_figure(job.path(stem), panels, kColumns, fmt::format("report {}: rows layers, columns heads", name)));
   }
 };
 

@@ -36,7 +36,8 @@ enum class RunCheck {
   // the nesting depth of the whole manifest.
   entries,
   // Also the manifest as a whole, what renderers and analyzers index with: the "model",
-  // "prompts", "capture" and "generation" sections (ids within the vocabulary, output_ids and
+  // "prompts", "capture" and "generation" sections (at most 4096 layers and 4096 heads, every
+  // prompt's ids and tokens, ids within the vocabulary, output_ids and
   // step lengths, mask_id, blocks), and each capture against them: prompt index, layer < n_layers,
   // step and block within the generation, attention patterns' heads and
   // query_offset + queries <= positions, key_offset + keys <= positions of that forward pass.
