@@ -4,7 +4,7 @@
 // their error and exit 0. Skipped with a warning when xvfb-run is not installed.
 #include "png_util.h"
 
-#include <drawing.h>
+#include <hooklens/drawing.h>
 #include <hooklens/run.h>
 #include <prompt_bars.h>
 
@@ -20,6 +20,7 @@
 namespace {
 
 namespace fs = std::filesystem;
+namespace drawing = hooklens::drawing;
 using nlohmann::json;
 
 const fs::path kViewer = HOOKLENS_BUILD_DIR "/bin/hooklens-view";
@@ -102,7 +103,7 @@ void check_cells(const Shot& shot, const Expected& e) {
     for (int c = 0; c < e.cols; ++c) {
       const int px = shot.x + int((c + 0.5) * shot.w / e.cols), py = shot.y + int((r + 0.5) * shot.h / e.rows);
       const float v = e.at(r, c);
-      const figures::Rgb want = std::isfinite(v) ? figures::colour_at(figures::kViridis, v / hi) : figures::kMissing;
+      const drawing::Rgb want = std::isfinite(v) ? drawing::colour_at(drawing::kViridis, v / hi) : drawing::kMissing;
       const auto got = shot.pixel(px, py);
       INFO("cell " << r << "," << c << " value " << v << " at pixel " << px << "," << py);
       CHECK(std::abs(got[0] - want.r) <= 3);
