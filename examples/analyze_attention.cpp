@@ -16,10 +16,11 @@
 //                          layer's own attention, for the last token
 //   summary.json           model, prompt, tokens, and every file with what it shows
 // Exit status: 0 success, 1 error, 2 usage error.
-#include "drawing.h"
 
 #include "example_main.h"
 
+#include <hooklens/drawing.h>
+#include <hooklens/head_matrix.h>
 #include <hooklens/error.h>
 #include <hooklens/json_read.h>
 #include <hooklens/model.h>
@@ -56,8 +57,9 @@ extern char** environ;
 namespace {
 
 namespace fs = std::filesystem;
-using figures::Matrix;
-using figures::Panel;
+namespace drawing = hooklens::drawing;
+using drawing::Matrix;
+using drawing::Panel;
 using hooklens::Error;
 using hooklens::UsageError;
 using nlohmann::json;
@@ -231,7 +233,7 @@ Prompt encode_prompt(const hooklens::Model& model, const std::string& text, cons
                                  p.ids.size(), limit, model.info().path));
   for (std::size_t i = 0; i < p.ids.size(); ++i) {
     p.tokens.push_back(tok.token_string(p.ids[i]));
-    p.labels.push_back(fmt::format("{}:{}", i, figures::token_label(p.tokens.back())));
+    p.labels.push_back(fmt::format("{}:{}", i, drawing::token_label(p.tokens.back())));
   }
   return p;
 }
@@ -302,10 +304,10 @@ struct LayerAnalysis {
 };
 
 LayerAnalysis analyze_layer(int layer, const at::Tensor& pattern, const Prompt& prompt, int k) {
-  const Matrix mean = figures::head_matrix(pattern, -1);
+  const Matrix mean = drawing::head_matrix(pattern, -1);
   const std::int64_t heads = pattern.size(1), T = mean.rows;
   std::vector<Matrix> per_head;
-  for (std::int64_t h = 0; h < heads; ++h) per_head.push_back(figures::head_matrix(pattern, h));
+  for (std::int64_t h = 0; h < heads; ++h) per_head.push_back(drawing::head_matrix(pattern, h));
   LayerAnalysis out;
   out.text = fmt::format("layer {} (mean of {} heads): query -> top {} keys\n", layer, heads, k);
   json queries = json::array();
@@ -378,13 +380,13 @@ struct Outputs {
 
 void write_layer_figures(int layer, const at::Tensor& pattern, const Prompt& prompt, Outputs& out) {
   const std::int64_t heads = pattern.size(1), T = pattern.size(2);
-  const Matrix mean = figures::head_matrix(pattern, -1);
-  const int cell = std::max(figures::cell_size(T), figures::kLabelledCell);
+  const Matrix mean = drawing::head_matrix(pattern, -1);
+  const int cell = std::max(drawing::cell_size(T), drawing::kLabelledCell);
   const Panel heatmap{fmt::format("layer {}: attention, mean of {} heads", layer, heads),
                       "rows: query tokens, cols: key tokens (position:token, _ = space)",
-                      mean, figures::sequential_scale({&mean}), cell, cell, prompt.labels, prompt.labels};
+                      mean, drawing::sequential_scale({&mean}), cell, cell, prompt.labels, prompt.labels};
   std::string name = fmt::format("heatmap_layer{}.png", layer);
-  json entry = figures::write_figure(out.dir / name, {heatmap});
+  json entry = drawing::write_figure(out.dir / name, {heatmap});
   entry.update({{"kind", "heatmap"}, {"layer", layer}, {"heads", "mean"},
                 {"shows", fmt::format("layer {}'s attention pattern averaged over its {} heads (rows: query tokens, "
                                       "columns: key tokens)", layer, heads)}});
@@ -392,17 +394,17 @@ void write_layer_figures(int layer, const at::Tensor& pattern, const Prompt& pro
 
   std::vector<Matrix> per_head;
   std::vector<const Matrix*> all;
-  for (std::int64_t h = 0; h < heads; ++h) per_head.push_back(figures::head_matrix(pattern, h));
+  for (std::int64_t h = 0; h < heads; ++h) per_head.push_back(drawing::head_matrix(pattern, h));
   for (const Matrix& m : per_head) all.push_back(&m);
-  const figures::Scale shared = figures::sequential_scale(all);
-  const int small = std::max(2, figures::cell_size(T) / 2);
+  const drawing::Scale shared = drawing::sequential_scale(all);
+  const int small = std::max(2, drawing::cell_size(T) / 2);
   std::vector<Panel> panels;
   for (std::int64_t h = 0; h < heads; ++h)
     panels.push_back({fmt::format("L{}H{}", layer, h), fmt::format("q/k 0-{}", T - 1), per_head[std::size_t(h)],
                       shared, small, small});
   const int columns = int(std::ceil(std::sqrt(double(heads))));
   name = fmt::format("heads_layer{}.png", layer);
-  entry = figures::write_figure(out.dir / name, panels, columns);
+  entry = drawing::write_figure(out.dir / name, panels, columns);
   entry.update({{"kind", "heads"}, {"layer", layer}, {"columns", columns},
                 {"shows", fmt::format("every head of layer {} (panel L{{layer}}H{{head}}, rows: queries, columns: "
                                       "keys), on one colour scale", layer)}});
@@ -415,12 +417,12 @@ void write_top_attended(const std::vector<LayerAnalysis>& layers, const Prompt& 
                                  prompt.ids.size());
   json entries = json::array();
   for (const auto& l : layers) text += l.text + "\n", entries.push_back(l.entry);
-  figures::write_text(out.dir / "top_attended.txt", text);
+  drawing::write_text(out.dir / "top_attended.txt", text);
   out.add("top_attended.txt", {{"kind", "top_attended_text"},
                                {"shows", "per layer and query token the most attended key tokens, and what each "
                                          "head mostly attends to"}});
-  figures::write_text(out.dir / "top_attended.json",
-                      figures::dump({{"top_k", k}, {"tokens", prompt.tokens}, {"ids", prompt.ids},
+  drawing::write_text(out.dir / "top_attended.json",
+                      drawing::dump({{"top_k", k}, {"tokens", prompt.tokens}, {"ids", prompt.ids},
                                      {"definition", "top: the k keys with the largest head-averaged attention weight "
                                                     "(ties: lower position first); by_head: each head's most "
                                                     "attended key; head_kinds: the most common of previous token / "
@@ -445,14 +447,14 @@ void write_flow(const std::vector<int>& layers, const std::vector<Matrix>& means
     rolled_json.push_back({{"layer", layers[l]}, {"matrix", rolled[l].values}});
     row_labels.push_back(fmt::format("L{}", layers[l]));
   }
-  const int cell = std::max(figures::cell_size(T), figures::kLabelledCell);
+  const int cell = std::max(drawing::cell_size(T), drawing::kLabelledCell);
   const std::string caption = fmt::format("rows: layers, cols: key tokens; query: last token {}", prompt.labels.back());
   const std::vector<Panel> panels{
-      {"last token's attention in each layer (head mean)", caption, raw, figures::sequential_scale({&raw}), cell, cell,
+      {"last token's attention in each layer (head mean)", caption, raw, drawing::sequential_scale({&raw}), cell, cell,
        row_labels, prompt.labels},
-      {"attention rollout up to each layer", caption, flow, figures::sequential_scale({&flow}), cell, cell, row_labels,
+      {"attention rollout up to each layer", caption, flow, drawing::sequential_scale({&flow}), cell, cell, row_labels,
        prompt.labels}};
-  json entry = figures::write_figure(out.dir / "attention_flow.png", panels);
+  json entry = drawing::write_figure(out.dir / "attention_flow.png", panels);
   const std::string definition =
       "rollout (Abnar & Zuidema 2020): A_l = 0.5 * W_l + 0.5 * I with rows renormalised, W_l the head-averaged "
       "pattern of layer l; R_0 = A_0, R_l = A_l R_(l-1); row i of R_l: how much token i's state after layer l draws "
@@ -461,8 +463,8 @@ void write_flow(const std::vector<int>& layers, const std::vector<Matrix>& means
                 {"shows", "left: the last token's head-averaged attention in each layer; right: its attention "
                           "rollout through that layer (" + definition + ")"}});
   out.add("attention_flow.png", std::move(entry));
-  figures::write_text(out.dir / "attention_flow.json",
-                      figures::dump({{"definition", definition}, {"layers", layers}, {"tokens", prompt.tokens},
+  drawing::write_text(out.dir / "attention_flow.json",
+                      drawing::dump({{"definition", definition}, {"layers", layers}, {"tokens", prompt.tokens},
                                      {"query", last}, {"last_token_attention", raw.values},
                                      {"last_token_rollout", flow.values}, {"rollout", rolled_json}}));
   out.add("attention_flow.json", {{"kind", "attention_flow"},
@@ -494,15 +496,15 @@ void run(Options o) {
   }
   write_top_attended(analyses, prompt, o.top, out);
   std::vector<Matrix> means;  // rollout runs through every layer, whatever --layers chose
-  for (int layer : all_layers) means.push_back(figures::head_matrix(patterns.at(layer), -1));
+  for (int layer : all_layers) means.push_back(drawing::head_matrix(patterns.at(layer), -1));
   write_flow(all_layers, means, prompt, out);
 
   json info = model->info().to_json();
   info["file"] = o.model.string();
   info["adapter"] = adapter;
   info["example_model"] = example;
-  figures::write_text(out.dir / "summary.json",
-                      figures::dump({{"format", kSummaryFormat}, {"model", info}, {"prompt", o.prompt},
+  drawing::write_text(out.dir / "summary.json",
+                      drawing::dump({{"format", kSummaryFormat}, {"model", info}, {"prompt", o.prompt},
                                      {"ids", prompt.ids}, {"tokens", prompt.tokens}, {"layers", layers},
                                      {"top_k", o.top}, {"files", out.files}}));
   std::cout << fmt::format("wrote {} files to {} (summary.json says what each shows)\n", out.files.size() + 1,

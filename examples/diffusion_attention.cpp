@@ -14,10 +14,11 @@
 // slicing kept, placed by query_offset / key_offset): every step of a masked-diffusion run, only the
 // prefill (step 0) of an autoregressive one, whose decode steps have one query row each. Exit status:
 // 0 success, 1 error, 2 usage error.
-#include "drawing.h"
 
 #include "example_main.h"
 
+#include <hooklens/drawing.h>
+#include <hooklens/head_matrix.h>
 #include <hooklens/error.h>
 #include <hooklens/json_read.h>
 #include <hooklens/run.h>
@@ -46,22 +47,23 @@
 namespace {
 
 namespace fs = std::filesystem;
+namespace drawing = hooklens::drawing;
 using hooklens::Error;
 using hooklens::UsageError;
 using nlohmann::json;
 
-using figures::cell_size;
-using figures::difference;
-using figures::dump;
-using figures::head_matrix;
-using figures::Matrix;
-using figures::kMaxSide;
-using figures::Panel;
-using figures::Scale;
-using figures::sequential_scale;
-using figures::signed_scale;
-using figures::write_figure;
-using figures::write_text;
+using drawing::cell_size;
+using drawing::difference;
+using drawing::dump;
+using drawing::head_matrix;
+using drawing::Matrix;
+using drawing::kMaxSide;
+using drawing::Panel;
+using drawing::Scale;
+using drawing::sequential_scale;
+using drawing::signed_scale;
+using drawing::write_figure;
+using drawing::write_text;
 
 // ---- the run -------------------------------------------------------------------------------------
 

@@ -15,12 +15,13 @@
 //                       hides sharp heads (some head is sharp, the average is not)
 // The same diagnosis is printed. The default model is models/demo-neo (`hooklens demo-model`).
 // Exit status: 0 success, 1 error, 2 usage error.
-#include "drawing.h"
 
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
 #include "example_main.h"
 
+#include <hooklens/drawing.h>
+#include <hooklens/head_matrix.h>
 #include <hooklens/error.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
@@ -44,6 +45,7 @@
 namespace {
 
 namespace fs = std::filesystem;
+namespace drawing = hooklens::drawing;
 using hooklens::Error;
 using hooklens::UsageError;
 using nlohmann::json;
@@ -123,22 +125,22 @@ void run(const Options& o) {
   std::vector<std::string> tokens;
   for (auto id : ids) tokens.push_back(model->tokenizer()->token_string(id));
   std::vector<std::string> labels;
-  for (const auto& t : tokens) labels.push_back(figures::token_label(t, 8));
-  labels = figures::thin_labels(labels, figures::cell_size(o.seq_len));
-  std::vector<figures::Panel> panels;
-  std::vector<figures::Matrix> matrices;
+  for (const auto& t : tokens) labels.push_back(drawing::token_label(t, 8));
+  labels = drawing::thin_labels(labels, drawing::cell_size(o.seq_len));
+  std::vector<drawing::Panel> panels;
+  std::vector<drawing::Matrix> matrices;
   for (std::size_t h = 0; h < heads.size(); ++h) {
     json s = heads[h].to_json();
     s["head"] = h;
     if (s["label"].is_string()) by_label[s["label"].get<std::string>()].push_back(h);
     head_list.push_back(s);
-    matrices.push_back(figures::head_matrix(pattern, std::int64_t(h)));
+    matrices.push_back(drawing::head_matrix(pattern, std::int64_t(h)));
   }
-  matrices.push_back(figures::head_matrix(pattern, -1));
-  std::vector<const figures::Matrix*> all;
+  matrices.push_back(drawing::head_matrix(pattern, -1));
+  std::vector<const drawing::Matrix*> all;
   for (const auto& m : matrices) all.push_back(&m);
-  const figures::Scale scale = figures::sequential_scale(all);
-  const int cell = figures::cell_size(o.seq_len);
+  const drawing::Scale scale = drawing::sequential_scale(all);
+  const int cell = drawing::cell_size(o.seq_len);
   for (std::size_t i = 0; i < matrices.size(); ++i) {
     const bool mean = i == heads.size();
     const json& s = mean ? averaged : head_list[i];
@@ -149,11 +151,11 @@ void run(const Options& o) {
   }
   fs::create_directories(o.out);
   const std::string figure = fmt::format("heads_layer{}.png", o.layer);
-  figures::write_figure(o.out / figure, panels, panels.size() <= 6 ? 0 : 4);  // many heads: a grid
+  drawing::write_figure(o.out / figure, panels, panels.size() <= 6 ? 0 : 4);  // many heads: a grid
 
   const bool hides = !by_label["sharp"].empty() && averaged["label"] != "sharp";
-  figures::write_text(o.out / "summary.json",
-                      figures::dump({{"model", o.model.string()}, {"text_file", o.text_file.string()},
+  drawing::write_text(o.out / "summary.json",
+                      drawing::dump({{"model", o.model.string()}, {"text_file", o.text_file.string()},
                                      {"sequence", o.sequence}, {"seq_len", o.seq_len},
                                      {"tokens_range", {o.sequence * o.seq_len, (o.sequence + 1) * o.seq_len - 1}},
                                      {"ids", ids}, {"tokens", tokens}, {"layer", o.layer},

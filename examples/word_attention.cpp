@@ -22,10 +22,10 @@
 //   word_attention.png   generated words (rows) x prompt words (columns): the layer mean, then each layer
 // The default model is models/demo-neo (make it with `hooklens demo-model`).
 // Exit status: 0 success, 1 error, 2 usage error.
-#include "drawing.h"
 
 #include "example_main.h"
 
+#include <hooklens/drawing.h>
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
@@ -48,6 +48,7 @@
 namespace {
 
 namespace fs = std::filesystem;
+namespace drawing = hooklens::drawing;
 using hooklens::Error;
 using hooklens::UsageError;
 using nlohmann::json;
@@ -138,16 +139,16 @@ std::string csv_field(const std::string& s) {
   return quoted + "\"";
 }
 
-figures::Panel panel(const std::string& title, const std::vector<std::vector<double>>& scores,
+drawing::Panel panel(const std::string& title, const std::vector<std::vector<double>>& scores,
                      const std::vector<Word>& generated, const std::vector<Word>& prompt) {
-  figures::Matrix m{std::int64_t(generated.size()), std::int64_t(prompt.size()), {}};
+  drawing::Matrix m{std::int64_t(generated.size()), std::int64_t(prompt.size()), {}};
   for (const auto& row : scores) m.values.insert(m.values.end(), row.begin(), row.end());
   std::vector<std::string> rows, cols;
-  for (const Word& g : generated) rows.push_back(figures::token_label(g.text));
-  for (const Word& w : prompt) cols.push_back(figures::token_label(w.text));
-  const figures::Scale scale = figures::sequential_scale({&m});
-  return {title, "rows: generated words, columns: prompt words", m, scale, figures::kLabelledCell,
-          figures::kLabelledCell, rows, cols};
+  for (const Word& g : generated) rows.push_back(drawing::token_label(g.text));
+  for (const Word& w : prompt) cols.push_back(drawing::token_label(w.text));
+  const drawing::Scale scale = drawing::sequential_scale({&m});
+  return {title, "rows: generated words, columns: prompt words", m, scale, drawing::kLabelledCell,
+          drawing::kLabelledCell, rows, cols};
 }
 
 void run(const Options& o) {
@@ -201,10 +202,10 @@ void run(const Options& o) {
       for (std::size_t l = 0; l < layers.size(); ++l) csv += fmt::format("{},{},{:.9g}\n", head, layers[l], per_layer[l][g][w]);
     }
   }
-  figures::write_text(o.out / "word_attention.csv", csv);
-  figures::write_text(
+  drawing::write_text(o.out / "word_attention.csv", csv);
+  drawing::write_text(
       o.out / "word_attention.json",
-      figures::dump({{"model", o.model.string()},
+      drawing::dump({{"model", o.model.string()},
                      {"prompt", o.prompt},
                      {"prompt_tokens", token_strings(*tok, prompt)},
                      {"generated_tokens", token_strings(*tok, generated_ids)},
@@ -219,10 +220,10 @@ void run(const Options& o) {
                        {"per_layer", "per_layer[l][w] = mean over the generated word's tokens of the head-mean attention "
                                      "summed over prompt word w's tokens, in layers[l]"},
                        {"attention", "attention[w] = mean over layers of per_layer[l][w]"}}}}));
-  std::vector<figures::Panel> panels{panel("mean of layers", mean, generated, prompt_words)};
+  std::vector<drawing::Panel> panels{panel("mean of layers", mean, generated, prompt_words)};
   for (std::size_t l = 0; l < layers.size(); ++l)
     panels.push_back(panel(fmt::format("layer {}", layers[l]), per_layer[l], generated, prompt_words));
-  figures::write_figure(o.out / "word_attention.png", panels, 2);
+  drawing::write_figure(o.out / "word_attention.png", panels, 2);
   std::cout << fmt::format("generated: {}\nwrote word_attention.csv, .json, .png to {}\n", tok->decode(generated_ids),
                            o.out.string());
 }

@@ -9,9 +9,11 @@ PACKAGES=(
   libtorch-dev libopenblas0-openmp          # libtorch; OpenBLAS replaces the slow reference BLAS
   libboost-dev libboost-filesystem-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
   libstb-dev libzstd-dev libimgui-dev libglfw3-dev
+  libcairo2-dev                             # figures: PNG, SVG and PDF drawn with Cairo (text in fonts-dejavu-core)
   catch2 python3-torch python3-numpy xvfb xauth fonts-dejavu-core
   python3-jinja2 python3-regex python3-sentencepiece   # independent references of the tokenizer and chat-template tests
-  chromium                                  # headless browser for the HTML report test
+  chromium                                  # headless browser for the HTML report and SVG figure tests
+  poppler-utils                             # pdftotext: the figure tests read the PDFs' text
 )
 
 missing=()

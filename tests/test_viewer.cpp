@@ -5,7 +5,7 @@
 #include "png_util.h"
 #include "resource_bounds.h"
 
-#include <drawing.h>
+#include <hooklens/drawing.h>
 #include <hooklens/run.h>
 #include <prompt_bars.h>
 
@@ -21,6 +21,7 @@
 namespace {
 
 namespace fs = std::filesystem;
+namespace drawing = hooklens::drawing;
 using nlohmann::json;
 
 const fs::path kViewer = HOOKLENS_BUILD_DIR "/bin/hooklens-view";
@@ -114,7 +115,7 @@ void check_cells(const Shot& shot, const Expected& e) {
     for (int c = 0; c < e.cols; ++c) {
       const int px = shot.x + int((c + 0.5) * shot.w / e.cols), py = shot.y + int((r + 0.5) * shot.h / e.rows);
       const float v = e.at(r, c);
-      const figures::Rgb want = std::isfinite(v) ? figures::colour_at(figures::kViridis, v / hi) : figures::kMissing;
+      const drawing::Rgb want = std::isfinite(v) ? drawing::colour_at(drawing::kViridis, v / hi) : drawing::kMissing;
       const auto got = shot.pixel(px, py);
       INFO("cell " << r << "," << c << " value " << v << " at pixel " << px << "," << py);
       CHECK(std::abs(got[0] - want.r) <= 3);

@@ -49,9 +49,9 @@ void add_analyze_commands(CLI::App& app) {
 
   auto r = std::make_shared<RenderOptions>();
   CLI::App* render = app.add_subcommand(
-      "render", "Draw a finished run directory: figures (png, svg) or the interactive HTML report (html)");
+      "render", "Draw a finished run directory: figures (png, svg, pdf) or the interactive HTML report (html)");
   render->add_option("run", r->run, "Run directory")->required();
-  render->add_option("--format", r->format, "png, svg or html")->required();
+  render->add_option("--format", r->format, "png, svg, pdf or html")->required();
   render->add_option("--out", r->out, "Output directory (default RUN/figures, or RUN/report for html)");
   render->add_option("--layers", r->layers, "Only these layers (comma-separated)")->delimiter(',');
   render->add_option("--heads", r->heads, "Also these single heads (comma-separated)")->delimiter(',');

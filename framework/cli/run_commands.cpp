@@ -568,7 +568,7 @@ void add_common_options(CLI::App& cmd, RunOptions& o) {
       ->delimiter(',');
   cmd.add_option("--analyze-option", o.analyze_options, "An analyzer's option, NAME.KEY=VALUE (repeatable)");
   cmd.add_option("--render", o.render,
-                 "After the run, draw it: png, svg (RUN/figures) and/or html (RUN/report/report.html), comma-separated")
+                 "After the run, draw it: png, svg, pdf (RUN/figures) and/or html (RUN/report/report.html), comma-separated")
       ->delimiter(',');
   const std::string text = "Input from a text file";
   cmd.add_option("--text-file", o.text_file, "Feed sequences cut from this text file (e.g. WikiText's wiki.valid.raw) as prompts")

@@ -1,9 +1,9 @@
-// The figures renderer: draws a finished run directory as PNG or SVG figures (docs/figures.md).
+// The figures renderer: draws a finished run directory as PNG, SVG or PDF figures (docs/figures.md).
 // It reads one forward pass's attention patterns at a time, so memory stays bounded by one pass.
-#include "drawing.h"
 
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
+#include <hooklens/drawing.h>
 #include <hooklens/error.h>
 #include <hooklens/json_read.h>
 #include <hooklens/model.h>
@@ -32,9 +32,10 @@
 namespace {
 
 namespace fs = std::filesystem;
-using figures::BarChart;
-using figures::Matrix;
-using figures::Panel;
+namespace drawing = hooklens::drawing;
+using drawing::BarChart;
+using drawing::Matrix;
+using drawing::Panel;
 using hooklens::Error;
 using hooklens::UsageError;
 using nlohmann::json;
@@ -259,14 +260,14 @@ Matrix mean_matrix(const Pattern& p, const std::vector<std::int64_t>& columns) {
 std::vector<std::string> position_labels(const std::vector<std::string>& tokens, std::int64_t first, std::int64_t count) {
   std::vector<std::string> out;
   for (std::int64_t i = first; i < first + count; ++i)
-    out.push_back(fmt::format("{}:{}", i, i >= 0 && i < std::int64_t(tokens.size()) ? figures::token_label(tokens[std::size_t(i)]) : "?"));
+    out.push_back(fmt::format("{}:{}", i, i >= 0 && i < std::int64_t(tokens.size()) ? drawing::token_label(tokens[std::size_t(i)]) : "?"));
   return out;
 }
 
 // Cells big enough for a label up to kFullyLabelled tokens; past that smaller cells, every n-th labelled.
 int labelled_cell(std::int64_t cells) {
-  const int cell = figures::cell_size(cells);
-  return cells <= kFullyLabelled ? std::max(cell, figures::kLabelledCell) : cell;
+  const int cell = drawing::cell_size(cells);
+  return cells <= kFullyLabelled ? std::max(cell, drawing::kLabelledCell) : cell;
 }
 
 // Attention rollout (Abnar & Zuidema 2020) of square head-averaged patterns of layers 0..L-1:
@@ -310,11 +311,11 @@ double finite_or_nan(const json& v) { return v.is_number() ? v.get<double>() : k
 
 class FiguresRenderer final : public hooklens::Renderer {
  public:
-  std::vector<std::string> formats() const override { return {"png", "svg"}; }
+  std::vector<std::string> formats() const override { return {"png", "svg", "pdf"}; }
 
   json render(const fs::path& run_dir, const std::string& format, const fs::path& out, const json& options) override {
-    if (format != "png" && format != "svg")
-      throw UsageError(fmt::format("figures: format \"{}\" is not one this renderer writes (png, svg)", format));
+    if (format != "png" && format != "svg" && format != "pdf")
+      throw UsageError(fmt::format("figures: format \"{}\" is not one this renderer writes (png, svg, pdf)", format));
     const Options opts = parse_options(options);
     try {
       Run run(run_dir);
@@ -370,7 +371,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     draw_reports(job);
     const json index = {{"run", run.manifest_file().parent_path().string()}, {"format", format},
                         {"files", job.files}, {"skipped", job.skipped}};
-    figures::write_text(out / "figures.json", figures::dump(index));
+    drawing::write_text(out / "figures.json", drawing::dump(index));
     return {{"files", job.files}, {"skipped", job.skipped}};
   }
 
@@ -432,14 +433,14 @@ class FiguresRenderer final : public hooklens::Renderer {
       const Pattern& pat = it->second;
       const std::int64_t Q = pat.tensor.size(2), K = pat.tensor.size(3);
       const int cell = labelled_cell(std::max(Q, K));
-      const auto rows = figures::thin_labels(position_labels(tokens, pat.ctx.query_offset, Q), cell);
-      const auto cols = figures::thin_labels(position_labels(tokens, pat.ctx.key_offset, K), cell);
+      const auto rows = drawing::thin_labels(position_labels(tokens, pat.ctx.query_offset, Q), cell);
+      const auto cols = drawing::thin_labels(position_labels(tokens, pat.ctx.key_offset, K), cell);
       const auto one = [&](const std::string& stem, const std::string& who, const std::vector<int>& heads) {
         const Matrix m = mean_matrix(pat, head_columns(heads, captured));
-        const Panel panel{fmt::format("layer {}, {}", layer, who), context, m, figures::sequential_scale({&m}),
+        const Panel panel{fmt::format("layer {}, {}", layer, who), context, m, drawing::sequential_scale({&m}),
                           cell, cell, rows, cols};
         job.add(stem, fmt::format("layer {} attention pattern, {} (rows: queries, columns: keys)", layer, who),
-                figures::write_figure(job.path(stem), {panel}));
+                drawing::write_figure(job.path(stem), {panel}));
       };
       one(fmt::format("{}_layer{}_mean", tag, layer), fmt::format("mean of {} heads", captured.size()), captured);
       for (int h : job.opts.heads) one(fmt::format("{}_layer{}_head{}", tag, layer, h), fmt::format("head {}", h), {h});
@@ -448,17 +449,17 @@ class FiguresRenderer final : public hooklens::Renderer {
       for (int h : job.heads) per_head.push_back(mean_matrix(pat, head_columns({h}, captured)));
       std::vector<const Matrix*> all;
       for (const Matrix& m : per_head) all.push_back(&m);
-      const figures::Scale shared = figures::sequential_scale(all);
-      const int small = std::max(2, figures::cell_size(std::max(Q, K)) / 2);
+      const drawing::Scale shared = drawing::sequential_scale(all);
+      const int small = std::max(2, drawing::cell_size(std::max(Q, K)) / 2);
       std::vector<Panel> panels;
       for (std::size_t i = 0; i < per_head.size(); ++i)
         panels.push_back({fmt::format("layer {} head {}", layer, job.heads[i]), "", per_head[i],
-                          shared, small, small, figures::thin_labels(position_labels(tokens, pat.ctx.query_offset, Q), small),
-                          figures::thin_labels(position_labels(tokens, pat.ctx.key_offset, K), small)});
+                          shared, small, small, drawing::thin_labels(position_labels(tokens, pat.ctx.query_offset, Q), small),
+                          drawing::thin_labels(position_labels(tokens, pat.ctx.key_offset, K), small)});
       const int columns = int(std::ceil(std::sqrt(double(panels.size()))));
       const std::string stem = fmt::format("{}_layer{}_heads", tag, layer);
       job.add(stem, fmt::format("layer {}: every head's pattern on one shared colour scale", layer),
-              figures::write_figure(job.path(stem), panels, columns, context));
+              drawing::write_figure(job.path(stem), panels, columns, context));
     }
   }
 
@@ -483,13 +484,13 @@ class FiguresRenderer final : public hooklens::Renderer {
     std::vector<std::string> row_labels, col_labels;
     for (int l : job.layers) row_labels.push_back(fmt::format("L{}", l));
     for (int h : job.heads) col_labels.push_back(fmt::format("H{}", h));
-    const figures::Scale unit{0.0, 1.0, &figures::kViridis};
+    const drawing::Scale unit{0.0, 1.0, &drawing::kViridis};
     const std::vector<Panel> panels{
-        {"mean normalized entropy (0 sharp, 1 uniform)", context, entropy, unit, 28, 28, row_labels, col_labels},
-        {"mean max weight", "rows: layers, columns: heads", max_weight, unit, 28, 28, row_labels, col_labels}};
+        {"mean normalized entropy (0 sharp, 1 uniform)", "", entropy, unit, 28, 28, row_labels, col_labels},
+        {"mean max weight", "", max_weight, unit, 28, 28, row_labels, col_labels}};
     const std::string stem = tag + "_overview";
     job.add(stem, "layer x head overview: each head's mean normalized row entropy and mean max weight",
-            figures::write_figure(job.path(stem), panels));
+            drawing::write_figure(job.path(stem), panels, 0, context + "; rows: layers, columns: heads"));
   }
 
   // Per layer: the mean entropy of its heads and the entropy of its head-averaged pattern.
@@ -517,7 +518,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     chart.bar_w = 16;
     const std::string stem = tag + "_layer_entropy";
     job.add(stem, "per layer: mean row entropy of its heads vs the row entropy of its head-averaged pattern",
-            figures::write_figure(job.path(stem), std::vector<BarChart>{chart}));
+            drawing::write_figure(job.path(stem), std::vector<BarChart>{chart}));
   }
 
   // The last token's head-averaged attention in each chosen layer, and its attention rollout.
@@ -553,17 +554,17 @@ class FiguresRenderer final : public hooklens::Renderer {
       row_labels.push_back(fmt::format("L{}", layer));
     }
     const int cell = labelled_cell(T);
-    const auto cols = figures::thin_labels(position_labels(tokens, 0, T), cell);
+    const auto cols = drawing::thin_labels(position_labels(tokens, 0, T), cell);
     const std::string caption = fmt::format("{}; query: last token {}", context, position_labels(tokens, last, 1)[0]);
     const std::vector<Panel> panels{
-        {"last token's attention per layer (heads averaged)", caption, raw, figures::sequential_scale({&raw}), cell, cell,
+        {"last token's attention per layer (heads averaged)", "", raw, drawing::sequential_scale({&raw}), cell, cell,
          row_labels, cols},
         {"attention rollout through each layer", "A = 0.5 W + 0.5 I (rows renormalised), R_l = A_l R_(l-1)", flow,
-         figures::sequential_scale({&flow}), cell, cell, row_labels, cols}};
+         drawing::sequential_scale({&flow}), cell, cell, row_labels, cols}};
     const std::string stem = tag + "_rollout";
     job.add(stem, "attention flow: the last token's head-averaged attention in each layer, and its attention rollout "
                   "(Abnar & Zuidema 2020) through that layer, over the input tokens",
-            figures::write_figure(job.path(stem), panels));
+            drawing::write_figure(job.path(stem), panels, 0, caption));
   }
 
   // Per chosen layer, every query's head-averaged attention to the key at option "target".
@@ -589,11 +590,11 @@ class FiguresRenderer final : public hooklens::Renderer {
     }
     const int cell = labelled_cell(T);
     const Panel panel{fmt::format("attention to {} (heads averaged)", position_labels(tokens, target, 1)[0]), context, m,
-                      figures::sequential_scale({&m}), cell, cell, row_labels,
-                      figures::thin_labels(position_labels(tokens, 0, T), cell)};
+                      drawing::sequential_scale({&m}), cell, cell, row_labels,
+                      drawing::thin_labels(position_labels(tokens, 0, T), cell)};
     const std::string stem = fmt::format("{}_attention_to_{}", tag, target);
     job.add(stem, fmt::format("per layer (rows), each query's head-averaged attention to key position {}", target),
-            figures::write_figure(job.path(stem), {panel}));
+            drawing::write_figure(job.path(stem), {panel}));
   }
 
   // Autoregressive runs: per prompt token, a bar chart of the attention it gets from each generated
@@ -652,7 +653,7 @@ class FiguresRenderer final : public hooklens::Renderer {
                                          : fmt::format("p{}_prompt_attention_{}", p, page);
       job.add(stem, fmt::format("attention to each prompt token {}-{} from every generated token ({})", first,
                                 first + charts.size() - 1, averaged),
-              figures::write_figure(job.path(stem), charts, 1));
+              drawing::write_figure(job.path(stem), charts, 1));
     }
   }
 
@@ -683,7 +684,7 @@ class FiguresRenderer final : public hooklens::Renderer {
       }
       std::vector<const Matrix*> all;
       for (const Matrix& m : at_step) all.push_back(&m);
-      const figures::Scale shared = figures::sequential_scale(all);
+      const drawing::Scale shared = drawing::sequential_scale(all);
       const std::int64_t T = at_step.front().cols;
       const int cell = labelled_cell(T);
       std::vector<Panel> panels;
@@ -691,16 +692,16 @@ class FiguresRenderer final : public hooklens::Renderer {
         const auto tokens = job.run->tokens(p, steps[i]);
         panels.push_back({fmt::format("layer {}, step {} (heads averaged)", layer, steps[i]), "", at_step[i], shared,
                           cell, cell,
-                          figures::thin_labels(position_labels(tokens, at_step[i].first_row, at_step[i].rows), cell),
-                          figures::thin_labels(position_labels(tokens, at_step[i].first_col, T), cell)});
+                          drawing::thin_labels(position_labels(tokens, at_step[i].first_row, at_step[i].rows), cell),
+                          drawing::thin_labels(position_labels(tokens, at_step[i].first_col, T), cell)});
       }
-      const Matrix diff = figures::difference(at_step.back(), at_step.front());
+      const Matrix diff = drawing::difference(at_step.back(), at_step.front());
       panels.push_back({fmt::format("step {} minus step {}", steps.back(), steps.front()), "blue: less, red: more", diff,
-                        figures::signed_scale(diff), cell, cell, panels.back().row_labels, panels.back().col_labels});
+                        drawing::signed_scale(diff), cell, cell, panels.back().row_labels, panels.back().col_labels});
       const std::string stem = fmt::format("p{}_layer{}_evolution", p, layer);
       job.add(stem, fmt::format("layer {} head-averaged pattern at steps {} and the signed difference last - first",
                                 layer, fmt::join(steps, ",")),
-              figures::write_figure(job.path(stem), panels, 0, job.run->describe(p)));
+              drawing::write_figure(job.path(stem), panels, 0, job.run->describe(p)));
     }
   }
 
@@ -729,12 +730,12 @@ class FiguresRenderer final : public hooklens::Renderer {
     const int L = job.run->model().n_layers, H = job.run->model().n_heads;
     // One matrix of 28 px cells per score, four to a row: what cannot fit a figure is not allocated.
     constexpr int kCell = 28, kColumns = 4;
-    if (std::int64_t(std::max(L, H)) * kCell > figures::kMaxSide) {
+    if (std::int64_t(std::max(L, H)) * kCell > drawing::kMaxSide) {
       job.skip("report " + name, fmt::format("{} layers x {} heads do not fit a figure", L, H));
       return;
     }
-    // A panel row is the matrix and ~120 px of title, labels and gaps: as many rows as fit a figure.
-    const std::size_t max_scores = kColumns * std::size_t(std::max(1, figures::kMaxSide / (L * kCell + 120)));
+    // A panel row is the matrix and at most ~200 px of title (wrapped), labels and gaps: as many rows as fit.
+    const std::size_t max_scores = kColumns * std::size_t(std::max(1, drawing::kMaxSide / (L * kCell + 200)));
     std::size_t dropped = 0;
     std::map<std::string, Matrix> scores;  // score name -> layers x heads
     for (const json& rec : heads) {
@@ -762,7 +763,7 @@ class FiguresRenderer final : public hooklens::Renderer {
       bool negative = false;
       for (double v : m.values) negative = negative || v < 0;
       panels.push_back({key, "", m,
-                        negative ? figures::signed_scale(m) : figures::sequential_scale({&m}), kCell, kCell, row_labels,
+                        negative ? drawing::signed_scale(m) : drawing::sequential_scale({&m}), kCell, kCell, row_labels,
                         col_labels});
     }
     if (panels.empty()) {
@@ -772,7 +773,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     if (dropped) job.skip(fmt::format("report {}: scores past the first {}", name, max_scores), "more do not fit one figure");
     const std::string stem = "report_" + name;
     job.add(stem, fmt::format("layer x head matrices of every per-head score in reports/{}.json", name),
-            figures::write_figure(job.path(stem), panels, kColumns, fmt::format("report {}: rows layers, columns heads", name)));
+            drawing::write_figure(job.path(stem), panels, kColumns, fmt::format("report {}: rows layers, columns heads", name)));
   }
 };
 

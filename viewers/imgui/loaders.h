@@ -19,7 +19,7 @@ namespace view {
 
 struct ThumbnailJob {
   int prompt = 0, step = 0;
-  const figures::ColourMap* map = &figures::kViridis;
+  const drawing::ColourMap* map = &drawing::kViridis;
 };
 
 // One layer's thumbnails (one image per head), or why the layer could not be read.
@@ -67,7 +67,7 @@ void yield_to_ui();
 // What the big heatmap shows. head -1: the mean over heads.
 struct SelectionJob {
   int prompt = 0, step = 0, layer = 0, head = 0;
-  const figures::ColourMap* map = &figures::kViridis;
+  const drawing::ColourMap* map = &drawing::kViridis;
   bool operator==(const SelectionJob& o) const {
     return prompt == o.prompt && step == o.step && layer == o.layer && head == o.head && map == o.map;
   }

@@ -10,7 +10,7 @@ namespace view {
 
 namespace {
 
-const figures::ColourMap* const kMaps[] = {&figures::kViridis, &figures::kDiverging};
+const drawing::ColourMap* const kMaps[] = {&drawing::kViridis, &drawing::kDiverging};
 constexpr float kPlayInterval = 0.6f;  // seconds per step while playing
 constexpr int kThumbnailSide = 64;     // texels: thumbnails of long runs are block means
 const ImVec4 kErrorColour{1.0f, 0.35f, 0.3f, 1.0f};
@@ -34,7 +34,7 @@ std::string token_label(const std::string& token, std::size_t max_chars) {
   return out;
 }
 
-ImVec4 to_imgui(figures::Rgb c) { return {c.r / 255.0f, c.g / 255.0f, c.b / 255.0f, 1.0f}; }
+ImVec4 to_imgui(drawing::Rgb c) { return {c.r / 255.0f, c.g / 255.0f, c.b / 255.0f, 1.0f}; }
 
 // The window at a fixed fraction of the display: the layout does not depend on a saved .ini.
 bool begin_pane(const char* name, float x, float y, float w, float h) {
@@ -298,7 +298,7 @@ void Viewer::thumbnail_panel() {
   }
 }
 
-void Viewer::draw_legend(const figures::Scale& scale) {
+void Viewer::draw_legend(const drawing::Scale& scale) {
   const Texture& bar = textures_.legend(*scale.map);
   const float width = std::min(ImGui::GetContentRegionAvail().x * 0.6f, ImGui::GetFontSize() * 20);
   ImGui::Text("%.3g", scale.lo);
@@ -410,7 +410,7 @@ void Viewer::bars_panel() {
         ImGui::TableNextColumn();
         ImGui::Text("%d %s", k, token_label(token(k), 10).c_str());
         ImGui::TableNextColumn();
-        ImGui::PushStyleColor(ImGuiCol_PlotHistogram, to_imgui(figures::colour_at(*kMaps[0], 0.7)));
+        ImGui::PushStyleColor(ImGuiCol_PlotHistogram, to_imgui(drawing::colour_at(*kMaps[0], 0.7)));
         ImGui::ProgressBar(std::isfinite(w) ? w : 0.0f, {-1, 0}, "");
         ImGui::PopStyleColor();
         ImGui::TableNextColumn();
@@ -455,7 +455,7 @@ void Viewer::prompt_bars_panel() {
   const auto largest = [](const std::vector<float>& v) { return v.empty() ? 1.0f : std::max(1e-6f, *std::max_element(v.begin(), v.end())); };
   const float mean_max = largest(bars.mean), chosen_max = largest(bars.chosen);
   const auto bar = [](float w, float longest, float colour) {
-    ImGui::PushStyleColor(ImGuiCol_PlotHistogram, to_imgui(figures::colour_at(*kMaps[0], colour)));
+    ImGui::PushStyleColor(ImGuiCol_PlotHistogram, to_imgui(drawing::colour_at(*kMaps[0], colour)));
     ImGui::ProgressBar(w / longest, {-1, 0}, fmt::format("{:.3f}", w).c_str());
     ImGui::PopStyleColor();
   };
@@ -492,7 +492,7 @@ void Viewer::neurons_panel() {
     ImGui::TextDisabled("layer %d: no MLP activations at step %d", sel_.layer, sel_.step);
     return;
   }
-  const Texture& tex = textures_.heatmap(texture_key("neurons", sel_.layer, 0), *grid, {0, 0, &figures::kDiverging, true});
+  const Texture& tex = textures_.heatmap(texture_key("neurons", sel_.layer, 0), *grid, {0, 0, &drawing::kDiverging, true});
   ImGui::Text("layer %d mlp.hook_post, step %d: %d position(s) x %d neurons", sel_.layer, sel_.step, grid->rows, grid->cols);
   draw_legend(tex.scale());
   const float width = ImGui::GetContentRegionAvail().x;

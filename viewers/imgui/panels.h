@@ -67,7 +67,7 @@ class Viewer {
   void follow_live();         // the live model's data changed
   void restart_thumbnails();  // after the prompt, step or colour map changed
   void take_thumbnails();
-  void draw_legend(const figures::Scale& scale);
+  void draw_legend(const drawing::Scale& scale);
   void record_error(const std::string& message);
 
   std::unique_ptr<PanelModel> model_;

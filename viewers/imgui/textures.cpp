@@ -26,32 +26,32 @@ float block_mean(const Grid& grid, int head, int r0, int r1, int c0, int c1) {
   return n ? float(sum / n) : NAN;
 }
 
-std::vector<figures::Rgb> colour_cells(const Grid& grid, const HeatmapSpec& spec, const figures::Scale& scale, int& width,
+std::vector<drawing::Rgb> colour_cells(const Grid& grid, const HeatmapSpec& spec, const drawing::Scale& scale, int& width,
                                        int& height) {
   const int side = std::max(grid.rows, grid.cols);
   const int factor = spec.max_side > 0 && side > spec.max_side ? (side + spec.max_side - 1) / spec.max_side : 1;
   width = (grid.cols + factor - 1) / factor;
   height = (grid.rows + factor - 1) / factor;
-  std::vector<figures::Rgb> pixels;
+  std::vector<drawing::Rgb> pixels;
   pixels.reserve(std::size_t(width) * height);
   for (int y = 0; y < height; ++y)
     for (int x = 0; x < width; ++x) {
       const float v = factor == 1 ? cell(grid, spec.head, y, x)
                                   : block_mean(grid, spec.head, y * factor, std::min(grid.rows, (y + 1) * factor),
                                                x * factor, std::min(grid.cols, (x + 1) * factor));
-      pixels.push_back(figures::colour_of(scale, v));
+      pixels.push_back(drawing::colour_of(scale, v));
     }
   return pixels;
 }
 
 // Keeps hi > lo, so colour_of never divides by zero.
-figures::Scale make_scale(double lo, double hi, const figures::ColourMap& map) {
+drawing::Scale make_scale(double lo, double hi, const drawing::ColourMap& map) {
   if (!(hi > lo)) hi = lo + 1e-6;
   return {lo, hi, &map};
 }
 
 // 0 .. the largest finite value of the head (or head mean), or -m .. m for signed values.
-figures::Scale value_scale(const Grid& grid, const HeatmapSpec& spec) {
+drawing::Scale value_scale(const Grid& grid, const HeatmapSpec& spec) {
   double lo = 0, hi = 0;
   for (int r = 0; r < grid.rows; ++r)
     for (int c = 0; c < grid.cols; ++c) {
@@ -65,7 +65,7 @@ figures::Scale value_scale(const Grid& grid, const HeatmapSpec& spec) {
 
 }  // namespace
 
-Texture::Texture(const std::vector<figures::Rgb>& pixels, int width, int height, figures::Scale scale)
+Texture::Texture(const std::vector<drawing::Rgb>& pixels, int width, int height, drawing::Scale scale)
     : width_(width), height_(height), scale_(scale) {
   GLuint id = 0;
   glGenTextures(1, &id);
@@ -118,11 +118,11 @@ const Texture& TextureCache::add(const std::string& key, const Image& image) {
   return textures_.emplace(key, Texture(image.pixels, image.width, image.height, image.scale)).first->second;
 }
 
-const Texture& TextureCache::legend(const figures::ColourMap& map) {
+const Texture& TextureCache::legend(const drawing::ColourMap& map) {
   const std::string key = map.name;
   if (auto it = legends_.find(key); it != legends_.end()) return it->second;
-  std::vector<figures::Rgb> pixels;
-  for (int x = 0; x < 256; ++x) pixels.push_back(figures::colour_at(map, x / 255.0));
+  std::vector<drawing::Rgb> pixels;
+  for (int x = 0; x < 256; ++x) pixels.push_back(drawing::colour_at(map, x / 255.0));
   return legends_.emplace(key, Texture(pixels, 256, 1)).first->second;
 }
 

@@ -4,7 +4,7 @@
 #pragma once
 #include "run_model.h"
 
-#include <drawing.h>
+#include <hooklens/drawing.h>
 
 #include <cstddef>
 #include <map>
@@ -13,11 +13,13 @@
 
 namespace view {
 
+namespace drawing = hooklens::drawing;
+
 // An OpenGL texture, deleted with the object.
 class Texture {
  public:
   Texture() = default;
-  Texture(const std::vector<figures::Rgb>& pixels, int width, int height, figures::Scale scale = {});
+  Texture(const std::vector<drawing::Rgb>& pixels, int width, int height, drawing::Scale scale = {});
   Texture(Texture&& other) noexcept;
   Texture& operator=(Texture&& other) noexcept;
   Texture(const Texture&) = delete;
@@ -27,12 +29,12 @@ class Texture {
   void* imgui_id() const { return reinterpret_cast<void*>(std::size_t(id_)); }
   int width() const { return width_; }
   int height() const { return height_; }
-  const figures::Scale& scale() const { return scale_; }  // the values its colours stand for
+  const drawing::Scale& scale() const { return scale_; }  // the values its colours stand for
 
  private:
   unsigned int id_ = 0;
   int width_ = 0, height_ = 0;
-  figures::Scale scale_;
+  drawing::Scale scale_;
 };
 
 // Which cells of a grid a texture shows, and how they are coloured.
@@ -40,15 +42,15 @@ class Texture {
 struct HeatmapSpec {
   int head = -1;     // -1: mean over heads
   int max_side = 0;  // > 0: downsample (mean of blocks) so no side exceeds this (thumbnails)
-  const figures::ColourMap* map = &figures::kViridis;
+  const drawing::ColourMap* map = &drawing::kViridis;
   bool symmetric = false;
 };
 
 // A heatmap's colours, made on any thread; only the upload needs the OpenGL thread.
 struct Image {
   int width = 1, height = 1;
-  std::vector<figures::Rgb> pixels{figures::kMissing};
-  figures::Scale scale;
+  std::vector<drawing::Rgb> pixels{drawing::kMissing};
+  drawing::Scale scale;
 };
 Image colour_image(const Grid& grid, const HeatmapSpec& spec);
 
@@ -64,7 +66,7 @@ class TextureCache {
   }
   void erase(const std::string& key) { textures_.erase(key); }
   // A horizontal colour bar of `map` (for legends).
-  const Texture& legend(const figures::ColourMap& map);
+  const Texture& legend(const drawing::ColourMap& map);
   // Drops every texture (e.g. when the step or colour map changes and old keys are dead).
   void clear() { textures_.clear(); }
   std::size_t size() const { return textures_.size(); }

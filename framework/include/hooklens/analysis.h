@@ -47,7 +47,7 @@ class AnalyzerSet {
 std::vector<std::filesystem::path> analyze_run(const std::filesystem::path& run_dir, AnalyzerSet& analyzers,
                                                bool show_progress = true);
 
-// The renderer plugin whose formats() include `format` (png, svg, html); UsageError naming the
+// The renderer plugin whose formats() include `format` (png, svg, pdf, html); UsageError naming the
 // formats there are when none does.
 std::shared_ptr<Renderer> renderer_for(const PluginRegistry& registry, const std::string& format);
 // Where a format's files go by default: RUN/figures, or RUN/report for html.

@@ -1,10 +1,9 @@
-// Drawing for the figures renderer and the example programs: colour maps, heatmap panels with colour
-// bars and token labels, bar charts, laid out in a row or a grid and written as PNG
-// (stb_image_write, text with stb_easy_font) or SVG (cells as an embedded PNG, text as <text>).
-// No plotting library: every pixel is placed here, so a test can read a cell's colour back from the
-// geometry that write_figure returns (the same in both formats).
+// Drawing shared by the figures renderer, the example programs and the viewer: colour maps, heatmap
+// panels with colour bars and token labels, bar charts, laid out in a row or a grid and drawn once
+// with Cairo onto a PNG, SVG or PDF surface (text in DejaVu Sans). Cells are drawn unsmoothed on
+// whole pixels, so a test can read a cell's colour back from the geometry write_figure returns (the
+// same in every format). A matrix from a captured tensor: hooklens/head_matrix.h.
 #pragma once
-#include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -12,7 +11,7 @@
 #include <string>
 #include <vector>
 
-namespace figures {
+namespace hooklens::drawing {
 
 struct Rgb {
   std::uint8_t r, g, b;
@@ -37,10 +36,6 @@ struct Matrix {
   double at(std::int64_t r, std::int64_t c) const { return values[std::size_t(r * cols + c)]; }
 };
 
-// `pattern` is a contiguous float [1, H, Q, K] whose first row and column are at absolute positions
-// first_row, first_col; `head` < 0 averages the heads.
-Matrix head_matrix(const at::Tensor& pattern, std::int64_t head, std::int64_t first_row = 0,
-                   std::int64_t first_col = 0);
 Matrix difference(const Matrix& later, const Matrix& earlier);
 
 struct Scale {
@@ -74,9 +69,6 @@ struct Panel {
   Scale scale;
   int cell_w = 1, cell_h = 1;
   std::vector<std::string> row_labels = {}, col_labels = {};
-
-  int width() const;
-  int height() const;
 };
 
 // A bar chart: one group of bars per label (one bar per series, in the series' colour), a value
@@ -94,22 +86,20 @@ struct BarChart {
   std::vector<Series> series;
   double hi = 0;
   int bar_w = 12, plot_h = 80;
-
-  int width() const;
-  int height() const;
 };
 
 // Writes the panels (or charts) as one figure, `columns` per row (0: all in one row): SVG if `file`
-// ends in ".svg", else PNG. `caption` is one line under the whole figure (a panel's own caption
-// widens its column; this one does not). Returns the figure's geometry (size, and per panel its
+// ends in ".svg", PDF if in ".pdf", else PNG (one unit is one pixel, or one point in a PDF).
+// `caption` is one line under the whole figure. With more than one column, a part's title and
+// caption are wrapped to about its width, so they leave no gap beside it. Returns the figure's geometry (size, and per panel its
 // matrix's position, cell size and colour bar, or per chart its plot area) for summary files.
 nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<Panel>& panels, int columns = 0,
                             const std::string& caption = "");
 nlohmann::json write_figure(const std::filesystem::path& file, const std::vector<BarChart>& charts, int columns = 0,
                             const std::string& caption = "");
 
-// A token as a label: ASCII only (the PNG font has nothing else), spaces shown as '_', control
-// characters escaped, at most `max_chars` characters.
+// A token as a label: spaces shown as '_', control characters escaped, invalid UTF-8 as U+FFFD, at most
+// `max_chars` characters (not bytes).
 std::string token_label(const std::string& token, std::size_t max_chars = 12);
 
 // Writes `text` to `file`; throws hooklens::Error naming the file on failure.
@@ -117,4 +107,4 @@ void write_text(const std::filesystem::path& file, const std::string& text);
 // Pretty JSON with invalid UTF-8 replaced, and a final newline.
 std::string dump(const nlohmann::json& j);
 
-}  // namespace figures
+}  // namespace hooklens::drawing
