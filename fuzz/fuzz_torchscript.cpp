@@ -35,11 +35,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     caffe2::serialize::PyTorchStreamWriter writer(file.string());
     std::set<std::string> written;
     for (const fuzz::Part& part : fuzz::split_parts({reinterpret_cast<const char*>(data), size}, "data.pkl")) {
-      // The writer adds "version" itself, and a name twice or one it cannot store is no archive at all.
-      if (part.name.empty() || part.name == "version" || part.name.find('\0') != std::string::npos ||
-          !written.insert(part.name).second)
+      // The writer adds "version" itself, and a name twice or one it cannot store (a folder's, with a
+      // '/' at an end or an empty component: the zip writer refuses them, and then throws again from
+      // its destructor) is no archive at all.
+      const std::string& name = part.name;
+      if (name.empty() || name == "version" || name.find('\0') != std::string::npos || name.front() == '/' ||
+          name.back() == '/' || name.find("//") != std::string::npos || !written.insert(name).second)
         continue;
-      writer.writeRecord(part.name, part.body.data(), part.body.size());
+      writer.writeRecord(name, part.body.data(), part.body.size());
     }
     writer.writeEndOfFile();
   }
