@@ -329,6 +329,14 @@ TEST_CASE("chat templates: what fuzzing and review found ends quickly, rendered 
     INFO(source.substr(0, 200));
     CHECK_THROWS_WITH(render(source), Contains(part));
   };
+  // fuzz_chat_template: a special token named with a NUL byte (any key of tokenizer_config.json)
+  // whose text is not UTF-8: the message began with the name, so what() read as empty.
+  {
+    hooklens::ChatTemplateInput in;
+    in.special_tokens[std::string("\0ef_token", 9)] = "\xe2im";
+    CHECK_THROWS_WITH(hooklens::render_chat_template("x", in),
+                      Catch::Equals("the special token ' ef_token' is not valid UTF-8"));
+  }
   // fuzz_chat_template_made: an empty string repeated 2^63 times looped for ever.
   CHECK(render("{{ 9223372036854775807 * '' }}|{{ '' * 9223372036854775807 }}") == "|");
   // Review (UBSan: signed overflow): Python's modulo of the smallest integer.
