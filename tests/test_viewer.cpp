@@ -250,11 +250,12 @@ TEST_CASE("hooklens-view live mode shows the patterns of a model generating now"
   check_cells(b, expected(r.generate, 2, 1, 3, true));
   CHECK(differing_pixels(a, b) > a.w * a.h / 10);
 
-  // --exit-after closes the window while the model still generates (slowed by --pace): the worker
-  // must stop and join (a hang fails through timeout's status), the status is that of a model at work.
+  // --exit-after closes the window while the model still generates (slowed by --pace to 20 s): the
+  // worker must stop and join (a hang fails through timeout's status), the status is that of a model
+  // at work. 5 s leaves a loaded machine time for the first step (1.5 s did not, at load 7 on 2 cores).
   const fs::path out = r.dir.path / "exit_after.out";
-  const std::string cmd = fmt::format("timeout 60 xvfb-run -a '{}' {} --prompt 'The cat' --max-new-tokens 40 --pace 0.25 "
-                                      "--exit-after 1.5 >'{}' 2>&1", kViewer.string(), model, out.string());
+  const std::string cmd = fmt::format("timeout 60 xvfb-run -a '{}' {} --prompt 'The cat' --max-new-tokens 40 --pace 0.5 "
+                                      "--exit-after 5 >'{}' 2>&1", kViewer.string(), model, out.string());
   const int raw = std::system(cmd.c_str());
   const std::string text = test::read_file(out);
   INFO(cmd << "\n" << text);
