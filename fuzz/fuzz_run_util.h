@@ -31,14 +31,6 @@ extern "C" const void* fuzz_entry_neurons;
 
 namespace fuzz {
 
-// A new object of the plugin whose (renamed) entry point is `entry`.
-template <class T>
-std::shared_ptr<T> plugin_object(const void* entry) {
-  using Info = const hooklens_plugin_info* (*)();
-  const hooklens_plugin_info* plugin = reinterpret_cast<Info>(reinterpret_cast<std::uintptr_t>(entry))();
-  return std::shared_ptr<T>(static_cast<T*>(plugin->create()), [plugin](T* object) { plugin->destroy(object); });
-}
-
 // No renderer writes more than this for an input of a few KiB: more is a finding (a figure sized
 // by a number in the manifest rather than by what was captured).
 constexpr std::uintmax_t kMaxOutputBytes = std::uintmax_t(64) << 20;

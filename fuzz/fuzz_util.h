@@ -2,12 +2,15 @@
 // readers that take files, and the checks every target makes on a refusal.
 #pragma once
 #include "hooklens/error.h"
+#include "hooklens/plugin.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -71,6 +74,15 @@ class ScratchDir {
  private:
   std::filesystem::path path_;
 };
+
+// A new object of the plugin compiled into the target whose entry point is `entry` (the custom
+// adapter's own hooklens_plugin_entry, or a renamed one when several plugins share a target).
+template <class T>
+std::shared_ptr<T> plugin_object(const void* entry) {
+  using Info = const hooklens_plugin_info* (*)();
+  const hooklens_plugin_info* plugin = reinterpret_cast<Info>(reinterpret_cast<std::uintptr_t>(entry))();
+  return std::shared_ptr<T>(static_cast<T*>(plugin->create()), [plugin](T* object) { plugin->destroy(object); });
+}
 
 // A fuzz target's own finding: prints why and aborts, which libFuzzer (and the replay driver)
 // report as a crash with the input saved.

@@ -335,7 +335,7 @@ TEST_CASE("chat templates: what fuzzing and review found ends quickly, rendered 
     hooklens::ChatTemplateInput in;
     in.special_tokens[std::string("\0ef_token", 9)] = "\xe2im";
     CHECK_THROWS_WITH(hooklens::render_chat_template("x", in),
-                      Catch::Equals("the special token ' ef_token' is not valid UTF-8"));
+                      Catch::Equals("the special token '\\x00ef_token' is not valid UTF-8"));
   }
   // fuzz_chat_template_made: an empty string repeated 2^63 times looped for ever.
   CHECK(render("{{ 9223372036854775807 * '' }}|{{ '' * 9223372036854775807 }}") == "|");

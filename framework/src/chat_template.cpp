@@ -6,7 +6,6 @@
 #include "hooklens/chat_template.h"
 
 #include "hooklens/error.h"
-#include "hooklens/message_text.h"
 #include "hooklens/tokenizer.h"
 #include "text_util.h"
 
@@ -1504,7 +1503,7 @@ std::string render_chat_template(std::string_view source, const ChatTemplateInpu
   Dict globals{{"messages", Value::of(std::move(messages))},
                {"add_generation_prompt", Value::of(input.add_generation_prompt)}};
   for (const auto& [name, text] : input.special_tokens) {
-    check_utf8(text, "the special token '" + brief_text(name) + "'", false);  // any JSON key: quoted with care
+    check_utf8(text, "the special token '" + brief(name) + "'", false);  // any JSON key: escaped, cut
     globals[name] = Value::of(text);
   }
   const std::string normalized = normalize_source(source);
