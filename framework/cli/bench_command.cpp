@@ -8,6 +8,7 @@
 
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
+#include <hooklens/generation_mode.h>
 #include <hooklens/hf_config.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
@@ -237,10 +238,7 @@ void run_bench(const BenchOptions& o) {
   auto model = open_model(registry, model_dir, {}, load);
   const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   const ModelInfo& info = model->info();
-  const bool masked_diffusion =
-      !info.layer_attention.empty() && std::all_of(info.layer_attention.begin(), info.layer_attention.end(),
-                                                   [](AttentionKind k) { return k == AttentionKind::bidirectional; });
-  if (masked_diffusion) return run_diffusion_bench(o, model, registry, scratch, load_seconds);
+  if (generation_mode_of(info) == GenerationMode::masked_diffusion) return run_diffusion_bench(o, model, registry, scratch, load_seconds);
   const int prompt_tokens = o.prompt_tokens > 0 ? o.prompt_tokens : 128;
   if (o.forward_tokens > info.n_ctx || prompt_tokens + o.new_tokens > info.n_ctx)
     throw UsageError(fmt::format("the model's context of {} tokens is too short for this bench", info.n_ctx));

@@ -1,4 +1,5 @@
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/run.h>
 #include <hooklens/weights.h>
@@ -148,13 +149,11 @@ bool ends_with(const std::string& s, std::string_view suffix) {
 
 // Hook points whose dimension 1 is the position ([batch, pos, ...]) in the models hooklens builds.
 bool position_at_dim1(const std::string& hook) {
-  static const char* const kPoints[] = {
-      "hook_embed",        "hook_pos_embed",    "hook_resid_pre", "hook_resid_mid", "hook_resid_post",
-      "hook_attn_out",     "hook_mlp_out",      "attn.hook_q",    "attn.hook_k",    "attn.hook_v",
-      "attn.hook_rot_q",   "attn.hook_rot_k",   "attn.hook_z",    "mlp.hook_pre",   "mlp.hook_pre_linear",
-      "mlp.hook_post",     "ln_final.hook_normalized", "hook_logits"};
-  for (const char* point : kPoints)
-    if (hook == point || ends_with(hook, std::string(".") + point)) return true;
+  namespace hn = hook_names;
+  for (std::string_view point : {hn::embed, hn::pos_embed, hn::resid_pre, hn::resid_mid, hn::resid_post, hn::attn_out,
+                                 hn::mlp_out, hn::q, hn::k, hn::v, hn::rot_q, hn::rot_k, hn::z, hn::mlp_pre,
+                                 hn::mlp_pre_linear, hn::mlp_post, hn::final_norm, hn::logits})
+    if (hn::is_point(hook, point)) return true;
   return false;
 }
 

@@ -1,4 +1,5 @@
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/transformer.h>
 
 #include <ATen/ATen.h>
@@ -26,23 +27,24 @@ struct LayerNames {
   std::string mlp_pre, mlp_pre_linear, mlp_post, mlp_out, resid_post;
 
   explicit LayerNames(int l) {
-    auto n = [l](const char* suffix) { return fmt::format("blocks.{}.{}", l, suffix); };
-    resid_pre = n("hook_resid_pre");
-    q = n("attn.hook_q");
-    k = n("attn.hook_k");
-    v = n("attn.hook_v");
-    rot_q = n("attn.hook_rot_q");
-    rot_k = n("attn.hook_rot_k");
-    scores = n("attn.hook_attn_scores");
-    pattern = n("attn.hook_pattern");
-    z = n("attn.hook_z");
-    attn_out = n("hook_attn_out");
-    resid_mid = n("hook_resid_mid");
-    mlp_pre = n("mlp.hook_pre");
-    mlp_pre_linear = n("mlp.hook_pre_linear");
-    mlp_post = n("mlp.hook_post");
-    mlp_out = n("hook_mlp_out");
-    resid_post = n("hook_resid_post");
+    namespace hn = hook_names;
+    auto n = [l](std::string_view suffix) { return hn::in_layer(l, suffix); };
+    resid_pre = n(hn::resid_pre);
+    q = n(hn::q);
+    k = n(hn::k);
+    v = n(hn::v);
+    rot_q = n(hn::rot_q);
+    rot_k = n(hn::rot_k);
+    scores = n(hn::attn_scores);
+    pattern = n(hn::pattern);
+    z = n(hn::z);
+    attn_out = n(hn::attn_out);
+    resid_mid = n(hn::resid_mid);
+    mlp_pre = n(hn::mlp_pre);
+    mlp_pre_linear = n(hn::mlp_pre_linear);
+    mlp_post = n(hn::mlp_post);
+    mlp_out = n(hn::mlp_out);
+    resid_post = n(hn::resid_post);
   }
   // Execution order: a layer run up to point i (kPoint*) fires exactly all()[0..i].
   std::array<const std::string*, 16> all() const {
@@ -303,8 +305,8 @@ void HookedTransformer::make_resident() {
 std::vector<HookPointInfo> HookedTransformer::hook_points() const {
   const std::vector<std::string> resid{"batch", "pos", "d_model"}, heads{"batch", "pos", "head", "d_head"},
       pattern{"batch", "head", "query", "key"}, mlp{"batch", "pos", "d_mlp"};
-  std::vector<HookPointInfo> points{{"hook_embed", resid, -1}};
-  if (spec_.positions == Spec::Positions::learned) points.push_back({"hook_pos_embed", resid, -1});
+  std::vector<HookPointInfo> points{{std::string(hook_names::embed), resid, -1}};
+  if (spec_.positions == Spec::Positions::learned) points.push_back({std::string(hook_names::pos_embed), resid, -1});
   for (const auto& layer : layers_) {
     const int l = int(&layer - layers_.data());
     const LayerNames& n = layer.names;
@@ -325,8 +327,8 @@ std::vector<HookPointInfo> HookedTransformer::hook_points() const {
     points.push_back({n.mlp_out, resid, l});
     points.push_back({n.resid_post, resid, l});
   }
-  points.push_back({"ln_final.hook_normalized", resid, -1});
-  points.push_back({"hook_logits", {"batch", "pos", "vocab"}, -1});
+  points.push_back({std::string(hook_names::final_norm), resid, -1});
+  points.push_back({std::string(hook_names::logits), {"batch", "pos", "vocab"}, -1});
   return points;
 }
 
@@ -486,16 +488,16 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
   // Compute only what is asked: logits when the caller or a hook wants them, the final norm when
   // they or its hook need it, and without a KV cache to fill, nothing after the last observed hook
   // point (TransformerLens' stop_at_layer, down to the point within the layer).
-  const bool logits_needed = wanted != Logits::none || hooks.wants("hook_logits", ctx);
-  const bool final_needed = logits_needed || hooks.wants("ln_final.hook_normalized", ctx);
+  const bool logits_needed = wanted != Logits::none || hooks.wants(hook_names::logits, ctx);
+  const bool final_needed = logits_needed || hooks.wants(hook_names::final_norm, ctx);
   ObservedPoint end{int(layers_.size()) - 1, kPointResidPost};
   if (!final_needed && !cache) end = last_observed_point(hooks, ctx);
 
   at::Tensor x = embedding_rows(w_.embed, ids);
-  hooks.fire("hook_embed", ctx, x);
+  hooks.fire(hook_names::embed, ctx, x);
   if (spec_.positions == Spec::Positions::learned) {
     at::Tensor pos = w_.pos_embed.narrow(0, offset, T).to(at::kFloat).unsqueeze(0).expand({ids.size(0), T, info_.d_model});
-    hooks.fire("hook_pos_embed", ctx, pos);
+    hooks.fire(hook_names::pos_embed, ctx, pos);
     x = x + pos;
   }
   for (int l = 0; l <= end.layer; ++l) {
@@ -506,14 +508,14 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
   if (cache) cache->advance(T);
   if (!final_needed) return {};
   x = norm(x, w_.lnf_w, w_.lnf_b);
-  hooks.fire("ln_final.hook_normalized", ctx, x);
+  hooks.fire(hook_names::final_norm, ctx, x);
   if (!logits_needed) return {};
   // The unembedding is the largest product of a short sequence: only the last position unless the
   // caller or hook_logits wants them all.
-  const bool all_positions = wanted != Logits::last || hooks.wants("hook_logits", ctx);
+  const bool all_positions = wanted != Logits::last || hooks.wants(hook_names::logits, ctx);
   if (!all_positions) x = x.narrow(1, T - 1, 1);
   at::Tensor logits = linear(x, w_.unembed, w_.unembed_b);
-  hooks.fire("hook_logits", ctx, logits);
+  hooks.fire(hook_names::logits, ctx, logits);
   return wanted == Logits::last && all_positions ? logits.narrow(1, T - 1, 1) : logits;
 }
 
