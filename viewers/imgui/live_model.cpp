@@ -3,17 +3,19 @@
 #include "loaders.h"
 
 #include <hooklens/analysis.h>
-#include <hooklens/chat_template.h>
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
 #include <hooklens/hooks.h>
 #include <hooklens/model.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/plugin.h>
+#include <hooklens/run_session.h>
 #include <hooklens/runtime.h>
 
 #include <ATen/ATen.h>
 #include <c10/util/Half.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -29,19 +31,11 @@ using nlohmann::json;
 namespace {
 
 // What the live store keeps; has_neurons_ asks the model with the same pattern the hook uses.
-constexpr const char* kPatternHooks = "blocks.*.attn.hook_pattern";
-constexpr const char* kNeuronHooks = "blocks.*.mlp.hook_post";
+const std::string kPatternHooks = hooklens::hook_names::every_layer(hooklens::hook_names::pattern);
+const std::string kNeuronHooks = hooklens::hook_names::every_layer(hooklens::hook_names::mlp_post);
 
 // Thrown by the hooks when Stop was pressed; caught in the worker, so generation ends cleanly.
 struct Stopped {};
-
-// As hooklens generate decides (framework/cli/run_commands.cpp): masked diffusion when every layer
-// is bidirectional.
-bool all_bidirectional(const hooklens::ModelInfo& info) {
-  return !info.layer_attention.empty() &&
-         std::all_of(info.layer_attention.begin(), info.layer_attention.end(),
-                     [](hooklens::AttentionKind k) { return k == hooklens::AttentionKind::bidirectional; });
-}
 
 // A fresh private directory for the analyzers' reports (they are read back at once, then removed).
 fs::path make_scratch_dir() {
@@ -52,47 +46,40 @@ fs::path make_scratch_dir() {
 
 }  // namespace
 
+// The session reads and checks the prompt and the generation options as `hooklens generate` does,
+// and starts the analyzers; the viewer hooks the model itself and writes no run directory.
+hooklens::RunSettings LiveModel::settings(const LiveOptions& options) {
+  hooklens::RunSettings s;
+  s.model = options.model.string();
+  s.tokenizer = options.tokenizer.string();
+  if (!options.prompt_ids.empty()) s.prompt_ids = {fmt::format("{}", fmt::join(options.prompt_ids, ","))};
+  else s.prompts = {options.prompt};
+  s.chat = options.chat;
+  s.hooks = {"none"};  // the session's sink stays closed: the viewer's own hooks keep what it shows
+  s.analyze = options.analyze;
+  s.autoregressive.max_new_tokens = options.max_new_tokens;
+  s.diffusion.gen_length = options.gen_length;
+  s.diffusion.steps = options.steps;
+  s.diffusion.block_length = options.block_length;
+  return s;
+}
+
 LiveModel::LiveModel(const LiveOptions& options)
-    : options_(options), registry_(std::make_unique<hooklens::PluginRegistry>()) {
-  hooklens::LoadOptions load;
-  load.tokenizer = options.tokenizer;
-  model_ = hooklens::open_model(*registry_, options.model, {}, load);
-  const hooklens::ModelInfo& info = model_->info();
-  const std::string where = options.model.string();
+    : options_(options),
+      session_(std::make_unique<hooklens::RunSession>(settings(options), hooklens::RunSession::Kind::generate)) {
+  hooklens::Model& model = session_->model();
+  const hooklens::ModelInfo& info = model.info();
   n_layers_ = info.n_layers;
   n_heads_ = info.n_heads;
-  mode_ = all_bidirectional(info) ? "masked_diffusion" : "autoregressive";
-  if (options.chat && !options.prompt_ids.empty()) throw hooklens::UsageError("--chat applies to --prompt TEXT");
-  if (!options.prompt_ids.empty()) {
-    prompt_ids_ = options.prompt_ids;
-  } else {
-    if (!model_->tokenizer())
-      throw hooklens::UsageError(fmt::format("{}: the model ships no tokenizer: pass --prompt-ids, or --tokenizer FILE", where));
-    // --chat: the prompt is one user message in the model's chat template, whose own BOS is enough.
-    if (options.chat) options_.prompt = hooklens::chat_prompt(*model_->tokenizer(), options.prompt);
-    prompt_ids_ = model_->tokenizer()->encode(options_.prompt, !options.chat);
-  }
-  if (prompt_ids_.empty()) throw hooklens::UsageError("the prompt has no tokens");
-  for (std::int64_t id : prompt_ids_)
-    if (id < 0 || (info.vocab_size > 0 && id >= info.vocab_size))
-      throw hooklens::UsageError(fmt::format("{}: prompt token id {} is outside the vocabulary of {}", where, id, info.vocab_size));
-  if (mode_ == "masked_diffusion") {
-    if (!info.mask_id) throw hooklens::UsageError(fmt::format("{}: the model names no mask token", where));
-    mask_id_ = *info.mask_id;
-  }
+  mode_ = session_->mode();
+  mode_name_ = hooklens::generation_mode_name(mode_);
+  prompt_ids_ = session_->prompts().at(0).ids;
   // Bad options are the user's error, said before any window work starts.
-  const int new_positions = mode_ == "autoregressive" ? (sampling().validate(), options.max_new_tokens)
-                                                      : (diffusion().validate(), options.gen_length);
-  if (std::int64_t(prompt_ids_.size()) + new_positions > info.n_ctx)
-    throw hooklens::UsageError(fmt::format("{}: prompt of {} tokens + {} new ones exceeds the context of {} tokens",
-                                           where, prompt_ids_.size(), new_positions, info.n_ctx));
+  session_->check_generation();
+  if (mode_ == hooklens::GenerationMode::masked_diffusion) mask_id_ = session_->diffusion().mask_id.value_or(*info.mask_id);
   if (options.neurons)
-    for (const auto& point : model_->hook_points())
+    for (const auto& point : model.hook_points())
       has_neurons_ = has_neurons_ || hooklens::hook_name_matches(kNeuronHooks, point.name);
-  if (!options.analyze.empty()) {
-    analyzers_ = std::make_unique<hooklens::AnalyzerSet>(*registry_, options.analyze, std::vector<std::string>{});
-    analyzers_->begin({{"model", info.to_json()}, {"prompts", json::array({prompt_json()})}, {"mode", mode_}});
-  }
   status_ = "generating";
   last_step_ = std::chrono::steady_clock::now();
   worker_ = std::thread([this] { work(); });
@@ -125,14 +112,8 @@ int LiveModel::step_count() const {
 
 std::string LiveModel::token_text(std::int64_t id) const {
   if (id == mask_id_) return "[mask]";
-  const hooklens::Tokenizer* tok = model_->tokenizer();
+  const hooklens::Tokenizer* tok = session_->model().tokenizer();
   return tok && id < tok->vocab_size() ? tok->token_string(id) : fmt::format("#{}", id);
-}
-
-json LiveModel::prompt_json() const {
-  json tokens = json::array();
-  for (std::int64_t id : prompt_ids_) tokens.push_back(token_text(id));
-  return {{"text", options_.prompt}, {"ids", prompt_ids_}, {"tokens", tokens}, {"source", ""}};
 }
 
 std::vector<std::string> LiveModel::tokens(int, int step) const {
@@ -189,7 +170,7 @@ std::shared_ptr<const Grid> LiveModel::pattern(int, int step, int layer) {
     if (step < first_kept_step_ || step >= int(steps_.size())) return nullptr;  // dropped, or not finished
     // Autoregressive decode steps add query rows to the prefill's matrix (rows are absolute
     // positions from 0); diffusion shows one step.
-    found = pieces(patterns_, mode_ == "autoregressive" ? 0 : step, step, layer);
+    found = pieces(patterns_, mode_ == hooklens::GenerationMode::autoregressive ? 0 : step, step, layer);
   }
   auto grid = assemble(found);  // without the lock: the UI thread must not wait for a conversion
   if (grid && grid->first_row != 0) return nullptr;  // no prefill rows to place the decode rows under
@@ -201,23 +182,9 @@ std::shared_ptr<const Grid> LiveModel::neurons(int, int step, int layer) {
   {
     const std::lock_guard<std::mutex> lock(mutex_);
     if (step < first_kept_step_ || step >= int(steps_.size())) return nullptr;
-    found = pieces(neurons_, mode_ == "autoregressive" ? 0 : step, step, layer);
+    found = pieces(neurons_, mode_ == hooklens::GenerationMode::autoregressive ? 0 : step, step, layer);
   }
   return assemble(found);
-}
-
-hooklens::SamplingOptions LiveModel::sampling() const {
-  hooklens::SamplingOptions s;
-  s.max_new_tokens = options_.max_new_tokens;
-  return s;
-}
-
-hooklens::DiffusionOptions LiveModel::diffusion() const {
-  hooklens::DiffusionOptions d;
-  d.gen_length = options_.gen_length;
-  d.steps = options_.steps;
-  d.block_length = options_.block_length;
-  return d;
 }
 
 void LiveModel::keep(Store& store, int step, int layer, Piece piece) {
@@ -228,7 +195,7 @@ void LiveModel::keep(Store& store, int step, int layer, Piece piece) {
 
 void LiveModel::drop_old_steps() {
   // Only diffusion steps stand alone; autoregressive steps build on the prefill and are small.
-  if (mode_ != "masked_diffusion") return;
+  if (mode_ != hooklens::GenerationMode::masked_diffusion) return;
   const auto drop = [&](Store& store, int step) {
     for (auto it = store.lower_bound({step, 0}); it != store.end() && it->first.first == step; it = store.erase(it))
       for (const auto& p : it->second) kept_bytes_ -= p->halves.size() * sizeof(std::uint16_t);
@@ -269,7 +236,7 @@ void LiveModel::wait_for_pace() {
 void LiveModel::work() {
   yield_to_ui();
   hooklens::HookSet hooks;
-  if (analyzers_) analyzers_->attach(hooks);
+  if (hooklens::AnalyzerSet* analyzers = session_->analyzers()) analyzers->attach(hooks);
   const auto capture = [this](Store& store) {
     return [this, &store](std::string_view, const hooklens::CaptureContext& ctx, at::Tensor& t) {
       if (stop_) throw Stopped{};
@@ -293,17 +260,18 @@ void LiveModel::work() {
   std::string outcome = "finished";
   json generation;
   try {
-    if (mode_ == "autoregressive") {
+    const char* mode = hooklens::generation_mode_name(mode_);
+    if (mode_ == hooklens::GenerationMode::autoregressive) {
       std::vector<std::int64_t> ids = prompt_ids_;
-      generation = {{"mode", mode_}, {"steps", json::array()}};
-      hooklens::generate_autoregressive(*model_, prompt_ids_, sampling(), hooks, 0, [&](int step, std::int64_t token) {
+      generation = {{"mode", mode}, {"steps", json::array()}};
+      hooklens::generate_autoregressive(session_->model(), prompt_ids_, session_->sampling(), hooks, 0, [&](int step, std::int64_t token) {
         ids.push_back(token);
         generation["steps"].push_back({{"step", step}, {"token", token}, {"token_string", token_text(token)}});
         finish_step({ids, {int(ids.size()) - 1}});
       });
     } else {
-      generation = {{"mode", mode_}, {"output_ids", prompt_ids_}};
-      hooklens::generate_masked_diffusion(*model_, prompt_ids_, diffusion(), hooks, 0, [&](const hooklens::DiffusionStep& s) {
+      generation = {{"mode", mode}, {"output_ids", prompt_ids_}};
+      hooklens::generate_masked_diffusion(session_->model(), prompt_ids_, session_->diffusion(), hooks, 0, [&](const hooklens::DiffusionStep& s) {
         generation["output_ids"] = s.ids;
         finish_step({s.ids, std::vector<int>(s.committed.begin(), s.committed.end())});
       });
@@ -317,10 +285,10 @@ void LiveModel::work() {
   {
     const std::lock_guard<std::mutex> lock(mutex_);
     ended = fmt::format("{} after {} steps{}", outcome, steps_.size(), dropped_note());
-    status_ = ended + (analyzers_ ? "; analyzing" : "");
+    status_ = ended + (session_->analyzers() ? "; analyzing" : "");
   }
   ++version_;
-  if (analyzers_) {
+  if (session_->analyzers()) {
     try {
       finish_analyzers(generation);
     } catch (const std::exception& e) {
@@ -336,12 +304,11 @@ void LiveModel::work() {
 }
 
 void LiveModel::finish_analyzers(const json& generation) {
-  const json manifest = {{"model", model_->info().to_json()}, {"prompts", json::array({prompt_json()})},
-                         {"generation", generation}};
+  const json manifest = session_->manifest(generation);
   const fs::path scratch = make_scratch_dir();
   std::vector<std::string> problems;
   try {
-    analyzers_->finish(manifest, scratch);
+    session_->analyzers()->finish(manifest, scratch);
     tables_ = read_head_tables(scratch / "reports", problems);
   } catch (...) {
     std::error_code ec;

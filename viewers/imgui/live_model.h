@@ -6,6 +6,8 @@
 #pragma once
 #include "run_model.h"
 
+#include <hooklens/generation_mode.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -18,11 +20,8 @@
 #include <vector>
 
 namespace hooklens {
-class AnalyzerSet;
-class Model;
-class PluginRegistry;
-struct SamplingOptions;
-struct DiffusionOptions;
+class RunSession;
+struct RunSettings;
 }
 
 namespace view {
@@ -44,13 +43,13 @@ struct LiveOptions {
 
 class LiveModel : public PanelModel {
  public:
-  // Loads the model and encodes the prompt (throws hooklens::Error / UsageError naming the model
-  // directory), then starts generating.
+  // Loads the model, reads the prompt and checks the generation through a RunSession (throws
+  // hooklens::Error / UsageError, one line, as `hooklens generate` would), then starts generating.
   explicit LiveModel(const LiveOptions& options);
   ~LiveModel() override;  // stops and joins the worker
 
   std::string title() const override;
-  const std::string& mode() const override { return mode_; }
+  const std::string& mode() const override { return mode_name_; }
   int n_layers() const override { return n_layers_; }
   int n_heads() const override { return n_heads_; }
   int prompt_count() const override { return 1; }
@@ -82,8 +81,7 @@ class LiveModel : public PanelModel {
     std::vector<std::int64_t> ids;  // the whole sequence after the step
     std::vector<int> fresh;         // positions the step added
   };
-  hooklens::SamplingOptions sampling() const;
-  hooklens::DiffusionOptions diffusion() const;
+  static hooklens::RunSettings settings(const LiveOptions& options);
   void work();
   void keep(Store& store, int step, int layer, Piece piece);
   void finish_step(Step step);
@@ -92,16 +90,14 @@ class LiveModel : public PanelModel {
   void wait_for_pace();
   void finish_analyzers(const nlohmann::json& generation);  // reads their tables into tables_
   std::string token_text(std::int64_t id) const;
-  nlohmann::json prompt_json() const;  // the prompt as a manifest's "prompts" entry, for the analyzers
   // The captures of steps first_step..step of a layer (with mutex_ held), and them as one grid.
   std::vector<std::shared_ptr<const Piece>> pieces(const Store& store, int first_step, int step, int layer) const;
   static std::shared_ptr<const Grid> assemble(const std::vector<std::shared_ptr<const Piece>>& pieces);
 
   LiveOptions options_;
-  std::unique_ptr<hooklens::PluginRegistry> registry_;
-  std::shared_ptr<hooklens::Model> model_;
-  std::unique_ptr<hooklens::AnalyzerSet> analyzers_;
-  std::string mode_;
+  std::unique_ptr<hooklens::RunSession> session_;  // the model, the prompt, the analyzers
+  hooklens::GenerationMode mode_ = hooklens::GenerationMode::none;
+  std::string mode_name_;
   int n_layers_ = 0, n_heads_ = 0;
   bool has_neurons_ = false;
   std::int64_t mask_id_ = -1;

@@ -1,0 +1,623 @@
+// RunSession: the capture flow of `hooklens capture|generate` and the viewer's live mode.
+#include <hooklens/run_session.h>
+
+#include <hooklens/analysis.h>
+#include <hooklens/capture_slice.h>
+#include <hooklens/chat_template.h>
+#include <hooklens/error.h>
+#include <hooklens/generate.h>
+#include <hooklens/hook_names.h>
+#include <hooklens/model.h>
+#include <hooklens/plugin.h>
+#include <hooklens/renderer.h>
+#include <hooklens/runtime.h>
+#include <hooklens/sink.h>
+
+#include <ATen/ATen.h>
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+namespace hooklens {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+RunSettings::RunSettings()
+    : resident_weights_mib(LoadOptions{}.resident_weights_bytes >> 20), hooks{hook_names::every_layer(hook_names::pattern)} {
+  const SamplingOptions sampling;
+  seed = sampling.seed;
+  autoregressive.max_new_tokens = sampling.max_new_tokens;
+  const DiffusionOptions d;
+  diffusion.gen_length = d.gen_length;
+  diffusion.steps = d.steps;
+  diffusion.block_length = d.block_length;
+  diffusion.cfg_scale = d.cfg_scale;
+  diffusion.remasking = remasking_name(d.remasking);
+  diffusion.stop_at_eos = d.stop_at_eos;
+}
+
+void check_context(const ModelInfo& model, std::size_t prompt_tokens, std::int64_t new_positions,
+                   std::string_view option) {
+  if (std::int64_t(prompt_tokens) + new_positions > model.n_ctx)
+    throw UsageError(fmt::format("prompt of {} tokens + {} {} exceeds the model's context of {} tokens", prompt_tokens,
+                                 option, new_positions, model.n_ctx));
+}
+
+namespace {
+
+// --text-file: consecutive non-overlapping --seq-len token sequences cut from the file's text.
+std::vector<SessionPrompt> text_file_prompts(const RunSettings& o, const Model& model) {
+  if (o.seq_len <= 0) throw UsageError("--text-file needs --seq-len N (tokens per sequence)");
+  if (!model.tokenizer())
+    throw UsageError(fmt::format("{} has no tokenizer: --text-file needs one (--tokenizer DIR)", model.info().path));
+  std::ifstream in(o.text_file, std::ios::binary);
+  if (!in) throw UsageError(fmt::format("--text-file {}: cannot open it", o.text_file));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  // Enough text for the sequences asked for (a WikiText split is megabytes; tokenizing all of it is waste).
+  const std::size_t bytes = std::size_t(o.seq_len) * std::size_t(o.max_sequences) * 16 + 4096;
+  std::string text = buffer.str().substr(0, bytes);
+  const auto ids = model.tokenizer()->encode(text);
+  std::vector<SessionPrompt> prompts;
+  for (std::int64_t start = 0; start + o.seq_len <= std::int64_t(ids.size()) && int(prompts.size()) < o.max_sequences;
+       start += o.seq_len) {
+    SessionPrompt p;
+    p.ids.assign(ids.begin() + start, ids.begin() + start + o.seq_len);
+    p.source = fmt::format("text-file {} sequence {} (tokens {}-{})", o.text_file, prompts.size(), start,
+                           start + o.seq_len - 1);
+    prompts.push_back(std::move(p));
+  }
+  if (prompts.empty())
+    throw UsageError(fmt::format("--text-file {}: {} tokens, fewer than one --seq-len {} sequence", o.text_file,
+                                 ids.size(), o.seq_len));
+  return prompts;
+}
+
+std::vector<std::int64_t> parse_ids(const std::string& list) {
+  std::vector<std::int64_t> ids;
+  std::size_t pos = 0;
+  while (pos <= list.size()) {
+    const std::size_t comma = std::min(list.find(',', pos), list.size());
+    const std::string item = list.substr(pos, comma - pos);
+    std::size_t used = 0;
+    long long id = -1;
+    try {
+      id = std::stoll(item, &used);
+    } catch (const std::exception&) {
+    }
+    if (item.empty() || used != item.size() || id < 0)
+      throw UsageError(fmt::format("--prompt-ids '{}': '{}' is not a token id", list, item));
+    ids.push_back(id);
+    pos = comma + 1;
+  }
+  return ids;
+}
+
+std::vector<SessionPrompt> read_prompts(const RunSettings& o, const Model& model) {
+  const ModelInfo& info = model.info();
+  std::vector<SessionPrompt> prompts;
+  if (o.chat && o.prompts.empty()) throw UsageError("--chat applies to --prompt TEXT");
+  for (const auto& text : o.prompts) {
+    if (!model.tokenizer())
+      throw UsageError(fmt::format("{} has no tokenizer: pass --prompt-ids, or --tokenizer DIR", info.path));
+    if (!o.chat) {
+      prompts.push_back({text, model.tokenizer()->encode(text)});
+      continue;
+    }
+    // As apply_chat_template(tokenize=True): the template writes its own BOS, so the tokenizer's
+    // post-processor adds none.
+    const std::string chat = chat_prompt(*model.tokenizer(), text);
+    prompts.push_back({chat, model.tokenizer()->encode(chat, false)});
+  }
+  for (const auto& list : o.prompt_ids) prompts.push_back({"", parse_ids(list)});
+  if (!o.text_file.empty()) {
+    auto more = text_file_prompts(o, model);
+    prompts.insert(prompts.end(), more.begin(), more.end());
+  }
+  if (prompts.empty()) throw UsageError("give at least one --prompt TEXT, --prompt-ids 1,2,3 or --text-file FILE");
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    const auto& p = prompts[i];
+    if (p.ids.empty()) throw UsageError(fmt::format("prompt {} has no tokens", i));
+    if (std::int64_t(p.ids.size()) > info.n_ctx)
+      throw UsageError(fmt::format("prompt {} has {} tokens, more than the model's context of {} tokens", i,
+                                   p.ids.size(), info.n_ctx));
+    for (auto id : p.ids)
+      if (info.vocab_size > 0 && id >= info.vocab_size)  // 0: not known before a forward (TorchScript)
+        throw UsageError(fmt::format("prompt {}: token id {} is outside the vocabulary of {}", i, id, info.vocab_size));
+  }
+  return prompts;
+}
+
+json prompt_json(const SessionPrompt& p, const Model& model) {
+  const Tokenizer* tok = model.tokenizer();
+  json tokens = json::array();
+  for (auto id : p.ids) tokens.push_back(tok ? tok->token_string(id) : std::to_string(id));
+  return {{"text", tok && p.text.empty() ? tok->decode(p.ids) : p.text},
+          {"ids", p.ids},
+          {"tokens", tokens},
+          {"source", p.source}};
+}
+
+// Every --layers entry must be a layer of the model, and every pattern must name at least one hook
+// point of this model in those layers: a filter that can never fire is a mistake, not an empty run.
+void check_hook_patterns(const std::vector<std::string>& patterns, const std::vector<int>& layers, const Model& model) {
+  const int n_layers = model.info().n_layers;
+  for (int layer : layers)
+    if (layer < 0 || layer >= n_layers)
+      throw UsageError(fmt::format("--layers {}: the model has layers 0-{}", layer, n_layers - 1));
+  const auto points = model.hook_points();
+  const auto selected = [&](const HookPointInfo& p) {
+    return layers.empty() || std::find(layers.begin(), layers.end(), p.layer) != layers.end();
+  };
+  for (const auto& pattern : patterns) {
+    const bool any = std::any_of(points.begin(), points.end(), [&](const HookPointInfo& p) {
+      return selected(p) && hook_name_matches(pattern, p.name);
+    });
+    if (any) continue;
+    // Show each per-layer name once, as blocks.{L}.name.
+    std::vector<std::string> names;
+    std::set<std::string> seen;
+    for (const auto& p : points) {
+      std::string name = p.name;
+      if (p.layer >= 0) name.replace(name.find('.') + 1, std::to_string(p.layer).size(), "{L}");
+      if (seen.insert(name).second) names.push_back(name);
+    }
+    throw UsageError(fmt::format("--hooks '{}' matches no hook point of this model{}; valid names: {}", pattern,
+                                 layers.empty() ? "" : fmt::format(" in --layers {}", fmt::join(layers, ",")),
+                                 fmt::join(names, ", ")));
+  }
+}
+
+// --ablate L.H zero-ablates head H of layer L: its slice of blocks.L.attn.hook_z, or for models
+// without hook_z (TorchScript) its pattern, which gives the same z = pattern @ v = 0.
+void add_ablations(HookSet& hooks, const std::vector<std::string>& specs, const Model& model) {
+  const ModelInfo& info = model.info();
+  std::set<std::string> points;
+  for (const auto& p : model.hook_points()) points.insert(p.name);
+  for (const auto& spec : specs) {
+    int layer = -1, head = -1;
+    char dot = 0, extra = 0;
+    if (std::sscanf(spec.c_str(), "%d%c%d%c", &layer, &dot, &head, &extra) != 3 || dot != '.')
+      throw UsageError(fmt::format("--ablate '{}': expected LAYER.HEAD, e.g. 1.3", spec));
+    const bool heads_known = info.n_heads > 0;  // TorchScript: known after the first forward
+    if (layer < 0 || layer >= info.n_layers || head < 0 || (heads_known && head >= info.n_heads))
+      throw UsageError(fmt::format("--ablate '{}': the model has layers 0-{} and heads 0-{}", spec, info.n_layers - 1,
+                                   heads_known ? fmt::format("{}", info.n_heads - 1) : std::string("?")));
+    const std::string z = hook_names::in_layer(layer, hook_names::z);
+    const std::string pattern = hook_names::in_layer(layer, hook_names::pattern);
+    const bool by_z = points.count(z) > 0;
+    if (!by_z && !points.count(pattern))
+      throw UsageError(fmt::format("--ablate '{}': the model has neither {} nor {}", spec, z, pattern));
+    const int head_dim = by_z ? 2 : 1;  // hook_z [batch, pos, head, d_head]; pattern [batch, head, query, key]
+    hooks.add({{by_z ? z : pattern}}, [spec, head, head_dim](std::string_view, const CaptureContext&, at::Tensor& t) {
+      if (t.dim() <= head_dim || head >= t.size(head_dim))
+        throw UsageError(fmt::format("--ablate '{}': the model has {} heads", spec, t.dim() > head_dim ? t.size(head_dim) : 0));
+      t = t.clone();
+      t.select(head_dim, head).zero_();
+    });
+  }
+}
+
+// A rate for the timing line (0 when nothing was timed).
+double per_second(double amount, double seconds) { return seconds > 0 ? amount / seconds : 0.0; }
+
+// Shows progress on stderr: rewritten in place on a terminal, every 10% otherwise.
+class Progress {
+ public:
+  Progress(std::string what, int total) : what_(std::move(what)), total_(total), tty_(isatty(2)) {}
+  void update(int done, const std::string& detail = {}) {
+    const bool milestone = total_ < 10 || done == total_ || done % std::max(1, (total_ + 9) / 10) == 0;
+    if (!tty_ && !milestone) return;
+    std::cerr << (tty_ ? "\r\033[K" : "") << fmt::format("{} {}/{}{}", what_, done, total_, detail)
+              << (tty_ && done < total_ ? "" : "\n") << std::flush;
+  }
+
+ private:
+  std::string what_;
+  int total_;
+  bool tty_;
+};
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// The display string of every id a diffusion run's sequences hold (the prompt and each step's ids),
+// keyed by the id as text, so readers of the manifest show tokens without a tokenizer. The mask has
+// no entry (readers show it as a mask), nor has an id past the tokenizer's vocabulary.
+json diffusion_token_strings(const Tokenizer& tok, const std::vector<std::int64_t>& prompt, const json& steps,
+                             std::int64_t mask_id) {
+  std::set<std::int64_t> ids(prompt.begin(), prompt.end());
+  for (const auto& step : steps)
+    for (const auto& id : step.at("ids")) ids.insert(id.get<std::int64_t>());
+  json out = json::object();
+  for (auto id : ids)
+    if (id != mask_id && id >= 0 && id < tok.vocab_size()) out[std::to_string(id)] = tok.token_string(id);
+  return out;
+}
+
+// The manifest's "generation" block of an autoregressive run. `steps`: one entry per token.
+json autoregressive_generation_json(const SamplingOptions& s, const GenerationResult& result, const json& steps,
+                                    const Tokenizer* tok) {
+  json g = {{"mode", generation_mode_name(GenerationMode::autoregressive)},
+            {"max_new_tokens", s.max_new_tokens},
+            {"greedy", s.greedy},
+            {"temperature", s.temperature},
+            {"top_k", s.top_k},
+            {"top_p", s.top_p},
+            {"seed", s.seed},
+            {"stop_at_eos", s.stop_at_eos},
+            {"output_ids", result.output_ids},
+            {"new_ids", result.new_ids},
+            {"stopped_on_eos", result.stopped_on_eos},
+            {"steps", steps}};
+  if (tok) g["text"] = tok->decode(result.new_ids);
+  return g;
+}
+
+// The manifest's "generation" block of a masked-diffusion run. `steps`: one entry per denoising step.
+json diffusion_generation_json(const DiffusionOptions& d, const std::string& confidence_dtype,
+                               const std::vector<std::int64_t>& prompt, const DiffusionResult& result, const json& steps,
+                               const Tokenizer* tok) {
+  const std::vector<std::int64_t> generated(result.output_ids.begin() + std::ptrdiff_t(prompt.size()), result.output_ids.end());
+  json g = {{"mode", generation_mode_name(GenerationMode::masked_diffusion)},
+            {"prompt_length", prompt.size()},
+            {"gen_length", d.gen_length},
+            {"steps_total", d.steps},
+            {"block_length", d.block_length_or_all()},
+            {"temperature", d.temperature},
+            {"cfg_scale", d.cfg_scale},
+            {"remasking", remasking_name(d.remasking)},
+            {"confidence_dtype", confidence_dtype},
+            {"mask_id", result.mask_id},
+            {"seed", d.seed},
+            {"stop_at_eos", d.stop_at_eos},
+            {"stopped_on_eos", result.stopped_on_eos},
+            {"output_ids", result.output_ids},
+            {"new_ids", generated},
+            {"steps", steps}};
+  if (tok) {
+    std::vector<std::int64_t> shown;  // mask tokens left (if any) are not text
+    for (auto id : generated)
+      if (id != result.mask_id && id < tok->vocab_size()) shown.push_back(id);
+    g["text"] = tok->decode(shown);
+    g["token_strings"] = diffusion_token_strings(*tok, prompt, steps, result.mask_id);
+  }
+  return g;
+}
+
+}  // namespace
+
+// The run directory's side of a session: created with the session (its clock times the load).
+struct RunSession::Run {
+  Clock::time_point started = Clock::now();
+  double load_seconds = 0;
+  std::string work_timing = "model";  // the model's part of the timing line
+  std::uint64_t captured_bytes = 0;
+  std::size_t captures = 0;
+  std::shared_ptr<CaptureSink> sink;
+  std::vector<std::pair<std::string, std::shared_ptr<Renderer>>> renderers;  // --render, after the run
+  CaptureSlice slice;
+  std::unordered_map<std::string, HookPointInfo> points;  // for slicing: each point's dims
+};
+
+RunSession::RunSession(RunSettings settings, Kind kind)
+    : settings_(std::move(settings)),
+      kind_(kind),
+      registry_(std::make_unique<PluginRegistry>()),
+      run_(std::make_unique<Run>()),
+      hooks_(std::make_unique<HookSet>()) {
+  const RunSettings& o = settings_;
+  if (kind == Kind::generate && o.prompts.size() + o.prompt_ids.size() > 1)
+    throw UsageError("generate takes one prompt (--prompt or --prompt-ids)");
+  init_runtime(o.threads);
+  LoadOptions load;
+  load.tokenizer = o.tokenizer;
+  load.spec = o.spec;
+  load.resident_weights_bytes = o.resident_weights_mib << 20;
+  model_ = open_model(*registry_, o.model, o.adapter, load);
+  run_->load_seconds = seconds_since(run_->started);
+  if (kind == Kind::generate) mode_ = generation_mode_of(model_->info());
+  prompts_ = read_prompts(o, *model_);
+  start_analyzers();
+  for (const auto& format : o.render) run_->renderers.emplace_back(format, renderer_for(*registry_, format));
+  if (o.hooks != std::vector<std::string>{"none"}) check_hook_patterns(o.hooks, o.layers, *model_);
+  else if (!o.layers.empty() || !o.heads.empty() || !o.query_range.empty() || !o.key_range.empty() ||
+           !o.capture_steps.empty() || !o.capture_blocks.empty())
+    throw UsageError("--hooks none captures nothing: capture slicing options do not apply");
+  if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
+  add_ablations(*hooks_, o.ablate, *model_);
+  run_->slice.heads = o.heads;
+  for (int h : o.heads)
+    if (h < 0 || h >= model_->info().n_heads)
+      throw UsageError(fmt::format("--heads {}: the model has heads 0-{}", h, model_->info().n_heads - 1));
+  if (!o.query_range.empty()) run_->slice.queries = CaptureSlice::parse_range(o.query_range);
+  if (!o.key_range.empty()) run_->slice.keys = CaptureSlice::parse_range(o.key_range);
+}
+
+RunSession::~RunSession() = default;
+
+// --analyze: analyzers see every capture of their hook points, whatever --hooks stores. On
+// `capture` their extra prompts (e.g. head_detectors' repeated random tokens) join the run.
+void RunSession::start_analyzers() {
+  if (settings_.analyze.empty()) {
+    if (!settings_.analyze_options.empty()) throw UsageError("--analyze-option needs --analyze NAME");
+    return;
+  }
+  analyzers_ = std::make_unique<AnalyzerSet>(*registry_, settings_.analyze, settings_.analyze_options);
+  if (kind_ == Kind::capture)
+    for (auto& extra : analyzers_->extra_prompts(model_->info())) prompts_.push_back({"", extra.ids, extra.source});
+  analyzers_->begin({{"model", model_->info().to_json()}, {"prompts", prompts_json()}, {"mode", generation_mode_name(mode_)}});
+}
+
+json RunSession::prompts_json() const {
+  json prompts = json::array();
+  for (const auto& p : prompts_) prompts.push_back(prompt_json(p, *model_));
+  return prompts;
+}
+
+json RunSession::manifest(const json& generation) const {
+  const RunSettings& o = settings_;
+  auto range = [](const std::string& r) { return r.empty() ? json() : json(r); };
+  json capture = {{"hooks", o.hooks},         {"layers", o.layers},
+                  {"heads", o.heads},         {"query_range", range(o.query_range)},
+                  {"key_range", range(o.key_range)}, {"steps", o.capture_steps},
+                  {"blocks", o.capture_blocks}, {"dtype", o.dtype}};
+  return {{"generation", generation},
+          {"model", model_->info().to_json()},
+          {"prompts", prompts_json()},
+          {"analyzers", o.analyze},
+          {"capture", std::move(capture)},  // what was asked to be captured
+          {"ablations", o.ablate}};
+}
+
+SamplingOptions RunSession::sampling() const {
+  const RunSettings& o = settings_;
+  SamplingOptions s;
+  s.max_new_tokens = o.autoregressive.max_new_tokens;
+  // Greedy (the default, and --greedy) unless a sampling option was given.
+  s.greedy = !(o.temperature || o.autoregressive.top_k || o.autoregressive.top_p);
+  s.temperature = o.temperature.value_or(s.temperature);
+  s.top_k = o.autoregressive.top_k.value_or(s.top_k);
+  s.top_p = o.autoregressive.top_p.value_or(s.top_p);
+  s.seed = o.seed;
+  s.stop_at_eos = !o.autoregressive.no_stop_at_eos;
+  return s;
+}
+
+DiffusionOptions RunSession::diffusion() const {
+  const RunSettings::Diffusion& o = settings_.diffusion;
+  DiffusionOptions d;
+  d.gen_length = o.gen_length;
+  d.steps = o.steps;
+  d.block_length = o.block_length;
+  d.temperature = settings_.temperature.value_or(0.0);  // no Gumbel noise unless asked
+  d.cfg_scale = o.cfg_scale;
+  d.seed = settings_.seed;
+  const auto remasking = parse_remasking(o.remasking);
+  if (!remasking) throw UsageError(fmt::format("--remasking must be low_confidence or random, not '{}'", o.remasking));
+  d.remasking = *remasking;
+  if (o.confidence_dtype != "float32" && o.confidence_dtype != "float64")
+    throw UsageError(fmt::format("--confidence-dtype must be float32 or float64, not '{}'", o.confidence_dtype));
+  d.confidence_float64 = o.confidence_dtype == "float64";
+  if (o.mask_id >= 0) d.mask_id = o.mask_id;
+  d.stop_at_eos = o.stop_at_eos;
+  return d;
+}
+
+// --capture-steps / --capture-blocks that no event of this run can match are mistakes.
+void RunSession::check_capture_schedule(int steps, int blocks) const {
+  for (int s : settings_.capture_steps)
+    if (s < 0 || s >= steps) throw UsageError(fmt::format("--capture-steps {}: this run has steps 0-{}", s, steps - 1));
+  for (int b : settings_.capture_blocks)
+    if (b < 0 || b >= blocks)
+      throw UsageError(blocks ? fmt::format("--capture-blocks {}: this run has blocks 0-{}", b, blocks - 1)
+                              : std::string("--capture-blocks is for masked-diffusion runs"));
+}
+
+void RunSession::check_generation() const {
+  const ModelInfo& info = model_->info();
+  const std::size_t prompt = prompts_.at(0).ids.size();
+  switch (mode_) {
+    case GenerationMode::none:
+      return check_capture_schedule(1, 0);
+    case GenerationMode::autoregressive: {
+      const SamplingOptions s = sampling();
+      s.validate();
+      check_context(info, prompt, s.max_new_tokens, "--max-new-tokens");
+      return check_capture_schedule(s.max_new_tokens, 0);
+    }
+    case GenerationMode::masked_diffusion: {
+      const DiffusionOptions d = diffusion();
+      d.validate();
+      check_context(info, prompt, d.gen_length, "--gen-length");
+      if (!d.mask_id && !info.mask_id) throw UsageError(fmt::format("{} names no mask token: give --mask-id", info.path));
+      return check_capture_schedule(d.steps, d.gen_length / d.block_length_or_all());
+    }
+  }
+}
+
+// Opens the sink and hooks it up: from here on, every failure must abort the sink.
+void RunSession::open_sink() {
+  const RunSettings& o = settings_;
+  const std::string out = !o.out.empty() ? o.out
+                                         : fmt::format("runs/{}-{:%Y%m%d-%H%M%S}", kind_ == Kind::capture ? "capture" : "generate",
+                                                       fmt::localtime(std::time(nullptr)));
+  Run& run = *run_;
+  run.sink = registry_->create_sink("run_writer");
+  run.sink->open({{"out", out}, {"dtype", o.dtype}, {"overwrite", o.overwrite}, {"queue_bytes", o.queue_mib << 20}});
+  if (analyzers_) analyzers_->attach(*hooks_);  // after the ablations: they see what the model computes
+  if (o.hooks == std::vector<std::string>{"none"}) return;
+  HookFilter filter;
+  filter.names = o.hooks;
+  filter.layers = o.layers;
+  filter.steps = o.capture_steps;
+  filter.blocks = o.capture_blocks;
+  if (run.slice.empty()) {
+    hooks_->add(filter, [&run](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
+      run.sink->capture(name, ctx, t);
+      ++run.captures;
+      run.captured_bytes += t.nbytes();
+    });
+    return;
+  }
+  for (auto& point : model_->hook_points()) run.points.emplace(point.name, std::move(point));
+  hooks_->add(filter, [&run](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
+    auto sliced = slice_capture(run.points.at(std::string(name)), t, ctx, run.slice);
+    if (!sliced) return;  // nothing of this event lies in the slice
+    run.sink->capture(name, sliced->second, sliced->first);
+    ++run.captures;
+    run.captured_bytes += sliced->first.nbytes();
+  });
+}
+
+// Runs `work` (which returns the "generation" block) into the open sink, finishes the run
+// directory, then the analyzers' reports and the figures.
+template <class Work>
+void RunSession::run(Work work) {
+  Run& run = *run_;
+  const auto work_started = Clock::now();
+  double work_seconds = 0;
+  json manifest;
+  try {
+    const json generation = work();
+    work_seconds = seconds_since(work_started);
+    manifest = this->manifest(generation);
+    run.sink->finish(manifest);
+  } catch (const std::exception& e) {
+    run.sink->abort(e.what());
+    throw;
+  }
+  const double finish_seconds = seconds_since(work_started) - work_seconds;
+  std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s); manifest {}\n",
+                           run.sink->location(), run.captures, fmt::join(settings_.hooks, ", "), prompts_.size(),
+                           (fs::path(run.sink->location()) / "manifest.json").string());
+  // What the run cost, as llama.cpp prints its timings: on stderr, so stdout stays the results.
+  const double mib = double(run.captured_bytes) / (1 << 20);
+  std::cerr << fmt::format("timing: load {:.2f} s; {}; captured {:.2f} MiB ({:.1f} MiB/s of model time); "
+                           "finishing the run directory {:.2f} s; total {:.2f} s\n",
+                           run.load_seconds, run.work_timing, mib, per_second(mib, work_seconds), finish_seconds,
+                           seconds_since(run.started));
+  if (analyzers_)  // the run is complete; a report that cannot be written fails the command only
+    for (const auto& file : analyzers_->finish(manifest, run.sink->location()))
+      std::cout << "report: " << file.string() << "\n";
+  for (const auto& [format, renderer] : run.renderers) {
+    const fs::path out = default_render_dir(run.sink->location(), format);
+    const auto files = renderer->render(run.sink->location(), format, out, json::object());
+    std::cout << fmt::format("{}: {} file(s) in {}\n", format, files.value("files", json::array()).size(), out.string());
+  }
+}
+
+void RunSession::capture() {
+  if (kind_ != Kind::capture) throw Error("RunSession::capture() on a generate session");
+  check_generation();
+  open_sink();
+  run([&] {
+    Progress progress("capture: prompt", int(prompts_.size()));
+    const auto started = Clock::now();
+    std::size_t tokens = 0;
+    const std::size_t batch_size = std::size_t(std::max(1, settings_.batch_size));
+    // Consecutive prompts of one length go through the model together, up to --batch-size; each
+    // row's hooks fire as in an unbatched pass (per_batch_row), so the captures are the same.
+    for (std::size_t first = 0; first < prompts_.size();) {
+      std::size_t end = first + 1;
+      while (end < prompts_.size() && end - first < batch_size && prompts_[end].ids.size() == prompts_[first].ids.size())
+        ++end;
+      std::vector<at::Tensor> rows;
+      for (std::size_t i = first; i < end; ++i) {
+        rows.push_back(at::tensor(at::ArrayRef<std::int64_t>(prompts_[i].ids), at::kLong));
+        tokens += prompts_[i].ids.size();
+      }
+      CaptureContext ctx;
+      ctx.prompt = int(first);
+      const HookSet batch_hooks = per_batch_row(*hooks_, int(first), int(end - first));
+      const HookSet& hooks = end - first == 1 ? *hooks_ : batch_hooks;
+      model_->forward(at::stack(rows), hooks, ctx, nullptr, Logits::none);  // hooks are the output
+      release_free_memory();  // resident memory stays bounded, however many prompts
+      first = end;
+      progress.update(int(first));
+    }
+    const double seconds = seconds_since(started);
+    run_->work_timing = fmt::format("forward {} prompt(s), {} tokens {:.2f} s ({:.0f} tok/s)", prompts_.size(), tokens,
+                                    seconds, per_second(tokens, seconds));
+    return json{{"mode", generation_mode_name(GenerationMode::none)}};
+  });
+}
+
+void RunSession::generate() {
+  if (kind_ != Kind::generate) throw Error("RunSession::generate() on a capture session");
+  check_generation();
+  if (mode_ == GenerationMode::masked_diffusion) return generate_diffusion();
+  generate_tokens();
+}
+
+void RunSession::generate_tokens() {
+  const SamplingOptions s = sampling();
+  const auto& prompt = prompts_.at(0).ids;
+  open_sink();
+  run([&] {
+    Progress progress("generate: token", s.max_new_tokens);
+    const Tokenizer* tok = model_->tokenizer();
+    json steps = json::array();
+    const auto started = Clock::now();
+    double prefill_seconds = 0;
+    auto result = generate_autoregressive(*model_, prompt, s, *hooks_, 0, [&](int step, std::int64_t token) {
+      if (step == 0) prefill_seconds = seconds_since(started);
+      steps.push_back({{"step", step},
+                       {"phase", step == 0 ? "prefill" : "decode"},
+                       {"query_offset", step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1},
+                       {"token", token},
+                       {"token_string", tok ? tok->token_string(token) : std::to_string(token)}});
+      release_free_memory();
+      progress.update(step + 1);
+    });
+    const double decode_seconds = seconds_since(started) - prefill_seconds;
+    const std::size_t decoded = result.new_ids.size() - 1;  // tokens chosen after the prefill's
+    run_->work_timing = fmt::format("prefill {} tokens {:.0f} ms ({:.0f} tok/s); decode {} tokens {:.2f} s ({:.1f} tok/s)",
+                                    prompt.size(), 1000 * prefill_seconds, per_second(prompt.size(), prefill_seconds),
+                                    decoded, decode_seconds, per_second(decoded, decode_seconds));
+    json g = autoregressive_generation_json(s, result, steps, tok);
+    if (tok) std::cout << "generated: " << g["text"].get<std::string>() << "\n";
+    return g;
+  });
+}
+
+void RunSession::generate_diffusion() {
+  const DiffusionOptions d = diffusion();
+  const auto& prompt = prompts_.at(0).ids;
+  open_sink();
+  run([&] {
+    Progress progress("generate: denoising step", d.steps);
+    json steps = json::array();
+    const auto started = Clock::now();
+    auto result = generate_masked_diffusion(*model_, prompt, d, *hooks_, 0, [&](const DiffusionStep& s) {
+      steps.push_back({{"step", s.step}, {"block", s.block}, {"ids", s.ids}, {"committed", s.committed},
+                       {"confidences", s.confidences}});
+      release_free_memory();
+      progress.update(s.step + 1, fmt::format(" (block {})", s.block));
+    });
+    const double seconds = seconds_since(started);
+    run_->work_timing = fmt::format("{} denoising steps over {} positions {:.2f} s ({:.3f} s a step)", result.steps.size(),
+                                    result.output_ids.size(), seconds,
+                                    seconds / double(std::max<std::size_t>(1, result.steps.size())));
+    const Tokenizer* tok = model_->tokenizer();
+    json g = diffusion_generation_json(d, settings_.diffusion.confidence_dtype, prompt, result, steps, tok);
+    if (tok) std::cout << "generated: " << g["text"].get<std::string>() << "\n";
+    return g;
+  });
+}
+
+}  // namespace hooklens
