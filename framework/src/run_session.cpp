@@ -334,7 +334,7 @@ RunSession::RunSession(RunSettings settings, Kind kind)
   prompts_ = read_prompts(o, *model_);
   start_analyzers();
   for (const auto& format : o.render) run_->renderers.emplace_back(format, renderer_for(*registry_, format));
-  if (o.hooks != std::vector<std::string>{"none"}) check_hook_patterns(o.hooks, o.layers, *model_);
+  if (o.captures()) check_hook_patterns(o.hooks, o.layers, *model_);
   else if (!o.layers.empty() || !o.heads.empty() || !o.query_range.empty() || !o.key_range.empty() ||
            !o.capture_steps.empty() || !o.capture_blocks.empty())
     throw UsageError("--hooks none captures nothing: capture slicing options do not apply");
@@ -460,7 +460,7 @@ void RunSession::open_sink() {
   run.sink = registry_->create_sink("run_writer");
   run.sink->open({{"out", out}, {"dtype", o.dtype}, {"overwrite", o.overwrite}, {"queue_bytes", o.queue_mib << 20}});
   if (analyzers_) analyzers_->attach(*hooks_);  // after the ablations: they see what the model computes
-  if (o.hooks == std::vector<std::string>{"none"}) return;
+  if (!o.captures()) return;
   HookFilter filter;
   filter.names = o.hooks;
   filter.layers = o.layers;

@@ -55,7 +55,8 @@ hooklens::RunSettings LiveModel::settings(const LiveOptions& options) {
   if (!options.prompt_ids.empty()) s.prompt_ids = {fmt::format("{}", fmt::join(options.prompt_ids, ","))};
   else s.prompts = {options.prompt};
   s.chat = options.chat;
-  s.hooks = {"none"};  // the session's sink stays closed: the viewer's own hooks keep what it shows
+  // The session captures nothing (and opens no run directory): the viewer's own hooks keep what it shows.
+  s.hooks = {std::string(hooklens::RunSettings::no_hooks)};
   s.analyze = options.analyze;
   s.autoregressive.max_new_tokens = options.max_new_tokens;
   s.diffusion.gen_length = options.gen_length;

@@ -42,12 +42,14 @@ struct RunSettings {
   std::int64_t seq_len = 0;
   int max_sequences = 8;
 
-  // What to capture ({"none"}: nothing), how to slice it, and which heads to zero-ablate (L.H).
+  // What to capture (no_hooks: nothing), how to slice it, and which heads to zero-ablate (L.H).
+  static constexpr std::string_view no_hooks = "none";  // --hooks none: the run records no captures
   std::vector<std::string> hooks;
   std::vector<int> layers, heads, capture_steps, capture_blocks;
   std::string query_range, key_range;
   std::vector<std::string> ablate;
   std::vector<std::string> analyze, analyze_options, render;
+  bool captures() const { return !(hooks.size() == 1 && hooks[0] == no_hooks); }
 
   // The run directory.
   std::string out, dtype = "F32";  // out "" = runs/COMMAND-DATE-TIME
