@@ -5,12 +5,14 @@
 #include "test_util.h"
 
 #include <hooklens/error.h>
+#include <hooklens/run.h>
 #include <hooklens/run_format.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
 #include <cmath>
+#include <fstream>
 #include <limits>
 
 namespace fs = std::filesystem;
@@ -355,4 +357,42 @@ TEST_CASE("re-encoding the manifests hooklens writes gives them back exactly", "
       CHECK(hooklens::encode_capture_entry(hooklens::decode_capture_entry(entry, i)).dump() == entry.dump());
     }
   }
+}
+
+// RunReader decodes the prompts and the generation once, with the module, when it checks a whole run.
+TEST_CASE("RunReader decodes the prompts and the generation block with the module") {
+  test::TempDir dir;
+  const auto write = [&](const json& manifest) {
+    std::ofstream(dir / "manifest.json") << manifest.dump();
+  };
+  json manifest = {{"format", "hooklens-run"}, {"version", 1}, {"complete", true}, {"captures", json::array()},
+                   {"prompts", {hooklens::encode_prompt({"ab", {1, 2}, {"a", "b"}, "prompt"})}}};
+  write(manifest);  // a capture run written without a generation block: mode none
+  hooklens::RunReader reader(dir.path, false, hooklens::RunCheck::consistent);
+  CHECK(reader.generation().mode == GenerationMode::none);
+  REQUIRE(reader.prompts().size() == 1);
+  CHECK(reader.prompts()[0].tokens == std::vector<std::string>{"a", "b"});
+
+  RunGeneration g = autoregressive();
+  g.output_ids = {1, 2, 7, 8};
+  manifest["generation"] = hooklens::encode_generation(g);
+  write(manifest);
+  reader.open(dir.path, false, hooklens::RunCheck::consistent);
+  CHECK(reader.generation().mode == GenerationMode::autoregressive);
+  CHECK(reader.generation().token_steps.at(1).token_string == " sat");
+
+  // What only the decoder refuses is named with the manifest, like the checker's refusals.
+  manifest["generation"]["steps"][1]["phase"] = "denoise";
+  write(manifest);
+  const std::string file = (dir / "manifest.json").string();
+  CHECK(error_of([&] { reader.open(dir.path, false, hooklens::RunCheck::consistent); }) ==
+        file + ": generation step 1 field 'phase' is 'denoise', not prefill or decode");
+  manifest["generation"]["mode"] = "beam";
+  write(manifest);
+  CHECK(error_of([&] { reader.open(dir.path, false, hooklens::RunCheck::consistent); }) ==
+        file + ": \"generation\" field 'mode' is 'beam', not none, autoregressive or masked_diffusion");
+
+  // Checked entry by entry only: the sections are not decoded, and asking for them is an error.
+  hooklens::RunReader entries(dir.path, false, hooklens::RunCheck::entries);
+  CHECK(error_of([&] { entries.generation(); }) == file + ": the generation is decoded by RunCheck::consistent only");
 }
