@@ -22,6 +22,7 @@
 #include <hooklens/drawing.h>
 #include <hooklens/head_matrix.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
@@ -195,7 +196,7 @@ std::vector<int> split_layers(const std::string& spec) {
 std::vector<int> pattern_layers(const hooklens::Model& model) {
   std::set<int> layers;
   for (const auto& p : model.hook_points())
-    if (hooklens::hook_name_matches("blocks.*.attn.hook_pattern", p.name) && p.layer >= 0) layers.insert(p.layer);
+    if (hooklens::hook_names::layer_of(p.name, hooklens::hook_names::pattern) && p.layer >= 0) layers.insert(p.layer);
   if (layers.empty())
     throw Error(fmt::format("{}: the model exposes no attention patterns (blocks.*.attn.hook_pattern)",
                             model.info().path));
@@ -242,7 +243,7 @@ Prompt encode_prompt(const hooklens::Model& model, const std::string& text, cons
 std::map<int, at::Tensor> capture_patterns(hooklens::Model& model, const Prompt& prompt) {
   std::map<int, at::Tensor> patterns;
   hooklens::HookFilter filter;
-  filter.names = {"blocks.*.attn.hook_pattern"};
+  filter.names = {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)};
   hooklens::HookSet hooks;
   hooks.add(filter, [&](std::string_view, const hooklens::CaptureContext& ctx, at::Tensor& t) {
     patterns[ctx.layer] = t.to(at::kFloat).contiguous();  // the hook may keep it: adapters never modify it later

@@ -23,6 +23,7 @@
 #include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/run_format.h>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/from_blob.h>
@@ -83,9 +84,9 @@ std::vector<PhrasingSet> chosen_sets(const Options& o) {
 // ---- running one set -----------------------------------------------------------------------------
 
 json prompt_json(const std::string& text, const std::vector<std::int64_t>& ids, const hooklens::Tokenizer& tok) {
-  json tokens = json::array();
-  for (auto id : ids) tokens.push_back(tok.token_string(id));
-  return {{"text", text}, {"ids", ids}, {"tokens", tokens}, {"source", "prompt"}};
+  hooklens::RunPrompt prompt{text, ids, {}, "prompt"};
+  for (auto id : ids) prompt.tokens.push_back(tok.token_string(id));
+  return hooklens::encode_prompt(prompt);
 }
 
 // One forward per phrasing with the analyzers listening; writes OUT/<set>/reports and returns the
@@ -104,7 +105,8 @@ json analyze_set(hooklens::Model& model, const PhrasingSet& set, const Options& 
   }
   hooklens::AnalyzerSet analyzers(hooklens::PluginRegistry(), {"compare_prompts", "attention_stats"},
                                   {fmt::format("compare_prompts.top={}", o.top), fmt::format("compare_prompts.k={}", o.top)});
-  const json run = {{"model", model.info().to_json()}, {"prompts", prompts}, {"mode", "none"}};
+  const json run = {{"model", model.info().to_json()}, {"prompts", prompts},
+                    {"mode", hooklens::generation_mode_name(hooklens::GenerationMode::none)}};
   analyzers.begin(run);
   hooklens::HookSet hooks;
   analyzers.attach(hooks);
@@ -115,7 +117,7 @@ json analyze_set(hooklens::Model& model, const PhrasingSet& set, const Options& 
     model.forward(input, hooks, ctx, nullptr, hooklens::Logits::none);
   }
   json manifest = run;
-  manifest["generation"] = {{"mode", "none"}};
+  manifest["generation"] = hooklens::encode_generation(hooklens::RunGeneration());  // {"mode": "none"}
   json compare;
   for (const fs::path& file : analyzers.finish(manifest, dir)) {  // a failed analyzer's report holds "error"
     json report = hooklens::read_json_file(file);

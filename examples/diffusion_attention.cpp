@@ -20,6 +20,7 @@
 #include <hooklens/drawing.h>
 #include <hooklens/head_matrix.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/run.h>
 
@@ -90,17 +91,13 @@ struct PatternCapture {
 
 struct RunView {
   fs::path manifest_file;
-  std::string mode;  // generation.mode: "masked_diffusion", "autoregressive", "none"
+  hooklens::GenerationMode mode = hooklens::GenerationMode::none;
   bool diffusion = false;
   std::int64_t prompt_length = 0;
   std::vector<std::string> tokens;         // the prompt's token strings ("" where the run has none)
   std::vector<std::int64_t> head_numbers;  // the model's number of each captured head (empty: all heads)
   std::vector<PatternCapture> patterns;    // of the chosen prompt and pass, in manifest order
 };
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // RunReader (RunCheck::consistent) checked the entry's fields, offsets and heads; this adds what
 // this program needs of a pattern.
@@ -121,7 +118,7 @@ std::vector<PatternCapture> select_patterns(const hooklens::RunReader& run, cons
   std::vector<PatternCapture> patterns;
   for (std::size_t i = 0; i < run.capture_count(); ++i) {
     const hooklens::CaptureEntry& entry = run.entry(i);
-    if (!ends_with(entry.hook, "attn.hook_pattern")) continue;
+    if (!hooklens::hook_names::layer_of(entry.hook, hooklens::hook_names::pattern)) continue;
     const std::int64_t prompt = entry.context.prompt, pass = entry.context.pass;
     prompts.insert(prompt);
     if (prompt != o.prompt) continue;
@@ -155,20 +152,14 @@ RunView read_run(const hooklens::RunReader& run, const Options& o) {
   RunView view;
   view.manifest_file = run.directory() / "manifest.json";
   const json& m = run.manifest();
-  const json generation = m.value("generation", json::object());
-  view.mode = generation.is_object() && generation.contains("mode") && generation["mode"].is_string()
-                  ? generation["mode"].get<std::string>()
-                  : "none";
-  view.diffusion = view.mode == "masked_diffusion";
-  const json prompts = m.value("prompts", json::array());
-  if (!prompts.is_array() || o.prompt >= std::int64_t(prompts.size()))
-    throw UsageError(fmt::format("--prompt {}: {} lists {} prompts", o.prompt, view.manifest_file.string(),
-                                 prompts.is_array() ? prompts.size() : 0));
-  const json& prompt = prompts[std::size_t(o.prompt)];
-  if (generation.is_object() && generation.contains("prompt_length") && generation["prompt_length"].is_number_integer())
-    view.prompt_length = generation["prompt_length"];
-  else if (prompt.is_object() && prompt.contains("ids") && prompt["ids"].is_array())
-    view.prompt_length = std::int64_t(prompt["ids"].size());
+  const hooklens::RunGeneration& generation = run.generation();
+  view.mode = generation.mode;
+  view.diffusion = view.mode == hooklens::GenerationMode::masked_diffusion;
+  const std::vector<hooklens::RunPrompt>& prompts = run.prompts();
+  if (o.prompt >= std::int64_t(prompts.size()))
+    throw UsageError(fmt::format("--prompt {}: {} lists {} prompts", o.prompt, view.manifest_file.string(), prompts.size()));
+  const hooklens::RunPrompt& prompt = prompts[std::size_t(o.prompt)];
+  view.prompt_length = generation.prompt_length > 0 ? generation.prompt_length : std::int64_t(prompt.ids.size());
   if (view.prompt_length <= 0)
     throw Error(fmt::format("{}: prompt {} has no tokens (no 'ids', and no positive generation 'prompt_length')",
                             view.manifest_file.string(), o.prompt));
@@ -179,11 +170,8 @@ RunView read_run(const hooklens::RunReader& run, const Options& o) {
     throw Error(fmt::format("{}: the prompt is {} tokens long, but the attention patterns span only {} positions",
                             view.manifest_file.string(), view.prompt_length, longest));
   view.head_numbers = captured_heads(m, view.manifest_file);
-  const json tokens = prompt.is_object() ? prompt.value("tokens", json::array()) : json::array();
   for (std::int64_t i = 0; i < view.prompt_length; ++i)
-    view.tokens.push_back(tokens.is_array() && i < std::int64_t(tokens.size()) && tokens[std::size_t(i)].is_string()
-                              ? tokens[std::size_t(i)].get<std::string>()
-                              : "");
+    view.tokens.push_back(i < std::int64_t(prompt.tokens.size()) ? prompt.tokens[std::size_t(i)] : "");
   return view;
 }
 
@@ -229,7 +217,7 @@ std::vector<int> parse_steps(const std::string& spec, const std::set<int>& avail
       throw UsageError(fmt::format(
           "--steps {}: {} has no attention pattern of a whole forward pass at step {} (steps with one: {}){}", spec,
           view.manifest_file.string(), step, join_ints(available),
-          view.mode == "autoregressive" ? "; an autoregressive run has them only at the prefill, step 0" : ""));
+          view.mode == hooklens::GenerationMode::autoregressive ? "; an autoregressive run has them only at the prefill, step 0" : ""));
   }
   return {chosen.begin(), chosen.end()};
 }
@@ -508,7 +496,7 @@ void run(const Options& o) {
     out.note(view.diffusion ? fmt::format("evolution needs two steps; --steps chose only step {}", first)
                             : fmt::format("evolution across steps needs a masked-diffusion run: this '{}' run has "
                                           "whole-pass attention patterns only at step {}",
-                                          view.mode, first));
+                                          hooklens::generation_mode_name(view.mode), first));
   else
     for (int layer : plan.layers)
       write_evolution(layer, *plan.drawable.at({first, layer}), ends.at({first, layer}),
@@ -523,7 +511,7 @@ void run(const Options& o) {
     write_influence(influence, view, o, plan, out);
 
   write_text(out.dir / "summary.json",
-             dump({{"format", kSummaryFormat}, {"run", o.run.string()}, {"mode", view.mode},
+             dump({{"format", kSummaryFormat}, {"run", o.run.string()}, {"mode", hooklens::generation_mode_name(view.mode)},
                    {"prompt", o.prompt}, {"pass", o.pass}, {"prompt_length", view.prompt_length},
                    {"sequence_length", plan.sequence_length}, {"steps", plan.steps}, {"layers", plan.layers},
                    {"files", out.files}, {"notes", out.notes}}));

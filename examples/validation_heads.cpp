@@ -21,6 +21,7 @@
 #include "example_main.h"
 
 #include <hooklens/drawing.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/head_matrix.h>
 #include <hooklens/error.h>
 #include <hooklens/model.h>
@@ -75,7 +76,7 @@ std::vector<std::int64_t> cut_sequence(const hooklens::Tokenizer& tok, const Opt
 at::Tensor capture_pattern(hooklens::Model& model, std::vector<std::int64_t> ids, int layer) {
   at::Tensor pattern;
   hooklens::HookFilter filter;
-  filter.names = {fmt::format("blocks.{}.attn.hook_pattern", layer)};
+  filter.names = {hooklens::hook_names::in_layer(layer, hooklens::hook_names::pattern)};
   hooklens::HookSet hooks;
   hooks.add(filter, [&pattern](std::string_view, const hooklens::CaptureContext&, at::Tensor& t) {
     pattern = t.to(at::kFloat).contiguous().clone();

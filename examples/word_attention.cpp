@@ -27,6 +27,7 @@
 
 #include <hooklens/drawing.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
@@ -92,7 +93,7 @@ using PromptRows = std::map<int, std::map<std::int64_t, std::vector<double>>>;
 // Records, at decode step s, the row of the position consumed (P + s - 1), restricted to prompt keys.
 hooklens::HookSet record_rows(PromptRows& rows, std::int64_t prompt_length) {
   hooklens::HookFilter filter;
-  filter.names = {"blocks.*.attn.hook_pattern"};
+  filter.names = {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)};
   filter.phases = {hooklens::Phase::decode};
   hooklens::HookSet hooks;
   hooks.add(filter, [&rows, prompt_length](std::string_view name, const hooklens::CaptureContext& ctx, at::Tensor& t) {

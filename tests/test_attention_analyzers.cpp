@@ -616,8 +616,8 @@ json analyze_offline(const std::string& name, hooklens::RunReader& reader) {
   auto a = analyzer(name);
   a->begin(run);
   for (std::size_t i = 0; i < reader.capture_count(); ++i) {
-    const json& entry = reader.capture(i);
-    a->observe(entry["hook"].get<std::string>(), hooklens::capture_context(entry), reader.load(i).to(at::kFloat));
+    const hooklens::CaptureEntry& entry = reader.entry(i);
+    a->observe(entry.hook, entry.context, reader.load(i).to(at::kFloat));
   }
   const json report = a->finish(manifest);
   require_finite(report);

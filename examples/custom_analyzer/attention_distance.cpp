@@ -12,6 +12,7 @@
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
 
 #include <fmt/format.h>
@@ -34,7 +35,7 @@ struct HeadTotals {
 class AttentionDistance final : public hooklens::Analyzer {
  public:
   // 1. Which hook points to read: every layer's attention pattern [batch, head, query, key].
-  std::vector<std::string> hooks() const override { return {"blocks.*.attn.hook_pattern"}; }
+  std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)}; }
 
   // 2. A run starts: read the model description (needed to know which keys each row may see) and
   //    reject options we do not have, so a typo in --analyze-option fails loudly.

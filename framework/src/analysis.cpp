@@ -157,26 +157,6 @@ std::vector<fs::path> AnalyzerSet::finish(const nlohmann::json& manifest, const 
   return files;
 }
 
-// Unchecked decoding of a bare entry; RunReader::entry() gives the same context checked.
-CaptureContext capture_context(const nlohmann::json& entry) {
-  try {
-    CaptureContext ctx;
-    ctx.prompt = entry.at("prompt").get<int>();
-    const auto phase = parse_phase(entry.at("phase").get<std::string>());
-    if (!phase) throw Error(fmt::format("unknown phase {}", brief_json(entry.at("phase"))));
-    ctx.phase = *phase;
-    ctx.step = entry.at("step").get<int>();
-    ctx.block = entry.value("block", -1);
-    ctx.layer = entry.value("layer", -1);
-    ctx.query_offset = entry.value("query_offset", std::int64_t(0));
-    ctx.pass = entry.value("pass", 0);
-    ctx.key_offset = entry.value("key_offset", std::int64_t(0));
-    return ctx;
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(fmt::format("malformed capture entry {}: {}", brief_json(entry, 200), e.what()));
-  }
-}
-
 std::vector<fs::path> analyze_run(const fs::path& run_dir, AnalyzerSet& analyzers, bool show_progress) {
   // Checked once here, against the model, prompts and generation: analyzers index with these fields.
   RunReader run(run_dir, /*allow_incomplete=*/false, RunCheck::consistent);
@@ -192,7 +172,7 @@ std::vector<fs::path> analyze_run(const fs::path& run_dir, AnalyzerSet& analyzer
     if (!manifest.contains(section))
       throw Error(fmt::format("{}: the run manifest has no \"{}\"", (run_dir / "manifest.json").string(), section));
   nlohmann::json begin = {{"model", manifest.at("model")}, {"prompts", manifest.at("prompts")}};
-  begin["mode"] = manifest.contains("generation") ? manifest["generation"].value("mode", "none") : "none";
+  begin["mode"] = generation_mode_name(run.generation().mode);
   analyzers.begin(begin);
   const std::size_t n = run.capture_count();
   const bool tty = isatty(2);

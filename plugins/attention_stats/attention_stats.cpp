@@ -6,6 +6,7 @@
 
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
 
 #include <ATen/ops/mean.h>
@@ -76,7 +77,7 @@ json definitions() {
 
 class AttentionStats final : public Analyzer {
  public:
-  std::vector<std::string> hooks() const override { return {"blocks.*.attn.hook_pattern"}; }
+  std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)}; }
 
   void begin(const json& run) override {
     const json options = run.value("options", json::object());

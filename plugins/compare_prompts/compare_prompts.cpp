@@ -9,6 +9,7 @@
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
 
 #include <fmt/format.h>
@@ -49,13 +50,9 @@ json mean_statistics(const std::vector<AttentionSummary>& summaries) {
   return out;
 }
 
-bool ends_with(std::string_view text, std::string_view suffix) {
-  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
-
 class ComparePrompts : public hooklens::Analyzer {
  public:
-  std::vector<std::string> hooks() const override { return {"blocks.*.attn.hook_pattern", "blocks.*.mlp.hook_post"}; }
+  std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern), hooklens::hook_names::every_layer(hooklens::hook_names::mlp_post)}; }
 
   void begin(const json& run) override {
     const hooklens::analysis::Options options("compare_prompts", run.value("options", json::object()), {"k", "top"});
@@ -69,7 +66,7 @@ class ComparePrompts : public hooklens::Analyzer {
 
   void observe(std::string_view hook, const hooklens::CaptureContext& ctx, const at::Tensor& tensor) override {
     if (ctx.step != 0 || ctx.pass != 0 || ctx.layer < 0) return;  // each prompt's first, conditional forward only
-    if (ends_with(hook, "mlp.hook_post")) {
+    if (hooklens::hook_names::layer_of(hook, hooklens::hook_names::mlp_post)) {
       neurons_.add(ctx.prompt, ctx.layer, ctx.query_offset, tensor);
       return;
     }

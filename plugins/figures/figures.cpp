@@ -5,6 +5,7 @@
 #include <hooklens/attention_stats.h>
 #include <hooklens/drawing.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin_define.h>
@@ -25,7 +26,6 @@
 #include <map>
 #include <numeric>
 #include <optional>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -132,7 +132,7 @@ class Run {
       : reader_(dir, /*allow_incomplete=*/false, hooklens::RunCheck::consistent), manifest_file_(dir / "manifest.json") {
     const json& m = reader_.manifest();
     model_ = hooklens::ModelInfo::from_json(m.at("model"));
-    mode_ = m.at("generation").at("mode").get<std::string>();
+    mode_ = reader_.generation().mode;
     const json& capture = m.value("capture", json::object());
     if (capture.contains("heads") && capture["heads"].is_array() && !capture["heads"].empty())
       captured_heads_ = capture["heads"].get<std::vector<int>>();
@@ -144,9 +144,9 @@ class Run {
   const json& manifest() const { return reader_.manifest(); }
   const fs::path& manifest_file() const { return manifest_file_; }
   const hooklens::ModelInfo& model() const { return model_; }
-  const std::string& mode() const { return mode_; }
-  bool diffusion() const { return mode_ == "masked_diffusion"; }
-  std::size_t prompt_count() const { return manifest().at("prompts").size(); }
+  hooklens::GenerationMode mode() const { return mode_; }
+  bool diffusion() const { return mode_ == hooklens::GenerationMode::masked_diffusion; }
+  std::size_t prompt_count() const { return reader_.prompts().size(); }
   const std::vector<int>& captured_heads() const { return captured_heads_; }
   int unconditional_skipped() const { return unconditional_; }
 
@@ -169,36 +169,33 @@ class Run {
 
   // The token strings of prompt `p`'s sequence as the forward pass of `step` saw it.
   std::vector<std::string> tokens(int p, int step) const {
-    const json& prompt = manifest().at("prompts").at(std::size_t(p));
-    std::vector<std::string> tokens = prompt.at("tokens").get<std::vector<std::string>>();
-    const json& gen = manifest().at("generation");
-    if (mode_ == "autoregressive") {
-      const json& steps = gen.at("steps");
-      for (int s = 0; s < step && std::size_t(s) < steps.size(); ++s)
-        tokens.push_back(steps.at(std::size_t(s)).at("token_string").get<std::string>());
+    std::vector<std::string> tokens = reader_.prompts().at(std::size_t(p)).tokens;
+    const hooklens::RunGeneration& gen = reader_.generation();
+    if (mode_ == hooklens::GenerationMode::autoregressive) {
+      for (int s = 0; s < step && std::size_t(s) < gen.token_steps.size(); ++s) {
+        const hooklens::TokenStep& chosen = gen.token_steps[std::size_t(s)];
+        tokens.push_back(chosen.token_string ? *chosen.token_string
+                                             : chosen.token ? "#" + std::to_string(*chosen.token) : std::string("?"));
+      }
     } else if (diffusion()) {
       // The input of step s is the sequence after step s - 1 (the prompt and masks for step 0).
-      const std::int64_t mask = gen.at("mask_id").get<std::int64_t>();
-      std::vector<std::int64_t> ids = gen.at("output_ids").get<std::vector<std::int64_t>>();
-      if (step > 0) ids = gen.at("steps").at(std::size_t(step - 1)).at("ids").get<std::vector<std::int64_t>>();
+      if (step > 0 && std::size_t(step) > gen.denoise_steps.size())
+        throw Error(fmt::format("{}: \"generation\" has no step {} (the input of step {})", manifest_file_.string(),
+                                step - 1, step));
+      const std::vector<std::int64_t>& ids = step > 0 ? gen.denoise_steps.at(std::size_t(step - 1)).ids : gen.output_ids;
       if (ids.size() < tokens.size()) return tokens;  // another prompt than the generated one
-      if (step == 0) std::fill(ids.begin() + std::ptrdiff_t(tokens.size()), ids.end(), mask);
-      // token_strings is written only when the run had a tokenizer: "#ID" otherwise.
-      const json strings = gen.value("token_strings", json::object());
-      for (std::size_t i = tokens.size(); i < ids.size(); ++i) {
-        const std::string id = std::to_string(ids[i]);
-        tokens.push_back(ids[i] == mask ? "[mask]" : strings.value(id, "#" + id));
-      }
+      // token_strings is written only when the run had a tokenizer: "#ID" otherwise (RunGeneration::display).
+      for (std::size_t i = tokens.size(); i < ids.size(); ++i) tokens.push_back(step == 0 ? "[mask]" : gen.display(ids[i]));
     }
     return tokens;
   }
 
   // "ARCHITECTURE (model dir), "first 40 characters of the text" [source]".
   std::string describe(int p) const {
-    const json& prompt = manifest().at("prompts").at(std::size_t(p));
-    std::string text = prompt.value("text", "");
+    const hooklens::RunPrompt& prompt = reader_.prompts().at(std::size_t(p));
+    std::string text = prompt.text;
     if (text.empty())
-      for (const auto& t : prompt.at("tokens")) text += t.get<std::string>() + " ";
+      for (const std::string& t : prompt.tokens) text += t + " ";
     std::string shown;
     for (unsigned char c : text) {  // cut on a character boundary
       if ((c & 0xC0) != 0x80 && shown.size() >= kCaptionText) {
@@ -208,17 +205,16 @@ class Run {
       shown += char(c);
     }
     // Where the text came from when it is not a user's prompt (--text-file sequence, an analyzer's input).
-    const std::string source = prompt.value("source", "prompt");
+    const std::string& source = prompt.source;
     return fmt::format("{} ({}), \"{}\"{}", model_.architecture, fs::path(model_.path).filename().string(), shown,
                        source == "prompt" ? "" : " [" + source + "]");
   }
 
  private:
   void index_patterns() {
-    static const std::regex kPattern(R"(blocks\.(\d+)\.attn\.hook_pattern)");
     for (std::size_t i = 0; i < reader_.capture_count(); ++i) {
       const hooklens::CaptureEntry& c = reader_.entry(i);
-      if (!std::regex_match(c.hook, kPattern)) continue;
+      if (!hooklens::hook_names::layer_of(c.hook, hooklens::hook_names::pattern)) continue;
       if (c.context.pass != 0) {
         ++unconditional_;
         continue;
@@ -230,7 +226,7 @@ class Run {
   hooklens::RunReader reader_;
   fs::path manifest_file_;
   hooklens::ModelInfo model_;
-  std::string mode_;
+  hooklens::GenerationMode mode_ = hooklens::GenerationMode::none;
   std::vector<int> captured_heads_;
   std::map<int, std::map<int, std::map<int, std::size_t>>> patterns_;
   int unconditional_ = 0;
@@ -416,7 +412,7 @@ class FiguresRenderer final : public hooklens::Renderer {
       draw_rollout(job, tag, patterns, tokens, context);
       if (job.opts.target) draw_target(job, tag, patterns, tokens, context);
     }
-    if (job.run->mode() == "autoregressive") draw_prompt_attention(job, p);
+    if (job.run->mode() == hooklens::GenerationMode::autoregressive) draw_prompt_attention(job, p);
     if (job.run->diffusion()) draw_evolution(job, p);
   }
 

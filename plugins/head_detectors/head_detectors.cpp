@@ -7,6 +7,7 @@
 
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
 
 #include <fmt/format.h>
@@ -160,7 +161,7 @@ json definitions() {
 
 class HeadDetectors final : public Analyzer {
  public:
-  std::vector<std::string> hooks() const override { return {"blocks.*.attn.hook_pattern"}; }
+  std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)}; }
 
   std::vector<ExtraPrompt> extra_prompts(const ModelInfo& model, const json& options) const override {
     check_option_names(options);

@@ -9,6 +9,7 @@
 // plus the metadata. The embedded data is limited (max_mib, default 64): generation steps are
 // subsampled with a visible note when that is enough, otherwise render() refuses with advice.
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/renderer.h>
@@ -92,11 +93,6 @@ struct ManifestView {
   const json& m;
 
   [[noreturn]] void fail(const std::string& what) const { throw Error(fmt::format("{}: {}", file.string(), what)); }
-  std::int64_t integer(const json& object, const char* field, const std::string& where) const {
-    if (!object.is_object() || !object.contains(field) || !object[field].is_number_integer())
-      fail(fmt::format("{} has no integer field '{}'", where, field));
-    return object[field].get<std::int64_t>();
-  }
 };
 
 // One embedded pattern: a pass-0 attention pattern capture, restricted to the selected heads.
@@ -109,10 +105,7 @@ struct Pattern {
   std::uint64_t bytes() const { return std::uint64_t(head_columns.size()) * queries * keys; }
 };
 
-bool is_pattern_hook(const std::string& hook) {
-  static const std::string suffix = ".attn.hook_pattern";
-  return hook.size() > suffix.size() && hook.compare(hook.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
+bool is_pattern_hook(const std::string& hook) { return hook_names::layer_of(hook, hook_names::pattern).has_value(); }
 
 // Model head ids of a capture's head dimension: the run's --heads slice when there was one.
 std::vector<int> captured_head_ids(const ManifestView& mv, std::int64_t tensor_heads) {
@@ -219,62 +212,49 @@ std::optional<std::set<int>> fit_steps(const std::vector<Pattern>& patterns, std
   return std::nullopt;
 }
 
-// Display strings of the ids the manifest names: prompt tokens and generated tokens.
-json known_tokens(const json& manifest) {
+// Display strings of the ids the run names: prompt tokens and generated tokens.
+json known_tokens(const RunReader& reader) {
   std::map<std::int64_t, std::string> vocab;
-  for (const json& prompt : manifest["prompts"]) {
-    const json& ids = prompt.value("ids", json::array());
-    const json& tokens = prompt.value("tokens", json::array());
-    for (std::size_t i = 0; i < ids.size() && i < tokens.size(); ++i)
-      if (ids[i].is_number_integer() && tokens[i].is_string()) vocab[ids[i].get<std::int64_t>()] = tokens[i].get<std::string>();
-  }
-  const json& generation = manifest.value("generation", json::object());
-  for (const json& step : generation.value("steps", json::array()))
-    if (step.contains("token") && step["token"].is_number_integer() && step.contains("token_string") && step["token_string"].is_string())
-      vocab[step["token"].get<std::int64_t>()] = step["token_string"].get<std::string>();
+  for (const RunPrompt& prompt : reader.prompts())
+    for (std::size_t i = 0; i < prompt.ids.size() && i < prompt.tokens.size(); ++i) vocab[prompt.ids[i]] = prompt.tokens[i];
+  const RunGeneration& generation = reader.generation();
+  for (const TokenStep& step : generation.token_steps)
+    if (step.token && step.token_string) vocab[*step.token] = *step.token_string;
   json out = json::object();
   for (const auto& [id, text] : vocab) out[std::to_string(id)] = text;
   // A masked-diffusion run made with a tokenizer maps the ids of its sequences to their strings.
-  const json strings = generation.value("token_strings", json::object());
-  if (strings.is_object())
-    for (const auto& [id, text] : strings.items())
-      if (text.is_string()) out[id] = text;
+  if (generation.token_strings)
+    for (const auto& [id, text] : *generation.token_strings) out[std::to_string(id)] = text;
   return out;
 }
 
 // The generation record the page needs, for the steps kept: autoregressive steps as they are;
 // masked-diffusion steps with "input" (the sequence the step's forward pass saw) added.
-json generation_view(const ManifestView& mv, const std::set<int>& steps_kept) {
-  json generation = mv.m.value("generation", json::object());
-  if (!generation.is_object()) mv.fail("\"generation\" is not an object");
-  const std::string mode = generation.value("mode", "none");
+json generation_view(const RunReader& reader, const std::set<int>& steps_kept) {
+  const RunGeneration& decoded = reader.generation();
+  const json& generation = reader.manifest().value("generation", json::object());
   json view = json::object();
   for (const auto& [key, value] : generation.items())
     if (key != "steps" && key != "token_strings") view[key] = value;  // token strings go to "vocab"
-  view["mode"] = mode;
+  view["mode"] = generation_mode_name(decoded.mode);
   json steps = json::array();
-  const json& all = generation.value("steps", json::array());
-  if (!all.is_array()) mv.fail("\"generation\".\"steps\" is not an array");
+  const bool diffusion = decoded.mode == GenerationMode::masked_diffusion;
   json previous_ids;
-  if (mode == "masked_diffusion") {
-    const json& prompt_ids = mv.m["prompts"][0]["ids"];
-    if (!all.empty()) {
-      if (!all[0].contains("ids") || !all[0]["ids"].is_array()) mv.fail("generation step 0 has no \"ids\"");
-      previous_ids = prompt_ids;
-      const std::int64_t masks = std::int64_t(all[0]["ids"].size()) - std::int64_t(prompt_ids.size());
-      for (std::int64_t i = 0; i < masks; ++i) previous_ids.push_back(generation.value("mask_id", json()));
-    }
+  if (diffusion && !decoded.denoise_steps.empty()) {
+    const std::vector<std::int64_t>& prompt_ids = reader.prompts().at(0).ids;
+    previous_ids = prompt_ids;
+    const std::int64_t masks = std::int64_t(decoded.denoise_steps[0].ids.size()) - std::int64_t(prompt_ids.size());
+    for (std::int64_t i = 0; i < masks; ++i) previous_ids.push_back(decoded.mask_id ? json(*decoded.mask_id) : json());
   }
-  for (std::size_t i = 0; i < all.size(); ++i) {
-    const json& step = all[i];
-    const std::int64_t number = mv.integer(step, "step", fmt::format("generation step {}", i));
-    json entry = step;
-    if (mode == "masked_diffusion") {
-      if (!step.contains("ids") || !step["ids"].is_array()) mv.fail(fmt::format("generation step {} has no \"ids\"", i));
+  const std::size_t count = decoded.mode == GenerationMode::none ? 0 : decoded.step_count();
+  for (std::size_t i = 0; i < count; ++i) {
+    json entry = generation["steps"][i];
+    const int number = diffusion ? decoded.denoise_steps[i].step : decoded.token_steps[i].step;
+    if (diffusion) {
       entry["input"] = previous_ids;
-      previous_ids = step["ids"];
+      previous_ids = decoded.denoise_steps[i].ids;
     }
-    if (steps_kept.count(int(number))) steps.push_back(std::move(entry));
+    if (steps_kept.count(number)) steps.push_back(std::move(entry));
   }
   view["steps"] = std::move(steps);
   return view;
@@ -379,28 +359,26 @@ class HtmlReport final : public Renderer {
   static json render_run(RunReader& reader, const fs::path& out, const Options& opts) {
     const fs::path& run = reader.directory();
     const ManifestView mv{run / "manifest.json", reader.manifest()};
-    const json& prompts = mv.m.value("prompts", json());
-    if (!prompts.is_array() || prompts.empty()) mv.fail("has no \"prompts\"");
-    for (std::size_t i = 0; i < prompts.size(); ++i)
-      if (!prompts[i].is_object() || !prompts[i].contains("ids") || !prompts[i]["ids"].is_array())
-        mv.fail(fmt::format("prompt {} has no \"ids\" list", i));
+    // RunCheck::consistent decoded every prompt (its ids and tokens) and the generation block.
+    if (reader.prompts().empty()) mv.fail("has no \"prompts\"");
+    const json& prompts = mv.m.at("prompts");
     check_option_ranges(mv, opts, std::int64_t(prompts.size()));
 
     Selection sel = select_patterns(reader, mv, opts, std::int64_t(prompts.size()));
     json meta = {{"run", fs::absolute(run).lexically_normal().string()},
                  {"model", mv.m.value("model", json::object())},
                  {"prompts", prompts},
-                 {"vocab", known_tokens(mv.m)},
+                 {"vocab", known_tokens(reader)},
                  {"reports", read_reports(run)},
                  {"limit_mib", opts.max_mib}};
     const std::set<int> all_steps = steps_of(sel.patterns);
-    meta["generation"] = generation_view(mv, all_steps.empty() ? std::set<int>{0} : all_steps);
+    meta["generation"] = generation_view(reader, all_steps.empty() ? std::set<int>{0} : all_steps);
     fit_limit(mv, opts, meta, sel);
 
     std::vector<json> listed;
     for (const Pattern& p : sel.patterns) listed.push_back(pattern_json(p));
     meta["captures"] = listed;
-    meta["generation"] = generation_view(mv, steps_of(sel.patterns));
+    meta["generation"] = generation_view(reader, steps_of(sel.patterns));
     write_page(reader, out, meta, sel);
     return {{"files", json::array({{{"file", "report.html"},
                                     {"shows", "interactive report: tokens, attention heatmaps per layer/head/step, analyzer tables"}}})}};

@@ -7,6 +7,7 @@
 
 #include <hooklens/analyzer.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
 
 #include <fmt/format.h>
@@ -22,7 +23,7 @@ using nlohmann::json;
 
 class Neurons : public hooklens::Analyzer {
  public:
-  std::vector<std::string> hooks() const override { return {"blocks.*.mlp.hook_post"}; }
+  std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::mlp_post)}; }
 
   void begin(const json& run) override {
     const hooklens::analysis::Options options("neurons", run.value("options", json::object()), {"k"});

@@ -1,5 +1,5 @@
 // The run-directory writer: a capture sink that writes manifest.json and captures-NNNNN.safetensors
-// shards (DESIGN.md, "The run-directory contract").
+// shards (docs/run-format.md; entries encoded by hooklens/run_format.h).
 //
 // capture() only queues a reference to the tensor (adapters never modify a fired tensor), so the
 // model's thread waits on the disk only when `queue_bytes` of tensors are already waiting. One
@@ -20,6 +20,7 @@
 #include <hooklens/hooks.h>
 #include <hooklens/json_read.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/run_format.h>
 #include <hooklens/sink.h>
 #include <hooklens/weights.h>
 
@@ -157,7 +158,7 @@ std::string format_manifest(const json& manifest) {
 bool looks_like_run_dir(const fs::path& dir) {
   try {
     const json manifest = read_json_file(dir / "manifest.json");
-    return manifest.is_object() && manifest.value("format", "") == "hooklens-run";
+    return manifest.is_object() && manifest.value("format", "") == kRunFormatName;
   } catch (const Error&) {  // missing, unreadable, malformed or too deep: not a run to replace
     return false;
   }
@@ -590,19 +591,7 @@ class RunWriter final : public CaptureSink {
     if (shard_ && !shard_->empty() && shard_->bytes() + t.nbytes() > options_.shard_bytes) close_shard(true);
     if (!shard_) shard_ = std::make_unique<Shard>(options_.out, next_shard_++, header_room_);
     shard_->add(item.key, t, dtype);
-    pending_.push_back({{"key", item.key},
-                        {"hook", item.hook},
-                        {"prompt", item.ctx.prompt},
-                        {"phase", phase_name(item.ctx.phase)},
-                        {"step", item.ctx.step},
-                        {"block", item.ctx.block},
-                        {"layer", item.ctx.layer},
-                        {"query_offset", item.ctx.query_offset},
-                        {"key_offset", item.ctx.key_offset},
-                        {"pass", item.ctx.pass},
-                        {"shape", t.sizes().vec()},
-                        {"dtype", dtype},
-                        {"file", shard_->name()}});
+    pending_.push_back(encode_capture_entry({item.key, item.hook, shard_->name(), dtype, t.sizes().vec(), item.ctx}));
   }
 
   // Closing a shard is also a checkpoint: the manifest then lists every capture on disk.
@@ -630,8 +619,8 @@ class RunWriter final : public CaptureSink {
   // Called before the thread starts, on the thread, or after it was joined: never concurrently.
   void write_manifest(const json& fields, bool complete, const std::string& error = "") {
     json manifest = fields.is_object() ? fields : json::object();
-    manifest["format"] = "hooklens-run";
-    manifest["version"] = 1;
+    manifest["format"] = kRunFormatName;
+    manifest["version"] = kRunFormatVersion;
     manifest["complete"] = complete;
     manifest["captures"] = captures_;
     if (!error.empty()) manifest["error"] = error;

@@ -11,6 +11,7 @@
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
 
 #include <fmt/format.h>
@@ -85,7 +86,7 @@ struct HeadTotals {
 
 class TokenInfluence : public hooklens::Analyzer {
  public:
-  std::vector<std::string> hooks() const override { return {"blocks.*.attn.hook_pattern"}; }
+  std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)}; }
 
   void begin(const json& run) override {
     const hooklens::analysis::Options options("token_influence", run.value("options", json::object()), {"target"});

@@ -179,7 +179,7 @@ void Viewer::frame() {
       return open;
     };
     if (tab("Query", "query")) bars_panel(), ImGui::EndTabItem();
-    if (model_->mode() != "none" && tab("Prompt", "prompt")) prompt_bars_panel(), ImGui::EndTabItem();
+    if (model_->generation_mode() != hooklens::GenerationMode::none && tab("Prompt", "prompt")) prompt_bars_panel(), ImGui::EndTabItem();
     if (tab("Neurons", "neurons")) neurons_panel(), ImGui::EndTabItem();
     if (tab("Analyzers", "analyzers")) tables_panel(), ImGui::EndTabItem();
     ImGui::EndTabBar();
@@ -423,7 +423,7 @@ void Viewer::bars_panel() {
 void Viewer::prompt_bars_panel() {
   const auto grid = shown_ ? shown_->grid : nullptr;
   const int prompt_length = model_->prompt_length(sel_.prompt);
-  const bool autoregressive = model_->mode() == "autoregressive";
+  const bool autoregressive = model_->generation_mode() == hooklens::GenerationMode::autoregressive;
   const int head = grid ? shown_head(*shown_) : 0;
   // Recomputed only when its inputs change (a head mean over a long run reads every head's rows).
   const std::tuple<unsigned, int, int> inputs{shown_serial_, head, sel_.query};

@@ -1,6 +1,7 @@
 #include "run_model.h"
 
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/run.h>
 
@@ -90,10 +91,12 @@ RunModel::RunModel(const fs::path& dir) : dir_(dir), reader_(std::make_unique<ho
     if (n_layers_ < 1 || n_layers_ > 4096 || n_heads_ < 1 || n_heads_ > 4096)
       throw hooklens::Error(fmt::format("{}: implausible model size: {} layers, {} heads", manifest_file.string(),
                                         n_layers_, n_heads_));
-    const json& generation = m.value("generation", json::object());
-    mode_ = generation.value("mode", std::string("none"));
-    steps_ = generation.value("steps", json::array());
-    for (const json& p : m.at("prompts")) prompts_.push_back({p.at("tokens").get<std::vector<std::string>>()});
+    generation_ = &reader_->generation();
+    mode_ = hooklens::generation_mode_name(generation_->mode);
+    // The model's mask shows masks in a diffusion run whose generation block names none.
+    const json& model = m.at("model");
+    if (model.contains("mask_id") && model["mask_id"].is_number_integer()) model_mask_id_ = model["mask_id"].get<std::int64_t>();
+    for (const hooklens::RunPrompt& p : reader_->prompts()) prompts_.push_back({p.tokens});
     for (std::size_t i = 0; i < reader_->capture_count(); ++i) {
       const hooklens::CaptureEntry& c = reader_->entry(i);
       const std::string& hook = c.hook;
@@ -101,16 +104,15 @@ RunModel::RunModel(const fs::path& dir) : dir_(dir), reader_(std::make_unique<ho
       if (std::get<0>(where) < 0 || std::get<0>(where) >= int(prompts_.size()))
         throw hooklens::Error(fmt::format("capture '{}' names prompt {}", c.key, std::get<0>(where)));
       step_count_ = std::max(step_count_, std::get<1>(where) + 1);
-      const auto ends_with = [&](const std::string& s) {
-        return hook.size() >= s.size() && hook.compare(hook.size() - s.size(), s.size(), s) == 0;
-      };
-      if (ends_with("attn.hook_pattern")) pattern_index_[where].push_back(i);
-      if (ends_with("mlp.hook_post")) neuron_index_[where].push_back(i);
+      namespace hn = hooklens::hook_names;
+      if (hn::layer_of(hook, hn::pattern)) pattern_index_[where].push_back(i);
+      if (hn::layer_of(hook, hn::mlp_post)) neuron_index_[where].push_back(i);
     }
   } catch (const json::exception& e) {
     throw hooklens::Error(fmt::format("{}: malformed run manifest: {}", manifest_file.string(), e.what()));
   }
-  if (mode_ != "none") step_count_ = std::max(step_count_, int(steps_.size()));
+  if (generation_->mode != hooklens::GenerationMode::none)
+    step_count_ = std::max(step_count_, int(generation_->step_count()));
   tables_ = read_head_tables(dir_ / "reports", warnings_);
 }
 
@@ -140,38 +142,30 @@ int RunModel::prompt_length(int prompt) const { return int(prompts_.at(std::size
 
 std::vector<std::string> RunModel::tokens(int prompt, int step) const {
   std::vector<std::string> out = prompts_.at(std::size_t(prompt)).tokens;
-  // Generation records one sequence: the first prompt's. Malformed steps leave the prompt alone.
-  if (prompt != 0 || steps_.empty()) return out;
-  try {
-    generated_tokens(step, out);
-  } catch (const json::exception&) {
-    out.resize(prompts_[0].tokens.size());
-  }
+  // Generation records one sequence: the first prompt's.
+  if (prompt == 0) generated_tokens(step, out);
   return out;
 }
 
 void RunModel::generated_tokens(int step, std::vector<std::string>& out) const {
-  if (mode_ == "autoregressive") {
-    for (int s = 0; s <= step && s < int(steps_.size()); ++s) out.push_back(steps_[s].value("token_string", std::string("?")));
-  } else if (mode_ == "masked_diffusion" && step < int(steps_.size())) {
-    const json& ids = steps_[step].value("ids", json::array());
-    const json& generation = reader_->manifest()["generation"];
-    const json mask = generation.value("mask_id", reader_->manifest()["model"].value("mask_id", json()));
-    // token_strings is written only when the run had a tokenizer: "#ID" otherwise.
-    const json strings = generation.value("token_strings", json::object());
-    for (std::size_t i = out.size(); i < ids.size(); ++i)
-      out.push_back(ids[i] == mask ? std::string("[mask]") : strings.value(ids[i].dump(), "#" + ids[i].dump()));
+  const hooklens::RunGeneration& g = *generation_;
+  if (g.mode == hooklens::GenerationMode::autoregressive) {
+    for (int s = 0; s <= step && s < int(g.token_steps.size()); ++s)
+      out.push_back(g.token_steps[std::size_t(s)].token_string.value_or("?"));
+  } else if (g.mode == hooklens::GenerationMode::masked_diffusion && step < int(g.denoise_steps.size())) {
+    const std::vector<std::int64_t>& ids = g.denoise_steps[std::size_t(step)].ids;
+    const std::optional<std::int64_t> mask = g.mask_id ? g.mask_id : model_mask_id_;
+    // token_strings is written only when the run had a tokenizer: "#ID" otherwise (RunGeneration::display).
+    for (std::size_t i = out.size(); i < ids.size(); ++i) out.push_back(ids[i] == mask ? std::string("[mask]") : g.display(ids[i]));
   }
 }
 
 std::vector<int> RunModel::new_positions(int prompt, int step) const {
-  if (prompt != 0 || step >= int(steps_.size())) return {};
-  if (mode_ == "autoregressive") return {prompt_length(0) + step};
-  try {
-    if (mode_ == "masked_diffusion") return steps_[step].value("committed", std::vector<int>{});
-  } catch (const json::exception&) {
-  }
-  return {};
+  const hooklens::RunGeneration& g = *generation_;
+  if (prompt != 0 || step < 0 || step >= int(g.step_count()) || g.mode == hooklens::GenerationMode::none) return {};
+  if (g.mode == hooklens::GenerationMode::autoregressive) return {prompt_length(0) + step};
+  const std::vector<std::int64_t>& committed = g.denoise_steps[std::size_t(step)].committed;
+  return std::vector<int>(committed.begin(), committed.end());
 }
 
 std::shared_ptr<const Grid> RunModel::cached(const std::string& kind, const Where& where) {
@@ -200,7 +194,7 @@ std::shared_ptr<const Grid> RunModel::read_grid(const std::map<Where, std::vecto
                                                 int step, int layer) {
   // Autoregressive decode steps add rows (their positions) to the prefill's; other runs show one step.
   std::vector<std::size_t> captures;
-  const int first = mode_ == "autoregressive" ? 0 : step;
+  const int first = generation_->mode == hooklens::GenerationMode::autoregressive ? 0 : step;
   for (int s = first; s <= step; ++s) {
     const auto it = index.find({prompt, s, layer});
     if (it != index.end()) captures.insert(captures.end(), it->second.begin(), it->second.end());

@@ -4,6 +4,8 @@
 // neurons() may be called from several threads (the UI and the thumbnail loader); the rest is
 // fixed once the manifest is read.
 #pragma once
+#include <hooklens/generation_mode.h>
+
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
@@ -13,12 +15,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
 namespace hooklens {
 class RunReader;
+struct RunGeneration;
 }
 
 namespace view {
@@ -47,6 +51,9 @@ class PanelModel {
   virtual ~PanelModel() = default;
   virtual std::string title() const = 0;  // the run directory, or the live model
   virtual const std::string& mode() const = 0;  // "none", "autoregressive" or "masked_diffusion"
+  hooklens::GenerationMode generation_mode() const {
+    return hooklens::parse_generation_mode(mode()).value_or(hooklens::GenerationMode::none);
+  }
   virtual int n_layers() const = 0;
   virtual int n_heads() const = 0;
   virtual int prompt_count() const = 0;
@@ -111,17 +118,18 @@ class RunModel : public PanelModel {
   // The captures of a layer in `index` (patterns [1, heads, q, k] or activations [1, pos, n] as one
   // head) placed at their offsets; for autoregressive runs steps 0..step together.
   std::shared_ptr<const Grid> read_grid(const std::map<Where, std::vector<std::size_t>>& index, int prompt, int step, int layer);
-  void generated_tokens(int step, std::vector<std::string>& out) const;  // appends; may throw json errors
+  void generated_tokens(int step, std::vector<std::string>& out) const;  // appends
 
   std::filesystem::path dir_;
   std::unique_ptr<hooklens::RunReader> reader_;
   std::string mode_;
+  const hooklens::RunGeneration* generation_ = nullptr;  // reader_'s, decoded once
+  std::optional<std::int64_t> model_mask_id_;
   int n_layers_ = 0, n_heads_ = 0, step_count_ = 1;
   struct Prompt {
     std::vector<std::string> tokens;
   };
   std::vector<Prompt> prompts_;
-  nlohmann::json steps_;
   std::map<Where, std::vector<std::size_t>> pattern_index_, neuron_index_;  // capture indices
   std::list<std::pair<std::pair<std::string, Where>, std::shared_ptr<const Grid>>> cache_;  // most recent first
   std::vector<HeadTable> tables_;

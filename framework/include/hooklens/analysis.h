@@ -53,7 +53,4 @@ std::shared_ptr<Renderer> renderer_for(const PluginRegistry& registry, const std
 // Where a format's files go by default: RUN/figures, or RUN/report for html.
 std::filesystem::path default_render_dir(const std::filesystem::path& run_dir, const std::string& format);
 
-// The capture context recorded in a manifest's capture entry.
-CaptureContext capture_context(const nlohmann::json& entry);
-
 }  // namespace hooklens

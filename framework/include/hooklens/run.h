@@ -1,8 +1,9 @@
-// Reading a run directory (manifest.json + captures-NNNNN.safetensors shards; see DESIGN.md,
-// "The run-directory contract"). Used by the analyzers over a finished run, the renderers, the
-// offline viewer, examples and tests.
+// Reading a run directory (manifest.json + captures-NNNNN.safetensors shards; the contract is
+// docs/run-format.md, its encoders and decoders hooklens/run_format.h). Used by the analyzers over a
+// finished run, the renderers, the offline viewer, examples and tests.
 #pragma once
 #include <hooklens/hooks.h>
+#include <hooklens/run_format.h>
 
 #include <ATen/core/Tensor.h>
 
@@ -16,17 +17,6 @@
 #include <vector>
 
 namespace hooklens {
-
-// One capture as the manifest lists it, decoded once by RunReader::open (which checked every
-// field), so readers never decode or re-check the JSON entry themselves.
-struct CaptureEntry {
-  std::string key;   // the tensor's name inside `file`
-  std::string hook;  // e.g. "blocks.0.attn.hook_pattern"
-  std::string file;  // a shard's plain file name inside the run directory
-  std::string dtype;  // safetensors dtype name, e.g. "F32"
-  std::vector<std::int64_t> shape;
-  CaptureContext context;  // prompt, phase, step, block, layer, query_offset, key_offset, pass
-};
 
 // How much of the manifest open() checks. A manifest may come from anywhere (damaged, edited,
 // hostile): whatever is checked, readers may rely on without checking again.
@@ -62,6 +52,10 @@ class RunReader {
   std::size_t capture_count() const { return entries_.size(); }
   const nlohmann::json& capture(std::size_t index) const;  // the manifest's entry
   const CaptureEntry& entry(std::size_t index) const;      // the same, decoded and checked
+  // The "prompts" and "generation" sections decoded (decode_prompts, decode_generation): read with
+  // RunCheck::consistent only, which checked them against each other and the model (Error otherwise).
+  const std::vector<RunPrompt>& prompts() const;
+  const RunGeneration& generation() const;
   // The captured tensor as stored (F32 or F16). Its shard's header must agree with the manifest's
   // shape and dtype (Error otherwise). Keeps the tensors of the last shard read, so reading
   // captures in manifest order reads each shard once.
@@ -71,6 +65,9 @@ class RunReader {
   std::filesystem::path dir_;
   nlohmann::json manifest_;
   std::vector<CaptureEntry> entries_;
+  bool consistent_ = false;
+  std::vector<RunPrompt> prompts_;
+  RunGeneration generation_;
   std::string cached_file_;
   std::map<std::string, at::Tensor> cached_tensors_;
 };

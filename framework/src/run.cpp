@@ -24,8 +24,7 @@ namespace {
 
 using nlohmann::json;
 
-// Far past any model's context, and small enough that offset + extent never overflows.
-constexpr std::int64_t kMaxPositions = std::int64_t(1) << 40;
+constexpr std::int64_t kMaxPositions = kMaxRunPositions;
 constexpr std::int64_t kMaxInt = std::numeric_limits<int>::max();
 // Far past any model (the largest have ~128 layers and ~128 heads); renderers lay out and loop over
 // layers x heads, so a manifest claiming a million of each made them run for days (found by fuzzing).
@@ -94,57 +93,11 @@ class Checker {
   fs::path file_;
 };
 
-// An entry's own fields. Shard names must be plain file names inside the run directory.
-CaptureEntry check_capture_entry(const Checker& check, const json& entry, std::size_t index) {
-  const std::string where = fmt::format("capture {}", index);
-  if (!entry.is_object()) check.fail(where + " is not an object");
-  for (const char* field : {"key", "hook", "file", "dtype"})
-    if (!entry.contains(field) || !entry[field].is_string())
-      check.fail(fmt::format("{} has no string field '{}'", where, field));
-  CaptureEntry e;
-  e.key = entry["key"].get<std::string>();
-  e.hook = entry["hook"].get<std::string>();
-  e.file = entry["file"].get<std::string>();
-  e.dtype = entry["dtype"].get<std::string>();
-  if (e.file.empty() || e.file == "." || e.file == ".." || fs::path(e.file).filename().string() != e.file)
-    check.fail(fmt::format("{} names a shard outside the run directory: '{}'", where, e.file));
-  const std::string of = fmt::format(" (capture key '{}')", e.key);
-  if (!entry.contains("shape") || !entry["shape"].is_array()) check.fail(fmt::format("{} has no 'shape' array{}", where, of));
-  c10::ScalarType type{};
-  try {
-    type = parse_safetensors_dtype(e.dtype);
-  } catch (const Error&) {
-    check.fail(fmt::format("{} field 'dtype' is '{}', not a safetensors dtype{}", where, e.dtype, of));
-  }
-  // The bytes the shape needs, in 128 bits: a hostile shape cannot overflow past the check.
-  unsigned __int128 bytes = c10::elementSize(type);
-  for (const json& d : entry["shape"]) {
-    if (!d.is_number_integer() || (d.is_number_unsigned() && d.get<std::uint64_t>() > std::uint64_t(INT64_MAX)) ||
-        d.get<std::int64_t>() < 0)
-      check.fail(fmt::format("{} has a malformed 'shape' {}{}", where, brief_json(entry["shape"]), of));
-    e.shape.push_back(d.get<std::int64_t>());
-    bytes = std::min<unsigned __int128>(bytes * std::uint64_t(e.shape.back()), std::uint64_t(1) << 62);
-  }
-  if (bytes >= std::uint64_t(1) << 62) check.fail(fmt::format("{} field 'shape' {} is impossibly large{}", where, brief_json(entry["shape"]), of));
-
-  CaptureContext& ctx = e.context;
-  ctx.prompt = int(check.integer(entry, "prompt", where, 0, kMaxInt, std::nullopt, of));
-  if (!entry.contains("phase") || !entry["phase"].is_string())
-    check.fail(fmt::format("{} has no string field 'phase'{}", where, of));
-  const auto phase = parse_phase(entry["phase"].get<std::string>());
-  if (!phase) check.fail(fmt::format("{} field 'phase' is '{}', not prefill, decode or denoise{}", where, entry["phase"].get<std::string>(), of));
-  ctx.phase = *phase;
-  ctx.step = int(check.integer(entry, "step", where, 0, kMaxInt, std::nullopt, of));
-  ctx.block = int(check.integer(entry, "block", where, -1, kMaxInt, -1, of));
-  ctx.layer = int(check.integer(entry, "layer", where, -1, kMaxInt, -1, of));
-  ctx.query_offset = check.integer(entry, "query_offset", where, 0, kMaxPositions, 0, of);
-  ctx.key_offset = check.integer(entry, "key_offset", where, 0, kMaxPositions, 0, of);  // absent before capture slicing
-  ctx.pass = int(check.integer(entry, "pass", where, 0, 1, 0, of));
-  return e;
-}
-
-bool ends_with(const std::string& s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+// True if `hook` ends in ".LEAF" for the last part LEAF of `point` (".hook_pattern" for
+// "attn.hook_pattern"): TorchScript models name their points freely, their patterns included.
+bool ends_in_leaf(std::string_view hook, std::string_view point) {
+  const std::string_view leaf = point.substr(point.rfind('.') + 1);
+  return hook.size() > leaf.size() && hook.substr(hook.size() - leaf.size()) == leaf && hook[hook.size() - leaf.size() - 1] == '.';
 }
 
 // Hook points whose dimension 1 is the position ([batch, pos, ...]) in the models hooklens builds.
@@ -225,15 +178,14 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
   }
 
   // ---- generation
-  std::string mode = "none";
+  GenerationMode mode = GenerationMode::none;
   std::int64_t steps = -1, generated = -1, blocks = -1;  // -1: the manifest does not say
   if (const json* g = check.section(manifest, "generation")) {
     const std::string where = "\"generation\"";
-    if (g->contains("mode")) {
-      if (!(*g)["mode"].is_string()) check.fail(where + " field 'mode' is not a string");
-      mode = (*g)["mode"].get<std::string>();
-      if (mode != "none" && mode != "autoregressive" && mode != "masked_diffusion")
-        check.fail(fmt::format("{} field 'mode' is '{}', not none, autoregressive or masked_diffusion", where, mode));
+    try {
+      mode = decode_generation_mode(manifest);
+    } catch (const Error& e) {
+      check.fail(e.what());
     }
     const std::int64_t P0 = prompt_length.empty() || !prompt_length[0] ? -1 : *prompt_length[0];
     if (g->contains("steps") && !(*g)["steps"].is_array()) check.fail(where + " field 'steps' is not an array");
@@ -242,7 +194,7 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
     if (g->contains("steps")) steps = std::int64_t(all.size());
     for (std::size_t s = 0; s < all.size(); ++s)
       if (!all[s].is_object()) check.fail(fmt::format("generation step {} is not an object", s));
-    if (mode == "masked_diffusion") {
+    if (mode == GenerationMode::masked_diffusion) {
       // The mask may stand anywhere in the sequences; other ids are within the vocabulary.
       const std::optional<std::int64_t> mask =
           g->contains("mask_id") ? std::optional<std::int64_t>(check.integer(*g, "mask_id", where, 0, id_max)) : std::nullopt;
@@ -289,7 +241,7 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
     } else {
       const auto output = check.ids(*g, "output_ids", where, 0, id_max);
       const auto fresh = check.ids(*g, "new_ids", where, 0, id_max);
-      if (mode == "autoregressive") {
+      if (mode == GenerationMode::autoregressive) {
         if (output && P0 >= 0 && steps >= 0 && std::int64_t(output->size()) != P0 + steps)
           check.fail(fmt::format("{} field 'output_ids' has {} ids, not prompt 0's {} and the {} steps' tokens", where,
                                  output->size(), P0, steps));
@@ -315,20 +267,20 @@ void check_consistency(const Checker& check, const json& manifest, const std::ve
       bad(fmt::format("field 'prompt' is {}, but the run has {} prompt(s)", c.prompt, prompt_length.size()));
     if (n_layers >= 0 && c.layer >= n_layers)
       bad(fmt::format("field 'layer' is {}, but the model has {} layer(s)", c.layer, n_layers));
-    if (mode != "none" && steps >= 0 && c.step >= std::max<std::int64_t>(steps, 1))
+    if (mode != GenerationMode::none && steps >= 0 && c.step >= std::max<std::int64_t>(steps, 1))
       bad(fmt::format("field 'step' is {}, but the generation has {} step(s)", c.step, steps));
-    if (mode == "masked_diffusion" && blocks > 0 && c.block >= blocks)
+    if (mode == GenerationMode::masked_diffusion && blocks > 0 && c.block >= blocks)
       bad(fmt::format("field 'block' is {}, but the generation has {} block(s)", c.block, blocks));
 
     // Positions the forward pass saw: the prompt, and the tokens generated before this step.
     std::int64_t positions = -1;
     const std::optional<std::int64_t> P =
         std::size_t(c.prompt) < prompt_length.size() ? prompt_length[std::size_t(c.prompt)] : std::nullopt;
-    if (P && mode == "autoregressive") positions = *P + c.step;
-    else if (P && mode == "masked_diffusion") positions = generated >= 0 ? *P + generated : -1;
+    if (P && mode == GenerationMode::autoregressive) positions = *P + c.step;
+    else if (P && mode == GenerationMode::masked_diffusion) positions = generated >= 0 ? *P + generated : -1;
     else if (P) positions = *P;
     else if (!has_prompts && n_ctx > 0) positions = n_ctx;
-    const bool pattern = ends_with(e.hook, ".hook_pattern") || ends_with(e.hook, ".hook_attn_scores");
+    const bool pattern = ends_in_leaf(e.hook, hook_names::pattern) || ends_in_leaf(e.hook, hook_names::attn_scores);
     // Only patterns have a key dimension to slice; elsewhere the viewer would place columns by it.
     if (!pattern && c.key_offset != 0)
       bad(fmt::format("field 'key_offset' is {}, but only attention patterns have key positions", c.key_offset));
@@ -358,9 +310,9 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check)
                                    dir.string()));
   nlohmann::json manifest = parse_json_text(std::string(std::istreambuf_iterator<char>(in), {}), file.string());
 
-  if (!manifest.is_object() || manifest.value("format", "") != "hooklens-run")
+  if (!manifest.is_object() || manifest.value("format", "") != kRunFormatName)
     throw Error(fmt::format("{}: not a hooklens run manifest (no \"format\": \"hooklens-run\")", file.string()));
-  if (!manifest.contains("version") || manifest["version"] != 1)
+  if (!manifest.contains("version") || manifest["version"] != kRunFormatVersion)
     throw Error(fmt::format("{}: unsupported run format version {} (this hooklens reads version 1)", file.string(),
                             brief_json(manifest.value("version", nlohmann::json()))));
   if (!manifest.contains("complete") || !manifest["complete"].is_boolean())
@@ -375,13 +327,27 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check)
   const Checker checker(file);
   std::vector<CaptureEntry> entries;
   entries.reserve(manifest["captures"].size());
-  for (std::size_t i = 0; i < manifest["captures"].size(); ++i)
-    entries.push_back(check_capture_entry(checker, manifest["captures"][i], i));
-  if (check == RunCheck::consistent) check_consistency(checker, manifest, entries);
+  std::vector<RunPrompt> prompts;
+  RunGeneration generation;
+  try {
+    for (std::size_t i = 0; i < manifest["captures"].size(); ++i)
+      entries.push_back(decode_capture_entry(manifest["captures"][i], i));
+    if (check == RunCheck::consistent) {
+      check_consistency(checker, manifest, entries);
+      prompts = decode_prompts(manifest);
+      generation = decode_generation(manifest);
+    }
+  } catch (const Error& e) {
+    if (std::string_view(e.what()).rfind(file.string() + ": ", 0) == 0) throw;  // the checker's, named already
+    checker.fail(e.what());
+  }
 
   dir_ = dir;
   manifest_ = std::move(manifest);
   entries_ = std::move(entries);
+  consistent_ = check == RunCheck::consistent;
+  prompts_ = std::move(prompts);
+  generation_ = std::move(generation);
   cached_file_.clear();
   cached_tensors_.clear();
 }
@@ -396,6 +362,16 @@ const CaptureEntry& RunReader::entry(std::size_t index) const {
     throw Error(fmt::format("{}: capture index {} out of range (the run has {} captures)",
                             (dir_ / "manifest.json").string(), index, capture_count()));
   return entries_[index];
+}
+
+const std::vector<RunPrompt>& RunReader::prompts() const {
+  if (!consistent_) throw Error(fmt::format("{}: the prompts are decoded by RunCheck::consistent only", (dir_ / "manifest.json").string()));
+  return prompts_;
+}
+
+const RunGeneration& RunReader::generation() const {
+  if (!consistent_) throw Error(fmt::format("{}: the generation is decoded by RunCheck::consistent only", (dir_ / "manifest.json").string()));
+  return generation_;
 }
 
 at::Tensor RunReader::load(std::size_t index) {
