@@ -10,6 +10,7 @@
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 #include <hooklens/renderer.h>
+#include <hooklens/run_format.h>
 #include <hooklens/runtime.h>
 #include <hooklens/sink.h>
 
@@ -27,6 +28,7 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <unordered_map>
@@ -142,14 +144,13 @@ std::vector<SessionPrompt> read_prompts(const RunSettings& o, const Model& model
   return prompts;
 }
 
+// A prompt as the manifest lists it: its text (decoded from the ids when it has none) and each id's
+// display string.
 json prompt_json(const SessionPrompt& p, const Model& model) {
   const Tokenizer* tok = model.tokenizer();
-  json tokens = json::array();
-  for (auto id : p.ids) tokens.push_back(tok ? tok->token_string(id) : std::to_string(id));
-  return {{"text", tok && p.text.empty() ? tok->decode(p.ids) : p.text},
-          {"ids", p.ids},
-          {"tokens", tokens},
-          {"source", p.source}};
+  RunPrompt out{tok && p.text.empty() ? tok->decode(p.ids) : p.text, p.ids, {}, p.source};
+  for (auto id : p.ids) out.tokens.push_back(tok ? tok->token_string(id) : std::to_string(id));
+  return encode_prompt(out);
 }
 
 // Every --layers entry must be a layer of the model, and every pattern must name at least one hook
@@ -236,65 +237,65 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // The display string of every id a diffusion run's sequences hold (the prompt and each step's ids),
-// keyed by the id as text, so readers of the manifest show tokens without a tokenizer. The mask has
-// no entry (readers show it as a mask), nor has an id past the tokenizer's vocabulary.
-json diffusion_token_strings(const Tokenizer& tok, const std::vector<std::int64_t>& prompt, const json& steps,
-                             std::int64_t mask_id) {
+// so readers of the manifest show tokens without a tokenizer. The mask has no entry (readers show it
+// as a mask), nor has an id past the tokenizer's vocabulary.
+std::map<std::int64_t, std::string> diffusion_token_strings(const Tokenizer& tok, const std::vector<std::int64_t>& prompt,
+                                                            const std::vector<DenoiseStep>& steps, std::int64_t mask_id) {
   std::set<std::int64_t> ids(prompt.begin(), prompt.end());
-  for (const auto& step : steps)
-    for (const auto& id : step.at("ids")) ids.insert(id.get<std::int64_t>());
-  json out = json::object();
+  for (const auto& step : steps) ids.insert(step.ids.begin(), step.ids.end());
+  std::map<std::int64_t, std::string> out;
   for (auto id : ids)
-    if (id != mask_id && id >= 0 && id < tok.vocab_size()) out[std::to_string(id)] = tok.token_string(id);
+    if (id != mask_id && id >= 0 && id < tok.vocab_size()) out[id] = tok.token_string(id);
   return out;
 }
 
-// The manifest's "generation" block of an autoregressive run. `steps`: one entry per token.
-json autoregressive_generation_json(const SamplingOptions& s, const GenerationResult& result, const json& steps,
-                                    const Tokenizer* tok) {
-  json g = {{"mode", generation_mode_name(GenerationMode::autoregressive)},
-            {"max_new_tokens", s.max_new_tokens},
-            {"greedy", s.greedy},
-            {"temperature", s.temperature},
-            {"top_k", s.top_k},
-            {"top_p", s.top_p},
-            {"seed", s.seed},
-            {"stop_at_eos", s.stop_at_eos},
-            {"output_ids", result.output_ids},
-            {"new_ids", result.new_ids},
-            {"stopped_on_eos", result.stopped_on_eos},
-            {"steps", steps}};
-  if (tok) g["text"] = tok->decode(result.new_ids);
+// The manifest's "generation" block of an autoregressive run (run_format.h encodes it).
+RunGeneration autoregressive_generation(const SamplingOptions& s, const GenerationResult& result,
+                                        std::vector<TokenStep> steps, const Tokenizer* tok) {
+  RunGeneration g;
+  g.mode = GenerationMode::autoregressive;
+  g.max_new_tokens = s.max_new_tokens;
+  g.greedy = s.greedy;
+  g.temperature = s.temperature;
+  g.top_k = s.top_k;
+  g.top_p = s.top_p;
+  g.seed = s.seed;
+  g.stop_at_eos = s.stop_at_eos;
+  g.output_ids = result.output_ids;
+  g.new_ids = result.new_ids;
+  g.stopped_on_eos = result.stopped_on_eos;
+  g.token_steps = std::move(steps);
+  if (tok) g.text = tok->decode(result.new_ids);
   return g;
 }
 
-// The manifest's "generation" block of a masked-diffusion run. `steps`: one entry per denoising step.
-json diffusion_generation_json(const DiffusionOptions& d, const std::string& confidence_dtype,
-                               const std::vector<std::int64_t>& prompt, const DiffusionResult& result, const json& steps,
-                               const Tokenizer* tok) {
-  const std::vector<std::int64_t> generated(result.output_ids.begin() + std::ptrdiff_t(prompt.size()), result.output_ids.end());
-  json g = {{"mode", generation_mode_name(GenerationMode::masked_diffusion)},
-            {"prompt_length", prompt.size()},
-            {"gen_length", d.gen_length},
-            {"steps_total", d.steps},
-            {"block_length", d.block_length_or_all()},
-            {"temperature", d.temperature},
-            {"cfg_scale", d.cfg_scale},
-            {"remasking", remasking_name(d.remasking)},
-            {"confidence_dtype", confidence_dtype},
-            {"mask_id", result.mask_id},
-            {"seed", d.seed},
-            {"stop_at_eos", d.stop_at_eos},
-            {"stopped_on_eos", result.stopped_on_eos},
-            {"output_ids", result.output_ids},
-            {"new_ids", generated},
-            {"steps", steps}};
+// The manifest's "generation" block of a masked-diffusion run (run_format.h encodes it).
+RunGeneration diffusion_generation(const DiffusionOptions& d, const std::string& confidence_dtype,
+                                   const std::vector<std::int64_t>& prompt, const DiffusionResult& result,
+                                   const Tokenizer* tok) {
+  RunGeneration g;
+  g.mode = GenerationMode::masked_diffusion;
+  g.prompt_length = std::int64_t(prompt.size());
+  g.gen_length = d.gen_length;
+  g.steps_total = d.steps;
+  g.block_length = d.block_length_or_all();
+  g.temperature = d.temperature;
+  g.cfg_scale = d.cfg_scale;
+  g.remasking = remasking_name(d.remasking);
+  g.confidence_dtype = confidence_dtype;
+  g.mask_id = result.mask_id;
+  g.seed = d.seed;
+  g.stop_at_eos = d.stop_at_eos;
+  g.stopped_on_eos = result.stopped_on_eos;
+  g.output_ids = result.output_ids;
+  g.new_ids.assign(result.output_ids.begin() + std::ptrdiff_t(prompt.size()), result.output_ids.end());
+  for (const DiffusionStep& s : result.steps) g.denoise_steps.push_back({s.step, s.block, s.ids, s.committed, s.confidences});
   if (tok) {
     std::vector<std::int64_t> shown;  // mask tokens left (if any) are not text
-    for (auto id : generated)
+    for (auto id : g.new_ids)
       if (id != result.mask_id && id < tok->vocab_size()) shown.push_back(id);
-    g["text"] = tok->decode(shown);
-    g["token_strings"] = diffusion_token_strings(*tok, prompt, steps, result.mask_id);
+    g.text = tok->decode(shown);
+    g.token_strings = diffusion_token_strings(*tok, prompt, g.denoise_steps, result.mask_id);
   }
   return g;
 }
@@ -571,16 +572,14 @@ void RunSession::generate_tokens() {
   run([&] {
     Progress progress("generate: token", s.max_new_tokens);
     const Tokenizer* tok = model_->tokenizer();
-    json steps = json::array();
+    std::vector<TokenStep> steps;
     const auto started = Clock::now();
     double prefill_seconds = 0;
     auto result = generate_autoregressive(*model_, prompt, s, *hooks_, 0, [&](int step, std::int64_t token) {
       if (step == 0) prefill_seconds = seconds_since(started);
-      steps.push_back({{"step", step},
-                       {"phase", step == 0 ? "prefill" : "decode"},
-                       {"query_offset", step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1},
-                       {"token", token},
-                       {"token_string", tok ? tok->token_string(token) : std::to_string(token)}});
+      steps.push_back({step, step == 0 ? Phase::prefill : Phase::decode,
+                       step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1, token,
+                       tok ? tok->token_string(token) : std::to_string(token)});
       release_free_memory();
       progress.update(step + 1);
     });
@@ -589,9 +588,9 @@ void RunSession::generate_tokens() {
     run_->work_timing = fmt::format("prefill {} tokens {:.0f} ms ({:.0f} tok/s); decode {} tokens {:.2f} s ({:.1f} tok/s)",
                                     prompt.size(), 1000 * prefill_seconds, per_second(prompt.size(), prefill_seconds),
                                     decoded, decode_seconds, per_second(decoded, decode_seconds));
-    json g = autoregressive_generation_json(s, result, steps, tok);
-    if (tok) std::cout << "generated: " << g["text"].get<std::string>() << "\n";
-    return g;
+    const RunGeneration g = autoregressive_generation(s, result, std::move(steps), tok);
+    if (g.text) std::cout << "generated: " << *g.text << "\n";
+    return encode_generation(g);
   });
 }
 
@@ -601,11 +600,8 @@ void RunSession::generate_diffusion() {
   open_sink();
   run([&] {
     Progress progress("generate: denoising step", d.steps);
-    json steps = json::array();
     const auto started = Clock::now();
     auto result = generate_masked_diffusion(*model_, prompt, d, *hooks_, 0, [&](const DiffusionStep& s) {
-      steps.push_back({{"step", s.step}, {"block", s.block}, {"ids", s.ids}, {"committed", s.committed},
-                       {"confidences", s.confidences}});
       release_free_memory();
       progress.update(s.step + 1, fmt::format(" (block {})", s.block));
     });
@@ -614,9 +610,9 @@ void RunSession::generate_diffusion() {
                                     result.output_ids.size(), seconds,
                                     seconds / double(std::max<std::size_t>(1, result.steps.size())));
     const Tokenizer* tok = model_->tokenizer();
-    json g = diffusion_generation_json(d, settings_.diffusion.confidence_dtype, prompt, result, steps, tok);
-    if (tok) std::cout << "generated: " << g["text"].get<std::string>() << "\n";
-    return g;
+    const RunGeneration g = diffusion_generation(d, settings_.diffusion.confidence_dtype, prompt, result, tok);
+    if (g.text) std::cout << "generated: " << *g.text << "\n";
+    return encode_generation(g);
   });
 }
 

@@ -6,9 +6,10 @@
 #include <hooklens/error.h>
 #include <hooklens/generate.h>
 #include <hooklens/hooks.h>
-#include <hooklens/model.h>
 #include <hooklens/hook_names.h>
+#include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/run_format.h>
 #include <hooklens/run_session.h>
 #include <hooklens/runtime.h>
 
@@ -259,21 +260,25 @@ void LiveModel::work() {
     hooks.add(neurons, capture(neurons_));
   }
   std::string outcome = "finished";
-  json generation;
+  hooklens::RunGeneration generation;  // as far as it got, for the analyzers
+  generation.mode = mode_;
+  generation.output_ids = prompt_ids_;
   try {
-    const char* mode = hooklens::generation_mode_name(mode_);
     if (mode_ == hooklens::GenerationMode::autoregressive) {
-      std::vector<std::int64_t> ids = prompt_ids_;
-      generation = {{"mode", mode}, {"steps", json::array()}};
+      const std::int64_t prompt_length = std::int64_t(prompt_ids_.size());
       hooklens::generate_autoregressive(session_->model(), prompt_ids_, session_->sampling(), hooks, 0, [&](int step, std::int64_t token) {
-        ids.push_back(token);
-        generation["steps"].push_back({{"step", step}, {"token", token}, {"token_string", token_text(token)}});
-        finish_step({ids, {int(ids.size()) - 1}});
+        generation.output_ids.push_back(token);
+        generation.new_ids.push_back(token);
+        generation.token_steps.push_back({step, step == 0 ? hooklens::Phase::prefill : hooklens::Phase::decode,
+                                          step == 0 ? 0 : prompt_length + step - 1, token, token_text(token)});
+        finish_step({generation.output_ids, {int(generation.output_ids.size()) - 1}});
       });
     } else {
-      generation = {{"mode", mode}, {"output_ids", prompt_ids_}};
+      generation.prompt_length = std::int64_t(prompt_ids_.size());
+      generation.mask_id = mask_id_;
       hooklens::generate_masked_diffusion(session_->model(), prompt_ids_, session_->diffusion(), hooks, 0, [&](const hooklens::DiffusionStep& s) {
-        generation["output_ids"] = s.ids;
+        generation.output_ids = s.ids;
+        generation.denoise_steps.push_back({s.step, s.block, s.ids, s.committed, s.confidences});
         finish_step({s.ids, std::vector<int>(s.committed.begin(), s.committed.end())});
       });
     }
@@ -291,7 +296,7 @@ void LiveModel::work() {
   ++version_;
   if (session_->analyzers()) {
     try {
-      finish_analyzers(generation);
+      finish_analyzers(hooklens::encode_generation(generation));
     } catch (const std::exception& e) {
       ended += fmt::format("; analyzers failed: {}", e.what());
     }
