@@ -1,5 +1,5 @@
 // Fuzz target: the llama2.c checkpoint reader of the custom adapter (legacy and "ak42" version 1
-// headers, then the weights as views of the file), through the adapter's accepts and load. The
+// headers, then the weights as views of the file), through the adapter's score and load. The
 // input is the checkpoint (no tokenizer.bin beside it). A load must give a model whose sizes are
 // positive and whose weights came from the file, or refuse with a one-line Error.
 #include "fuzz_adapter_util.h"
@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)quiet;
   dir.write("model.bin", std::string_view(reinterpret_cast<const char*>(data), size));
   const auto file = dir.path() / "model.bin";
-  (void)adapter->accepts(file);
+  (void)fuzz::custom_score(file);
   try {
     const std::unique_ptr<hooklens::Model> model = adapter->load(file, {});
     const hooklens::ModelInfo& info = model->info();

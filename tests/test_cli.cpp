@@ -9,6 +9,7 @@
 #include "test_util.h"
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
 
 #include <hooklens/run.h>
 #include <hooklens/tokenizer.h>
@@ -869,7 +870,7 @@ void check_failed_run(const Outcome& o, const std::vector<std::string>& culprits
 TEST_CASE("a full disk and a read-only --out: exit 1, one error line, no run that looks complete", "[fixtures]") {
   test::TmpfsMount disk("2m");
   if (!disk.mounted) {
-    WARN("skipped: " << disk.why);
+    test::skip(disk.why + " (as root it can): the full-disk case did not run");
     return;
   }
   TempDir tmp;
@@ -896,7 +897,7 @@ TEST_CASE("a full disk and a read-only --out: exit 1, one error line, no run tha
   require_hooklens_run({"capture", "--model", neo, "--prompt", "hi", "--out", (disk.path / "old").string()},
                        tmp / "old");
   if (!disk.remount_read_only()) {
-    WARN("skipped the read-only part: cannot remount the tmpfs read-only");
+    test::skip("cannot remount the tmpfs read-only: the read-only part did not run");
     return;
   }
   std::vector<Invocation> invocations;
@@ -925,6 +926,9 @@ TEST_CASE("hooklens plugins lists the plugins and warns about a broken library")
   other_torch[soname + 11] = 'X';
   write_text(bad / "hooklens_other_torch.so", other_torch);
   std::vector<std::string> culprits{"hooklens_bad.so", "hooklens_cut.so", "hooklens_empty.so", "hooklens_other_torch.so"};
+  // A plugin that loads here but says it was built against libtorch 9.9.9 (tests/plugins/bad_descriptor.cpp).
+  fs::copy_file(test::build_dir() / "test_plugins/bad/hooklens_other_torch.so", bad / "hooklens_torch_999.so");
+  culprits.push_back("hooklens_torch_999.so");
   // A shared library that is no hooklens plugin.
   if (fs::exists("/usr/lib/x86_64-linux-gnu/libz.so.1")) {
     fs::copy_file("/usr/lib/x86_64-linux-gnu/libz.so.1", bad / "hooklens_zlib.so");
@@ -954,6 +958,10 @@ TEST_CASE("hooklens plugins lists the plugins and warns about a broken library")
     });
     CHECK(named);
   }
+  CHECK(std::count(warnings.begin(), warnings.end(),
+                   "hooklens: warning: " + (bad / "hooklens_torch_999.so").string() +
+                       ": plugin was built with libtorch 9.9.9, this hooklens with libtorch " TORCH_VERSION
+                       "; rebuild the plugin against this hooklens") == 1);
 }
 
 TEST_CASE("hooklens info --json describes tiny-neo-a and its hook points", "[fixtures]") {

@@ -162,7 +162,7 @@ TEST_CASE("llama2.c fixture: greedy generation with the KV cache continues as ll
 TEST_CASE("llama2.c version-1 layout gives the same model as the legacy one", "[fixtures]") {
   test::TempDir dir;
   write_bytes(dir / "v1.bin", to_v1(test::read_file(checkpoint())));
-  REQUIRE(adapter()->accepts(dir / "v1.bin"));
+  REQUIRE(test::adapter_score("custom", dir / "v1.bin") > 0);
   auto legacy = load(checkpoint());
   auto v1 = load(dir / "v1.bin");
   CHECK(v1->tokenizer() == nullptr);  // no tokenizer beside it: ids only
@@ -177,7 +177,7 @@ TEST_CASE("llama2.c: malformed files are refused with an Error naming the file",
     INFO(name);
     const fs::path file = dir / name;
     write_bytes(file, bytes);
-    CHECK_FALSE(adapter()->accepts(file));
+    CHECK(test::adapter_score("custom", file) == 0);
     const std::string error = test::error_of([&] { load(file); });
     CHECK(error.find(file.string()) != std::string::npos);
     CHECK(error.find(why) != std::string::npos);
@@ -201,15 +201,15 @@ TEST_CASE("llama2.c: malformed files are refused with an Error naming the file",
   std::string v2 = to_v1(good);
   set_i32(v2, 4, 2);
   write_bytes(dir / "v2.bin", v2);
-  CHECK(adapter()->accepts(dir / "v2.bin"));
+  CHECK(test::adapter_score("custom", dir / "v2.bin") > 0);
   const std::string error = test::error_of([&] { load(dir / "v2.bin"); });
   CHECK(error.find((dir / "v2.bin").string()) != std::string::npos);
   CHECK(error.find("version 2") != std::string::npos);
 
   // Not a checkpoint: the tokenizer itself, and a right-sized file with another extension.
-  CHECK_FALSE(adapter()->accepts(tokenizer_file()));
+  CHECK(test::adapter_score("custom", tokenizer_file()) == 0);
   write_bytes(dir / "model.pt", good);
-  CHECK_FALSE(adapter()->accepts(dir / "model.pt"));
+  CHECK(test::adapter_score("custom", dir / "model.pt") == 0);
 }
 
 TEST_CASE("llama2.c: the tokenizer beside the checkpoint, by name or by vocabulary size", "[fixtures]") {

@@ -407,7 +407,7 @@ TEST_CASE("a lock file left by a killed writer does not block the next run") {
 TEST_CASE("a full disk fails the run with one clear error, and leaves no shard pretending to be whole") {
   test::TmpfsMount disk("1m");
   if (!disk.mounted) {
-    WARN("skipped: " << disk.why);
+    test::skip(disk.why + " (as root it can): the full-disk case did not run");
     return;
   }
   const fs::path out = disk.path / "run";
@@ -443,14 +443,14 @@ TEST_CASE("a full disk fails the run with one clear error, and leaves no shard p
 TEST_CASE("a read-only place is refused at open, before anything is deleted") {
   test::TmpfsMount disk("1m");
   if (!disk.mounted) {
-    WARN("skipped: " << disk.why);
+    test::skip(disk.why + " (as root it can): the read-only case did not run");
     return;
   }
   const fs::path empty = disk.path / "empty", old = disk.path / "old";
   fs::create_directories(empty);
   write_run({{"out", old.string()}}, {varied_captures()[0]});
   if (!disk.remount_read_only()) {
-    WARN("skipped: cannot remount the tmpfs read-only");
+    test::skip("cannot remount the tmpfs read-only: the read-only part did not run");
     return;
   }
   for (const fs::path& out : {disk.path / "new", empty, old}) {

@@ -40,10 +40,12 @@ bool make_models(const test::TempDir& dir) {
   return true;
 }
 
-// The state dicts and their eager references, made once per test run; null without torch.
+// The state dicts and their eager references, made once per test run; null without torch, and
+// then the calling case is reported as skipped (it returns at once).
 const test::TempDir* models() {
   static const test::TempDir dir;
   static const bool made = make_models(dir);
+  if (!made) test::skip(std::string(test::kPython) + " cannot import torch and numpy: the state dicts were not made");
   return made ? &dir : nullptr;
 }
 
@@ -58,7 +60,7 @@ const char* const kRaschka4 = R"({"extends": "raschka-gpt", "n_heads": 4})";
 
 std::shared_ptr<Model> load(const fs::path& file, const std::string& spec) {
   auto a = adapter();
-  REQUIRE(a->accepts(file));
+  REQUIRE(test::adapter_score("custom", file) > 0);
   LoadOptions options;
   options.spec = spec;
   return tie_lifetime(a->load(file, options), a);
@@ -129,10 +131,7 @@ int run_cli(const std::string& args, const test::TempDir& dir, std::string& outp
 }  // namespace
 
 TEST_CASE("state dicts with a spec: logits, patterns and KV-cache generation match the eager models") {
-  if (!models()) {
-    test::skip(std::string(test::kPython) + " cannot import torch and numpy");
-    return;
-  }
+  if (!models()) return;
   const test::TempDir dir;
   const std::string raschka = write_spec(dir, "raschka4.json", kRaschka4).string();
   SECTION("LLMs from scratch GPTModel, qkv_bias false") { check_model("raschka", raschka, "raschka-gpt", 2); }
@@ -189,14 +188,13 @@ TEST_CASE("state dicts: sharded, as safetensors, as a directory or an index file
     }
   }
   SECTION("a directory that names a model_type (or whose config.json is broken) belongs to another adapter") {
-    auto a = adapter();
-    CHECK_FALSE(a->accepts(test::fixtures() / "tiny-neo-a"));
+    CHECK(test::adapter_score("custom", test::fixtures() / "tiny-neo-a") == 0);
     const test::TempDir broken;
     write_safetensors(broken / "model.safetensors", {tensors.begin(), tensors.end()});
     std::ofstream(broken / "config.json") << "{";
-    CHECK_FALSE(a->accepts(broken.path));
+    CHECK(test::adapter_score("custom", broken.path) == 0);
     const test::TempDir empty;
-    CHECK_FALSE(a->accepts(empty.path));  // no weights
+    CHECK(test::adapter_score("custom", empty.path) == 0);  // no weights
   }
   SECTION("index problems are errors naming the index or the shard") {
     const test::TempDir shards;
@@ -250,7 +248,7 @@ TEST_CASE("state dicts: bad specs and files fail with errors naming the file") {
 
   SECTION("no spec: a usage error listing the shipped specs") {
     auto a = adapter();
-    CHECK(a->accepts(raschka));
+    CHECK(test::adapter_score("custom", raschka) > 0);
     CHECK_THROWS_AS(a->load(raschka, {}), UsageError);
     CHECK_THAT(test::error_of([&] { a->load(raschka, {}); }),
                Contains(raschka.string()) && Contains("--spec") && Contains("raschka-gpt") && Contains("nanogpt"));
@@ -360,7 +358,7 @@ assert torch.load(os.path.join(d, 'repeat', 'pytorch_model.bin'))['transformer.w
 
 TEST_CASE("state dicts: hostile pickles are refused at once, with little memory") {
   if (!test::python_has("torch")) {
-    WARN("SKIPPED: /usr/bin/python3 with torch is not available, so no archives can be made");
+    test::skip(std::string(test::kPython) + " cannot import torch, so no hostile archives can be made");
     return;
   }
   const test::TempDir dir;

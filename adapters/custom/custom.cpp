@@ -257,15 +257,17 @@ TransformerWeights read_weights(const fs::path& file, const Header& h) {
 
 class CustomAdapter final : public Adapter {
  public:
-  bool accepts(const fs::path& model) const override {
-    if (is_torchscript(model) || is_state_dict(model) || is_state_dict_in_other_form(model)) return true;
+  // A generic reader (model.h): below any adapter that knows the architecture by name.
+  static int score(const fs::path& model) {
+    constexpr int kGeneric = 50;
+    if (is_torchscript(model) || is_state_dict(model) || is_state_dict_in_other_form(model)) return kGeneric;
     std::error_code ec;
-    if (model.extension() != ".bin" || !fs::is_regular_file(model, ec)) return false;
+    if (model.extension() != ".bin" || !fs::is_regular_file(model, ec)) return 0;
     try {
       parse_header(model);
-      return true;
+      return kGeneric;
     } catch (const Error&) {
-      return false;
+      return 0;
     }
   }
 

@@ -42,7 +42,7 @@ void refuse_unsupported(const HfConfig& cfg) {
 
 class DiffusionAdapter final : public Adapter {
  public:
-  bool accepts(const std::filesystem::path& model) const override { return is_llada_type(peek_model_type(model)); }
+  static int score(const std::filesystem::path& model) { return is_llada_type(peek_model_type(model)) ? 100 : 0; }
 
   std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options) const override {
     const HfConfig cfg(dir);

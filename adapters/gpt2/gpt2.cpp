@@ -36,7 +36,7 @@ TransformerSpec read_spec(const HfConfig& cfg, int d_head) {
 
 class Gpt2Adapter final : public Adapter {
  public:
-  bool accepts(const std::filesystem::path& model) const override { return peek_model_type(model) == "gpt2"; }
+  static int score(const std::filesystem::path& model) { return peek_model_type(model) == "gpt2" ? 100 : 0; }
 
   std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options) const override {
     // Step 2: the model's shape.

@@ -55,7 +55,7 @@ std::vector<AttentionKind> attention_layers(const HfConfig& cfg, int n_layers) {
 
 class GptNeoAdapter final : public Adapter {
  public:
-  bool accepts(const std::filesystem::path& model) const override { return peek_model_type(model) == "gpt_neo"; }
+  static int score(const std::filesystem::path& model) { return peek_model_type(model) == "gpt_neo" ? 100 : 0; }
 
   std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options) const override {
     const HfConfig cfg(dir);

@@ -1,28 +1,35 @@
-// An adapter plugin for the loader tests: accepts model paths ending in TEST_ADAPTER_EXT.
+// An adapter plugin for the loader tests: scores TEST_ADAPTER_SCORE (default 100) for model paths
+// ending in TEST_ADAPTER_EXT, 0 for others, and throws for paths ending in ".throw". Creating one
+// appends its name to HOOKLENS_TEST_ADAPTERS_CREATED, so a test can see which adapters were made.
 #include <hooklens/error.h>
 #include <hooklens/model.h>
-#include <hooklens/plugin.h>
+#include <hooklens/plugin_define.h>
 
-#include <boost/dll/alias.hpp>
+#include <cstdlib>
+#include <string>
+
+#ifndef TEST_ADAPTER_SCORE
+#define TEST_ADAPTER_SCORE 100
+#endif
 
 namespace {
 
 class TestAdapter final : public hooklens::Adapter {
  public:
-  bool accepts(const std::filesystem::path& model) const override { return model.extension() == TEST_ADAPTER_EXT; }
+  TestAdapter() {
+    const char* created = std::getenv("HOOKLENS_TEST_ADAPTERS_CREATED");
+    setenv("HOOKLENS_TEST_ADAPTERS_CREATED", (std::string(created ? created : "") + TEST_ADAPTER_NAME " ").c_str(), 1);
+  }
+  static int score(const std::filesystem::path& model) {
+    if (model.extension() == ".throw") throw hooklens::Error(TEST_ADAPTER_NAME " cannot score this");
+    return model.extension() == TEST_ADAPTER_EXT ? TEST_ADAPTER_SCORE : 0;
+  }
   std::unique_ptr<hooklens::Model> load(const std::filesystem::path& model, const hooklens::LoadOptions&) const override {
-    throw hooklens::Error(model.string() + ": the test adapter loads nothing");
+    throw hooklens::Error(model.string() + ": " TEST_ADAPTER_NAME " loads nothing");
   }
 };
 
-const hooklens_plugin_info* test_adapter_info() {
-  static const hooklens_plugin_info info{HOOKLENS_PLUGIN_ABI_VERSION, "adapter", TEST_ADAPTER_NAME, "0.0.1",
-                                         "accepts paths ending in " TEST_ADAPTER_EXT,
-                                         []() -> void* { return static_cast<hooklens::Adapter*>(new TestAdapter); },
-                                         [](void* object) { delete static_cast<hooklens::Adapter*>(object); }};
-  return &info;
-}
-
 }  // namespace
 
-HOOKLENS_PLUGIN(test_adapter_info)
+HOOKLENS_DEFINE_PLUGIN(hooklens::Adapter, TestAdapter, "adapter", TEST_ADAPTER_NAME, "0.0.1",
+                       "scores paths ending in " TEST_ADAPTER_EXT)

@@ -1,9 +1,8 @@
-// A well-formed sink plugin for the loader tests. Its destroy() leaves a trace in the environment
+// A well-formed sink plugin for the loader tests, its descriptor written by hand (as a plugin may)
+// rather than by HOOKLENS_DEFINE_PLUGIN. Its destroy() leaves a trace in the environment
 // (HOOKLENS_TEST_SINK_DESTROYED counts calls) so a test can see the loader used it.
-#include <hooklens/plugin.h>
+#include <hooklens/plugin_define.h>
 #include <hooklens/sink.h>
-
-#include <boost/dll/alias.hpp>
 
 #include <cstdlib>
 #include <string>
@@ -30,10 +29,16 @@ void destroy_sink(void* object) {
 }
 
 const hooklens_plugin_info* test_sink_info() {
-  static const hooklens_plugin_info info{HOOKLENS_PLUGIN_ABI_VERSION, "sink", "test_sink", TEST_SINK_VERSION,
+  static const hooklens_plugin_build build = HOOKLENS_PLUGIN_BUILD;
+  static const hooklens_plugin_info info{HOOKLENS_PLUGIN_ABI_VERSION,
+                                         &build,
+                                         "sink",
+                                         "test_sink",
+                                         TEST_SINK_VERSION,
                                          "a sink that does nothing",
                                          []() -> void* { return static_cast<hooklens::CaptureSink*>(new TestSink); },
-                                         destroy_sink};
+                                         destroy_sink,
+                                         nullptr};
   return &info;
 }
 

@@ -96,17 +96,25 @@ struct LoadOptions {
   std::uint64_t conversion_chunk_bytes = std::uint64_t(32) << 20;
 };
 
-// What an adapter plugin creates: knows which model directories it reads and loads them.
+// What an adapter plugin creates: loads the models it reads.
+//
+// Each adapter class also has `static int score(const std::filesystem::path& model)` (checked at
+// compile time by HOOKLENS_DEFINE_PLUGIN), so that choosing an adapter creates only the chosen
+// one: how well it reads `model`, judged from the path and a look at the files, never a load.
+//   0 (or less)  it does not read it;
+//   100          the model names this adapter's own architecture (config.json's model_type);
+//   1..99        a generic reader that recognises the format but not the architecture (the
+//                custom adapter scores 50), so that a dedicated adapter wins over it.
+// The highest score wins; on a tie, the adapter found first (PluginRegistry::plugins() order).
 class Adapter {
  public:
   virtual ~Adapter() = default;
-  // True if this adapter reads `model` (e.g. config.json's model_type is one of its own).
-  virtual bool accepts(const std::filesystem::path& model) const = 0;
   virtual std::unique_ptr<Model> load(const std::filesystem::path& model, const LoadOptions& options) const = 0;
 };
 
-// Loads a model through its adapter plugin: the one named, or the one whose accepts() says yes.
-// The model keeps its plugin library loaded. `adapter_used` receives the adapter's name.
+// Loads a model through its adapter plugin: the one named (whatever its score), or the one that
+// scores it highest (PluginRegistry::adapter_for). The model keeps its plugin library loaded.
+// `adapter_used` receives the adapter's name.
 std::shared_ptr<Model> open_model(const PluginRegistry& plugins, const std::filesystem::path& model,
                                   const std::string& adapter = {}, const LoadOptions& options = {},
                                   std::string* adapter_used = nullptr);

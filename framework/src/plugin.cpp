@@ -1,13 +1,18 @@
-// The plugin loader: finds hooklens_*.so libraries, checks their descriptor, and hands out objects
-// that keep their library loaded. No libtorch here: Adapter and CaptureSink are only forward
-// declared (a void* -> T* cast needs no definition). adapter_for(), which calls Adapter::accepts,
-// lives in plugin_adapters.cpp with the libtorch-using code.
+// What hooklens/plugin.h declares: the plugin loader (finds hooklens_*.so libraries, checks their
+// descriptor and build identity, hands out objects that keep their library loaded) and the choice
+// of an adapter by score. No libtorch here: Adapter and the other interfaces are only forward
+// declared (a void* -> T* cast needs no definition), and a score is a plain function of the
+// descriptor. This hooklens's own build identity comes from plugin_build.cpp, which has libtorch.
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 #include <hooklens/plugin.h>
+#include <hooklens/plugin_build.h>
 
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -16,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <system_error>
 
@@ -78,7 +84,8 @@ std::shared_ptr<boost::dll::shared_library> load_library(const fs::path& path) {
   return library;
 }
 
-// Loads the library and validates its descriptor: ABI version first, before any other field.
+// Loads the library and validates its descriptor (plugin.h): the ABI version first, before any
+// other field; then the build identity, before anything else of the library is trusted; then the rest.
 LoadedPlugin load_plugin(const fs::path& path) {
   LoadedPlugin loaded;
   loaded.library = load_library(path);
@@ -91,15 +98,40 @@ LoadedPlugin load_plugin(const fs::path& path) {
     throw Error(fmt::format("{}: plugin was built for hooklens plugin ABI version {}, this hooklens has ABI version {};"
                             " rebuild the plugin",
                             path.string(), info->abi_version, HOOKLENS_PLUGIN_ABI_VERSION));
+  if (!info->build) throw Error(fmt::format("{}: plugin descriptor has no build identity", path.string()));
+  const std::string mismatch = plugin_build_mismatch(*info->build);
+  if (!mismatch.empty())
+    throw Error(fmt::format("{}: {}; rebuild the plugin against this hooklens", path.string(), mismatch));
   if (!info->kind || !info->name || !info->version || !info->description || !info->create || !info->destroy)
     throw Error(fmt::format("{}: plugin descriptor has a null field", path.string()));
   const std::string kind = info->kind;
   if (std::find(std::begin(kKinds), std::end(kKinds), kind) == std::end(kKinds))
-    throw Error(fmt::format("{}: plugin has unknown kind '{}' (expected adapter, sink or analyzer)", path.string(), kind));
+    throw Error(fmt::format("{}: plugin has unknown kind '{}' (expected adapter, sink, analyzer or renderer)",
+                            path.string(), brief_text(kind)));
   if (!*info->name) throw Error(fmt::format("{}: plugin has an empty name", path.string()));
+  if (kind == "adapter" && !info->score)
+    throw Error(fmt::format("{}: adapter plugin '{}' has no score function", path.string(), brief_text(info->name)));
   loaded.info = info;
-  loaded.record = PluginRecord{path, kind, info->name, info->version, info->description, info->abi_version};
+  loaded.record = PluginRecord{path, kind, info->name, info->version, info->description};
   return loaded;
+}
+
+// The adapter's score for `model`. What the score throws becomes an Error of libhooklens's own,
+// made while the library is still loaded: the original's code may go with the library.
+int score_of(const LoadedPlugin& loaded, const fs::path& model) {
+  const PluginRecord& record = loaded.record;
+  if (record.kind != "adapter")
+    throw Error(fmt::format("{}: is a {} plugin ('{}'), expected a plugin of kind 'adapter'", record.path.string(),
+                            record.kind, record.name));
+  try {
+    return loaded.info->score(model.c_str());
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("{}: adapter '{}' cannot score {}: {}", record.path.string(), record.name, model.string(),
+                            one_line(e.what())));
+  } catch (...) {
+    throw Error(fmt::format("{}: adapter '{}' cannot score {}: it threw something that is no std::exception",
+                            record.path.string(), record.name, model.string()));
+  }
 }
 
 // The object is destroyed by its own library, and only then may the library be unloaded: the
@@ -151,6 +183,23 @@ std::string join_paths(const std::vector<fs::path>& dirs) {
   std::string out;
   for (const auto& d : dirs) out += (out.empty() ? "" : ":") + d.string();
   return out.empty() ? "(no directory)" : out;
+}
+
+// Why no adapter recognised a model directory, from its config.json (where adapters look first).
+std::string config_clue(const fs::path& model) {
+  std::error_code ec;
+  if (!fs::is_directory(model, ec)) return "";
+  const auto file = model / "config.json";
+  if (!fs::exists(file, ec)) return fmt::format("; {} has no config.json", model.string());
+  try {
+    const nlohmann::json config = read_json_file(file);
+    const auto type = config.is_object() ? config.find("model_type") : config.end();
+    if (type == config.end() || !type->is_string())
+      return fmt::format("; {} has no string \"model_type\"", file.string());
+    return fmt::format("; {} says model_type '{}'", file.string(), brief_text(type->get<std::string>()));
+  } catch (const Error& e) {
+    return fmt::format("; {}", e.what());
+  }
 }
 
 }  // namespace
@@ -215,6 +264,11 @@ std::shared_ptr<void> PluginRegistry::create_from(const fs::path& library, const
   return create_object(loaded);
 }
 
+int PluginRegistry::score_from(const fs::path& library, const fs::path& model) {
+  const LoadedPlugin loaded = load_plugin(library);
+  return score_of(loaded, model);
+}
+
 std::shared_ptr<void> PluginRegistry::create(const std::string& kind, const std::string& name) const {
   for (const auto& record : plugins_)
     if (record.kind == kind && record.name == name) return create_from(record.path, kind);
@@ -236,6 +290,47 @@ std::shared_ptr<Analyzer> PluginRegistry::create_analyzer(const std::string& nam
 
 std::shared_ptr<Renderer> PluginRegistry::create_renderer(const std::string& name) const {
   return std::static_pointer_cast<Renderer>(create("renderer", name));
+}
+
+// Each adapter's library is loaded to ask its score, and unloaded again unless it wins; only the
+// winner's object is created.
+std::shared_ptr<Adapter> PluginRegistry::adapter_for(const fs::path& model, std::string* name) const {
+  std::string tried;
+  std::optional<LoadedPlugin> best;
+  int best_score = 0;
+  std::vector<std::string> tied;  // adapters that scored best_score after `best` was found
+  for (const auto& record : plugins_) {
+    if (record.kind != "adapter") continue;
+    tried += (tried.empty() ? "" : ", ") + record.name;
+    LoadedPlugin loaded;  // outlives the handler below, which may still touch the library's exception
+    try {
+      loaded = load_plugin(record.path);
+      const int score = score_of(loaded, model);
+      if (score > best_score) {
+        best = std::move(loaded);
+        best_score = score;
+        tied.clear();
+      } else if (best && score == best_score) {
+        tied.push_back(record.name);
+      }
+    } catch (const std::exception& e) {
+      tried += fmt::format(" (failed: {})", one_line(e.what()));  // a broken adapter must not hide the others
+    }
+  }
+  if (best) {
+    if (!tied.empty())
+      warn(fmt::format("{}: adapters {} and {} read it equally well (score {}); using {}, found first "
+                       "(--adapter NAME chooses)",
+                       model.string(), best->record.name, fmt::to_string(fmt::join(tied, ", ")), best_score,
+                       best->record.name));
+    if (name) *name = best->record.name;
+    return std::static_pointer_cast<Adapter>(create_object(*best));
+  }
+  std::string searched;
+  for (const auto& dir : search_path_) searched += (searched.empty() ? "" : ":") + dir.string();
+  throw Error(fmt::format("{}: no adapter plugin accepts this model (tried: {}; searched: {}){}", model.string(),
+                          tried.empty() ? "none found" : tried, searched.empty() ? "no directory" : searched,
+                          config_clue(model)));
 }
 
 }  // namespace hooklens
