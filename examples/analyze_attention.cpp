@@ -26,6 +26,7 @@
 #include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/text.h>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/from_blob.h>
@@ -178,16 +179,12 @@ std::shared_ptr<hooklens::Model> load_model(const fs::path& file, const fs::path
 
 std::vector<int> split_layers(const std::string& spec) {
   std::vector<int> layers;
-  std::size_t pos = 0;
-  while (pos <= spec.size()) {
-    const std::size_t comma = std::min(spec.find(',', pos), spec.size());
-    const std::string item = spec.substr(pos, comma - pos);
+  for (const std::string& item : hooklens::split_list(spec)) {
     int value = -1;
     const auto [end, err] = std::from_chars(item.data(), item.data() + item.size(), value);
     if (item.empty() || err != std::errc() || end != item.data() + item.size() || value < 0)
       throw UsageError(fmt::format("--layers {}: '{}' is not a layer number (use 'all' or e.g. 0,2)", spec, item));
     layers.push_back(value);
-    pos = comma + 1;
   }
   return layers;
 }

@@ -38,7 +38,7 @@ DiffusionOptions fixture_options() {
 }
 
 void check_forward(const fs::path& model_dir) {
-  auto model = load_model("diffusion", model_dir);
+  auto model = load_model("llada", model_dir);
   const ModelInfo& info = model->info();
   CHECK(info.n_layers == 2);
   CHECK(info.mask_id == std::optional<std::int64_t>(500));
@@ -55,7 +55,7 @@ void check_forward(const fs::path& model_dir) {
 }
 
 void check_generation(const fs::path& model_dir) {
-  auto model = load_model("diffusion", model_dir);
+  auto model = load_model("llada", model_dir);
   TensorMap ref = read_safetensors(kFixture / "reference_0.safetensors");
   // Python's json writes Infinity (a margin where nothing was rejected), which JSON has not.
   std::ifstream file(kFixture / "generation.json");
@@ -124,7 +124,7 @@ TEST_CASE("LLaDA from 3 shards of either format (layers split across shards) mat
 }
 
 TEST_CASE("transfer schedules: uneven steps and several blocks", "[fixtures]") {
-  auto model = load_model("diffusion", kFixture);
+  auto model = load_model("llada", kFixture);
   const std::vector<std::int64_t> prompt{85, 294, 223, 181, 193};
   HookSet none;
   SECTION("gen length not a multiple of steps: the first steps commit one more") {
@@ -176,7 +176,7 @@ TEST_CASE("transfer schedules: uneven steps and several blocks", "[fixtures]") {
 }
 
 TEST_CASE("classifier-free guidance runs a distinguishable unconditional pass", "[fixtures]") {
-  auto model = load_model("diffusion", kFixture);
+  auto model = load_model("llada", kFixture);
   const std::vector<std::int64_t> prompt{85, 294, 223, 181};
   DiffusionOptions o;
   o.gen_length = 4;
@@ -202,7 +202,7 @@ TEST_CASE("classifier-free guidance runs a distinguishable unconditional pass", 
 }
 
 TEST_CASE("bad diffusion parameters are refused", "[fixtures]") {
-  auto model = load_model("diffusion", kFixture);
+  auto model = load_model("llada", kFixture);
   HookSet none;
   const std::vector<std::int64_t> prompt{1, 2, 3};
   auto refuse = [&](DiffusionOptions o, const char* fragment) {
@@ -238,7 +238,7 @@ TEST_CASE("MMaDA configs and half-precision LLaDA checkpoints load through the s
   std::vector<std::pair<std::string, at::Tensor>> half;
   for (auto& [name, t] : read_safetensors(kFixture / "model.safetensors")) half.emplace_back(name, t.to(at::kBFloat16));
   write_safetensors(tmp / "model.safetensors", half);
-  auto model = load_model("diffusion", tmp.path);
+  auto model = load_model("llada", tmp.path);
   CHECK(model->info().architecture == "MMadaModelLM");
   CHECK(model->info().weight_dtype == "BF16");
   // Same computation on the rounded weights: close to the float32 reference, not equal.
@@ -256,7 +256,7 @@ TEST_CASE("unsupported LLaDA options are refused, naming the key", "[fixtures]")
   config["block_type"] = "sequential";
   std::ofstream(tmp / "config.json") << config.dump(2);
   fs::create_symlink(kFixture / "model.safetensors", tmp / "model.safetensors");
-  auto adapter = std::static_pointer_cast<Adapter>(PluginRegistry::create_from(test::plugin_file("diffusion"), "adapter"));
+  auto adapter = std::static_pointer_cast<Adapter>(PluginRegistry::create_from(test::plugin_file("llada"), "adapter"));
   CHECK_THAT(test::error_of([&] { adapter->load(tmp.path, {}); }), Catch::Contains("block_type") && Catch::Contains("config.json"));
 }
 
@@ -266,7 +266,7 @@ TEST_CASE("stop at end-of-text ends generation after the block that committed it
   config["eos_token_id"] = 496;  // the fixture's sampler commits 496 in the first block
   std::ofstream(tmp / "config.json") << config.dump(2);
   fs::create_symlink(kFixture / "model.safetensors", tmp / "model.safetensors");
-  auto model = load_model("diffusion", tmp.path);
+  auto model = load_model("llada", tmp.path);
   TensorMap ref = read_safetensors(kFixture / "reference_0.safetensors");
   HookSet none;
   DiffusionOptions o = fixture_options();

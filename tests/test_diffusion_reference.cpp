@@ -188,7 +188,7 @@ void compare(const std::string& name) {
   if (!refs) return;
   const Case& c = refs->cases.at(name);
   INFO(name << ": " << c.model << " against " << c.reference);
-  auto model = load_model("diffusion", c.model);
+  auto model = load_model("llada", c.model);
   const int L = model->info().n_layers;
   TensorMap ref = read_safetensors(c.reference);
   const std::int64_t T = std::int64_t(c.prompt.size()) + c.options.gen_length;

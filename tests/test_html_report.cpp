@@ -311,7 +311,9 @@ TEST_CASE("html report refuses bad options and damaged runs with one clear line"
   CHECK_THAT(usage(r.capture, json::object(), "png"), Catch::Contains("format 'png'"));
   CHECK_THAT(usage(r.capture, {{"colour", "red"}}), Catch::Contains("unknown option 'colour'"));
   CHECK_THAT(usage(r.capture, {{"layers", {7}}}), Catch::Contains("layers 0-3"));
-  CHECK_THAT(usage(r.capture, {{"heads", "1"}}), Catch::Contains("'heads' must be a list"));
+  CHECK_THAT(usage(r.capture, {{"heads", "one"}}), Catch::Contains("'heads' must be a list"));
+  // Lists in any spelling PluginOptions accepts (as figures does): one integer, or "0,1".
+  CHECK(usage(r.capture, {{"heads", "1"}, {"layers", "0,1"}, {"prompts", 0}}) == "(no usage error)");
   CHECK_THAT(usage(r.capture, {{"steps", {3}}}), Catch::Contains("no attention pattern"));
   CHECK_THAT(usage(r.capture, {{"max_mib", -1}}), Catch::Contains("positive number"));
 

@@ -86,7 +86,7 @@ TEST_CASE("streamed BF16/F16 weights compute what converted-once weights compute
   const fs::path fixture = test::fixtures() / "llada-tiny-a";
   const TensorMap ref = read_safetensors(fixture / "reference_0.safetensors");
   SECTION("float32: the upstream sampler's trace, step by step") {
-    auto model = load_model("diffusion", fixture, streamed());
+    auto model = load_model("llada", fixture, streamed());
     DiffusionOptions o;
     o.gen_length = 16;
     o.steps = 8;
@@ -100,7 +100,7 @@ TEST_CASE("streamed BF16/F16 weights compute what converted-once weights compute
     DYNAMIC_SECTION("stored as " << c10::toString(dtype)) {
       test::TempDir tmp;
       const fs::path dir = with_weights_as(tmp, fixture, dtype);
-      auto resident = load_model("diffusion", dir), stream = load_model("diffusion", dir, streamed());
+      auto resident = load_model("llada", dir), stream = load_model("llada", dir, streamed());
       CHECK(stream->info().weight_dtype == safetensors_dtype_name(dtype));
       check_same_forward(*resident, *stream, ref.at("x.init"), 1e-5);
       // The rounded weights are the model now: close to the float32 reference, not equal.
@@ -227,6 +227,6 @@ TEST_CASE("a mask token outside the vocabulary is still refused: the sampler fee
   config["mask_token_id"] = 512;  // vocabulary 512
   std::ofstream(tmp / "config.json") << config.dump(2);
   fs::create_symlink(fixture / "model.safetensors", tmp / "model.safetensors");
-  auto adapter = std::static_pointer_cast<Adapter>(PluginRegistry::create_from(test::plugin_file("diffusion"), "adapter"));
+  auto adapter = std::static_pointer_cast<Adapter>(PluginRegistry::create_from(test::plugin_file("llada"), "adapter"));
   CHECK_THAT(test::error_of([&] { adapter->load(tmp.path, {}); }), Catch::Contains("mask token id 512"));
 }

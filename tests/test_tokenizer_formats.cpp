@@ -488,7 +488,7 @@ TEST_CASE("tokenizer.json: what is not implemented is refused by name, malformed
   // Long values are cut in messages; control characters are escaped.
   tj = base;
   tj["pre_tokenizer"] = {{"type", std::string(500, 'X') + "\n"}};
-  const std::string msg = refused(tj, {std::string(60, 'X') + "\xE2\x80\xA6"});
+  const std::string msg = refused(tj, {std::string(57, 'X') + "..."});
   CHECK(msg.size() < 400);
 
   write_file(file, tj.dump().substr(0, 100));
@@ -575,6 +575,11 @@ TEST_CASE("JSON values quoted in messages are cut to 60 bytes on one line") {
   CHECK(hooklens::brief_json(json("a\nb")) == R"("a\nb")");  // dump() escapes control characters
   CHECK(hooklens::brief_json(json(std::string(100, 'y')), 20).size() == 20);
   CHECK(hooklens::brief_text(std::string(100000, 'z') + "\n").size() == 60);
+  // Control characters are escaped (one line, and a NUL or a tab stays visible).
+  CHECK(hooklens::brief_text(std::string("a\0b\tc\nd\x7f", 8)) == R"(a\x00b\tc\nd\x7f)");
+  CHECK(hooklens::brief_text(std::string("\xff") + "ok") == "\xEF\xBF\xBDok");  // not UTF-8: U+FFFD
+  // Cut on a character boundary: 56 bytes then a 3-byte character that would cross byte 57.
+  CHECK(hooklens::brief_text(std::string(56, 'e') + "\xE2\x82\xAC" + std::string(10, 'e')) == std::string(56, 'e') + "...");
 }
 
 TEST_CASE("a regex that backtracks without end is an Error, not a hang") {

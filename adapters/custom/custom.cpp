@@ -20,6 +20,7 @@
 
 #include <hooklens/error.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/text.h>
 #include <hooklens/tokenizer.h>
 #include <hooklens/transformer.h>
 #include <hooklens/weights.h>
@@ -144,10 +145,6 @@ std::unique_ptr<Tokenizer> read_tokenizer_for(const fs::path& file, std::int64_t
   if (tok->vocab_size() != vocab)
     throw Error(fmt::format("{}: {} tokens, but the model's vocabulary has {}", file.string(), tok->vocab_size(), vocab));
   return tok;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // The tokenizer: LoadOptions::tokenizer, else beside the checkpoint `tokenizer.bin`, `tok<V>.bin` or

@@ -14,6 +14,7 @@
 #include <hooklens/error.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/plugin_options.h>
 
 #include <fmt/format.h>
 
@@ -38,11 +39,11 @@ class AttentionDistance final : public hooklens::Analyzer {
   std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)}; }
 
   // 2. A run starts: read the model description (needed to know which keys each row may see) and
-  //    reject options we do not have, so a typo in --analyze-option fails loudly.
+  //    reject options we do not have, so a typo in --analyze-option fails loudly. PluginOptions
+  //    refuses keys not in its list (this analyzer has none); list yours and read them with its
+  //    getters, e.g. options.integer("k", 10, 1) (hooklens/plugin_options.h).
   void begin(const json& run) override {
-    const json options = run.value("options", json::object());  // named: items() refers to it
-    for (const auto& option : options.items())
-      throw hooklens::UsageError(fmt::format("attention_distance: unknown option \"{}\" (it has none)", option.key()));
+    const hooklens::PluginOptions options("attention_distance", run.value("options", json::object()), {});
     model_ = hooklens::ModelInfo::from_json(run.at("model"));
     heads_.clear();
   }

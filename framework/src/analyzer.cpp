@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace hooklens {
 
@@ -28,6 +29,56 @@ std::pair<std::int64_t, std::int64_t> PatternRows::visible(std::int64_t r) const
   last = last - key_offset;
   if (last <= first) return {0, 0};
   return {first, last};
+}
+
+PatternRun PatternRun::of(const nlohmann::json& run, const std::string& who) {
+  if (!run.is_object() || !run.contains("model"))
+    throw Error(fmt::format("{}: the run has no \"model\" (begin() needs the run's description)", who));
+  PatternRun r;
+  r.model = ModelInfo::from_json(run.at("model"));
+  const auto capture = run.find("capture");
+  if (capture != run.end() && capture->is_object() && capture->contains("heads") && (*capture)["heads"].is_array())
+    r.captured_heads = (*capture)["heads"].get<std::vector<int>>();
+  return r;
+}
+
+std::vector<int> PatternRun::heads_of(std::int64_t count, const std::string& who) const {
+  std::vector<int> heads;
+  if (count == model.n_heads) {
+    for (int h = 0; h < model.n_heads; ++h) heads.push_back(h);
+    return heads;
+  }
+  if (std::int64_t(captured_heads.size()) != count)
+    throw Error(fmt::format("{}: a pattern of {} heads from a model of {} heads, and the run does not say which "
+                            "heads were captured",
+                            who, count, model.n_heads));
+  for (int h : captured_heads)
+    if (h < 0 || h >= model.n_heads) throw Error(fmt::format("{}: captured head {} is not a head of the model", who, h));
+  return captured_heads;
+}
+
+at::Tensor PatternRun::check(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor,
+                             const std::string& who) const {
+  if (tensor.dim() != 3 && tensor.dim() != 4)
+    throw Error(fmt::format("{}: {} is not an attention pattern [batch, head, query, key] ({} dims)", who, hook,
+                            tensor.dim()));
+  if (ctx.layer < 0 || ctx.layer >= model.n_layers)
+    throw Error(fmt::format("{}: {} comes from layer {}, not a layer of the model", who, hook, ctx.layer));
+  return tensor.dim() == 3 ? tensor.unsqueeze(0) : tensor;
+}
+
+nlohmann::json finite_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); }
+
+nlohmann::json finite_or_null(const std::vector<double>& values) {
+  nlohmann::json out = nlohmann::json::array();
+  for (double v : values) out.push_back(finite_or_null(v));
+  return out;
+}
+
+void null_non_finite(nlohmann::json& report) {
+  if (report.is_number_float() && !std::isfinite(report.get<double>())) report = nullptr;
+  else if (report.is_structured())
+    for (auto& item : report) null_non_finite(item);
 }
 
 }  // namespace hooklens

@@ -6,6 +6,7 @@
 #include "hooklens/chat_template.h"
 
 #include "hooklens/error.h"
+#include "hooklens/message_text.h"
 #include "hooklens/tokenizer.h"
 #include "text_util.h"
 
@@ -22,7 +23,6 @@
 namespace hooklens {
 namespace {
 
-using text::brief;
 
 constexpr std::size_t kMaxSourceBytes = 1 << 20;
 constexpr int kMaxDepth = 64;                       // nesting of parentheses, expressions and blocks
@@ -427,7 +427,7 @@ class Lexer {
       }
     const char c = src_[pos_];
     if (std::string_view("+-/*%~[](){}><=.:|,;").find(c) == std::string_view::npos)
-      fail(start, fmt::format("unexpected character '{}'", brief(code_points(std::string_view(src_).substr(pos_, 4)).front())));
+      fail(start, fmt::format("unexpected character '{}'", brief_text(code_points(std::string_view(src_).substr(pos_, 4)).front())));
     if (c == '(' || c == '[' || c == '{') brackets.push_back(c == '(' ? ')' : c == '[' ? ']' : '}');
     if (c == ')' || c == ']' || c == '}') {
       if (brackets.empty() || brackets.back() != c) fail(start, fmt::format("unexpected '{}'", c));
@@ -522,7 +522,7 @@ class Parser {
       case TokenKind::variable_end: return "'}}'";
       case TokenKind::block_begin: return "'{%'";
       case TokenKind::block_end: return "'%}'";
-      case TokenKind::name: return fmt::format("'{}'", brief(t.value));
+      case TokenKind::name: return fmt::format("'{}'", brief_text(t.value));
       case TokenKind::string: return "a string";
       case TokenKind::integer: return "a number";
       case TokenKind::op: return fmt::format("'{}'", t.value);
@@ -582,7 +582,7 @@ class Parser {
       else if (name.value == "elif" || name.value == "else" || name.value == "endif" || name.value == "endfor")
         fail(name.pos, fmt::format("unexpected tag '{}'", name.value));
       else
-        fail(name.pos, fmt::format("unsupported tag '{}'", brief(name.value)));
+        fail(name.pos, fmt::format("unsupported tag '{}'", brief_text(name.value)));
     }
   }
 
@@ -887,7 +887,7 @@ class Parser {
         auto t = make(Expr::Kind::test, name.pos, std::move(e));
         t->name = name.value;
         t->negated = negated;
-        if (is_op("(")) fail(peek().pos, fmt::format("unsupported argument of the test '{}'", brief(name.value)));
+        if (is_op("(")) fail(peek().pos, fmt::format("unsupported argument of the test '{}'", brief_text(name.value)));
         e = std::move(t);
       } else if (is_op("(")) {
         e = parse_call(std::move(e));
@@ -1058,7 +1058,7 @@ class Renderer {
       }
       case Expr::Kind::name: {
         if (const Value* v = lookup(e.name)) return *v;
-        return Value::undefined(fmt::format("'{}' is undefined", brief(e.name)));
+        return Value::undefined(fmt::format("'{}' is undefined", brief_text(e.name)));
       }
       case Expr::Kind::attribute: return attribute(eval(*e.children[0]), e.name, e.pos);
       case Expr::Kind::item: return item(eval(*e.children[0]), eval(*e.children[1]), e.pos);
@@ -1105,7 +1105,7 @@ class Renderer {
     if (obj.is(Value::Type::undefined)) fail_undefined(obj, pos);
     if (obj.is(Value::Type::dict))
       if (const auto it = obj.dict->find(name); it != obj.dict->end()) return it->second;
-    return Value::undefined(fmt::format("'{}' object has no attribute '{}'", type_name(obj), brief(name)));
+    return Value::undefined(fmt::format("'{}' object has no attribute '{}'", type_name(obj), brief_text(name)));
   }
 
   // Python's index rules: negative counts from the end; out of range is undefined in Jinja.
@@ -1119,7 +1119,7 @@ class Renderer {
     if (obj.is(Value::Type::undefined)) fail_undefined(obj, pos);
     const auto missing = [&] {
       return Value::undefined(fmt::format("'{}' object has no element {}", type_name(obj),
-                                          key.is(Value::Type::string) ? "'" + brief(key.string) + "'" : to_text_or_type(key)));
+                                          key.is(Value::Type::string) ? "'" + brief_text(key.string) + "'" : to_text_or_type(key)));
     };
     if (obj.is(Value::Type::dict)) {
       if (!key.is(Value::Type::string)) return missing();
@@ -1197,9 +1197,9 @@ class Renderer {
       if (callee.name == "raise_exception") {
         arity(args, 1, 1, "raise_exception()", e.pos);
         throw Error(fmt::format("chat template raised an exception at {}: {}", at_(callee.pos),
-                                brief(to_text(args[0], e.pos), 400)));
+                                brief_text(to_text(args[0], e.pos), 400)));
       }
-      fail(callee.pos, fmt::format("unsupported function '{}'", brief(callee.name)));
+      fail(callee.pos, fmt::format("unsupported function '{}'", brief_text(callee.name)));
     }
     if (callee.kind != Expr::Kind::attribute) fail(e.pos, "unsupported call (only raise_exception and string methods are callable)");
     const Value obj = eval(*callee.children[0]);
@@ -1211,7 +1211,7 @@ class Renderer {
       return v.is(Value::Type::undefined) ? (args.size() > 1 ? args[1] : Value::none()) : v;
     }
     if (!obj.is(Value::Type::string))
-      fail(callee.pos, fmt::format("unsupported method '{}' of a {}", brief(method), type_name(obj)));
+      fail(callee.pos, fmt::format("unsupported method '{}' of a {}", brief_text(method), type_name(obj)));
     const std::string& s = obj.string;
     const auto string_arg = [&](std::size_t i) -> const std::string& { return need_string(args[i], e.pos, method.c_str()); };
     if (method == "strip" || method == "lstrip" || method == "rstrip") {
@@ -1261,7 +1261,7 @@ class Renderer {
       }
       return Value::of(std::move(parts));
     }
-    fail(callee.pos, fmt::format("unsupported method '{}' of a str", brief(method)));
+    fail(callee.pos, fmt::format("unsupported method '{}' of a str", brief_text(method)));
   }
 
   Value filter(const Expr& e) {
@@ -1311,7 +1311,7 @@ class Renderer {
       }
       return Value::of(std::move(out));
     }
-    fail(e.pos, fmt::format("unsupported filter '{}'", brief(name)));
+    fail(e.pos, fmt::format("unsupported filter '{}'", brief_text(name)));
   }
 
   bool test(const Expr& e) {
@@ -1334,7 +1334,7 @@ class Renderer {
       if (!v.is_number()) fail(e.pos, fmt::format("the test '{}' needs a number, not '{}'", name, type_name(v)));
       return (v.number() % 2 != 0) == (name == "odd");
     }
-    fail(e.pos, fmt::format("unsupported test '{}'", brief(name)));
+    fail(e.pos, fmt::format("unsupported test '{}'", brief_text(name)));
   }
 
   // Python's ==, charging each value it compares: lists can hold one shared list many times, so
@@ -1503,7 +1503,7 @@ std::string render_chat_template(std::string_view source, const ChatTemplateInpu
   Dict globals{{"messages", Value::of(std::move(messages))},
                {"add_generation_prompt", Value::of(input.add_generation_prompt)}};
   for (const auto& [name, text] : input.special_tokens) {
-    check_utf8(text, "the special token '" + brief(name) + "'", false);  // any JSON key: escaped, cut
+    check_utf8(text, "the special token '" + brief_text(name) + "'", false);  // any JSON key: escaped, cut
     globals[name] = Value::of(text);
   }
   const std::string normalized = normalize_source(source);

@@ -1,6 +1,6 @@
 // Read-only memory maps of weight files: tensors view the mapping, so a checkpoint's bytes are
 // paged in from the page cache as they are used instead of being copied into the heap.
-#include "hooklens/weights.h"
+#include "hooklens/mapped_file.h"
 
 #include "hooklens/error.h"
 

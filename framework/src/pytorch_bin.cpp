@@ -12,7 +12,8 @@
 // before any type resolver is asked, and it trusts the stack layout of its input. So this file has
 // its own small pickle machine for the subset that state dicts use, where every pop is checked and
 // every value lives in one arena (no recursive destruction, cycles are harmless).
-#include "hooklens/weights.h"
+#include "hooklens/pytorch_bin.h"
+#include "hooklens/mapped_file.h"
 
 #include "hooklens/error.h"
 #include <hooklens/message_text.h>

@@ -1,7 +1,8 @@
 // safetensors reader and writer. Layout: 8-byte little-endian header length N, N bytes of JSON
 // header, then the raw little-endian tensor data; data_offsets are relative to the data section.
 // The reader validates the whole header before it reads any tensor data.
-#include "hooklens/weights.h"
+#include "hooklens/safetensors.h"
+#include "hooklens/mapped_file.h"
 
 #include "hooklens/error.h"
 #include "hooklens/json_read.h"

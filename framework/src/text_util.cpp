@@ -1,6 +1,7 @@
 #include "text_util.h"
 
 #include "hooklens/error.h"
+#include "hooklens/message_text.h"
 #include "hooklens/tokenizer.h"
 
 #include <fmt/format.h>
@@ -52,31 +53,6 @@ std::size_t read_codepoint(std::string_view s, std::size_t pos, char32_t& cp) {
   return back == seq ? len : 0;
 }
 
-std::string brief(std::string_view value, std::size_t max_chars) {
-  const std::string valid = utf8_decode_replace(value);
-  std::string out;
-  std::size_t chars = 0, pos = 0;
-  while (pos < valid.size()) {
-    if (chars == max_chars) return out + "\xE2\x80\xA6";  // U+2026 HORIZONTAL ELLIPSIS
-    char32_t cp = 0;
-    const std::size_t len = std::max<std::size_t>(1, read_codepoint(valid, pos, cp));
-    const auto c = static_cast<unsigned char>(valid[pos]);
-    if (c == '\n')
-      out += "\\n";
-    else if (c == '\r')
-      out += "\\r";
-    else if (c == '\t')
-      out += "\\t";
-    else if (c < 0x20 || c == 0x7F)
-      out += fmt::format("\\x{:02x}", c);
-    else
-      out.append(valid, pos, len);
-    pos += len;
-    ++chars;
-  }
-  return out;
-}
-
 namespace {
 
 std::string pcre2_message(int code) {
@@ -109,7 +85,7 @@ Regex::Regex(std::string_view pattern) : pattern_(pattern) {
   code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
                         PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C, &err, &err_offset, nullptr);
   if (code_ == nullptr)
-    throw Error(fmt::format("cannot compile the regex '{}': {} at offset {}", brief(pattern), pcre2_message(err),
+    throw Error(fmt::format("cannot compile the regex '{}': {} at offset {}", brief_text(pattern), pcre2_message(err),
                             err_offset));
   pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);  // the interpreter is the fallback when JIT is missing
   context_ = pcre2_match_context_create(nullptr);
@@ -133,9 +109,9 @@ int Regex::match(std::string_view text, std::size_t offset, void* match_data) co
   if (rc >= 0 || rc == PCRE2_ERROR_NOMATCH) return rc;
   if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
       rc == PCRE2_ERROR_JIT_STACKLIMIT)
-    throw Error(fmt::format("the regex '{}' backtracks too much on a {}-byte text ({})", brief(pattern_), text.size(),
+    throw Error(fmt::format("the regex '{}' backtracks too much on a {}-byte text ({})", brief_text(pattern_), text.size(),
                             pcre2_message(rc)));
-  throw Error(fmt::format("the regex '{}' failed: {}", brief(pattern_), pcre2_message(rc)));
+  throw Error(fmt::format("the regex '{}' failed: {}", brief_text(pattern_), pcre2_message(rc)));
 }
 
 std::vector<std::pair<std::size_t, std::size_t>> Regex::find_all(std::string_view text) const {

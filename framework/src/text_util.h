@@ -1,5 +1,5 @@
-// Internal helpers of the text code (tokenizers, chat templates): UTF-8, short quotes for error
-// messages, and PCRE2 regular expressions.
+// Internal helpers of the text code (tokenizers, chat templates): UTF-8 and PCRE2 regular
+// expressions. (Quotes in error messages: brief_text, hooklens/message_text.h.)
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -18,10 +18,6 @@ void append_utf8(std::string& out, char32_t cp);
 
 // Reads one well-formed UTF-8 code point at `pos`; returns its length, or 0 if ill-formed there.
 std::size_t read_codepoint(std::string_view s, std::size_t pos, char32_t& cp);
-
-// `value` fit for a one-line error message: control characters escaped (\n, \x01), ill-formed
-// UTF-8 replaced, and cut to `max_chars` characters with an ellipsis.
-std::string brief(std::string_view value, std::size_t max_chars = 60);
 
 // A PCRE2 regular expression (UTF, Unicode properties), compiled once (JIT when available) and
 // shared read-only between threads. Matching is bounded: a pattern that backtracks without end

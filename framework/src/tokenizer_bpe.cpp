@@ -5,6 +5,7 @@
 #include "byte_level_bpe.h"
 
 #include "hooklens/error.h"
+#include "hooklens/message_text.h"
 
 #include <fmt/format.h>
 
@@ -19,7 +20,6 @@
 namespace hooklens {
 namespace {
 
-using text::brief;
 
 // ---------------------------------------------------------------------------------------------
 // Byte-level symbols
@@ -117,7 +117,7 @@ class BpeMerger {
       const std::int64_t id = vocab_id_[s];
       if (id < 0)
         throw Error(fmt::format("byte-level BPE produced the symbol '{}', which is not in the vocabulary",
-                                brief(text_[s])));
+                                brief_text(text_[s])));
       ids.push_back(id);
     }
     return ids;
@@ -441,21 +441,21 @@ class ByteLevelBpeTokenizer final : public Tokenizer {
     std::vector<const std::string*> text_of(most, nullptr);
     std::vector<char> is_added(most, 0);
     const auto out_of_range = [&](const std::string& text, std::int64_t id, std::size_t count) {
-      return Error(fmt::format("token '{}' has id {}, out of range: {} tokens need the ids 0..{}", brief(text), id,
+      return Error(fmt::format("token '{}' has id {}, out of range: {} tokens need the ids 0..{}", brief_text(text), id,
                                count, static_cast<std::int64_t>(count) - 1));
     };
     for (const auto& [symbol, id] : vocab) {
       if (id < 0 || static_cast<std::uint64_t>(id) >= most) throw out_of_range(symbol, id, vocab.size());
       if (text_of[id] != nullptr)
-        throw Error(fmt::format("vocabulary entries '{}' and '{}' have the same id {}", brief(*text_of[id]),
-                                brief(symbol), id));
+        throw Error(fmt::format("vocabulary entries '{}' and '{}' have the same id {}", brief_text(*text_of[id]),
+                                brief_text(symbol), id));
       text_of[id] = &symbol;
     }
     for (const bpe::AddedToken& t : added_) {
       if (t.id < 0 || static_cast<std::uint64_t>(t.id) >= most) throw out_of_range(t.content, t.id, most);
       if (text_of[t.id] != nullptr && *text_of[t.id] != t.content)
-        throw Error(fmt::format("added token '{}' has id {}, which already belongs to '{}'", brief(t.content), t.id,
-                                brief(*text_of[t.id])));
+        throw Error(fmt::format("added token '{}' has id {}, which already belongs to '{}'", brief_text(t.content), t.id,
+                                brief_text(*text_of[t.id])));
       text_of[t.id] = &t.content;
       is_added[t.id] = 1;
     }

@@ -5,6 +5,7 @@
 #include "byte_level_bpe.h"
 
 #include "hooklens/error.h"
+#include "hooklens/message_text.h"
 #include "hooklens/json_read.h"
 
 #include <fmt/format.h>
@@ -19,7 +20,6 @@ namespace hooklens {
 namespace {
 
 using json = nlohmann::json;
-using text::brief;
 namespace fs = std::filesystem;
 
 // Sequences nested deeper than this are not a tokenizer anyone ships.
@@ -51,10 +51,10 @@ json read_json(const fs::path& path) { return parse_json_text(read_file(path), p
 
 // A value for an error message, without dumping containers (deep ones would recurse deeply).
 std::string describe(const json& v) {
-  if (v.is_string()) return "'" + brief(v.get_ref<const std::string&>()) + "'";
+  if (v.is_string()) return "'" + brief_text(v.get_ref<const std::string&>()) + "'";
   if (v.is_object()) return "an object";
   if (v.is_array()) return "a list";
-  return brief(v.dump());
+  return brief_text(v.dump());
 }
 
 std::string json_type(const json& j) {
@@ -87,7 +87,7 @@ std::vector<std::pair<std::string, std::string>> merges_from_txt(const fs::path&
     std::istringstream fields(line);
     std::string a, b, extra;
     if (!(fields >> a >> b) || (fields >> extra))
-      fail(path, fmt::format("line {} is not two symbols separated by a space: '{}'", number, brief(line)));
+      fail(path, fmt::format("line {} is not two symbols separated by a space: '{}'", number, brief_text(line)));
     merges.emplace_back(std::move(a), std::move(b));
   }
   return merges;
@@ -119,12 +119,12 @@ class StreamingReader final : public nlohmann::json_sax<json> {
   bool number_float(number_float_t x, const string_t&) override { return value(json(x)); }
   bool binary(binary_t&) override { return stop("binary data in JSON"); }
   bool number_integer(number_integer_t i) override {
-    if (mode_ == Mode::vocab && i < 0) return stop(fmt::format("the id of '{}' is negative ({})", brief(pending_), i));
+    if (mode_ == Mode::vocab && i < 0) return stop(fmt::format("the id of '{}' is negative ({})", brief_text(pending_), i));
     return mode_ == Mode::vocab ? (vocab.emplace_back(std::move(pending_), i), true) : value(json(i));
   }
   bool number_unsigned(number_unsigned_t u) override {
     if (mode_ == Mode::vocab && u > std::uint64_t(std::numeric_limits<std::int64_t>::max()))
-      return stop(fmt::format("the id of '{}' is too large", brief(pending_)));
+      return stop(fmt::format("the id of '{}' is too large", brief_text(pending_)));
     return mode_ == Mode::vocab ? (vocab.emplace_back(std::move(pending_), std::int64_t(u)), true) : value(json(u));
   }
   bool string(string_t& s) override {
@@ -230,7 +230,7 @@ class StreamingReader final : public nlohmann::json_sax<json> {
   }
 
   bool value(json v) {
-    if (mode_ == Mode::vocab) return stop(fmt::format("the id of '{}' is not an integer", brief(pending_)));
+    if (mode_ == Mode::vocab) return stop(fmt::format("the id of '{}' is not an integer", brief_text(pending_)));
     if (mode_ == Mode::merges) return bad_merge();
     add(std::move(v));
     return true;
@@ -266,7 +266,7 @@ class StreamingReader final : public nlohmann::json_sax<json> {
 void check_model_options(const json& model, const fs::path& path) {
   if (json_type(model) != "BPE")
     fail(path, fmt::format("unsupported tokenizer model type '{}' (hooklens reads byte-level BPE only)",
-                           brief(json_type(model))));
+                           brief_text(json_type(model))));
   const auto set = [&](const char* key) {
     const json& v = model.contains(key) ? model[key] : json();
     return !(v.is_null() || v == json("") || v == json(false) || v == json(0) || v == json(0.0));
@@ -283,7 +283,7 @@ void check_normalizer(const json& j, const fs::path& path) {
   if (json_type(n) == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array() &&
       n["normalizers"].empty())
     return;
-  fail(path, fmt::format("unsupported normalizer '{}' (hooklens reads tokenizers without one)", brief(json_type(n))));
+  fail(path, fmt::format("unsupported normalizer '{}' (hooklens reads tokenizers without one)", brief_text(json_type(n))));
 }
 
 void check_decoder(const json& j, const fs::path& path) {
@@ -293,7 +293,7 @@ void check_decoder(const json& j, const fs::path& path) {
   if (json_type(d) == "Sequence" && d.contains("decoders") && d["decoders"].is_array() &&
       std::all_of(d["decoders"].begin(), d["decoders"].end(), byte_level))
     return;
-  fail(path, fmt::format("unsupported decoder '{}' (hooklens decodes byte-level BPE)", brief(json_type(d))));
+  fail(path, fmt::format("unsupported decoder '{}' (hooklens decodes byte-level BPE)", brief_text(json_type(d))));
 }
 
 bpe::SplitBehavior split_behavior(const json& split, const fs::path& path) {
@@ -351,7 +351,7 @@ void read_pre_tokenizer(const json& pre, const fs::path& path, int depth, bpe::C
                                                              flag(pre, "use_regex", true, path, "ByteLevel")));
   } else {
     fail(path, fmt::format("unsupported pre_tokenizer '{}' (hooklens reads Sequence, Split, Digits and ByteLevel)",
-                           brief(type)));
+                           brief_text(type)));
   }
   kinds.names.push_back(type);
 }
@@ -393,9 +393,9 @@ void read_template(const json& pp, const fs::path& path, std::vector<std::int64_
         !specials[name]["ids"].is_array())
       fail(path, fmt::format("TemplateProcessing uses the special token '{}', which its special_tokens do not list "
                              "with ids",
-                             brief(name)));
+                             brief_text(name)));
     for (const json& id : specials[name]["ids"])
-      (seen_text ? after : before).push_back(json_id(id, path, fmt::format("special token '{}'", brief(name))));
+      (seen_text ? after : before).push_back(json_id(id, path, fmt::format("special token '{}'", brief_text(name))));
   }
   if (!seen_text) fail(path, "TemplateProcessing single template must hold the text ($A) once, and no $B");
 }
@@ -414,7 +414,7 @@ void read_post_processor(const json& pp, const fs::path& path, int depth, bpe::C
   if (type != "TemplateProcessing")
     fail(path, fmt::format("unsupported post_processor '{}' (hooklens reads ByteLevel, TemplateProcessing and "
                            "Sequence)",
-                           brief(type)));
+                           brief_text(type)));
   // Each processor of a Sequence wraps what the ones before it made.
   std::vector<std::int64_t> before, after;
   read_template(pp, path, before, after);
@@ -426,7 +426,7 @@ bpe::AddedToken added_token(const json& t, std::int64_t id, const fs::path& path
   bpe::AddedToken token;
   token.content = t["content"].get<std::string>();
   token.id = id;
-  const std::string what = fmt::format("{} '{}'", where, brief(token.content));
+  const std::string what = fmt::format("{} '{}'", where, brief_text(token.content));
   token.lstrip = flag(t, "lstrip", false, path, what);
   token.rstrip = flag(t, "rstrip", false, path, what);
   token.single_word = flag(t, "single_word", false, path, what);
@@ -439,7 +439,7 @@ void add_token(bpe::Config& config, bpe::AddedToken token, const fs::path& path)
   for (const bpe::AddedToken& t : config.added_tokens)
     if (t.content == token.content) {
       if (t.id != token.id)
-        fail(path, fmt::format("added token '{}' has id {} but also id {}", brief(token.content), token.id, t.id));
+        fail(path, fmt::format("added token '{}' has id {} but also id {}", brief_text(token.content), token.id, t.id));
       return;
     }
   config.added_tokens.push_back(std::move(token));
@@ -467,7 +467,7 @@ bpe::Config config_from_tokenizer_json(const fs::path& path) {
     for (const json& t : added) {
       if (!t.is_object() || !t.contains("content") || !t["content"].is_string() || !t.contains("id"))
         fail(path, "an added token lacks \"id\" or \"content\"");
-      const std::int64_t id = json_id(t["id"], path, fmt::format("'{}'", brief(t["content"].get<std::string>())));
+      const std::int64_t id = json_id(t["id"], path, fmt::format("'{}'", brief_text(t["content"].get<std::string>())));
       add_token(config, added_token(t, id, path, "added token"), path);
     }
     return config;
@@ -511,7 +511,7 @@ void read_chat_template(const json& j, const fs::path& path, ChatConfig& chat) {
       if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() || !entry.contains("template") ||
           !entry["template"].is_string())
         fail(path, "chat_template is a list whose entries are not {\"name\": ..., \"template\": ...}");
-      names.push_back(brief(entry["name"].get<std::string>()));
+      names.push_back(brief_text(entry["name"].get<std::string>()));
       if (entry["name"] == "default") chat.chat_template = entry["template"].get<std::string>();
     }
     if (chat.chat_template.empty())
@@ -545,7 +545,7 @@ void read_tokenizer_config(bpe::Config& config, const fs::path& path) {
           if (used != key.size()) id = -1;
         } catch (const std::exception&) {
         }
-        if (id < 0) fail(path, fmt::format("added_tokens_decoder key '{}' is not a token id", brief(key)));
+        if (id < 0) fail(path, fmt::format("added_tokens_decoder key '{}' is not a token id", brief_text(key)));
         if (!token.is_object() || !token.contains("content") || !token["content"].is_string())
           fail(path, fmt::format("added_tokens_decoder[{}] has no \"content\" string", id));
         add_token(config, added_token(token, id, path, "added_tokens_decoder"), path);

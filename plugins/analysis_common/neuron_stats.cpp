@@ -1,6 +1,6 @@
 #include "neuron_stats.h"
 
-#include "analysis_options.h"
+#include <hooklens/analyzer.h>
 
 #include <hooklens/error.h>
 
@@ -80,7 +80,7 @@ nlohmann::json NeuronStats::top_variance_json(const std::map<int, Welford>& by_l
     const std::vector<double> var = stats.variances();
     nlohmann::json top = nlohmann::json::array();
     for (std::size_t i : top_k(var, k))
-      top.push_back({{"neuron", i}, {"variance", finite(var[i])}, {"mean", finite(stats.mean[i])}});
+      top.push_back({{"neuron", i}, {"variance", finite_or_null(var[i])}, {"mean", finite_or_null(stats.mean[i])}});
     layers.push_back({{"layer", layer}, {"positions", stats.n}, {"top", std::move(top)}});
   }
   return {{"positions", positions}, {"layers", std::move(layers)}};
@@ -105,8 +105,8 @@ nlohmann::json NeuronStats::mean_differences_json(std::size_t k) const {
     nlohmann::json top = nlohmann::json::array();
     for (std::size_t i : top_k(spread, k)) {
       nlohmann::json means = nlohmann::json::array();
-      for (const Welford* w : each) means.push_back(finite(w->mean[i]));
-      top.push_back({{"neuron", i}, {"difference", finite(spread[i])}, {"means", std::move(means)}});
+      for (const Welford* w : each) means.push_back(finite_or_null(w->mean[i]));
+      top.push_back({{"neuron", i}, {"difference", finite_or_null(spread[i])}, {"means", std::move(means)}});
     }
     layers.push_back({{"layer", layer}, {"top", std::move(top)}});
   }

@@ -2,12 +2,11 @@
 // self mass), pooled over every capture of blocks.*.attn.hook_pattern, and how averaging a layer's
 // heads hides sharp heads. Statistics come from summarize_heads (attention_stats.h); this file only
 // pools them and writes the report (docs/analyzers-attention.md).
-#include "pattern_input.h"
-
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/plugin_options.h>
 
 #include <ATen/ops/mean.h>
 #include <fmt/format.h>
@@ -24,29 +23,11 @@ namespace {
 using nlohmann::json;
 constexpr const char* kName = "attention_stats";
 
-// The "steps" option: "all" (default) or comma-separated step numbers.
-std::optional<std::set<int>> parse_steps(const json& options) {
-  if (!options.contains("steps")) return std::nullopt;
-  const std::string text = options["steps"].is_string() ? options["steps"].get<std::string>() : options["steps"].dump();
-  if (text == "all") return std::nullopt;
-  std::set<int> steps;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    const std::size_t end = std::min(text.find(',', start), text.size());
-    const std::string item = text.substr(start, end - start);
-    std::size_t used = 0;
-    int step = -1;
-    try {
-      step = std::stoi(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (item.empty() || used != item.size() || step < 0)
-      throw UsageError(fmt::format("{}: option steps must be \"all\" or step numbers like 0,3,5, not \"{}\"", kName, text));
-    steps.insert(step);
-    start = end + 1;
-  }
-  return steps;
+// The "steps" option: "all" (default) or step numbers (3, [0, 3] or "0,3").
+std::optional<std::set<int>> parse_steps(const PluginOptions& options) {
+  if (!options.has("steps") || options.value("steps") == "all") return std::nullopt;
+  const std::vector<int> steps = *options.int_list("steps", 0);
+  return std::set<int>(steps.begin(), steps.end());
 }
 
 // The statistics of one layer: per model head, and of the head-averaged pattern.
@@ -80,11 +61,8 @@ class AttentionStats final : public Analyzer {
   std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)}; }
 
   void begin(const json& run) override {
-    const json options = run.value("options", json::object());
-    for (const auto& item : options.items())
-      if (item.key() != "steps") throw UsageError(fmt::format("{}: unknown option \"{}\" (known: steps)", kName, item.key()));
-    steps_ = parse_steps(options);
-    run_ = attention_input::PatternRun::of(run, kName);
+    steps_ = parse_steps(PluginOptions(kName, run.value("options", json::object()), {"steps"}));
+    run_ = PatternRun::of(run, kName);
     layers_.clear();
     captures_ = 0;
   }
@@ -121,7 +99,7 @@ class AttentionStats final : public Analyzer {
       }
       report["layers"].push_back(layer_json(l, layer));
     }
-    attention_input::null_non_finite(report);
+    null_non_finite(report);
     return report;
   }
 
@@ -159,7 +137,7 @@ class AttentionStats final : public Analyzer {
             {"averaging_hides", some_sharp && averaged["label"] != "sharp"}};
   }
 
-  std::optional<attention_input::PatternRun> run_;
+  std::optional<PatternRun> run_;
   std::optional<std::set<int>> steps_;
   std::map<int, LayerStats> layers_;
   std::int64_t captures_ = 0;

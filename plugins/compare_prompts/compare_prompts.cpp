@@ -3,7 +3,6 @@
 // which heads behave most differently between prompts, and, when the run captured
 // blocks.*.mlp.hook_post, which neurons' mean activation differs most (analysis_common's
 // NeuronStats, as the neurons analyzer computes it).
-#include "analysis_options.h"
 #include "neuron_stats.h"
 
 #include <hooklens/analyzer.h>
@@ -11,6 +10,8 @@
 #include <hooklens/error.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/plugin_options.h>
+#include <hooklens/text.h>
 
 #include <fmt/format.h>
 
@@ -23,7 +24,8 @@
 namespace {
 
 using hooklens::AttentionSummary;
-using hooklens::analysis::finite;
+using hooklens::ends_with;
+using hooklens::finite_or_null;
 using nlohmann::json;
 
 constexpr std::array<const char*, 6> kStatistics = {"entropy", "normalized_entropy", "row_std",
@@ -45,7 +47,7 @@ json mean_statistics(const std::vector<AttentionSummary>& summaries) {
     ++n;
   }
   json out = {{"heads", n}};
-  for (std::size_t i = 0; i < total.size(); ++i) out[kStatistics[i]] = n > 0 ? finite(total[i] / n) : json();
+  for (std::size_t i = 0; i < total.size(); ++i) out[kStatistics[i]] = n > 0 ? finite_or_null(total[i] / n) : json();
   out["label"] = n > 0 ? json(hooklens::sharpness_label(total[1] / n)) : json();
   return out;
 }
@@ -55,7 +57,7 @@ class ComparePrompts : public hooklens::Analyzer {
   std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern), hooklens::hook_names::every_layer(hooklens::hook_names::mlp_post)}; }
 
   void begin(const json& run) override {
-    const hooklens::analysis::Options options("compare_prompts", run.value("options", json::object()), {"k", "top"});
+    const hooklens::PluginOptions options("compare_prompts", run.value("options", json::object()), {"k", "top"});
     k_ = std::size_t(options.integer("k", 10, 1));
     top_ = std::size_t(options.integer("top", 10, 1));
     model_ = hooklens::ModelInfo::from_json(run.at("model"));
@@ -142,8 +144,8 @@ class ComparePrompts : public hooklens::Analyzer {
       for (std::size_t i = 0; i < kStatistics.size(); ++i) {
         double lo = INFINITY, hi = -INFINITY, sum = 0;
         for (const auto& v : values) lo = std::min(lo, v[i]), hi = std::max(hi, v[i]), sum += v[i];
-        entry[kStatistics[i]] = values.empty() ? json() : finite(sum / double(values.size()));
-        spread[kStatistics[i]] = values.size() < 2 ? json() : finite(hi - lo);
+        entry[kStatistics[i]] = values.empty() ? json() : finite_or_null(sum / double(values.size()));
+        spread[kStatistics[i]] = values.size() < 2 ? json() : finite_or_null(hi - lo);
       }
       entry["spread"] = std::move(spread);
       entry["per_prompt"] = std::move(per_prompt);

@@ -9,6 +9,7 @@
 #include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/plugin_options.h>
 #include <hooklens/renderer.h>
 #include <hooklens/run.h>
 
@@ -19,7 +20,6 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -52,50 +52,17 @@ struct Options {
   std::optional<std::int64_t> target;
 };
 
-// An integer list given as a JSON integer, an array of integers, or a string such as "0,2".
-std::vector<int> int_list(const json& v, const std::string& key) {
-  const auto bad = [&] {
-    return UsageError(fmt::format("figures: option \"{}\" must be integers such as [0, 2] or \"0,2\", not {}", key,
-                                  v.dump(-1, ' ', false, json::error_handler_t::replace)));
-  };
-  std::vector<int> out;
-  if (v.is_number_integer()) return {v.get<int>()};
-  if (v.is_array()) {
-    for (const json& e : v) {
-      if (!e.is_number_integer()) throw bad();
-      out.push_back(e.get<int>());
-    }
-    return out;
-  }
-  if (!v.is_string()) throw bad();
-  const std::string s = v.get<std::string>();
-  for (std::size_t start = 0; start <= s.size();) {
-    const std::size_t end = std::min(s.find(',', start), s.size());
-    int n = 0;
-    const auto [ptr, ec] = std::from_chars(s.data() + start, s.data() + end, n);
-    if (ec != std::errc() || ptr != s.data() + end) throw bad();
-    out.push_back(n);
-    start = end + 1;
-  }
-  return out;
-}
-
+// The options through PluginOptions (hooklens/plugin_options.h): integer lists as 2, [0, 2] or "0,2".
 Options parse_options(const json& options) {
+  const hooklens::PluginOptions given("figures", options, {"layers", "heads", "prompts", "steps", "target"});
   Options o;
-  if (options.is_null()) return o;
-  if (!options.is_object()) throw UsageError("figures: options must be a JSON object");
-  for (const auto& [key, value] : options.items()) {
-    if (key == "layers") o.layers = int_list(value, key);
-    else if (key == "heads") o.heads = int_list(value, key);
-    else if (key == "prompts") o.prompts = int_list(value, key);
-    else if (key == "steps") o.steps = int_list(value, key);
-    else if (key == "target") {
-      const std::vector<int> t = int_list(value, key);
-      if (t.size() != 1) throw UsageError("figures: option \"target\" is one key position");
-      o.target = t[0];
-    } else {
-      throw UsageError(fmt::format("figures: unknown option \"{}\" (known: layers, heads, prompts, steps, target)", key));
-    }
+  o.layers = given.int_list("layers").value_or(std::vector<int>{});
+  o.heads = given.int_list("heads").value_or(std::vector<int>{});
+  o.prompts = given.int_list("prompts").value_or(std::vector<int>{});
+  o.steps = given.int_list("steps").value_or(std::vector<int>{});
+  if (const auto target = given.int_list("target")) {  // one position; [5] and "5" as well as 5
+    if (target->size() != 1) throw UsageError("figures: option 'target' is one key position");
+    o.target = target->front();
   }
   return o;
 }
@@ -104,7 +71,7 @@ Options parse_options(const json& options) {
 void check_range(const std::vector<int>& values, int count, const std::string& key, const fs::path& manifest) {
   for (int v : values)
     if (v < 0 || v >= count)
-      throw UsageError(fmt::format("figures: option \"{}\": {} is not in the run {} (it has {} 0-{})", key, v,
+      throw UsageError(fmt::format("figures: option '{}': {} is not in the run {} (it has {} 0-{})", key, v,
                                    manifest.string(), key, count - 1));
 }
 
@@ -348,7 +315,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     check_range(opts.prompts, int(run.prompt_count()), "prompts", run.manifest_file());
     for (int h : opts.heads)
       if (!contains(run.captured_heads(), h))
-        throw UsageError(fmt::format("figures: option \"heads\": head {} was not captured in {}", h,
+        throw UsageError(fmt::format("figures: option 'heads': head {} was not captured in {}", h,
                                      run.manifest_file().string()));
     std::error_code ec;
     fs::create_directories(out, ec);
@@ -380,7 +347,7 @@ class FiguresRenderer final : public hooklens::Renderer {
       if (job.run->diffusion() || step == 0) available.push_back(step);
     for (int s : job.opts.steps)
       if (!by_step.count(s))
-        throw UsageError(fmt::format("figures: option \"steps\": prompt {} has no attention pattern captured at step {} "
+        throw UsageError(fmt::format("figures: option 'steps': prompt {} has no attention pattern captured at step {} "
                                      "in {}", p, s, job.run->manifest_file().string()));
     if (!job.opts.steps.empty()) {
       std::vector<int> chosen;
@@ -568,7 +535,7 @@ class FiguresRenderer final : public hooklens::Renderer {
                           const std::vector<std::string>& tokens, const std::string& context) {
     const std::int64_t target = *job.opts.target, T = std::int64_t(tokens.size());
     if (target < 0 || target >= T)
-      throw UsageError(fmt::format("figures: option \"target\": position {} is not in the sequence of {} tokens of {}",
+      throw UsageError(fmt::format("figures: option 'target': position {} is not in the sequence of {} tokens of {}",
                                    target, T, job.run->manifest_file().string()));
     const auto& columns = job.averaged;
     const std::int64_t L = std::int64_t(job.layers.size());

@@ -3,12 +3,11 @@
 // conditional pass), using the prompts' token ids. It asks for one extra prompt, a random token
 // sequence repeated twice, on which induction and duplicate-token heads show clearly.
 // Definitions, options and report fields: docs/analyzers-attention.md.
-#include "pattern_input.h"
-
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/plugin_options.h>
 
 #include <fmt/format.h>
 
@@ -38,27 +37,7 @@ constexpr std::array<const char*, kDetectors> kDetectorNames = {"previous_token"
 
 // ---- options ----------------------------------------------------------------------------------
 
-std::optional<std::int64_t> int_option(const json& options, const char* key, std::int64_t min) {
-  if (!options.contains(key)) return std::nullopt;
-  const json& value = options[key];
-  const std::string text = value.is_string() ? value.get<std::string>() : value.dump();
-  std::size_t used = 0;
-  long long n = 0;
-  try {
-    n = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (text.empty() || used != text.size() || n < min)
-    throw UsageError(fmt::format("{}: option {} must be an integer >= {}, not \"{}\"", kName, key, min, text));
-  return n;
-}
-
-void check_option_names(const json& options) {
-  for (const auto& item : options.items())
-    if (item.key() != "seq_len" && item.key() != "seed")
-      throw UsageError(fmt::format("{}: unknown option \"{}\" (known: seq_len, seed)", kName, item.key()));
-}
+PluginOptions options_of(const json& options) { return PluginOptions(kName, options, {"seq_len", "seed"}); }
 
 // ---- the repeated random sequence -------------------------------------------------------------
 
@@ -164,9 +143,9 @@ class HeadDetectors final : public Analyzer {
   std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)}; }
 
   std::vector<ExtraPrompt> extra_prompts(const ModelInfo& model, const json& options) const override {
-    check_option_names(options);
-    const std::optional<std::int64_t> asked = int_option(options, "seq_len", 2);
-    const std::int64_t seed = int_option(options, "seed", 0).value_or(kDefaultSeed);
+    const PluginOptions given = options_of(options);
+    const std::optional<std::int64_t> asked = given.optional_integer("seq_len", 2);
+    const std::int64_t seed = given.integer("seed", kDefaultSeed, 0);
     const std::int64_t prefix = model.bos_id ? 1 : 0;
     const std::int64_t longest = model.n_ctx > 0 ? (model.n_ctx - prefix) / 2 : kDefaultSeqLen;
     if (asked && *asked > longest)
@@ -184,11 +163,10 @@ class HeadDetectors final : public Analyzer {
   }
 
   void begin(const json& run) override {
-    const json options = run.value("options", json::object());
-    check_option_names(options);
-    int_option(options, "seq_len", 2);  // only checked here: they shape extra_prompts()
-    int_option(options, "seed", 0);
-    run_ = attention_input::PatternRun::of(run, kName);
+    const PluginOptions given = options_of(run.value("options", json::object()));
+    given.optional_integer("seq_len", 2);  // only checked here: they shape extra_prompts()
+    given.optional_integer("seed", 0);
+    run_ = PatternRun::of(run, kName);
     prompts_.clear();
     for (const json& prompt : run.value("prompts", json::array()))
       prompts_.push_back(prompt.value("ids", std::vector<std::int64_t>{}));
@@ -237,7 +215,7 @@ class HeadDetectors final : public Analyzer {
       report["heads"].push_back(std::move(entry));
     }
     for (int d = 0; d < kDetectors; ++d) report["ranked"][kDetectorNames[d]] = ranked(Detector(d));
-    attention_input::null_non_finite(report);
+    null_non_finite(report);
     return report;
   }
 
@@ -299,7 +277,7 @@ class HeadDetectors final : public Analyzer {
     return list;
   }
 
-  std::optional<attention_input::PatternRun> run_;
+  std::optional<PatternRun> run_;
   std::vector<std::vector<std::int64_t>> prompts_;
   std::map<std::pair<int, int>, HeadScores> heads_;  // by (layer, head)
   json skipped_captures_ = json::object();          // reason -> captures

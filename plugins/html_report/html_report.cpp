@@ -12,6 +12,7 @@
 #include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/plugin_options.h>
 #include <hooklens/renderer.h>
 #include <hooklens/run.h>
 
@@ -42,48 +43,21 @@ struct Options {
   double max_mib = kDefaultMaxMib;
 };
 
-std::set<int> int_list(const json& value, const std::string& name) {
-  if (!value.is_array()) throw UsageError(fmt::format("html report: option '{}' must be a list of integers, got {}", name, brief_json(value)));
-  std::set<int> out;
-  for (const json& v : value) {
-    if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() > 1'000'000'000)
-      throw UsageError(fmt::format("html report: option '{}' must list integers >= 0, got {}", name, brief_json(v)));
-    out.insert(v.get<int>());
-  }
-  return out;
-}
-
-double positive_number(const json& value, const std::string& name) {
-  double x = 0;
-  if (value.is_number()) {
-    x = value.get<double>();
-  } else if (value.is_string()) {
-    try {
-      std::size_t used = 0;
-      x = std::stod(value.get<std::string>(), &used);
-      if (used != value.get<std::string>().size()) x = 0;
-    } catch (const std::exception&) {
-      x = 0;
-    }
-  }
-  if (!(x > 0) || !std::isfinite(x))
-    throw UsageError(fmt::format("html report: option '{}' must be a positive number, got {}", name, brief_json(value)));
-  return x;
-}
-
+// The options through PluginOptions (hooklens/plugin_options.h): integer lists as 2, [0, 2] or "0,2".
 Options parse_options(const json& options) {
+  // "target" is for static figures; the page picks tokens interactively, so it is accepted and unused.
+  const hooklens::PluginOptions given("html_report", options, {"layers", "heads", "prompts", "steps", "target", "max_mib"});
+  const auto set_of = [&](const char* key) -> std::optional<std::set<int>> {
+    const std::optional<std::vector<int>> list = given.int_list(key, 0);
+    if (!list) return std::nullopt;
+    return std::set<int>(list->begin(), list->end());
+  };
   Options parsed;
-  if (options.is_null()) return parsed;
-  if (!options.is_object()) throw UsageError("html report: options must be a JSON object");
-  for (const auto& [key, value] : options.items()) {
-    if (key == "layers") parsed.layers = int_list(value, key);
-    else if (key == "heads") parsed.heads = int_list(value, key);
-    else if (key == "prompts") parsed.prompts = int_list(value, key);
-    else if (key == "steps") parsed.steps = int_list(value, key);
-    else if (key == "max_mib") parsed.max_mib = positive_number(value, key);
-    else if (key != "target")  // "target" is for static figures; the page picks tokens interactively
-      throw UsageError(fmt::format("html report: unknown option '{}' (known: layers, heads, prompts, steps, target, max_mib)", key));
-  }
+  parsed.layers = set_of("layers");
+  parsed.heads = set_of("heads");
+  parsed.prompts = set_of("prompts");
+  parsed.steps = set_of("steps");
+  parsed.max_mib = given.positive_number("max_mib").value_or(kDefaultMaxMib);
   return parsed;
 }
 

@@ -2,13 +2,14 @@
 // differ most between prompts. Statistics live in analysis_common's NeuronStats; this file keeps the
 // current prompt's activations (positions x d_mlp per layer) only until the prompt ends, to report
 // the activation of its top neurons at every token.
-#include "analysis_options.h"
+#include "position_tokens.h"
 #include "neuron_stats.h"
 
 #include <hooklens/analyzer.h>
 #include <hooklens/error.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/plugin_options.h>
 
 #include <fmt/format.h>
 
@@ -17,7 +18,7 @@
 
 namespace {
 
-using hooklens::analysis::finite;
+using hooklens::finite_or_null;
 using hooklens::analysis::NeuronStats;
 using nlohmann::json;
 
@@ -26,7 +27,7 @@ class Neurons : public hooklens::Analyzer {
   std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::mlp_post)}; }
 
   void begin(const json& run) override {
-    const hooklens::analysis::Options options("neurons", run.value("options", json::object()), {"k"});
+    const hooklens::PluginOptions options("neurons", run.value("options", json::object()), {"k"});
     k_ = std::size_t(options.integer("k", 10, 1));
     mode_ = hooklens::analysis::run_mode(run);
     stats_ = NeuronStats();
@@ -82,8 +83,8 @@ class Neurons : public hooklens::Analyzer {
       json top = json::array();
       for (std::size_t i : hooklens::analysis::top_k(var, k_)) {
         json activations = json::array();
-        for (std::size_t r = 0; r < rows.positions.size(); ++r) activations.push_back(finite(rows.values[r * d + i]));
-        top.push_back({{"neuron", i}, {"variance", finite(var[i])}, {"mean", finite(stats->mean[i])},
+        for (std::size_t r = 0; r < rows.positions.size(); ++r) activations.push_back(finite_or_null(rows.values[r * d + i]));
+        top.push_back({{"neuron", i}, {"variance", finite_or_null(var[i])}, {"mean", finite_or_null(stats->mean[i])},
                        {"activations", std::move(activations)}});
       }
       layers.push_back({{"layer", layer}, {"positions", rows.positions}, {"top", std::move(top)}});

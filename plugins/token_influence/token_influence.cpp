@@ -6,13 +6,14 @@
 // and layer it keeps the head mean of the attention to each prompt position (units x layers x P
 // numbers), per layer and head a running sum over units (layers x heads x P), and, with target=K,
 // one number per unit, layer and head. No pattern is kept.
-#include "analysis_options.h"
+#include "position_tokens.h"
 
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
 #include <hooklens/error.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
+#include <hooklens/plugin_options.h>
 
 #include <fmt/format.h>
 
@@ -23,8 +24,7 @@
 
 namespace {
 
-using hooklens::analysis::finite;
-using hooklens::analysis::finite_list;
+using hooklens::finite_or_null;
 using nlohmann::json;
 
 constexpr double kMissing = std::numeric_limits<double>::quiet_NaN();  // a key column the run did not capture
@@ -89,7 +89,7 @@ class TokenInfluence : public hooklens::Analyzer {
   std::vector<std::string> hooks() const override { return {hooklens::hook_names::every_layer(hooklens::hook_names::pattern)}; }
 
   void begin(const json& run) override {
-    const hooklens::analysis::Options options("token_influence", run.value("options", json::object()), {"target"});
+    const hooklens::PluginOptions options("token_influence", run.value("options", json::object()), {"target"});
     model_ = hooklens::ModelInfo::from_json(run.at("model"));
     target_ = options.optional_integer("target", 0);
     if (target_ && model_.n_ctx > 0 && *target_ >= model_.n_ctx)
@@ -179,14 +179,14 @@ class TokenInfluence : public hooklens::Analyzer {
     json layers = json::array();
     std::vector<std::vector<double>> all;
     for (const auto& [layer, values] : unit.to_prompt) {
-      layers.push_back({{"layer", layer}, {"attention_to_prompt", finite_list(values)}});
+      layers.push_back({{"layer", layer}, {"attention_to_prompt", finite_or_null(values)}});
       all.push_back(values);
     }
-    json out = {{"layers", std::move(layers)}, {"mean_over_layers", finite_list(mean_of(all))}};
+    json out = {{"layers", std::move(layers)}, {"mean_over_layers", finite_or_null(mean_of(all))}};
     if (target_) {
       json target = json::array();
       for (const auto& [layer, heads] : unit.target_heads)
-        target.push_back({{"layer", layer}, {"head_mean", finite(mean_of(heads))}, {"heads", finite_list(heads)}});
+        target.push_back({{"layer", layer}, {"head_mean", finite_or_null(mean_of(heads))}, {"heads", finite_or_null(heads)}});
       out["attention_to_target"] = std::move(target);
     }
     return out;
@@ -232,7 +232,7 @@ class TokenInfluence : public hooklens::Analyzer {
     std::vector<double> change(now.size());
     double l1 = 0;
     for (std::size_t k = 0; k < now.size(); ++k) change[k] = now[k] - before->second[k], l1 += std::abs(change[k]);
-    return {{"change", finite_list(change)}, {"change_l1", finite(l1)}};
+    return {{"change", finite_or_null(change)}, {"change_l1", finite_or_null(l1)}};
   }
 
   std::vector<double> head_mean_attention(const HeadTotals& totals) const {
@@ -249,8 +249,8 @@ class TokenInfluence : public hooklens::Analyzer {
       const std::vector<double> mean = head_mean_attention(totals);
       double mass = 0;
       for (double v : mean) mass += v;
-      entry["mean_attention_to_prompt"] = finite_list(mean);
-      entry["prompt_mass"] = finite(mass);
+      entry["mean_attention_to_prompt"] = finite_or_null(mean);
+      entry["prompt_mass"] = finite_or_null(mass);
       out.push_back(std::move(entry));
     }
     return out;
@@ -260,7 +260,7 @@ class TokenInfluence : public hooklens::Analyzer {
     std::map<int, std::vector<std::vector<double>>> by_layer;
     for (const auto& [key, totals] : heads_) by_layer[key.first].push_back(head_mean_attention(totals));
     json out = json::array();
-    for (const auto& [layer, heads] : by_layer) out.push_back({{"layer", layer}, {"mean_attention_to_prompt", finite_list(mean_of(heads))}});
+    for (const auto& [layer, heads] : by_layer) out.push_back({{"layer", layer}, {"mean_attention_to_prompt", finite_or_null(mean_of(heads))}});
     return out;
   }
 

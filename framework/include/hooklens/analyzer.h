@@ -76,4 +76,27 @@ struct PatternRows {
   std::int64_t query_position(std::int64_t r) const { return query_offset + r; }
 };
 
+// What an analyzer of attention patterns (blocks.*.attn.hook_pattern) needs of the run: the model,
+// and which model head each captured head is (a run may capture a slice of the heads).
+struct PatternRun {
+  ModelInfo model;
+  std::vector<int> captured_heads;  // the run's "capture"."heads" (head slicing); empty = all heads
+
+  // From begin()'s `run`; `who` names the analyzer in error messages (Error when there is no "model").
+  static PatternRun of(const nlohmann::json& run, const std::string& who);
+  // The model head of each of the `count` heads of a capture. A capture of every head maps to
+  // itself; a head-sliced one needs the run's capture.heads, else the heads cannot be named (Error).
+  std::vector<int> heads_of(std::int64_t count, const std::string& who) const;
+  // Checks that `tensor` is a pattern [batch, head, query, key] (or [head, query, key]) of a layer
+  // of the model, and returns it as [batch, head, query, key] (Error otherwise).
+  at::Tensor check(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor,
+                   const std::string& who) const;
+};
+
+// Reports are JSON, where NaN and infinities are not values: `v`, or null when it is not finite.
+nlohmann::json finite_or_null(double v);
+nlohmann::json finite_or_null(const std::vector<double>& values);  // each value so
+// Replaces every non-finite number anywhere in `report` by null.
+void null_non_finite(nlohmann::json& report);
+
 }  // namespace hooklens

@@ -40,7 +40,7 @@ void refuse_unsupported(const HfConfig& cfg) {
   require("layer_norm_with_affine", true);
 }
 
-class DiffusionAdapter final : public Adapter {
+class LladaAdapter final : public Adapter {
  public:
   static int score(const std::filesystem::path& model) { return is_llada_type(peek_model_type(model)) ? 100 : 0; }
 
@@ -141,5 +141,7 @@ class DiffusionAdapter final : public Adapter {
 }  // namespace
 }  // namespace hooklens
 
-HOOKLENS_DEFINE_PLUGIN(hooklens::Adapter, hooklens::DiffusionAdapter, "adapter", "diffusion", "1.0",
+// The adapter is named "diffusion" (--adapter diffusion, and "adapter" in run manifests) though its
+// file is hooklens_llada.so: the name predates the folder's.
+HOOKLENS_DEFINE_PLUGIN(hooklens::Adapter, hooklens::LladaAdapter, "adapter", "diffusion", "1.0",
                        "LLaDA / MMaDA masked-diffusion models from a Hugging Face directory")

@@ -1,0 +1,25 @@
+// Small string helpers used across hooklens, its plugins and examples (one copy of each).
+#pragma once
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hooklens {
+
+inline bool ends_with(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
+}
+
+// The items of a separated list, as written: "0,2" -> {"0", "2"}, "" -> {""}, "1," -> {"1", ""}.
+// Callers check the items (an empty one is usually a typo to refuse, not to skip).
+inline std::vector<std::string> split_list(std::string_view list, char separator = ',') {
+  std::vector<std::string> items;
+  for (std::size_t start = 0;;) {
+    const std::size_t end = list.find(separator, start);
+    items.emplace_back(list.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start));
+    if (end == std::string_view::npos) return items;
+    start = end + 1;
+  }
+}
+
+}  // namespace hooklens
