@@ -18,11 +18,12 @@
 #include "example_main.h"
 
 #include <hooklens/drawing.h>
-#include <hooklens/head_matrix.h>
 #include <hooklens/error.h>
+#include <hooklens/head_matrix.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/run.h>
+#include <hooklens/text.h>
 
 #include <ATen/core/Tensor.h>
 #include <CLI/CLI.hpp>
@@ -194,21 +195,10 @@ int parse_int(const std::string& option, const std::string& item) {
   return value;
 }
 
-std::vector<std::string> split(const std::string& list) {
-  std::vector<std::string> items;
-  std::size_t pos = 0;
-  while (pos <= list.size()) {
-    const std::size_t comma = std::min(list.find(',', pos), list.size());
-    items.push_back(list.substr(pos, comma - pos));
-    pos = comma + 1;
-  }
-  return items;
-}
-
 // "first", "last", "all" or step numbers, each of which must have whole-pass patterns.
 std::vector<int> parse_steps(const std::string& spec, const std::set<int>& available, const RunView& view) {
   std::set<int> chosen;
-  for (const auto& item : split(spec)) {
+  for (const auto& item : hooklens::split_list(spec)) {
     if (item == "all") chosen.insert(available.begin(), available.end());
     else if (item == "first") chosen.insert(*available.begin());
     else if (item == "last") chosen.insert(*available.rbegin());
@@ -225,7 +215,7 @@ std::vector<int> parse_steps(const std::string& spec, const std::set<int>& avail
 std::vector<int> parse_layers(const std::string& spec, const std::set<int>& available, const RunView& view) {
   if (spec == "all") return {available.begin(), available.end()};
   std::set<int> chosen;
-  for (const auto& item : split(spec)) {
+  for (const auto& item : hooklens::split_list(spec)) {
     const int layer = parse_int("--layers", item);
     if (!available.count(layer))
       throw UsageError(fmt::format("--layers {}: {} has no attention patterns of layer {} (layers: {})", spec,

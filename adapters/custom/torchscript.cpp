@@ -31,6 +31,7 @@
 
 #include <capture_op.h>
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/message_text.h>
 
 #include <caffe2/serialize/inline_container.h>
@@ -180,7 +181,7 @@ class PathNames {
   std::string output_point(const std::string& path) const {
     const std::string name = display(path);
     const std::vector<std::string> parts = split_path(name);
-    if (parts.size() == 2 && parts[0] == "blocks" && all_digits(parts[1])) return name + ".hook_resid_post";
+    if (parts.size() == 2 && parts[0] == "blocks" && all_digits(parts[1])) return name + "." + std::string(hook_names::resid_post);
     return name;
   }
 
@@ -415,7 +416,7 @@ class TorchScriptModel final : public Model {
       points.push_back({name, point.pattern ? std::vector<std::string>{"batch", "head", "query", "key"}
                                             : std::vector<std::string>{},
                         point.layer});
-    points.push_back({"hook_logits", {"batch", "pos", "vocab"}, -1});
+    points.push_back({std::string(hook_names::logits), {"batch", "pos", "vocab"}, -1});
     return points;
   }
 
@@ -428,7 +429,7 @@ class TorchScriptModel final : public Model {
     at::Tensor logits = logits_of(run(ids, hooks, ctx), ids);
     ctx.layer = -1;
     ctx.query_offset = ids.size(1) - logits.size(1);  // > 0 when the model returns the last position only
-    hooks.fire("hook_logits", ctx, logits);
+    hooks.fire(hook_names::logits, ctx, logits);
     return wanted == Logits::last ? logits.slice(1, -1) : logits;  // the graph runs whole: none gives all
   }
 

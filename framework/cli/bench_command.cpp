@@ -10,6 +10,7 @@
 #include <hooklens/generate.h>
 #include <hooklens/generation_mode.h>
 #include <hooklens/hf_config.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 #include <hooklens/runtime.h>
@@ -79,7 +80,7 @@ class DiskCapture {
  public:
   DiskCapture(const PluginRegistry& registry, const fs::path& out) : sink_(registry.create_sink("run_writer")) {
     sink_->open({{"out", out.string()}, {"overwrite", true}});
-    hooks_.add({{"*hook_pattern"}}, [this](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
+    hooks_.add({{"*" + std::string(hook_names::pattern)}}, [this](std::string_view name, const CaptureContext& ctx, at::Tensor& t) {
       sink_->capture(name, ctx, t);
       bytes_ += t.nbytes();
     });
@@ -155,7 +156,7 @@ void run_diffusion_bench(const BenchOptions& o, const std::shared_ptr<Model>& mo
       if (capture) {
         sink = registry.create_sink("run_writer");
         sink->open({{"out", (scratch / "run").string()}, {"overwrite", true}});
-        hooks.add({{"*hook_pattern"}}, [&](std::string_view name, const CaptureContext& ctx, at::Tensor& t) { sink->capture(name, ctx, t); });
+        hooks.add({{"*" + std::string(hook_names::pattern)}}, [&](std::string_view name, const CaptureContext& ctx, at::Tensor& t) { sink->capture(name, ctx, t); });
       }
       auto last = clock::now();
       generate_masked_diffusion(*model, prompt, d, hooks, 0, [&](const DiffusionStep&) {

@@ -46,15 +46,20 @@ at::Tensor as_row(const std::vector<std::int64_t>& ids) {
 
 }  // namespace
 
+void check_context(const ModelInfo& model, std::size_t prompt_tokens, std::int64_t new_positions,
+                   std::string_view option) {
+  if (std::int64_t(prompt_tokens) + new_positions > model.n_ctx)
+    throw UsageError(fmt::format("prompt of {} tokens + {} {} exceeds the model's context of {} tokens", prompt_tokens,
+                                 option, new_positions, model.n_ctx));
+}
+
 GenerationResult generate_autoregressive(Model& model, const std::vector<std::int64_t>& prompt,
                                          const SamplingOptions& options, const HookSet& hooks, int prompt_index,
                                          const std::function<void(int, std::int64_t)>& on_token) {
   options.validate();
   const ModelInfo& info = model.info();
   if (prompt.empty()) throw UsageError("the prompt has no tokens");
-  if (std::int64_t(prompt.size()) + options.max_new_tokens > info.n_ctx)
-    throw UsageError(fmt::format("prompt of {} tokens + {} new tokens is longer than the model's context of {} tokens",
-                                 prompt.size(), options.max_new_tokens, info.n_ctx));
+  check_context(info, prompt.size(), options.max_new_tokens, "--max-new-tokens");
 
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   std::unique_ptr<ModelState> cache = model.new_state();

@@ -60,9 +60,7 @@ DiffusionResult generate_masked_diffusion(Model& model, const std::vector<std::i
   if (*mask < 0 || *mask >= info.vocab_size)
     throw UsageError(fmt::format("mask token id {} is outside the vocabulary of {}", *mask, info.vocab_size));
   const std::int64_t P = std::int64_t(prompt.size()), T = P + o.gen_length;
-  if (T > info.n_ctx)
-    throw UsageError(fmt::format("prompt of {} tokens + gen length {} is longer than the model's context of {} tokens",
-                                 P, o.gen_length, info.n_ctx));
+  check_context(info, prompt.size(), o.gen_length, "--gen-length");
   const float minus_inf = -std::numeric_limits<float>::infinity();
 
   at::Tensor x = at::full({T}, *mask, at::kLong);

@@ -2,6 +2,7 @@
 #include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/run.h>
+#include <hooklens/text.h>
 #include <hooklens/weights.h>
 
 #include <c10/core/ScalarType.h>
@@ -96,8 +97,9 @@ class Checker {
 // True if `hook` ends in ".LEAF" for the last part LEAF of `point` (".hook_pattern" for
 // "attn.hook_pattern"): TorchScript models name their points freely, their patterns included.
 bool ends_in_leaf(std::string_view hook, std::string_view point) {
-  const std::string_view leaf = point.substr(point.rfind('.') + 1);
-  return hook.size() > leaf.size() && hook.substr(hook.size() - leaf.size()) == leaf && hook[hook.size() - leaf.size() - 1] == '.';
+  const std::size_t dot = point.rfind('.');
+  const std::string dot_leaf = "." + std::string(dot == std::string_view::npos ? point : point.substr(dot + 1));
+  return hook.size() > dot_leaf.size() && ends_with(hook, dot_leaf);
 }
 
 // Hook points whose dimension 1 is the position ([batch, pos, ...]) in the models hooklens builds.

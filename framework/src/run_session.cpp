@@ -13,6 +13,7 @@
 #include <hooklens/run_format.h>
 #include <hooklens/runtime.h>
 #include <hooklens/sink.h>
+#include <hooklens/text.h>
 
 #include <ATen/ATen.h>
 #include <fmt/chrono.h>
@@ -52,12 +53,6 @@ RunSettings::RunSettings()
   diffusion.stop_at_eos = d.stop_at_eos;
 }
 
-void check_context(const ModelInfo& model, std::size_t prompt_tokens, std::int64_t new_positions,
-                   std::string_view option) {
-  if (std::int64_t(prompt_tokens) + new_positions > model.n_ctx)
-    throw UsageError(fmt::format("prompt of {} tokens + {} {} exceeds the model's context of {} tokens", prompt_tokens,
-                                 option, new_positions, model.n_ctx));
-}
 
 namespace {
 
@@ -91,10 +86,7 @@ std::vector<SessionPrompt> text_file_prompts(const RunSettings& o, const Model& 
 
 std::vector<std::int64_t> parse_ids(const std::string& list) {
   std::vector<std::int64_t> ids;
-  std::size_t pos = 0;
-  while (pos <= list.size()) {
-    const std::size_t comma = std::min(list.find(',', pos), list.size());
-    const std::string item = list.substr(pos, comma - pos);
+  for (const std::string& item : split_list(list)) {
     std::size_t used = 0;
     long long id = -1;
     try {
@@ -104,7 +96,6 @@ std::vector<std::int64_t> parse_ids(const std::string& list) {
     if (item.empty() || used != item.size() || id < 0)
       throw UsageError(fmt::format("--prompt-ids '{}': '{}' is not a token id", list, item));
     ids.push_back(id);
-    pos = comma + 1;
   }
   return ids;
 }

@@ -1,6 +1,8 @@
 // The display string of every position of a run's prompt, for the analyzers of plugins/ that label
 // positions (options: hooklens/plugin_options.h; JSON-finite numbers: finite_or_null, hooklens/analyzer.h).
 #pragma once
+#include <hooklens/generation_mode.h>
+
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -8,8 +10,8 @@
 
 namespace hooklens::analysis {
 
-// run["mode"]: "none", "autoregressive" or "masked_diffusion" ("none" when absent).
-std::string run_mode(const nlohmann::json& run);
+// begin()'s run["mode"] (none when absent); Error for a mode hooklens does not know.
+GenerationMode run_mode(const nlohmann::json& run);
 
 // Display string of every position of prompt `prompt` a capture can show: the prompt's tokens, then
 // for an autoregressive run the generated tokens (manifest generation.steps[i].token_string is

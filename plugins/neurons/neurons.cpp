@@ -19,6 +19,8 @@
 namespace {
 
 using hooklens::finite_or_null;
+using hooklens::GenerationMode;
+using hooklens::generation_mode_name;
 using hooklens::analysis::NeuronStats;
 using nlohmann::json;
 
@@ -55,7 +57,7 @@ class Neurons : public hooklens::Analyzer {
     flush_prompt();
     for (json& entry : per_prompt_) entry["tokens"] = hooklens::analysis::position_tokens(manifest, entry["prompt"].get<int>());
     json report = {{"analyzer", "neurons"},
-                   {"mode", mode_},
+                   {"mode", generation_mode_name(mode_)},
                    {"k", k_},
                    {"definitions", definitions()},
                    {"heads", json::array()},
@@ -109,7 +111,7 @@ class Neurons : public hooklens::Analyzer {
   }
 
   std::size_t k_ = 10;
-  std::string mode_ = "none";
+  GenerationMode mode_ = GenerationMode::none;
   NeuronStats stats_;
   std::optional<int> current_;
   std::map<int, Rows> rows_;  // layer -> the current prompt's counted rows

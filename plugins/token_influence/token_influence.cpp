@@ -25,6 +25,8 @@
 namespace {
 
 using hooklens::finite_or_null;
+using hooklens::GenerationMode;
+using hooklens::generation_mode_name;
 using nlohmann::json;
 
 constexpr double kMissing = std::numeric_limits<double>::quiet_NaN();  // a key column the run did not capture
@@ -103,7 +105,7 @@ class TokenInfluence : public hooklens::Analyzer {
   }
 
   void observe(std::string_view hook, const hooklens::CaptureContext& ctx, const at::Tensor& tensor) override {
-    if (mode_ != "autoregressive" && mode_ != "masked_diffusion") return;
+    if (mode_ == GenerationMode::none) return;
     if (ctx.pass != 0 || ctx.layer < 0) return;
     if (ctx.prompt != 0)
       throw hooklens::Error(fmt::format("token_influence: a generation run has one prompt, got {} of prompt {}", hook, ctx.prompt));
@@ -113,7 +115,7 @@ class TokenInfluence : public hooklens::Analyzer {
     const std::int64_t rows = hqk.size(1);
     std::int64_t r0 = 0, r1 = 0;
     int unit = 0;
-    if (mode_ == "autoregressive") {
+    if (mode_ == GenerationMode::autoregressive) {
       if (ctx.step < 1) return;  // the prefill holds no generated token
       unit = ctx.step - 1;
       r0 = prompt_length_ + unit - ctx.query_offset;
@@ -128,9 +130,9 @@ class TokenInfluence : public hooklens::Analyzer {
   }
 
   json finish(const json& manifest) override {
-    json report = {{"analyzer", "token_influence"}, {"mode", mode_}, {"definitions", definitions()}};
-    if (mode_ != "autoregressive" && mode_ != "masked_diffusion") {
-      report["note"] = "token_influence needs a generation run (hooklens generate); this run has mode " + mode_;
+    json report = {{"analyzer", "token_influence"}, {"mode", generation_mode_name(mode_)}, {"definitions", definitions()}};
+    if (mode_ == GenerationMode::none) {
+      report["note"] = "token_influence needs a generation run (hooklens generate); this run has mode none";
       report["heads"] = json::array();
       return report;
     }
@@ -139,8 +141,8 @@ class TokenInfluence : public hooklens::Analyzer {
     report["prompt"] = prompts.empty() ? json() : json{{"ids", prompts[0].at("ids")}, {"tokens", prompts[0].value("tokens", json::array())}};
     report["prompt_length"] = prompt_length_;
     const json generation = manifest.value("generation", json::object());
-    report[mode_ == "autoregressive" ? "generated" : "steps"] =
-        mode_ == "autoregressive" ? generated_json(generation) : steps_json(generation);
+    report[mode_ == GenerationMode::autoregressive ? "generated" : "steps"] =
+        mode_ == GenerationMode::autoregressive ? generated_json(generation) : steps_json(generation);
     report["layers"] = layers_json();
     report["heads"] = heads_json();
     if (target_) {
@@ -285,7 +287,7 @@ class TokenInfluence : public hooklens::Analyzer {
   }
 
   hooklens::ModelInfo model_;
-  std::string mode_ = "none";
+  GenerationMode mode_ = GenerationMode::none;
   std::optional<std::int64_t> target_;
   std::int64_t prompt_length_ = 0;
   std::map<int, Unit> units_;

@@ -83,11 +83,6 @@ struct SessionPrompt {
   std::string source = "prompt";  // or "text-file FILE sequence N (tokens A-B)", or an analyzer's extra prompt
 };
 
-// Refuses (UsageError) a generation whose prompt and new positions do not fit the model's context:
-// "prompt of 4 tokens + --gen-length 300 exceeds the model's context of 256 tokens". `option`
-// names the setting that asked for the new positions (--max-new-tokens, --gen-length).
-void check_context(const ModelInfo& model, std::size_t prompt_tokens, std::int64_t new_positions,
-                   std::string_view option);
 
 class RunSession {
  public:
