@@ -4,6 +4,7 @@
 // damaged runs, and the page itself in headless Chromium (no script errors, the tokens, the report
 // table rows, the committed tokens, and heatmap pixels against the colour ramp the docs describe).
 #include "png_util.h"
+#include "refusal_util.h"
 #include "test_util.h"
 
 #include <hooklens/plugin.h>
@@ -301,12 +302,7 @@ TEST_CASE("html report refuses bad options and damaged runs with one clear line"
   Runs& r = runs();
   TempDir out;
   auto usage = [&](const fs::path& run, const json& options, const std::string& format = "html") {
-    try {
-      renderer()->render(run, format, out.path, options);
-    } catch (const hooklens::UsageError& e) {
-      return std::string(e.what());
-    }
-    return std::string("(no usage error)");
+    return test::usage_error_of([&] { renderer()->render(run, format, out.path, options); });
   };
   CHECK_THAT(usage(r.capture, json::object(), "png"), Catch::Contains("format 'png'"));
   CHECK_THAT(usage(r.capture, {{"colour", "red"}}), Catch::Contains("unknown option 'colour'"));

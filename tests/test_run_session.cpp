@@ -1,5 +1,6 @@
 // RunSession used directly (no CLI): the manifest it writes against the CLI's, the context check of
 // both kinds of generation, and --ablate's zero ablation of one head.
+#include "refusal_util.h"
 #include "test_util.h"
 
 #include <ATen/ATen.h>
@@ -44,16 +45,6 @@ std::size_t count_of(const std::string& text, const std::string& what) {
   std::size_t n = 0;
   for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
   return n;
-}
-
-// The refusal's message when `f` throws UsageError, or "(no usage error)".
-std::string usage_error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const hooklens::UsageError& e) {
-    return e.what();
-  }
-  return "(no usage error)";
 }
 
 }  // namespace
@@ -141,7 +132,7 @@ TEST_CASE("the context check refuses prompt + new positions past the context, fo
     hooklens::ModelInfo info;
     info.n_ctx = 128;
     CHECK_NOTHROW(hooklens::check_context(info, 4, 124, "--max-new-tokens"));
-    CHECK(usage_error_of([&] { hooklens::check_context(info, 4, 125, "--max-new-tokens"); }) ==
+    CHECK(test::usage_error_of([&] { hooklens::check_context(info, 4, 125, "--max-new-tokens"); }) ==
           "prompt of 4 tokens + --max-new-tokens 125 exceeds the model's context of 128 tokens");
   }
   SECTION("autoregressive (tiny-neo-a, context 128)") {
@@ -150,8 +141,8 @@ TEST_CASE("the context check refuses prompt + new positions past the context, fo
     s.autoregressive.max_new_tokens = 125;
     RunSession session(s, RunSession::Kind::generate);
     const std::string message = "prompt of 4 tokens + --max-new-tokens 125 exceeds the model's context of 128 tokens";
-    CHECK(usage_error_of([&] { session.check_generation(); }) == message);
-    CHECK(usage_error_of([&] { session.generate(); }) == message);
+    CHECK(test::usage_error_of([&] { session.check_generation(); }) == message);
+    CHECK(test::usage_error_of([&] { session.generate(); }) == message);
     CHECK_FALSE(fs::exists(tmp / "run"));  // refused before the run directory
   }
   SECTION("masked diffusion (llada-tiny-a, context 256)") {
@@ -161,8 +152,8 @@ TEST_CASE("the context check refuses prompt + new positions past the context, fo
     s.diffusion.steps = 256;
     RunSession session(s, RunSession::Kind::generate);
     const std::string message = "prompt of 4 tokens + --gen-length 256 exceeds the model's context of 256 tokens";
-    CHECK(usage_error_of([&] { session.check_generation(); }) == message);
-    CHECK(usage_error_of([&] { session.generate(); }) == message);
+    CHECK(test::usage_error_of([&] { session.check_generation(); }) == message);
+    CHECK(test::usage_error_of([&] { session.generate(); }) == message);
     CHECK_FALSE(fs::exists(tmp / "run"));
     // 252 new positions fit exactly.
     s.diffusion.gen_length = 252;

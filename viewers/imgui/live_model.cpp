@@ -74,7 +74,6 @@ LiveModel::LiveModel(const LiveOptions& options)
   n_layers_ = info.n_layers;
   n_heads_ = info.n_heads;
   mode_ = session_->mode();
-  mode_name_ = hooklens::generation_mode_name(mode_);
   prompt_ids_ = session_->prompts().at(0).ids;
   // Bad options are the user's error, said before any window work starts.
   session_->check_generation();

@@ -49,7 +49,7 @@ class LiveModel : public PanelModel {
   ~LiveModel() override;  // stops and joins the worker
 
   std::string title() const override;
-  const std::string& mode() const override { return mode_name_; }
+  hooklens::GenerationMode generation_mode() const override { return mode_; }
   int n_layers() const override { return n_layers_; }
   int n_heads() const override { return n_heads_; }
   int prompt_count() const override { return 1; }
@@ -97,7 +97,6 @@ class LiveModel : public PanelModel {
   LiveOptions options_;
   std::unique_ptr<hooklens::RunSession> session_;  // the model, the prompt, the analyzers
   hooklens::GenerationMode mode_ = hooklens::GenerationMode::none;
-  std::string mode_name_;
   int n_layers_ = 0, n_heads_ = 0;
   bool has_neurons_ = false;
   std::int64_t mask_id_ = -1;

@@ -209,7 +209,7 @@ void Viewer::advance_playback() {
 }
 
 void Viewer::controls_panel() {
-  ImGui::Text("%s  |  %s, %d layers x %d heads", model_->title().c_str(), model_->mode().c_str(),
+  ImGui::Text("%s  |  %s, %d layers x %d heads", model_->title().c_str(), hooklens::generation_mode_name(model_->generation_mode()),
               model_->n_layers(), model_->n_heads());
   const std::string status = model_->status();
   if (!status.empty()) {

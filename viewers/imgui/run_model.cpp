@@ -92,7 +92,7 @@ RunModel::RunModel(const fs::path& dir) : dir_(dir), reader_(std::make_unique<ho
       throw hooklens::Error(fmt::format("{}: implausible model size: {} layers, {} heads", manifest_file.string(),
                                         n_layers_, n_heads_));
     generation_ = &reader_->generation();
-    mode_ = hooklens::generation_mode_name(generation_->mode);
+    mode_ = generation_->mode;
     // The model's mask shows masks in a diffusion run whose generation block names none.
     const json& model = m.at("model");
     if (model.contains("mask_id") && model["mask_id"].is_number_integer()) model_mask_id_ = model["mask_id"].get<std::int64_t>();

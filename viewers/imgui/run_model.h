@@ -50,10 +50,7 @@ class PanelModel {
  public:
   virtual ~PanelModel() = default;
   virtual std::string title() const = 0;  // the run directory, or the live model
-  virtual const std::string& mode() const = 0;  // "none", "autoregressive" or "masked_diffusion"
-  hooklens::GenerationMode generation_mode() const {
-    return hooklens::parse_generation_mode(mode()).value_or(hooklens::GenerationMode::none);
-  }
+  virtual hooklens::GenerationMode generation_mode() const = 0;
   virtual int n_layers() const = 0;
   virtual int n_heads() const = 0;
   virtual int prompt_count() const = 0;
@@ -96,7 +93,7 @@ class RunModel : public PanelModel {
   ~RunModel();
 
   std::string title() const override { return dir_.string(); }
-  const std::string& mode() const override { return mode_; }
+  hooklens::GenerationMode generation_mode() const override { return mode_; }
   int n_layers() const override { return n_layers_; }
   int n_heads() const override { return n_heads_; }
   int prompt_count() const override { return int(prompts_.size()); }
@@ -122,7 +119,7 @@ class RunModel : public PanelModel {
 
   std::filesystem::path dir_;
   std::unique_ptr<hooklens::RunReader> reader_;
-  std::string mode_;
+  hooklens::GenerationMode mode_ = hooklens::GenerationMode::none;
   const hooklens::RunGeneration* generation_ = nullptr;  // reader_'s, decoded once
   std::optional<std::int64_t> model_mask_id_;
   int n_layers_ = 0, n_heads_ = 0, step_count_ = 1;
