@@ -4,7 +4,8 @@
 # instrumented. Run ./scripts/setup.sh first (it installs the packages).
 #   scripts/sanitize.sh            every test; builds the whole tree
 #   scripts/sanitize.sh --readers  the readers of outside input only (what .ci/run runs): tokenizers,
-#                                  chat templates, weight files and the fuzz corpora replays
+#                                  chat templates, weight files, plugin options and the fuzz corpora
+#                                  replays
 # Extra arguments go to ctest, e.g. scripts/sanitize.sh --readers -V.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +23,8 @@ select=()
 if ((readers)); then
   # The fuzz replays are named after their targets; ctest -N lists them without building anything.
   mapfile -t fuzz < <(ctest --test-dir build-asan -N -R '^fuzz_replay_' | sed -n 's/^ *Test *#[0-9]*: //p')
-  cmake --build build-asan -j"$(nproc)" --target test_tokenizer test_chat_template test_weights "${fuzz[@]}"
-  select=(-R '^(test_tokenizer|test_chat_template|test_weights|fuzz_replay_.*)$')
+  cmake --build build-asan -j"$(nproc)" --target test_tokenizer test_chat_template test_weights test_plugin_options "${fuzz[@]}"
+  select=(-R '^(test_tokenizer|test_chat_template|test_weights|test_plugin_options|fuzz_replay_.*)$')
 else
   cmake --build build-asan -j"$(nproc)"
 fi
