@@ -836,7 +836,7 @@ torch.save(sd, sys.argv[1])
   const TensorMap got = hooklens::read_pytorch_bin(file);
   const std::int64_t rss_growth_mib = (status_kib("VmRSS") - rss_before) >> 10;
   INFO("file " << file_mib << " MiB, RSS grew by " << rss_growth_mib << " MiB while loading");
-  CHECK(rss_growth_mib < 16);
+  if (!test::kSanitized) CHECK(rss_growth_mib < 16);  // resource_bounds.h: not under ASan
   REQUIRE(got.size() == kTensors + 2);
   for (const auto& [name, t] : got) {
     INFO("tensor " << name);
@@ -859,7 +859,8 @@ torch.save(sd, sys.argv[1])
   CHECK(at::equal(got.at("w1_t").t(), got.at("w1")));
   const std::int64_t anon_growth_mib = (status_kib("RssAnon") - anon_before) >> 10;
   INFO("anonymous memory grew by " << anon_growth_mib << " MiB after reading every value");
-  CHECK(anon_growth_mib < 32);
+  // Under ASan the quarantine keeps up to 256 MiB of the freed expected slices resident.
+  if (!test::kSanitized) CHECK(anon_growth_mib < 32);
 }
 
 TEST_CASE("load_hf_weights: formats, priority, shards and errors", "[weights][fixtures]") {
