@@ -121,11 +121,26 @@ TEST_CASE("repeated-segment documents are one random segment written again") {
   CHECK(segments.size() >= 290);
   SegmentOptions bad;
   bad.repeats = 1;
-  CHECK_THROWS_AS(repeated_segments(1, 1, bad), std::invalid_argument);
+  CHECK_THROWS_AS(repeated_segments(1, 1, bad), hooklens::UsageError);
+  bad.repeats = 2;
+  bad.min_length = 0;
+  CHECK_THROWS_AS(repeated_segments(1, 1, bad), hooklens::UsageError);
 }
 
 TEST_CASE("join_documents ends each document with the end-of-text marker") {
   CHECK(join_documents({"a\n", "b\n"}) == "a\n<|endoftext|>b\n<|endoftext|>");
+}
+
+TEST_CASE("gpt2_pre_tokenize cuts text as GPT-2's encoder does, into pieces that cover it") {
+  using Pieces = std::vector<std::string>;
+  CHECK(hooklens::gpt2_pre_tokenize("Hello, world's 12 apples  now\n") ==
+        Pieces{"Hello", ",", " world", "'s", " 12", " apples", " ", " now", "\n"});
+  CHECK(hooklens::gpt2_pre_tokenize("").empty());
+  std::string joined;
+  const std::string text = toy_stories(4, 1)[0];
+  for (const std::string& piece : hooklens::gpt2_pre_tokenize(text)) joined += piece;
+  CHECK(joined == text);
+  CHECK_THROWS_AS(hooklens::gpt2_pre_tokenize("bad \xC3("), hooklens::UsageError);
 }
 
 TEST_CASE("the BPE trainer is deterministic and learns the requested merges") {
@@ -146,6 +161,11 @@ TEST_CASE("the BPE trainer is deterministic and learns the requested merges") {
   CHECK(std::set<std::string>(v.symbols.begin(), v.symbols.end()).size() == v.symbols.size());
   CHECK(v.symbols[0] == "!");  // GPT-2's byte order
   CHECK(v.symbols[255] == hooklens::gpt2_byte_symbol(0xAD));
+
+  // The same merges on every machine (the tie rule decides, not a hash table's order): pinned.
+  std::string rules;
+  for (const auto& [a, b] : v.merges) rules += a + " " + b + "\n";
+  CHECK(fnv1a(rules) == 0xF2462BA1188F887EULL);
 
   const BpeVocabulary again = train_bpe(docs, {800, 2});
   CHECK(again.symbols == v.symbols);

@@ -1,6 +1,9 @@
 #include "toy_corpus.h"
 
-#include <stdexcept>
+#include "hooklens/error.h"
+
+#include <fmt/format.h>
+
 #include <string_view>
 
 namespace hooklens::training {
@@ -124,7 +127,8 @@ std::vector<std::string> toy_stories(std::uint64_t seed, std::size_t count) {
 
 std::vector<std::string> repeated_segments(std::uint64_t seed, std::size_t count, const SegmentOptions& options) {
   if (options.min_length == 0 || options.min_length > options.max_length || options.repeats < 2)
-    throw std::invalid_argument("repeated_segments: need 1 <= min_length <= max_length and repeats >= 2");
+    throw UsageError(fmt::format("repeated segments need 1 <= min length <= max length and repeats >= 2 (got {}, {}, {})",
+                                 options.min_length, options.max_length, options.repeats));
   static const Words words = all_words();
   // A different stream from toy_stories' for the same seed.
   SplitMix64 rng(seed ^ 0x5EC5EC5EC5EC5EC5ULL);

@@ -35,7 +35,8 @@ struct SegmentOptions {
 // `count` documents, each one random segment written `repeats` times: units separated by single
 // spaces, the copies too, ending with a newline. A document's units are either words of the story
 // vocabulary or random lowercase strings of 1 to 4 letters (chosen per document), so that predicting
-// the second copy needs an induction head, not memorised phrases.
+// the second copy needs an induction head, not memorised phrases. Throws UsageError for options
+// outside 1 <= min_length <= max_length, repeats >= 2.
 std::vector<std::string> repeated_segments(std::uint64_t seed, std::size_t count, const SegmentOptions& options = {});
 
 // The end-of-text marker between documents (GPT-2's, which the BPE trainer adds as a special token).
