@@ -63,10 +63,11 @@ std::string story(SplitMix64& rng) {
   s += std::string(pick(rng, kTimes)) + ", " + hero + " found " + a(color) + " " + object + " in the " + away + ". ";
   s += hero + " said, \"What " + a(color) + " " + object + "! I will keep the " + object + ".\"\n";
 
-  // The middle: a few events in random order and number, all about the same names and object.
+  // The middle: the friend is met first, then a few events in random order and number, all about
+  // the same names and object.
   const std::size_t events = 2 + rng.below(4);
   for (std::size_t e = 0; e < events; ++e) {
-    switch (rng.below(7)) {
+    switch (e == 0 ? 0 : rng.below(7)) {
       case 0:
         s += "Then " + hero + " met " + pal + ", " + a(pal_kind) + ". " + pal + " said, \"Hello, " + hero +
              "! Can I play with " + the_object + "?\" ";
