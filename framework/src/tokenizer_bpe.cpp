@@ -587,4 +587,13 @@ std::unique_ptr<Tokenizer> make_gpt2_bpe_tokenizer(Gpt2BpeSpec spec) {
 
 std::string gpt2_byte_symbol(unsigned char byte) { return byte_symbols()[byte]; }
 
+std::vector<std::string> gpt2_pre_tokenize(std::string_view text) {
+  if (const std::string decoded = utf8_decode_replace(text); decoded != text)
+    throw UsageError("text to pre-tokenize is not valid UTF-8");
+  static const ByteLevelStep step(false, true);
+  std::vector<std::string> pieces;
+  step.split(std::string(text), pieces);
+  return pieces;
+}
+
 }  // namespace hooklens

@@ -62,6 +62,11 @@ std::unique_ptr<Tokenizer> read_llama2c_tokenizer(const std::filesystem::path& f
 // GPT-2's bytes-to-unicode map: the printable symbol (UTF-8) that stands for `byte` in vocab files.
 std::string gpt2_byte_symbol(unsigned char byte);
 
+// GPT-2's pre-tokenization (its split regex, no prefix space): the pieces of `text` that BPE merges
+// never cross, as raw bytes, in order; they concatenate to `text`. Throws UsageError when `text`
+// is not valid UTF-8. (What a BPE trainer counts pairs within.)
+std::vector<std::string> gpt2_pre_tokenize(std::string_view text);
+
 // Python's bytes.decode('utf-8', errors='replace').
 std::string utf8_decode_replace(std::string_view bytes);
 
