@@ -47,6 +47,17 @@ std::size_t count_of(const std::string& text, const std::string& what) {
   return n;
 }
 
+// The manifests of the session's run (tmp/session) and of `hooklens ARGS` (run into tmp/cli), after
+// checking that the session's lists "hooks" once and has the CLI's top-level sections.
+std::pair<json, json> session_and_cli(const fs::path& tmp, const std::string& args) {
+  test::require_hooklens(fmt::format("{} --threads 1 --out '{}'", args, (tmp / "cli").string()), tmp / "cli.log");
+  const std::string text = test::read_file(tmp / "session" / "manifest.json");
+  CHECK(count_of(text, "\"hooks\"") == 1);
+  json session = json::parse(text), cli = json::parse(test::read_file(tmp / "cli" / "manifest.json"));
+  CHECK(keys(session) == keys(cli));
+  return {std::move(session), std::move(cli)};
+}
+
 }  // namespace
 
 TEST_CASE("a session's manifest has the CLI's sections, and \"hooks\" once", "[fixtures]") {
@@ -58,14 +69,10 @@ TEST_CASE("a session's manifest has the CLI's sections, and \"hooks\" once", "[f
     s.layers = {0, 1};
     s.ablate = {"1.2"};
     RunSession(s, RunSession::Kind::capture).capture();
-    test::require_hooklens(fmt::format("capture --model '{}' --prompt-ids 464,3797,318 --prompt-ids 40,588 --hooks "
-                                       "'blocks.*.attn.hook_pattern,blocks.*.attn.hook_z' --layers 0,1 --ablate 1.2 --threads 1 --out '{}'",
-                                       neo().string(), (tmp / "cli").string()),
-                           tmp / "cli.log");
-    const std::string text = test::read_file(tmp / "session" / "manifest.json");
-    CHECK(count_of(text, "\"hooks\"") == 1);
-    const json session = json::parse(text), cli = json::parse(test::read_file(tmp / "cli" / "manifest.json"));
-    CHECK(keys(session) == keys(cli));
+    const auto [session, cli] =
+        session_and_cli(tmp.path, fmt::format("capture --model '{}' --prompt-ids 464,3797,318 --prompt-ids 40,588 --hooks "
+                                              "'blocks.*.attn.hook_pattern,blocks.*.attn.hook_z' --layers 0,1 --ablate 1.2",
+                                              neo().string()));
     CHECK(keys(session) == std::set<std::string>{"ablations", "analyzers", "capture", "captures", "complete", "format",
                                                  "generation", "model", "prompts", "version"});
     CHECK_FALSE(session.contains("hooks"));
@@ -88,13 +95,8 @@ TEST_CASE("a session's manifest has the CLI's sections, and \"hooks\" once", "[f
     RunSession session(s, RunSession::Kind::generate);
     CHECK(session.mode() == hooklens::GenerationMode::autoregressive);
     session.generate();
-    test::require_hooklens(fmt::format("generate --model '{}' --prompt-ids 464,3797,318 --max-new-tokens 5 --threads 1 --out '{}'",
-                                       neo().string(), (tmp / "cli").string()),
-                           tmp / "cli.log");
-    const std::string text = test::read_file(tmp / "session" / "manifest.json");
-    CHECK(count_of(text, "\"hooks\"") == 1);
-    const json m = json::parse(text), cli = json::parse(test::read_file(tmp / "cli" / "manifest.json"));
-    CHECK(keys(m) == keys(cli));
+    const auto [m, cli] = session_and_cli(
+        tmp.path, fmt::format("generate --model '{}' --prompt-ids 464,3797,318 --max-new-tokens 5", neo().string()));
     CHECK(m["generation"] == cli["generation"]);
     CHECK(m["generation"]["mode"] == "autoregressive");
     CHECK(m["generation"]["new_ids"].size() == 5);
@@ -111,14 +113,9 @@ TEST_CASE("a session's manifest has the CLI's sections, and \"hooks\" once", "[f
     RunSession session(s, RunSession::Kind::generate);
     CHECK(session.mode() == hooklens::GenerationMode::masked_diffusion);
     session.generate();
-    test::require_hooklens(fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 --gen-length 8 --steps 4 "
-                                       "--block-length 4 --hooks none --threads 1 --out '{}'",
-                                       llada().string(), (tmp / "cli").string()),
-                           tmp / "cli.log");
-    const std::string text = test::read_file(tmp / "session" / "manifest.json");
-    CHECK(count_of(text, "\"hooks\"") == 1);
-    const json m = json::parse(text), cli = json::parse(test::read_file(tmp / "cli" / "manifest.json"));
-    CHECK(keys(m) == keys(cli));
+    const auto [m, cli] = session_and_cli(tmp.path, fmt::format("generate --model '{}' --prompt-ids 85,294,223,181 "
+                                                                "--gen-length 8 --steps 4 --block-length 4 --hooks none",
+                                                                llada().string()));
     CHECK(m["generation"] == cli["generation"]);
     CHECK(m["generation"]["mode"] == "masked_diffusion");
     CHECK(m["generation"]["steps"].size() == 4);
