@@ -568,9 +568,8 @@ void RunSession::generate_tokens() {
     double prefill_seconds = 0;
     auto result = generate_autoregressive(*model_, prompt, s, *hooks_, 0, [&](int step, std::int64_t token) {
       if (step == 0) prefill_seconds = seconds_since(started);
-      steps.push_back({step, step == 0 ? Phase::prefill : Phase::decode,
-                       step == 0 ? 0 : std::int64_t(prompt.size()) + step - 1, token,
-                       tok ? tok->token_string(token) : std::to_string(token)});
+      steps.push_back(TokenStep::chose(step, std::int64_t(prompt.size()), token,
+                                       tok ? tok->token_string(token) : std::to_string(token)));
       release_free_memory();
       progress.update(step + 1);
     });

@@ -268,8 +268,7 @@ void LiveModel::work() {
       hooklens::generate_autoregressive(session_->model(), prompt_ids_, session_->sampling(), hooks, 0, [&](int step, std::int64_t token) {
         generation.output_ids.push_back(token);
         generation.new_ids.push_back(token);
-        generation.token_steps.push_back({step, step == 0 ? hooklens::Phase::prefill : hooklens::Phase::decode,
-                                          step == 0 ? 0 : prompt_length + step - 1, token, token_text(token)});
+        generation.token_steps.push_back(hooklens::TokenStep::chose(step, prompt_length, token, token_text(token)));
         finish_step({generation.output_ids, {int(generation.output_ids.size()) - 1}});
       });
     } else {

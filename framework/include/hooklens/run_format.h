@@ -16,6 +16,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace hooklens {
@@ -71,6 +72,13 @@ struct TokenStep {
   std::int64_t query_offset = 0;      // position of the pass's first query row
   std::optional<std::int64_t> token;  // the token this step chose
   std::optional<std::string> token_string;
+
+  // Step `step` of a generation from a prompt of `prompt_length` tokens, which chose `token`: its
+  // phase and query offset follow from the two (prefill at 0; decode step s reads position P + s - 1).
+  static TokenStep chose(int step, std::int64_t prompt_length, std::int64_t token, std::string token_string) {
+    return {step, step == 0 ? Phase::prefill : Phase::decode, step == 0 ? 0 : prompt_length + step - 1, token,
+            std::move(token_string)};
+  }
 };
 
 // Masked-diffusion step s: the s-th denoising forward pass.
