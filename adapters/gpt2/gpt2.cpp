@@ -64,7 +64,7 @@ class Gpt2Adapter final : public Adapter {
     const TransformerSpec spec = read_spec(cfg, info.d_head);
 
     // Step 3: the weights. Hub checkpoints of GPT2Model have no "transformer." prefix.
-    TensorMap tensors = load_hf_weights(dir);
+    TensorMap tensors = load_model_weights(dir, options);
     const std::string what = dir.string();
     const std::string p = tensors.count("transformer.wte.weight") ? "transformer." : "";
     const std::int64_t D = info.d_model, F = info.d_mlp, V = info.vocab_size;

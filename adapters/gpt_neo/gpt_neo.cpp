@@ -86,7 +86,7 @@ class GptNeoAdapter final : public Adapter {
     else cfg.fail(fmt::format("activation_function '{}' is not supported", brief_text(activation)));
     spec.attn_scale = 1.0;  // GPT-Neo does not scale attention scores
 
-    TensorMap tensors = load_hf_weights(dir);
+    TensorMap tensors = load_model_weights(dir, options);
     const std::string what = dir.string();
     const std::string p = tensors.count("transformer.wte.weight") ? "transformer." : "";
     const std::int64_t D = info.d_model, F = info.d_mlp, V = info.vocab_size;

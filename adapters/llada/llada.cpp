@@ -89,7 +89,7 @@ class LladaAdapter final : public Adapter {
     const bool bias = cfg.json().value("include_bias", false) == true;
     const bool qkv_bias = bias || cfg.json().value("include_qkv_bias", false) == true;
 
-    TensorMap tensors = load_hf_weights(dir);
+    TensorMap tensors = load_model_weights(dir, options);
     const std::string what = dir.string();
     const std::string p = tensors.count("model.transformer.wte.weight") ? "model.transformer." : "transformer.";
     const std::int64_t D = info.d_model, F = info.d_mlp, V = info.vocab_size;

@@ -44,7 +44,7 @@ void add_analyze_commands(CLI::App& app) {
   analyze->callback([a] {
     PluginRegistry registry;
     AnalyzerSet analyzers(registry, a->analyze, a->options);
-    for (const auto& file : analyze_run(a->run, analyzers)) std::cout << "report: " << file.string() << "\n";
+    print_reports(analyze_run(a->run, analyzers), std::cout);
   });
 
   auto r = std::make_shared<RenderOptions>();

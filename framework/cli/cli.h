@@ -15,6 +15,7 @@ void add_analyze_commands(CLI::App& app);  // analyze, render
 void add_bench_command(CLI::App& app);   // bench
 void add_demo_model_command(CLI::App& app);  // demo-model
 void add_bench_model_command(CLI::App& app);  // bench-model
+void add_train_command(CLI::App& app);  // train
 
 // Writes `text` to `file`; throws Error naming the file when it cannot.
 void write_text(const std::filesystem::path& file, const std::string& text);

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   hooklens::cli::add_bench_command(app);
   hooklens::cli::add_demo_model_command(app);
   hooklens::cli::add_bench_model_command(app);
+  hooklens::cli::add_train_command(app);
   try {
     app.parse(argc, argv);
     return 0;

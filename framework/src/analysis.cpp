@@ -134,10 +134,27 @@ void write_report(const fs::path& file, const nlohmann::json& report) {
   fs::rename(tmp, file);
 }
 
+// A report's "headline": a list of strings (anything else is no headline: it is the analyzer's to get right).
+std::vector<std::string> headline_of(const nlohmann::json& report) {
+  std::vector<std::string> lines;
+  const auto it = report.find("headline");
+  if (it == report.end() || !it->is_array()) return lines;
+  for (const auto& line : *it)
+    if (line.is_string()) lines.push_back(line.get<std::string>());
+  return lines;
+}
+
 }  // namespace
 
-std::vector<fs::path> AnalyzerSet::finish(const nlohmann::json& manifest, const fs::path& run_dir) {
-  std::vector<fs::path> files;
+void print_reports(const std::vector<WrittenReport>& reports, std::ostream& out) {
+  for (const auto& report : reports) {
+    out << "report: " << report.file.string() << "\n";
+    for (const auto& line : report.headline) out << "  " << line << "\n";
+  }
+}
+
+std::vector<WrittenReport> AnalyzerSet::finish(const nlohmann::json& manifest, const fs::path& run_dir) {
+  std::vector<WrittenReport> files;
   for (auto& entry : entries_) {
     nlohmann::json report;
     if (entry->error.empty()) {
@@ -152,12 +169,12 @@ std::vector<fs::path> AnalyzerSet::finish(const nlohmann::json& manifest, const 
     make_finite(report);
     const fs::path file = run_dir / "reports" / (entry->name + ".json");
     write_report(file, report);
-    files.push_back(file);
+    files.push_back({file, headline_of(report)});
   }
   return files;
 }
 
-std::vector<fs::path> analyze_run(const fs::path& run_dir, AnalyzerSet& analyzers, bool show_progress) {
+std::vector<WrittenReport> analyze_run(const fs::path& run_dir, AnalyzerSet& analyzers, bool show_progress) {
   // Checked once here, against the model, prompts and generation: analyzers index with these fields.
   RunReader run(run_dir, /*allow_incomplete=*/false, RunCheck::consistent);
   const nlohmann::json& manifest = run.manifest();

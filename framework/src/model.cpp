@@ -2,6 +2,7 @@
 #include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/weights.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -98,6 +99,10 @@ std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& mod
   for (const char* file : {"tokenizer.json", "vocab.json"})
     if (std::filesystem::exists(model_dir / file)) return load_hf_tokenizer(model_dir);
   return nullptr;
+}
+
+TensorMap load_model_weights(const std::filesystem::path& model_dir, const LoadOptions& options) {
+  return options.weights ? *options.weights : load_hf_weights(model_dir);
 }
 
 }  // namespace hooklens

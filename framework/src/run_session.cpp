@@ -504,8 +504,7 @@ void RunSession::run(Work work) {
                            run.load_seconds, run.work_timing, mib, per_second(mib, work_seconds), finish_seconds,
                            seconds_since(run.started));
   if (analyzers_)  // the run is complete; a report that cannot be written fails the command only
-    for (const auto& file : analyzers_->finish(manifest, run.sink->location()))
-      std::cout << "report: " << file.string() << "\n";
+    print_reports(analyzers_->finish(manifest, run.sink->location()), std::cout);
   for (const auto& [format, renderer] : run.renderers) {
     const fs::path out = default_render_dir(run.sink->location(), format);
     const auto files = renderer->render(run.sink->location(), format, out, json::object());

@@ -215,6 +215,7 @@ class HeadDetectors final : public Analyzer {
       report["heads"].push_back(std::move(entry));
     }
     for (int d = 0; d < kDetectors; ++d) report["ranked"][kDetectorNames[d]] = ranked(Detector(d));
+    report["headline"] = headline(report["ranked"]);
     null_non_finite(report);
     return report;
   }
@@ -275,6 +276,19 @@ class HeadDetectors final : public Analyzer {
     for (std::size_t i = 0; i < std::min(order.size(), kRankedCount); ++i)
       list.push_back({{"layer", order[i].second.first}, {"head", order[i].second.second}, {"score", order[i].first}});
     return list;
+  }
+
+  // The best head of each kind, one line each: "induction: layer 2 head 1 (score 0.83)".
+  static json headline(const json& ranked) {
+    json lines = json::array();
+    for (const char* name : kDetectorNames) {
+      const json& list = ranked[name];
+      if (list.empty()) continue;
+      const json& best = list[0];
+      lines.push_back(fmt::format("{}: layer {} head {} (score {:.3f})", name, best["layer"].get<int>(),
+                                  best["head"].get<int>(), best["score"].get<double>()));
+    }
+    return lines;
   }
 
   std::optional<PatternRun> run_;

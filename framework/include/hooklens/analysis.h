@@ -6,6 +6,7 @@
 #include <hooklens/plugin.h>
 
 #include <filesystem>
+#include <iosfwd>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +15,15 @@ namespace hooklens {
 
 class Renderer;
 class RunReader;
+
+// A report AnalyzerSet wrote, and the lines of its "headline" (Analyzer::finish) for a front end to
+// show after the file's path.
+struct WrittenReport {
+  std::filesystem::path file;
+  std::vector<std::string> headline;
+};
+// "report: FILE", then each headline line indented: what `capture`, `generate` and `analyze` print.
+void print_reports(const std::vector<WrittenReport>& reports, std::ostream& out);
 
 class AnalyzerSet {
  public:
@@ -33,8 +43,8 @@ class AnalyzerSet {
   void attach(HookSet& hooks);
   // Offline: one capture, given to the analyzers that read this hook point.
   void observe(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor);
-  // Finishes every analyzer and writes RUN/reports/NAME.json (atomically); returns the files.
-  std::vector<std::filesystem::path> finish(const nlohmann::json& manifest, const std::filesystem::path& run_dir);
+  // Finishes every analyzer and writes RUN/reports/NAME.json (atomically); returns what it wrote.
+  std::vector<WrittenReport> finish(const nlohmann::json& manifest, const std::filesystem::path& run_dir);
 
  private:
   struct Entry;
@@ -44,8 +54,8 @@ class AnalyzerSet {
 
 // Runs the analyzers over a complete run directory in manifest order; writes RUN/reports/*.json.
 // A run captured with --heads (some heads only) is a UsageError: analyzers number heads by index.
-std::vector<std::filesystem::path> analyze_run(const std::filesystem::path& run_dir, AnalyzerSet& analyzers,
-                                               bool show_progress = true);
+std::vector<WrittenReport> analyze_run(const std::filesystem::path& run_dir, AnalyzerSet& analyzers,
+                                       bool show_progress = true);
 
 // The renderer plugin whose formats() include `format` (png, svg, pdf, html); UsageError naming the
 // formats there are when none does.

@@ -56,7 +56,9 @@ class Analyzer {
 
   // Ends the run and returns the report. `manifest` is the run's manifest: begin()'s "model" and
   // "prompts", and "generation" (for generation runs: the generated ids, and per step the token
-  // chosen or, for masked diffusion, the sequence after the step).
+  // chosen or, for masked diffusion, the sequence after the step). A report may hold "headline", a
+  // list of short strings (what a user should see first, e.g. the best head of each kind): front
+  // ends print them after the report's path.
   virtual nlohmann::json finish(const nlohmann::json& manifest) = 0;
 };
 

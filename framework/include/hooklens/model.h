@@ -2,6 +2,7 @@
 #pragma once
 #include <hooklens/hooks.h>
 #include <hooklens/json_read.h>  // read_json_file, which model code has always reached through here
+#include <hooklens/tensor_map.h>
 #include <hooklens/tokenizer.h>
 
 #include <nlohmann/json_fwd.hpp>
@@ -94,6 +95,12 @@ struct LoadOptions {
   // enough for full-speed matrix products, small enough to stay in cache (32 MiB measured best
   // here: within 15 % of float32 weights at 2 threads, on par at 1).
   std::uint64_t conversion_chunk_bytes = std::uint64_t(32) << 20;
+  // The model's tensors, given instead of read from its directory's weight files (adapters get
+  // them through load_model_weights). Training hands in its parameters this way, so that what it
+  // trains is what the adapter makes of them: the adapter's names, ties and shape checks, and the
+  // framework's forward pass. Shared, not copied: in-place updates to these tensors are what the
+  // model computes with (with resident_weights_bytes = 0, so that no converted copy is made).
+  std::shared_ptr<const TensorMap> weights;
 };
 
 // What an adapter plugin creates: loads the models it reads.
@@ -123,5 +130,8 @@ std::shared_ptr<Model> open_model(const PluginRegistry& plugins, const std::file
 // llama2.c's tokenizer.bin), else the Hugging Face tokenizer files in
 // `model_dir`, else null (the model then takes token ids only). Malformed files throw Error.
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& model_dir, const LoadOptions& options);
+
+// The weights for a model: `options.weights` if given, else load_hf_weights(model_dir).
+TensorMap load_model_weights(const std::filesystem::path& model_dir, const LoadOptions& options);
 
 }  // namespace hooklens
