@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Retrains the committed toy models with the commands that made them: models/toy-neo (GPT-Neo) and
-# models/toy-llada (LLaDA masked diffusion), side by side at one thread each (about 8 minutes on 2
-# cores). At one thread training is deterministic, so a retraining reproduces the committed files
-# byte for byte on the same kind of CPU (docs/toy-models.md says why other CPUs may differ).
-#   scripts/train-toy-models.sh            retrain into models/
-#   scripts/train-toy-models.sh --check    retrain into a temporary directory and compare with models/
+# Trains the two toy models with their presets: models/toy-neo (GPT-Neo) and models/toy-llada (LLaDA
+# masked diffusion), side by side at one thread each (about 10 minutes on 2 cores). At one thread
+# training is deterministic, so a retraining reproduces the files byte for byte on the same kind of
+# CPU (training/README.md says why other CPUs may differ).
+#   scripts/train-toy-models.sh            train into models/
+#   scripts/train-toy-models.sh --check    train into a temporary directory and compare with models/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOOKLENS=build/bin/hooklens

@@ -182,9 +182,15 @@ std::vector<std::string> toy_preset_names() { return {"toy-neo", "toy-llada"}; }
 
 TrainOptions toy_preset(const std::string& name) {
   TrainOptions o;
-  if (name == "toy-neo") return o;
+  if (name == "toy-neo") {
+    o.steps = 1500;
+    o.batch = 8;
+    o.copy_tokens = 2048;
+    return o;
+  }
   if (name == "toy-llada") {
     o.architecture = ToyArchitecture::llada;
+    o.steps = 2000;
     o.shape.d_mlp = 384;  // gated: three matrices, as LLaDA's MLP
     o.shape.context = 128;
     return o;

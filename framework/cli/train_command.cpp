@@ -63,11 +63,11 @@ void add_train_command(CLI::App& app) {
       "Train a toy model from a corpus and tokenizer that hooklens writes itself, and save it as a Hugging Face "
       "model directory (GPT-Neo or LLaDA) that the adapters load");
   cmd->footer(
-      "The committed models were made with\n"
-      "  hooklens train --preset toy-neo --out models/toy-neo\n"
-      "  hooklens train --preset toy-llada --out models/toy-llada\n"
+      "Examples:\n"
+      "  hooklens train --preset toy-neo --out models/toy-neo --threads 1\n"
+      "  hooklens train --preset toy-llada --out models/toy-llada --threads 1 --steps 500\n"
       "Training is deterministic for given options and --threads: at --threads 1 a retraining reproduces the "
-      "weights bit for bit.");
+      "weights bit for bit (scripts/train-toy-models.sh --check).");
   const auto presets = training::toy_preset_names();
   cmd->add_option("--preset", v->preset, "Starting settings: toy-neo (GPT-Neo) or toy-llada (LLaDA masked diffusion)")
       ->required()
@@ -75,8 +75,8 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--out", v->out, "Model directory to write (created; existing files in it are replaced)")->required();
   cmd->add_option("--threads", v->threads, "Compute threads (0 = one per core); results depend on it")->capture_default_str();
   cmd->add_option("--seed", v->seed, "Seed of the corpus, the initial weights and the batches (preset: 1)");
-  cmd->add_option("--steps", v->steps, "Optimiser steps (preset: 1000)")->check(CLI::Range(1, 10000000));
-  cmd->add_option("--batch", v->batch, "Sequences per step (preset: 16)")->check(CLI::Range(1, 65536));
+  cmd->add_option("--steps", v->steps, "Optimiser steps (presets: toy-neo 1500, toy-llada 2000)")->check(CLI::Range(1, 10000000));
+  cmd->add_option("--batch", v->batch, "Text sequences per step (presets: toy-neo 8, toy-llada 16)")->check(CLI::Range(1, 65536));
   cmd->add_option("--sequence", v->sequence, "Tokens per sequence (preset: 128)")->check(CLI::Range(2, 1 << 20));
   cmd->add_option("--layers", v->layers, "Layers (preset: 4; GPT-Neo alternates global and local)")->check(CLI::Range(1, 64));
   cmd->add_option("--heads", v->heads, "Attention heads (preset: 4)")->check(CLI::Range(1, 64));
@@ -92,7 +92,7 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--merges", v->merges, "BPE merges of the tokenizer (preset: 600)")->check(CLI::Range(0, 100000));
   cmd->add_option("--copy-tokens", v->copy_tokens,
                   "Tokens a step of short rows of repeated random token ids (GPT-Neo: what makes induction heads "
-                  "form; preset: 1024, 0 = none)")
+                  "form; preset: 2048, 0 = none)")
       ->check(CLI::Range(0, 1 << 24));
   cmd->add_option("--copy-length", v->copy_length, "Longest of those rows (preset: 32)")->check(CLI::Range(16, 1 << 20));
   cmd->add_option("--learning-rate", v->learning_rate, "Peak AdamW learning rate (preset: 3e-3)")
