@@ -119,7 +119,8 @@ json analyze_set(hooklens::Model& model, const PhrasingSet& set, const Options& 
   json manifest = run;
   manifest["generation"] = hooklens::encode_generation(hooklens::RunGeneration());  // {"mode": "none"}
   json compare;
-  for (const fs::path& file : analyzers.finish(manifest, dir)) {  // a failed analyzer's report holds "error"
+  for (const auto& written : analyzers.finish(manifest, dir)) {  // a failed analyzer's report holds "error"
+    const fs::path& file = written.file;
     json report = hooklens::read_json_file(file);
     if (report.contains("error")) throw Error(fmt::format("{}: the analyzer failed: {}", file.string(),
                                                            hooklens::brief_json(report["error"], 200)));
