@@ -14,7 +14,7 @@
 //               head's mean row entropy, nats), the heads whose entropy differs most between
 //               phrasings, and, when the model has blocks.*.mlp.hook_post, the neurons whose mean
 //               activation differs most.
-// The default model is models/demo-neo (make it with `hooklens demo-model`).
+// The default model is models/toy-neo (trained by `hooklens train`, in the repository).
 // Exit status: 0 success, 1 error, 2 usage error.
 #include <hooklens/analysis.h>
 #include "example_main.h"
@@ -48,7 +48,7 @@ using hooklens::UsageError;
 using nlohmann::json;
 
 struct Options {
-  fs::path model = "models/demo-neo", out = "runs/compare_phrasings";
+  fs::path model = "models/toy-neo", out = "runs/compare_phrasings";
   std::string set = "all";
   std::vector<std::string> pair;
   int top = 5;
@@ -204,7 +204,7 @@ std::string table(const PhrasingSet& set, const json& report, const Options& o) 
 void run(const Options& o) {
   const std::vector<PhrasingSet> sets = chosen_sets(o);
   if (!fs::exists(o.model))
-    throw UsageError(fmt::format("--model {}: no such model (make the default one with `hooklens demo-model`)",
+    throw UsageError(fmt::format("--model {}: no such model (the default, models/toy-neo, is in the repository: run from its root)",
                                  o.model.string()));
   auto model = hooklens::open_model(hooklens::PluginRegistry(), o.model);
   if (!model->tokenizer()) throw UsageError(fmt::format("--model {}: the model has no tokenizer", o.model.string()));

@@ -13,7 +13,7 @@
 //                       (sharp / medium / uniform by mean normalized entropy), the head-averaged
 //                       pattern's, which heads are sharp / medium / uniform, and whether averaging
 //                       hides sharp heads (some head is sharp, the average is not)
-// The same diagnosis is printed. The default model is models/demo-neo (`hooklens demo-model`).
+// The same diagnosis is printed. The default model is models/toy-neo (in the repository).
 // Exit status: 0 success, 1 error, 2 usage error.
 
 #include <hooklens/analyzer.h>
@@ -52,7 +52,7 @@ using hooklens::UsageError;
 using nlohmann::json;
 
 struct Options {
-  fs::path model = "models/demo-neo", out = "runs/validation_heads", text_file;
+  fs::path model = "models/toy-neo", out = "runs/validation_heads", text_file;
   int seq_len = 0, sequence = 0, layer = 0;
 };
 
@@ -102,7 +102,7 @@ json definitions() {
 
 void run(const Options& o) {
   if (!fs::exists(o.model))
-    throw UsageError(fmt::format("--model {}: no such model (make the default one with `hooklens demo-model`)",
+    throw UsageError(fmt::format("--model {}: no such model (the default, models/toy-neo, is in the repository: run from its root)",
                                  o.model.string()));
   auto model = hooklens::open_model(hooklens::PluginRegistry(), o.model);
   const hooklens::ModelInfo& info = model->info();

@@ -20,7 +20,7 @@
 //   word_attention.json  the words (with their token positions), attention per generated word (layer
 //                        mean) and per layer, and the definitions
 //   word_attention.png   generated words (rows) x prompt words (columns): the layer mean, then each layer
-// The default model is models/demo-neo (make it with `hooklens demo-model`).
+// The default model is models/toy-neo (trained by `hooklens train`, in the repository).
 // Exit status: 0 success, 1 error, 2 usage error.
 
 #include "example_main.h"
@@ -55,7 +55,7 @@ using hooklens::UsageError;
 using nlohmann::json;
 
 struct Options {
-  fs::path model = "models/demo-neo", out = "runs/word_attention";
+  fs::path model = "models/toy-neo", out = "runs/word_attention";
   std::string prompt = "The quick brown fox jumps over the lazy dog because";
   int max_new_tokens = 8;
 };
@@ -154,7 +154,7 @@ drawing::Panel panel(const std::string& title, const std::vector<std::vector<dou
 
 void run(const Options& o) {
   if (!fs::exists(o.model))
-    throw UsageError(fmt::format("--model {}: no such model (make the default one with `hooklens demo-model`)",
+    throw UsageError(fmt::format("--model {}: no such model (the default, models/toy-neo, is in the repository: run from its root)",
                                  o.model.string()));
   auto model = hooklens::open_model(hooklens::PluginRegistry(), o.model);
   const hooklens::Tokenizer* tok = model->tokenizer();

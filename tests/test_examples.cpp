@@ -1148,7 +1148,7 @@ TEST_CASE("issue 5 examples refuse bad arguments with exit 2 and one error line"
       {"compare_phrasings", {"--model", model, "--set", "custom"}, {"--set custom needs --pair"}},
       {"compare_phrasings", {"--model", model, "--set", "simple", "--pair", "a", "b"}, {"--pair"}},
       {"compare_phrasings", {"--model", model, "--set", "poems"}, {"--set"}},
-      {"compare_phrasings", {"--model", (tmp / "nowhere").string()}, {"nowhere", "demo-model"}},
+      {"compare_phrasings", {"--model", (tmp / "nowhere").string()}, {"nowhere", "models/toy-neo"}},
       {"word_attention", {"--model", model, "--max-new-tokens", "0"}, {"--max-new-tokens"}},
       {"word_attention", {"--model", model, "--max-new-tokens", "200"}, {"context"}},
       {"validation_heads", {"--model", model, "--seq-len", "8"}, {"--text-file"}},

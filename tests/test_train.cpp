@@ -15,7 +15,7 @@ using nlohmann::json;
 // Seconds of training on 2 cores: a 2-layer, d_model 32 model on a small corpus.
 const std::string kSmall =
     "--layers 2 --heads 2 --d-model 32 --d-mlp 64 --context 64 --window 8 --sequence 32 --batch 8 --steps 60 "
-    "--warmup 10 --stories 200 --segment-documents 100 --merges 100 --log-every 20 --threads 1";
+    "--copy-length 32 --warmup 10 --stories 200 --segment-documents 100 --merges 100 --log-every 20 --threads 1";
 
 json read_json(const fs::path& file) { return json::parse(test::read_file(file)); }
 
@@ -67,7 +67,7 @@ TEST_CASE("a short training run is deterministic at one thread, its loss falls, 
       if (preset == "toy-neo") {
         CHECK(adapter == "gpt_neo");
         CHECK(info.layer_attention ==
-              std::vector<hooklens::AttentionKind>{hooklens::AttentionKind::causal, hooklens::AttentionKind::local});
+              std::vector<hooklens::AttentionKind>{hooklens::AttentionKind::local, hooklens::AttentionKind::causal});
         CHECK(info.window_size == 8);
         CHECK(info.eos_id == info.vocab_size - 1);
       } else {
@@ -103,6 +103,8 @@ TEST_CASE("hooklens train refuses bad settings with one line", "[train]") {
   CHECK(refusal("--preset toy-neo " + out + " --learning-rate 1e-3 --min-learning-rate 1e-2", 2).find("learning rate") !=
         std::string::npos);
   CHECK(refusal("--preset toy-neo --out /proc/hooklens-cannot", 1).find("/proc/hooklens-cannot") != std::string::npos);
+  CHECK(refusal("--preset toy-neo " + out + " --copy-length 300", 2).find("copy rows (up to 300 tokens)") !=
+        std::string::npos);
   CHECK(refusal("--preset toy-neo " + out + " --stories 0 --segment-documents 0", 2).find("at least one document") !=
         std::string::npos);
   CHECK(!fs::exists(tmp.path / "m" / "model.safetensors"));

@@ -11,7 +11,9 @@ namespace hooklens::training {
 nlohmann::json toy_config(ToyArchitecture architecture, const ToyShape& s, const ToyVocabulary& v) {
   if (architecture == ToyArchitecture::gpt_neo) {
     nlohmann::json layers = nlohmann::json::array();
-    for (int l = 0; l < s.layers; ++l) layers.push_back(l % 2 ? "local" : "global");
+    // Local first: a local layer with a short window is where a previous-token head forms quickly
+    // (few keys to choose from), and the global layer after it can read that head for induction.
+    for (int l = 0; l < s.layers; ++l) layers.push_back(l % 2 ? "global" : "local");
     // Both spellings of the layer kinds: Hugging Face's GPTNeoConfig reads attention_types and
     // derives attention_layers; hooklens reads either.
     nlohmann::json types = nlohmann::json::array();

@@ -26,7 +26,7 @@ enum class ToyArchitecture {
 struct ToyShape {
   int layers = 4, heads = 4, d_model = 128, d_mlp = 512;
   int context = 256;  // positions (GPT-Neo's learned table; LLaDA's max_sequence_length)
-  int window = 64;    // GPT-Neo's local attention window
+  int window = 64;    // GPT-Neo's local attention window (layers alternate local and global, local first)
 };
 
 struct TrainOptions {

@@ -75,16 +75,16 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--out", v->out, "Model directory to write (created; existing files in it are replaced)")->required();
   cmd->add_option("--threads", v->threads, "Compute threads (0 = one per core); results depend on it")->capture_default_str();
   cmd->add_option("--seed", v->seed, "Seed of the corpus, the initial weights and the batches (preset: 1)");
-  cmd->add_option("--steps", v->steps, "Optimiser steps (presets: toy-neo 1500, toy-llada 2000)")->check(CLI::Range(1, 10000000));
+  cmd->add_option("--steps", v->steps, "Optimiser steps (presets: toy-neo 2500, toy-llada 2000)")->check(CLI::Range(1, 10000000));
   cmd->add_option("--batch", v->batch, "Text sequences per step (presets: toy-neo 8, toy-llada 16)")->check(CLI::Range(1, 65536));
   cmd->add_option("--sequence", v->sequence, "Tokens per sequence (preset: 128)")->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--layers", v->layers, "Layers (preset: 4; GPT-Neo alternates global and local)")->check(CLI::Range(1, 64));
+  cmd->add_option("--layers", v->layers, "Layers (preset: 4; GPT-Neo alternates local and global, local first)")->check(CLI::Range(1, 64));
   cmd->add_option("--heads", v->heads, "Attention heads (preset: 4)")->check(CLI::Range(1, 64));
-  cmd->add_option("--d-model", v->d_model, "Residual stream width (preset: 128)")->check(CLI::Range(2, 8192));
-  cmd->add_option("--d-mlp", v->d_mlp, "MLP width (preset: 512 GPT-Neo, 384 LLaDA)")->check(CLI::Range(1, 65536));
+  cmd->add_option("--d-model", v->d_model, "Residual stream width (presets: toy-neo 64, toy-llada 128)")->check(CLI::Range(2, 8192));
+  cmd->add_option("--d-mlp", v->d_mlp, "MLP width (presets: toy-neo 256, toy-llada 384)")->check(CLI::Range(1, 65536));
   cmd->add_option("--context", v->context, "Longest sequence the model takes (preset: 256 GPT-Neo, 128 LLaDA)")
       ->check(CLI::Range(2, 1 << 20));
-  cmd->add_option("--window", v->window, "GPT-Neo's local attention window (preset: 64)")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--window", v->window, "GPT-Neo's local attention window (preset: 4)")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--stories", v->stories, "Stories in the corpus (preset: 6000)")->check(CLI::Range(0, 10000000));
   cmd->add_option("--segment-documents", v->segment_documents,
                   "Documents with a repeated random segment (preset: 3000)")
@@ -94,7 +94,7 @@ void add_train_command(CLI::App& app) {
                   "Tokens a step of short rows of repeated random token ids (GPT-Neo: what makes induction heads "
                   "form; preset: 2048, 0 = none)")
       ->check(CLI::Range(0, 1 << 24));
-  cmd->add_option("--copy-length", v->copy_length, "Longest of those rows (preset: 32)")->check(CLI::Range(16, 1 << 20));
+  cmd->add_option("--copy-length", v->copy_length, "Longest of those rows (preset: 64)")->check(CLI::Range(16, 1 << 20));
   cmd->add_option("--learning-rate", v->learning_rate, "Peak AdamW learning rate (preset: 3e-3)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--min-learning-rate", v->min_learning_rate, "Learning rate after the cosine decay (preset: 3e-4)")
