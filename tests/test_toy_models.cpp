@@ -1,6 +1,7 @@
 // The committed toy models (models/toy-neo, models/toy-llada; models/README.md): they are what the
 // documented command makes, they fit the size limit, toy-neo has a previous-token head and a later
-// induction head, and both generate the text models/README.md shows.
+// induction head, both generate the text models/README.md shows, and retraining each with its
+// documented command reproduces its files byte for byte (the [retrain] cases, ctest entries of their own).
 #include "test_util.h"
 
 #include <train.h>
@@ -107,5 +108,26 @@ TEST_CASE("the toy models generate the text models/README.md shows", "[toy_model
     INFO(text);
     CHECK(text.find("<|mdm_mask|>") == std::string::npos);
     CHECK(readme.find("> " + kPrompt + text.substr(0, text.find('\n'))) != std::string::npos);
+  }
+}
+
+// Minutes each, so ctest runs them as entries of their own (tests/CMakeLists.txt), side by side.
+TEST_CASE("retraining toy-neo with the documented command reproduces the committed files", "[.][retrain][toy-neo]") {
+  test::TempDir tmp;
+  test::require_hooklens(fmt::format("train --preset toy-neo --threads 1 --out '{}'", (tmp.path / "m").string()),
+                         tmp.path / "log");
+  for (const char* file : {"config.json", "vocab.json", "merges.txt", "model.safetensors", "training.json"}) {
+    INFO(file);
+    CHECK(test::read_file(tmp.path / "m" / file) == test::read_file(kModels / "toy-neo" / file));
+  }
+}
+
+TEST_CASE("retraining toy-llada with the documented command reproduces the committed files", "[.][retrain][toy-llada]") {
+  test::TempDir tmp;
+  test::require_hooklens(fmt::format("train --preset toy-llada --threads 1 --out '{}'", (tmp.path / "m").string()),
+                         tmp.path / "log");
+  for (const char* file : {"config.json", "vocab.json", "merges.txt", "model.safetensors", "training.json"}) {
+    INFO(file);
+    CHECK(test::read_file(tmp.path / "m" / file) == test::read_file(kModels / "toy-llada" / file));
   }
 }
