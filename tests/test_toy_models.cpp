@@ -111,23 +111,25 @@ TEST_CASE("the toy models generate the text models/README.md shows", "[toy_model
   }
 }
 
-// Minutes each, so ctest runs them as entries of their own (tests/CMakeLists.txt), side by side.
-TEST_CASE("retraining toy-neo with the documented command reproduces the committed files", "[.][retrain][toy-neo]") {
+// Retrains `name` with its documented command into a temporary directory; every file must be the
+// committed one, byte for byte.
+namespace {
+void require_retraining_reproduces(const std::string& name) {
   test::TempDir tmp;
-  test::require_hooklens(fmt::format("train --preset toy-neo --threads 1 --out '{}'", (tmp.path / "m").string()),
+  test::require_hooklens(fmt::format("train --preset {} --threads 1 --out '{}'", name, (tmp.path / "m").string()),
                          tmp.path / "log");
   for (const char* file : {"config.json", "vocab.json", "merges.txt", "model.safetensors", "training.json"}) {
-    INFO(file);
-    CHECK(test::read_file(tmp.path / "m" / file) == test::read_file(kModels / "toy-neo" / file));
+    INFO(name << "/" << file);
+    CHECK(test::read_file(tmp.path / "m" / file) == test::read_file(kModels / name / file));
   }
+}
+}  // namespace
+
+// Minutes each, so ctest runs them as entries of their own (tests/CMakeLists.txt), side by side.
+TEST_CASE("retraining toy-neo with the documented command reproduces the committed files", "[.][retrain][toy-neo]") {
+  require_retraining_reproduces("toy-neo");
 }
 
 TEST_CASE("retraining toy-llada with the documented command reproduces the committed files", "[.][retrain][toy-llada]") {
-  test::TempDir tmp;
-  test::require_hooklens(fmt::format("train --preset toy-llada --threads 1 --out '{}'", (tmp.path / "m").string()),
-                         tmp.path / "log");
-  for (const char* file : {"config.json", "vocab.json", "merges.txt", "model.safetensors", "training.json"}) {
-    INFO(file);
-    CHECK(test::read_file(tmp.path / "m" / file) == test::read_file(kModels / "toy-llada" / file));
-  }
+  require_retraining_reproduces("toy-llada");
 }
