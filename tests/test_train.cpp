@@ -100,6 +100,7 @@ TEST_CASE("hooklens train refuses bad settings with one line", "[train]") {
         std::string::npos);
   CHECK(refusal("--preset toy-llada " + out + " --heads 4 --d-model 36", 2).find("even head size") != std::string::npos);
   CHECK(refusal("--preset toy-neo " + out + " --sequence 300", 2).find("fit the context (256)") != std::string::npos);
+  CHECK(refusal("--preset toy-llada " + out + " --sequence 129", 2).find("fit the context (128)") != std::string::npos);
   CHECK(refusal("--preset toy-neo " + out + " --learning-rate 1e-3 --min-learning-rate 1e-2", 2).find("learning rate") !=
         std::string::npos);
   CHECK(refusal("--preset toy-neo --out /proc/hooklens-cannot", 1).find("/proc/hooklens-cannot") != std::string::npos);
@@ -108,4 +109,15 @@ TEST_CASE("hooklens train refuses bad settings with one line", "[train]") {
   CHECK(refusal("--preset toy-neo " + out + " --stories 0 --segment-documents 0", 2).find("at least one document") !=
         std::string::npos);
   CHECK(!fs::exists(tmp.path / "m" / "model.safetensors"));
+}
+
+TEST_CASE("hooklens train takes sequences shorter than LLaDA's random-length floor", "[train]") {
+  // Every fourth LLaDA batch has a random length from 8 up; with shorter sequences there is none.
+  test::TempDir tmp;
+  test::require_hooklens(fmt::format("train --preset toy-llada --out '{}' --layers 1 --heads 2 --d-model 16 --d-mlp 16 "
+                                     "--context 6 --sequence 6 --steps 8 --stories 20 --segment-documents 5 "
+                                     "--merges 20 --log-every 4 --threads 1",
+                                     (tmp.path / "m").string()),
+                         tmp.path / "log");
+  CHECK(json::parse(test::read_file(tmp.path / "m" / "training.json"))["sequence"] == 6);
 }

@@ -52,7 +52,7 @@ void check_options(const TrainOptions& o) {
   require(o.architecture != ToyArchitecture::llada || (s.d_model / s.heads) % 2 == 0,
           "LLaDA's rotary positions need an even head size (d_model / heads)");
   require(s.window >= 1, "the local attention window must be positive");
-  require(o.sequence >= 2 && o.sequence + (o.architecture == ToyArchitecture::gpt_neo ? 1 : 0) <= s.context + 1,
+  require(o.sequence >= 2 && o.sequence <= s.context,
           fmt::format("the training sequence ({}) must be at least 2 and fit the context ({})", o.sequence, s.context));
   require(o.steps >= 1 && o.batch >= 1 && o.log_every >= 1, "steps, batch and log interval must be positive");
   require(o.stories + o.segment_documents >= 1, "the corpus needs at least one document");
@@ -281,8 +281,8 @@ TrainResult train_toy_model(const TrainOptions& o, const fs::path& out, const Pl
     std::int64_t length = o.sequence;
     // LLaDA trains 1 % of its sequences at a random length; a toy model prompted with a short text
     // plus its answer needs short sequences more often: every fourth batch.
-    if (o.architecture == ToyArchitecture::llada && batches.below(4) == 0)
-      length = 8 + std::int64_t(batches.below(std::size_t(std::max(1, o.sequence - 8))));
+    if (o.architecture == ToyArchitecture::llada && o.sequence > 8 && batches.below(4) == 0)
+      length = 8 + std::int64_t(batches.below(std::size_t(o.sequence - 8)));
     else if (o.architecture == ToyArchitecture::gpt_neo)
       length += 1;
     const at::Tensor windows = sample_windows(train, o.batch, length, batches);
