@@ -4,6 +4,8 @@
 // documented command reproduces its files byte for byte (the [retrain] cases, ctest entries of their own).
 #include "test_util.h"
 
+#include <hooklens/json_read.h>
+
 #include <train.h>
 
 #include <nlohmann/json.hpp>
@@ -15,8 +17,6 @@ using nlohmann::json;
 
 const fs::path kModels = fs::path(HOOKLENS_SOURCE_DIR) / "models";
 const std::string kPrompt = "Once upon a time, there was a little cat named Tom.";
-
-json read_json(const fs::path& file) { return json::parse(test::read_file(file)); }
 
 // The generated text of `hooklens generate ARGS` (from its manifest: the decoded new tokens).
 std::string generated_text(const test::TempDir& tmp, const std::string& args) {
@@ -45,7 +45,7 @@ TEST_CASE("the committed toy models are what the documented training command mak
     // training.json records the settings; they must be the preset's, at one thread, for
     // `hooklens train --preset NAME --threads 1` (scripts/train-toy-models.sh) to reproduce the files.
     const hooklens::training::TrainOptions preset = hooklens::training::toy_preset(name);
-    const json record = read_json(dir / "training.json");
+    const json record = hooklens::read_json_file(dir / "training.json");
     CHECK(record["threads"] == 1);
     CHECK(record["seed"] == preset.seed);
     CHECK(record["steps"] == preset.steps);
@@ -73,7 +73,7 @@ TEST_CASE("toy-neo has a previous-token head and a later induction head", "[toy_
                                      "--analyze head_detectors --out '{}'",
                                      (kModels / "toy-neo").string(), kPrompt, out.string()),
                          tmp.path / "log");
-  const json report = read_json(out / "reports" / "head_detectors.json");
+  const json report = hooklens::read_json_file(out / "reports" / "head_detectors.json");
   int previous_layer = -1;
   double previous_best = 0, induction_best = 0;
   for (const json& head : report["heads"])

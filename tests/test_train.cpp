@@ -2,6 +2,7 @@
 // and it writes model directories the adapters load; its refusals.
 #include "test_util.h"
 
+#include <hooklens/json_read.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 
@@ -16,8 +17,6 @@ using nlohmann::json;
 const std::string kSmall =
     "--layers 2 --heads 2 --d-model 32 --d-mlp 64 --context 64 --window 8 --sequence 32 --batch 8 --steps 60 "
     "--copy-length 32 --warmup 10 --stories 200 --segment-documents 100 --merges 100 --log-every 20 --threads 1";
-
-json read_json(const fs::path& file) { return json::parse(test::read_file(file)); }
 
 void train(const std::string& preset, const fs::path& out, const std::string& extra = "") {
   test::require_hooklens(fmt::format("train --preset {} --out '{}' {} {}", preset, out.string(), kSmall, extra),
@@ -45,7 +44,7 @@ TEST_CASE("a short training run is deterministic at one thread, its loss falls, 
       INFO(log);
       CHECK(log.find("step 20/60  loss ") != std::string::npos);
       CHECK(log.find("tokens/s") != std::string::npos);
-      const json record = read_json(a / "training.json");
+      const json record = hooklens::read_json_file(a / "training.json");
       CHECK(record["steps"] == 60);
       CHECK(record["threads"] == 1);
       // From about ln(vocabulary) at the start; 60 steps on this grammar take off well over a nat.
@@ -59,7 +58,7 @@ TEST_CASE("a short training run is deterministic at one thread, its loss falls, 
       const hooklens::ModelInfo& info = model->info();
       CHECK(info.n_layers == 2);
       CHECK(info.d_model == 32);
-      const json config = read_json(a / "config.json");
+      const json config = hooklens::read_json_file(a / "config.json");
       CHECK(info.vocab_size == config["vocab_size"].get<std::int64_t>());
       REQUIRE(model->tokenizer());
       const std::string sentence = "Once upon a time, there was a little cat named Tom.";
@@ -119,5 +118,5 @@ TEST_CASE("hooklens train takes sequences shorter than LLaDA's random-length flo
                                      "--merges 20 --log-every 4 --threads 1",
                                      (tmp.path / "m").string()),
                          tmp.path / "log");
-  CHECK(json::parse(test::read_file(tmp.path / "m" / "training.json"))["sequence"] == 6);
+  CHECK(hooklens::read_json_file(tmp.path / "m" / "training.json")["sequence"] == 6);
 }

@@ -7,6 +7,7 @@
 #include <hooklens/error.h>
 #include <hooklens/hooks.h>
 
+#include "refusal_util.h"
 #include "test_skip.h"
 
 #include <algorithm>
@@ -155,16 +156,6 @@ inline hooklens::CaptureContext context(int prompt, hooklens::Phase phase, int s
   ctx.query_offset = query_offset;
   ctx.pass = pass;
   return ctx;
-}
-
-// The message of the hooklens::Error `f` throws, or "(no error)".
-inline std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const hooklens::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace test
