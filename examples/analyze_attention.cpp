@@ -415,11 +415,11 @@ void write_top_attended(const std::vector<LayerAnalysis>& layers, const Prompt& 
                                  prompt.ids.size());
   json entries = json::array();
   for (const auto& l : layers) text += l.text + "\n", entries.push_back(l.entry);
-  drawing::write_text(out.dir / "top_attended.txt", text);
+  hooklens::write_text_file(out.dir / "top_attended.txt", text);
   out.add("top_attended.txt", {{"kind", "top_attended_text"},
                                {"shows", "per layer and query token the most attended key tokens, and what each "
                                          "head mostly attends to"}});
-  drawing::write_text(out.dir / "top_attended.json",
+  hooklens::write_text_file(out.dir / "top_attended.json",
                       drawing::dump({{"top_k", k}, {"tokens", prompt.tokens}, {"ids", prompt.ids},
                                      {"definition", "top: the k keys with the largest head-averaged attention weight "
                                                     "(ties: lower position first); by_head: each head's most "
@@ -461,7 +461,7 @@ void write_flow(const std::vector<int>& layers, const std::vector<Matrix>& means
                 {"shows", "left: the last token's head-averaged attention in each layer; right: its attention "
                           "rollout through that layer (" + definition + ")"}});
   out.add("attention_flow.png", std::move(entry));
-  drawing::write_text(out.dir / "attention_flow.json",
+  hooklens::write_text_file(out.dir / "attention_flow.json",
                       drawing::dump({{"definition", definition}, {"layers", layers}, {"tokens", prompt.tokens},
                                      {"query", last}, {"last_token_attention", raw.values},
                                      {"last_token_rollout", flow.values}, {"rollout", rolled_json}}));
@@ -501,7 +501,7 @@ void run(Options o) {
   info["file"] = o.model.string();
   info["adapter"] = adapter;
   info["example_model"] = example;
-  drawing::write_text(out.dir / "summary.json",
+  hooklens::write_text_file(out.dir / "summary.json",
                       drawing::dump({{"format", kSummaryFormat}, {"model", info}, {"prompt", o.prompt},
                                      {"ids", prompt.ids}, {"tokens", prompt.tokens}, {"layers", layers},
                                      {"top_k", o.top}, {"files", out.files}}));

@@ -65,7 +65,7 @@ using drawing::Scale;
 using drawing::sequential_scale;
 using drawing::signed_scale;
 using drawing::write_figure;
-using drawing::write_text;
+using hooklens::write_text_file;
 
 // ---- the run -------------------------------------------------------------------------------------
 
@@ -425,11 +425,11 @@ void write_influence(const std::vector<Influence>& rows, const RunView& view, co
   const std::string definition =
       "mass[j] = mean over heads and over the captured query rows at generated positions (P..T-1) of the "
       "attention weight on prompt position j";
-  write_text(out.dir / "influence.csv", csv);
+  write_text_file(out.dir / "influence.csv", csv);
   out.add("influence.csv", {{"kind", "influence_table"}, {"layers", plan.layers},
                             {"heads", "mean"},
                             {"shows", definition + "; one row per step, layer and prompt position"}});
-  write_text(out.dir / "influence.json", dump({{"prompt", o.prompt}, {"pass", o.pass}, {"prompt_length", P},
+  write_text_file(out.dir / "influence.json", dump({{"prompt", o.prompt}, {"pass", o.pass}, {"prompt_length", P},
                                                {"tokens", view.tokens}, {"definition", definition},
                                                {"entries", entries}, {"layer_mean", layer_mean}}));
   out.add("influence.json", {{"kind", "influence_table"}, {"layers", plan.layers}, {"heads", "mean"},
@@ -500,7 +500,7 @@ void run(const Options& o) {
   else
     write_influence(influence, view, o, plan, out);
 
-  write_text(out.dir / "summary.json",
+  write_text_file(out.dir / "summary.json",
              dump({{"format", kSummaryFormat}, {"run", o.run.string()}, {"mode", hooklens::generation_mode_name(view.mode)},
                    {"prompt", o.prompt}, {"pass", o.pass}, {"prompt_length", view.prompt_length},
                    {"sequence_length", plan.sequence_length}, {"steps", plan.steps}, {"layers", plan.layers},

@@ -26,6 +26,7 @@
 #include <hooklens/error.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/text.h>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/from_blob.h>
@@ -155,7 +156,7 @@ void run(const Options& o) {
   drawing::write_figure(o.out / figure, panels, panels.size() <= 6 ? 0 : 4);  // many heads: a grid
 
   const bool hides = !by_label["sharp"].empty() && averaged["label"] != "sharp";
-  drawing::write_text(o.out / "summary.json",
+  hooklens::write_text_file(o.out / "summary.json",
                       drawing::dump({{"model", o.model.string()}, {"text_file", o.text_file.string()},
                                      {"sequence", o.sequence}, {"seq_len", o.seq_len},
                                      {"tokens_range", {o.sequence * o.seq_len, (o.sequence + 1) * o.seq_len - 1}},

@@ -31,6 +31,7 @@
 #include <hooklens/generate.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
+#include <hooklens/text.h>
 
 #include <ATen/core/Tensor.h>
 #include <CLI/CLI.hpp>
@@ -203,8 +204,8 @@ void run(const Options& o) {
       for (std::size_t l = 0; l < layers.size(); ++l) csv += fmt::format("{},{},{:.9g}\n", head, layers[l], per_layer[l][g][w]);
     }
   }
-  drawing::write_text(o.out / "word_attention.csv", csv);
-  drawing::write_text(
+  hooklens::write_text_file(o.out / "word_attention.csv", csv);
+  hooklens::write_text_file(
       o.out / "word_attention.json",
       drawing::dump({{"model", o.model.string()},
                      {"prompt", o.prompt},

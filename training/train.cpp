@@ -9,6 +9,7 @@
 #include <hooklens/hooks.h>
 #include <hooklens/model.h>
 #include <hooklens/safetensors.h>
+#include <hooklens/text.h>
 #include <hooklens/tokenizer.h>
 
 #include <ATen/ATen.h>
@@ -23,7 +24,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <ostream>
 
 namespace hooklens::training {
@@ -36,10 +36,9 @@ constexpr int kHeldOutBatches = 8;
 
 const char* architecture_name(ToyArchitecture a) { return a == ToyArchitecture::gpt_neo ? "gpt_neo" : "llada"; }
 
-void write_file(const fs::path& file, const std::string& text) {
-  std::ofstream out(file, std::ios::binary);
-  out << text;
-  if (!out.flush()) throw Error(fmt::format("{}: cannot write", file.string()));
+// Tokens a batch row holds: a sequence, plus its last target for next-token prediction.
+std::int64_t window_length(const TrainOptions& o) {
+  return o.sequence + (o.architecture == ToyArchitecture::gpt_neo ? 1 : 0);
 }
 
 void check_options(const TrainOptions& o) {
@@ -160,7 +159,7 @@ double held_out_loss(Model& model, const TrainOptions& o, const TokenStream& hel
   at::NoGradGuard no_grad;
   SplitMix64 rng(o.seed ^ 0xe7a1ULL);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed ^ 0xe7a1ULL);
-  const std::int64_t length = o.sequence + (o.architecture == ToyArchitecture::gpt_neo ? 1 : 0);
+  const std::int64_t length = window_length(o);
   double sum = 0;
   for (int i = 0; i < kHeldOutBatches; ++i)
     sum += batch_loss(model, o.architecture, sample_windows(held_out, o.batch, length, rng), mask_id, gen).item<double>();
@@ -229,7 +228,7 @@ TrainResult train_toy_model(const TrainOptions& o, const fs::path& out, const Pl
   }
   vocabulary.size = std::int64_t(bpe_vocabulary.symbols.size());
   write_gpt2_tokenizer(bpe_vocabulary, out);
-  write_file(out / "config.json", toy_config(o.architecture, o.shape, vocabulary).dump(2) + "\n");
+  write_text_file(out / "config.json", toy_config(o.architecture, o.shape, vocabulary).dump(2) + "\n");
   const auto tokenizer = load_hf_tokenizer(out);  // the tokenizer users get, as the model directory has it
   const TokenStream train = tokenize(*tokenizer, docs, vocabulary.end_of_text_id);
   const TokenStream held_out =
@@ -278,13 +277,11 @@ TrainResult train_toy_model(const TrainOptions& o, const fs::path& out, const Pl
   for (int step = 0; step < o.steps; ++step) {
     const double lr = learning_rate_at(o, step);
     for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    std::int64_t length = o.sequence;
+    std::int64_t length = window_length(o);
     // LLaDA trains 1 % of its sequences at a random length; a toy model prompted with a short text
     // plus its answer needs short sequences more often: every fourth batch.
     if (o.architecture == ToyArchitecture::llada && o.sequence > 8 && batches.below(4) == 0)
       length = 8 + std::int64_t(batches.below(std::size_t(o.sequence - 8)));
-    else if (o.architecture == ToyArchitecture::gpt_neo)
-      length += 1;
     const at::Tensor windows = sample_windows(train, o.batch, length, batches);
     optimizer.zero_grad();
     const at::Tensor loss = batch_loss(*model, o.architecture, windows, mask_id, gen);
@@ -359,7 +356,7 @@ TrainResult train_toy_model(const TrainOptions& o, const fs::path& out, const Pl
       {"first_loss", result.first_loss},
       {"final_loss", result.final_loss},
       {"held_out_loss", result.held_out_loss}};
-  write_file(out / "training.json", record.dump(2) + "\n");
+  write_text_file(out / "training.json", record.dump(2) + "\n");
   progress << fmt::format("done: {} steps, {} tokens in {}; held-out loss {:.4f} (first training loss {:.4f}); wrote {}\n",
                           o.steps, result.tokens_seen, clock_text(elapsed()), result.held_out_loss, result.first_loss,
                           out.string());

@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include <hooklens/error.h>
+#include <hooklens/text.h>
 #include <hooklens/weights.h>
 
 #include <fmt/format.h>
@@ -156,9 +157,9 @@ void write_random_llada(const fs::path& dir, const RandomLladaShape& shape) {
     if (!ok || std::fclose(f.release()) != 0) throw Error(fmt::format("{}: write failed (disk full?)", file.string()));
     std::cerr << fmt::format("bench-model: wrote {} ({}/{})\n", name, s + 1, shards.size()) << std::flush;
   }
-  write_text(dir / "model.safetensors.index.json",
+  write_text_file(dir / "model.safetensors.index.json",
              nlohmann::json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(2) + "\n");
-  write_text(dir / "config.json", llada_8b_config(shape.n_layers).dump(2) + "\n");
+  write_text_file(dir / "config.json", llada_8b_config(shape.n_layers).dump(2) + "\n");
 }
 
 void add_bench_model_command(CLI::App& app) {

@@ -17,9 +17,6 @@ void add_demo_model_command(CLI::App& app);  // demo-model
 void add_bench_model_command(CLI::App& app);  // bench-model
 void add_train_command(CLI::App& app);  // train
 
-// Writes `text` to `file`; throws Error naming the file when it cannot.
-void write_text(const std::filesystem::path& file, const std::string& text);
-
 // The shape of a randomly initialised GPT-Neo written as a Hugging Face directory (demo, bench).
 struct RandomNeoShape {
   int d_model = 64, n_layers = 4, n_heads = 4, window = 16, n_ctx = 256;

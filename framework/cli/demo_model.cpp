@@ -5,6 +5,7 @@
 #include "cli.h"
 
 #include <hooklens/error.h>
+#include <hooklens/text.h>
 #include <hooklens/tokenizer.h>
 #include <hooklens/weights.h>
 
@@ -13,18 +14,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
 #include <iostream>
 
 namespace hooklens::cli {
 
 namespace fs = std::filesystem;
-
-void write_text(const fs::path& file, const std::string& text) {
-  std::ofstream out(file, std::ios::binary);
-  out << text;
-  if (!out.flush()) throw Error(fmt::format("{}: cannot write", file.string()));
-}
 
 void write_random_gpt_neo(const fs::path& dir, const RandomNeoShape& s) {
   if (s.d_model % s.n_heads) throw UsageError("d_model must be a multiple of the number of heads");
@@ -75,13 +69,13 @@ void write_random_gpt_neo(const fs::path& dir, const RandomNeoShape& s) {
                                  {"eos_token_id", s.vocab - 1},
                                  {"tie_word_embeddings", true},
                                  {"_comment", "random weights written by 'hooklens demo-model'"}};
-  write_text(dir / "config.json", config.dump(2) + "\n");
+  write_text_file(dir / "config.json", config.dump(2) + "\n");
   if (s.vocab == 257) {  // byte-level tokenizer: 256 byte tokens, no merges, then <|endoftext|>
     nlohmann::json vocab = nlohmann::json::object();
     for (int b = 0; b < 256; ++b) vocab[gpt2_byte_symbol(static_cast<unsigned char>(b))] = b;
     vocab["<|endoftext|>"] = 256;
-    write_text(dir / "vocab.json", vocab.dump() + "\n");
-    write_text(dir / "merges.txt", "#version: 0.2\n");
+    write_text_file(dir / "vocab.json", vocab.dump() + "\n");
+    write_text_file(dir / "merges.txt", "#version: 0.2\n");
   }
 }
 

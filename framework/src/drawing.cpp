@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 
 namespace hooklens::drawing {
 
@@ -540,12 +539,6 @@ std::string token_label(const std::string& token, std::size_t max_chars) {
   std::string s;
   for (std::size_t i = 0; i < (cut ? max_chars - 2 : chars.size()); ++i) s += chars[i];
   return cut ? s + ".." : s;
-}
-
-void write_text(const fs::path& file, const std::string& text) {
-  std::ofstream f(file, std::ios::binary);
-  f << text;
-  if (!f.flush()) throw hooklens::Error(fmt::format("{}: cannot write the file", file.string()));
 }
 
 std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n"; }

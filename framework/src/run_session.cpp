@@ -53,7 +53,6 @@ RunSettings::RunSettings()
   diffusion.stop_at_eos = d.stop_at_eos;
 }
 
-
 namespace {
 
 // --text-file: consecutive non-overlapping --seq-len token sequences cut from the file's text.

@@ -2,9 +2,9 @@
 
 #include <hooklens/error.h>
 #include <hooklens/json_read.h>
+#include <hooklens/run_format.h>
 
 #include <fmt/format.h>
-#include <hooklens/run_format.h>
 
 namespace hooklens::analysis {
 

@@ -12,6 +12,7 @@
 #include <hooklens/plugin_options.h>
 #include <hooklens/renderer.h>
 #include <hooklens/run.h>
+#include <hooklens/text.h>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/from_blob.h>
@@ -334,7 +335,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     draw_reports(job);
     const json index = {{"run", run.manifest_file().parent_path().string()}, {"format", format},
                         {"files", job.files}, {"skipped", job.skipped}};
-    drawing::write_text(out / "figures.json", drawing::dump(index));
+    hooklens::write_text_file(out / "figures.json", drawing::dump(index));
     return {{"files", job.files}, {"skipped", job.skipped}};
   }
 

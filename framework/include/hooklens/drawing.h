@@ -102,8 +102,6 @@ nlohmann::json write_figure(const std::filesystem::path& file, const std::vector
 // `max_chars` characters (not bytes).
 std::string token_label(const std::string& token, std::size_t max_chars = 12);
 
-// Writes `text` to `file`; throws hooklens::Error naming the file on failure.
-void write_text(const std::filesystem::path& file, const std::string& text);
 // Pretty JSON with invalid UTF-8 replaced, and a final newline.
 std::string dump(const nlohmann::json& j);
 

@@ -83,7 +83,6 @@ struct SessionPrompt {
   std::string source = "prompt";  // or "text-file FILE sequence N (tokens A-B)", or an analyzer's extra prompt
 };
 
-
 class RunSession {
  public:
   enum class Kind { capture, generate };  // one forward pass per prompt, or a generation (one prompt)

@@ -1,5 +1,9 @@
-// Small string helpers used across hooklens, its plugins and examples (one copy of each).
+// Small string and text-file helpers used across hooklens, its plugins and examples (one copy of each).
 #pragma once
+#include <hooklens/error.h>
+
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +24,13 @@ inline std::vector<std::string> split_list(std::string_view list, char separator
     if (end == std::string_view::npos) return items;
     start = end + 1;
   }
+}
+
+// Writes `text` to `file`, replacing it; throws Error naming the file when it cannot.
+inline void write_text_file(const std::filesystem::path& file, std::string_view text) {
+  std::ofstream out(file, std::ios::binary | std::ios::trunc);
+  out.write(text.data(), std::streamsize(text.size()));
+  if (!out.flush()) throw Error(file.string() + ": cannot write the file");
 }
 
 }  // namespace hooklens
