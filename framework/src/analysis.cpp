@@ -114,6 +114,59 @@ void AnalyzerSet::observe(std::string_view hook, const CaptureContext& ctx, cons
   }
 }
 
+void AnalyzerSet::require_mergeable() const {
+  std::vector<std::string> cannot;
+  for (const auto& entry : entries_)
+    if (!entry->analyzer->merges_state()) cannot.push_back(entry->name);
+  if (!cannot.empty())
+    throw UsageError(fmt::format("--analyze {}: cannot merge its state across processes; run it on the finished run "
+                                 "with `hooklens analyze RUN --analyze NAME`",
+                                 fmt::join(cannot, ",")));
+}
+
+std::string AnalyzerSet::save_states() const {
+  nlohmann::json states = nlohmann::json::object();
+  for (const auto& entry : entries_) {
+    nlohmann::json& state = states[entry->name];
+    if (entry->error.empty()) {
+      try {
+        state = {{"state", entry->analyzer->save_state()}};
+        continue;
+      } catch (const std::exception& e) {
+        state = {{"error", e.what()}};
+      }
+    } else {
+      state = {{"error", entry->error}};
+    }
+  }
+  const std::vector<std::uint8_t> bytes = nlohmann::json::to_cbor(states);
+  return std::string(bytes.begin(), bytes.end());
+}
+
+void AnalyzerSet::merge_states(const std::string& bytes, int rank) {
+  nlohmann::json states;
+  try {
+    states = nlohmann::json::from_cbor(bytes);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("the analyzer states of rank {} are not valid CBOR: {}", rank, e.what()));
+  }
+  for (auto& entry : entries_) {
+    if (!entry->error.empty()) continue;
+    const auto it = states.is_object() ? states.find(entry->name) : states.end();
+    if (it == states.end()) {
+      fail(*entry, fmt::format("rank {} sent no state", rank));
+    } else if (it->contains("error")) {
+      fail(*entry, fmt::format("on rank {}: {}", rank, it->value("error", std::string("failed"))));
+    } else {
+      try {
+        entry->analyzer->merge_state(it->value("state", nlohmann::json()));
+      } catch (const std::exception& e) {
+        fail(*entry, fmt::format("merging the state of rank {}: {}", rank, e.what()));
+      }
+    }
+  }
+}
+
 namespace {
 
 // Replaces non-finite numbers by null: reports are strict JSON.

@@ -8,6 +8,15 @@
 
 namespace hooklens {
 
+nlohmann::json Analyzer::save_state() const {
+  throw Error("this analyzer does not merge its state across processes (merges_state() is false)");
+}
+
+void Analyzer::merge_state(const nlohmann::json& state) {
+  (void)state;
+  throw Error("this analyzer does not merge its state across processes (merges_state() is false)");
+}
+
 PatternRows PatternRows::of(const at::Tensor& pattern, const CaptureContext& ctx, const ModelInfo& model) {
   if (pattern.dim() < 2) throw Error(fmt::format("an attention pattern needs [query, key] dims, got {}", pattern.dim()));
   PatternRows p;

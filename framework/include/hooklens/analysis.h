@@ -43,6 +43,14 @@ class AnalyzerSet {
   void attach(HookSet& hooks);
   // Offline: one capture, given to the analyzers that read this hook point.
   void observe(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor);
+  // Runs over several processes (Analyzer::merges_state): UsageError naming every analyzer that
+  // cannot merge its state.
+  void require_mergeable() const;
+  // Every analyzer's state (a failed one's: its error), as CBOR bytes for the process group.
+  std::string save_states() const;
+  // Adds another rank's save_states() (the same analyzers, begun with the same run). An analyzer
+  // that failed there, or whose state does not merge, is reported and disabled here.
+  void merge_states(const std::string& states, int rank);
   // Finishes every analyzer and writes RUN/reports/NAME.json (atomically); returns what it wrote.
   std::vector<WrittenReport> finish(const nlohmann::json& manifest, const std::filesystem::path& run_dir);
 

@@ -60,6 +60,20 @@ class Analyzer {
   // list of short strings (what a user should see first, e.g. the best head of each kind): front
   // ends print them after the report's path.
   virtual nlohmann::json finish(const nlohmann::json& manifest) = 0;
+
+  // Runs over several processes (docs/distributed.md): each rank's analyzer is begun with the
+  // whole run (every prompt) but observes only the captures of that rank's prompts, with their
+  // indices in the whole run. Rank 0 then merges into its own analyzer the state every other rank
+  // saved, in rank order, and calls finish(): the report must equal the one a single process writes
+  // over all the prompts (counts exactly, sums within rounding), however the prompts were split and
+  // in whatever order states are merged. An analyzer that cannot merge keeps merges_state() false
+  // and is refused in such runs (`hooklens analyze` on the finished run still works).
+  virtual bool merges_state() const { return false; }
+  // What observe() accumulated since begin(), bounded like the state itself. It travels as CBOR,
+  // so doubles arrive exactly.
+  virtual nlohmann::json save_state() const;
+  // Adds another rank's save_state() (its analyzer begun with the same run) to this analyzer's.
+  virtual void merge_state(const nlohmann::json& state);
 };
 
 // Which keys each query row of a captured attention pattern could attend to, from the layer's

@@ -27,6 +27,7 @@
 // member of the same size: those need the number.
 //
 // Version 2: the build identity and the adapters' static score; Adapter::accepts removed.
+// Version 3: Analyzer::merges_state, save_state and merge_state (runs over several processes).
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -34,7 +35,7 @@
 #include <string>
 #include <vector>
 
-#define HOOKLENS_PLUGIN_ABI_VERSION 2u
+#define HOOKLENS_PLUGIN_ABI_VERSION 3u
 
 extern "C" {
 struct hooklens_plugin_build;  // hooklens/plugin_build.h
