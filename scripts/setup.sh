@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake pkg-config ccache
   libtorch-dev libopenblas0-openmp          # libtorch; OpenBLAS replaces the slow reference BLAS
+  libgloo-dev                               # headers of c10d's ProcessGroupGloo (runs over several processes)
   libboost-dev libboost-filesystem-dev libfmt-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
   libstb-dev libzstd-dev libimgui-dev libglfw3-dev
   libcairo2-dev                             # figures: PNG, SVG and PDF drawn with Cairo (text in fonts-dejavu-core)

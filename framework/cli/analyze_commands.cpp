@@ -1,11 +1,13 @@
-// `hooklens analyze RUN` (analyzer plugins offline over a run directory) and `hooklens render RUN`
-// (renderer plugins: figures, the HTML report).
+// `hooklens analyze RUN` (analyzer plugins offline over a run directory), `hooklens render RUN`
+// (renderer plugins: figures, the HTML report) and `hooklens merge` (the parts of a run over several
+// machines joined into one run directory).
 #include "cli.h"
 
 #include <hooklens/analysis.h>
 #include <hooklens/error.h>
 #include <hooklens/plugin.h>
 #include <hooklens/renderer.h>
+#include <hooklens/run_parts.h>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -22,6 +24,11 @@ namespace fs = std::filesystem;
 struct AnalyzeOptions {
   std::string run;
   std::vector<std::string> analyze, options;
+};
+
+struct MergeOptions {
+  std::vector<std::string> parts;
+  std::string out;
 };
 
 struct RenderOptions {
@@ -45,6 +52,22 @@ void add_analyze_commands(CLI::App& app) {
     PluginRegistry registry;
     AnalyzerSet analyzers(registry, a->analyze, a->options);
     print_reports(analyze_run(a->run, analyzers), std::cout);
+  });
+
+  auto m = std::make_shared<MergeOptions>();
+  CLI::App* merge = app.add_subcommand(
+      "merge", "Join the parts of a run over several machines (`capture --local-out`: each machine's --out) into one "
+               "run directory");
+  merge->add_option("parts", m->parts, "The directories holding the parts (part-rank*.json and their shards)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  merge->add_option("--out", m->out, "The run directory to write (new; shards are hard-linked when they can be)")
+      ->required();
+  merge->callback([m] {
+    std::vector<fs::path> parts(m->parts.begin(), m->parts.end());
+    const std::size_t captures = join_run_parts(parts, m->out);
+    std::cout << fmt::format("run directory: {}\n  {} captures from {} director{}; manifest {}\n", m->out, captures,
+                             parts.size(), parts.size() == 1 ? "y" : "ies", (fs::path(m->out) / "manifest.json").string());
   });
 
   auto r = std::make_shared<RenderOptions>();

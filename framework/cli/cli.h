@@ -11,7 +11,7 @@ namespace hooklens::cli {
 
 void add_info_commands(CLI::App& app);   // info, plugins
 void add_run_commands(CLI::App& app);    // capture, generate
-void add_analyze_commands(CLI::App& app);  // analyze, render
+void add_analyze_commands(CLI::App& app);  // analyze, render, merge
 void add_bench_command(CLI::App& app);   // bench
 void add_demo_model_command(CLI::App& app);  // demo-model
 void add_bench_model_command(CLI::App& app);  // bench-model

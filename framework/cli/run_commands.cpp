@@ -75,6 +75,20 @@ void add_run_commands(CLI::App& app) {
                   "as one at a time)")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
+  const std::string ranks = "Over several processes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set, as scripts/launch.sh does)";
+  cap->add_option("--timeout", capture->timeout_seconds,
+                  "Seconds a rank may fail to join, or stay silent, before the run stops naming it")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 7 * 24 * 3600))
+      ->group(ranks);
+  cap->add_flag("--resume", capture->resume,
+                "Complete a failed run in --out: keep the sequences whose captures were written and verified, capture "
+                "the rest")
+      ->group(ranks);
+  cap->add_flag("--local-out", capture->local_out,
+                "--out is each machine's own storage: every machine keeps its ranks' parts there, and `hooklens merge` "
+                "joins them")
+      ->group(ranks);
   cap->callback([capture] { RunSession(*capture, RunSession::Kind::capture).capture(); });
 
   auto gen = std::make_shared<RunSettings>();

@@ -114,6 +114,12 @@ void AnalyzerSet::observe(std::string_view hook, const CaptureContext& ctx, cons
   }
 }
 
+std::string AnalyzerSet::reader_of(std::string_view name) const {
+  for (const auto& entry : entries_)
+    if (entry->filter.matches_name(name)) return entry->name;
+  return "";
+}
+
 void AnalyzerSet::require_mergeable() const {
   std::vector<std::string> cannot;
   for (const auto& entry : entries_)

@@ -1,6 +1,7 @@
 #include <hooklens/error.h>
 #include <hooklens/json_read.h>
 #include <hooklens/run_format.h>
+#include <hooklens/text.h>
 #include <hooklens/weights.h>
 
 #include <c10/core/ScalarType.h>
@@ -12,6 +13,27 @@
 #include <limits>
 
 namespace hooklens {
+
+void write_manifest_file(const std::filesystem::path& file, const nlohmann::json& manifest) {
+  std::string text = "{";
+  const char* separator = "\n";
+  for (const auto& [key, value] : manifest.items()) {
+    text += separator + std::string(" ") + nlohmann::json(key).dump() + ": ";
+    separator = ",\n";
+    if (key != "captures" || !value.is_array() || value.empty()) {
+      text += value.dump();
+      continue;
+    }
+    text += "[";
+    for (std::size_t i = 0; i < value.size(); ++i) text += (i ? ",\n  " : "\n  ") + value[i].dump();
+    text += "\n ]";
+  }
+  write_file_atomically(file, text + "\n}\n");
+}
+
+std::string rank_shard_prefix(int rank) { return fmt::format("captures-rank{:05d}-", rank); }
+std::string rank_shard_name(int rank, int index) { return fmt::format("{}{:05d}.safetensors", rank_shard_prefix(rank), index); }
+std::string rank_part_name(int rank) { return fmt::format("part-rank{:05d}.json", rank); }
 namespace {
 
 using nlohmann::json;

@@ -5,12 +5,15 @@
 #include <hooklens/capture_slice.h>
 #include <hooklens/chat_template.h>
 #include <hooklens/error.h>
+#include <hooklens/distributed.h>
 #include <hooklens/generate.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/model.h>
 #include <hooklens/plugin.h>
 #include <hooklens/renderer.h>
+#include <hooklens/json_read.h>
 #include <hooklens/run_format.h>
+#include <hooklens/run_parts.h>
 #include <hooklens/runtime.h>
 #include <hooklens/sink.h>
 #include <hooklens/text.h>
@@ -25,6 +28,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <numeric>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -314,6 +318,34 @@ RunSession::RunSession(RunSettings settings, Kind kind)
   const RunSettings& o = settings_;
   if (kind == Kind::generate && o.prompts.size() + o.prompt_ids.size() > 1)
     throw UsageError("generate takes one prompt (--prompt or --prompt-ids)");
+  if (auto env = DistributedEnv::from_environment()) env_ = std::make_unique<DistributedEnv>(*env);
+  if (env_ || o.resume || o.local_out) {
+    if (kind == Kind::generate)
+      throw UsageError(env_ ? "generate runs one prompt: only `hooklens capture` runs over several processes (unset RANK "
+                              "and WORLD_SIZE)"
+                            : "--resume and --local-out are for `hooklens capture`");
+    if (o.local_out && !env_)
+      throw UsageError("--local-out is for runs over several processes (RANK and WORLD_SIZE set, as scripts/launch.sh does)");
+    if (o.local_out && o.resume)
+      throw UsageError("--resume needs the run on storage every rank shares, not --local-out: copy the parts into one "
+                       "directory every rank can write, and resume there");
+    if (o.out.empty())
+      throw UsageError(env_ ? "a run over several processes needs --out DIR, the same for every rank"
+                            : "--resume needs --out DIR, the run to resume");
+    if (o.timeout_seconds < 1) throw UsageError("--timeout must be at least 1 second");
+    group_ = env_ ? join_process_group(*env_, std::chrono::seconds(o.timeout_seconds)) : single_process_group();
+  }
+  try {
+    load();
+  } catch (const std::exception& e) {
+    if (group_) group_->fail(e.what());  // the other ranks stop at once, naming this one
+    throw;
+  }
+}
+
+void RunSession::load() {
+  const RunSettings& o = settings_;
+  const Kind kind = kind_;
   init_runtime(o.threads);
   LoadOptions load;
   load.tokenizer = o.tokenizer;
@@ -337,6 +369,10 @@ RunSession::RunSession(RunSettings settings, Kind kind)
       throw UsageError(fmt::format("--heads {}: the model has heads 0-{}", h, model_->info().n_heads - 1));
   if (!o.query_range.empty()) run_->slice.queries = CaptureSlice::parse_range(o.query_range);
   if (!o.key_range.empty()) run_->slice.keys = CaptureSlice::parse_range(o.key_range);
+  if (group_ && analyzers_) {
+    if (o.resume) check_resumable_analyzers();
+    else analyzers_->require_mergeable();
+  }
 }
 
 RunSession::~RunSession() = default;
@@ -441,16 +477,24 @@ void RunSession::check_generation() const {
   }
 }
 
-// Opens the sink and hooks it up: from here on, every failure must abort the sink.
-void RunSession::open_sink() {
+// Opens the run writer with `options` besides the run's own (a rank's part: "rank", "prepare",
+// "resume"): from here on, every failure must abort the sink.
+void RunSession::open_sink(json options) {
   const RunSettings& o = settings_;
   const std::string out = !o.out.empty() ? o.out
                                          : fmt::format("runs/{}-{:%Y%m%d-%H%M%S}", kind_ == Kind::capture ? "capture" : "generate",
                                                        fmt::localtime(std::time(nullptr)));
+  options.update({{"out", out}, {"dtype", o.dtype}, {"overwrite", o.overwrite}, {"queue_bytes", o.queue_mib << 20}});
+  run_->sink = registry_->create_sink("run_writer");
+  run_->sink->open(options);
+}
+
+// Hooks the analyzers and the sink up to the model.
+void RunSession::attach_sink() {
+  const RunSettings& o = settings_;
   Run& run = *run_;
-  run.sink = registry_->create_sink("run_writer");
-  run.sink->open({{"out", out}, {"dtype", o.dtype}, {"overwrite", o.overwrite}, {"queue_bytes", o.queue_mib << 20}});
-  if (analyzers_) analyzers_->attach(*hooks_);  // after the ablations: they see what the model computes
+  // After the ablations: they see what the model computes. A resumed run is analyzed at its end.
+  if (analyzers_ && !(group_ && o.resume)) analyzers_->attach(*hooks_);
   if (!o.captures()) return;
   HookFilter filter;
   filter.names = o.hooks;
@@ -514,37 +558,311 @@ void RunSession::run(Work work) {
 void RunSession::capture() {
   if (kind_ != Kind::capture) throw Error("RunSession::capture() on a generate session");
   check_generation();
-  open_sink();
+  if (group_) return capture_across_ranks();
+  open_sink(json::object());
+  attach_sink();
   run([&] {
     Progress progress("capture: prompt", int(prompts_.size()));
     const auto started = Clock::now();
-    std::size_t tokens = 0;
-    const std::size_t batch_size = std::size_t(std::max(1, settings_.batch_size));
-    // Consecutive prompts of one length go through the model together, up to --batch-size; each
-    // row's hooks fire as in an unbatched pass (per_batch_row), so the captures are the same.
-    for (std::size_t first = 0; first < prompts_.size();) {
-      std::size_t end = first + 1;
-      while (end < prompts_.size() && end - first < batch_size && prompts_[end].ids.size() == prompts_[first].ids.size())
-        ++end;
-      std::vector<at::Tensor> rows;
-      for (std::size_t i = first; i < end; ++i) {
-        rows.push_back(at::tensor(at::ArrayRef<std::int64_t>(prompts_[i].ids), at::kLong));
-        tokens += prompts_[i].ids.size();
-      }
-      CaptureContext ctx;
-      ctx.prompt = int(first);
-      const HookSet batch_hooks = per_batch_row(*hooks_, int(first), int(end - first));
-      const HookSet& hooks = end - first == 1 ? *hooks_ : batch_hooks;
-      model_->forward(at::stack(rows), hooks, ctx, nullptr, Logits::none);  // hooks are the output
-      release_free_memory();  // resident memory stays bounded, however many prompts
-      first = end;
-      progress.update(int(first));
-    }
+    std::vector<std::size_t> all(prompts_.size());
+    std::iota(all.begin(), all.end(), std::size_t(0));
+    const std::size_t tokens =
+        forward_prompts(all, [&](std::size_t, std::size_t end, std::size_t) { progress.update(int(end)); });
     const double seconds = seconds_since(started);
     run_->work_timing = fmt::format("forward {} prompt(s), {} tokens {:.2f} s ({:.0f} tok/s)", prompts_.size(), tokens,
                                     seconds, per_second(tokens, seconds));
     return json{{"mode", generation_mode_name(GenerationMode::none)}};
   });
+}
+
+template <class Done>
+std::size_t RunSession::forward_prompts(const std::vector<std::size_t>& indices, Done done) {
+  std::size_t tokens = 0;
+  const std::size_t batch_size = std::size_t(std::max(1, settings_.batch_size));
+  // Consecutive prompts of one length go through the model together, up to --batch-size; each
+  // row's hooks fire as in an unbatched pass (per_batch_row), so the captures are the same.
+  for (std::size_t at = 0; at < indices.size();) {
+    const std::size_t first = indices[at];
+    std::size_t n = 1;
+    while (at + n < indices.size() && n < batch_size && indices[at + n] == first + n &&
+           prompts_[first + n].ids.size() == prompts_[first].ids.size())
+      ++n;
+    std::vector<at::Tensor> rows;
+    std::size_t batch_tokens = 0;
+    for (std::size_t i = first; i < first + n; ++i) {
+      rows.push_back(at::tensor(at::ArrayRef<std::int64_t>(prompts_[i].ids), at::kLong));
+      batch_tokens += prompts_[i].ids.size();
+    }
+    CaptureContext ctx;
+    ctx.prompt = int(first);
+    const HookSet batch_hooks = per_batch_row(*hooks_, int(first), int(n));
+    const HookSet& hooks = n == 1 ? *hooks_ : batch_hooks;
+    model_->forward(at::stack(rows), hooks, ctx, nullptr, Logits::none);  // hooks are the output
+    release_free_memory();  // resident memory stays bounded, however many prompts
+    tokens += batch_tokens;
+    at += n;
+    done(first, first + n, batch_tokens);
+  }
+  return tokens;
+}
+
+namespace {
+
+// FNV-1a, 64 bits: the same on every machine (std::hash need not be).
+std::uint64_t fingerprint(std::string_view text) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+std::string cbor_bytes(const json& value) {
+  const std::vector<std::uint8_t> bytes = json::to_cbor(value);
+  return std::string(bytes.begin(), bytes.end());
+}
+
+json from_cbor_bytes(const std::string& bytes, int rank) {
+  try {
+    return json::from_cbor(bytes);
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("rank {} sent a malformed message: {}", rank, e.what()));
+  }
+}
+
+}  // namespace
+
+// A resumed run's analyzers read the finished run directory (the captures kept from the failed run
+// were never seen live): every hook point they read must be captured whole.
+void RunSession::check_resumable_analyzers() const {
+  const RunSettings& o = settings_;
+  if (!o.captures() || !run_->slice.empty() || !o.capture_steps.empty() || !o.capture_blocks.empty())
+    throw UsageError("--resume with --analyze: the analyzers read the finished run, so it must capture their hook points "
+                     "whole (no --hooks none, --heads, --query-range, --key-range)");
+  HookFilter captured;
+  captured.names = o.hooks;
+  captured.layers = o.layers;
+  for (const auto& point : model_->hook_points()) {
+    CaptureContext ctx;
+    ctx.layer = point.layer;
+    const std::string reader = analyzers_->reader_of(point.name);
+    if (!reader.empty() && !captured.matches(point.name, ctx))
+      throw UsageError(fmt::format("--resume with --analyze {}: it reads {}, which this run does not capture (the "
+                                   "analyzers of a resumed run read the run directory): add it to --hooks",
+                                   reader, point.name));
+  }
+}
+
+std::vector<std::size_t> RunSession::resume_parts() {
+  const fs::path out = settings_.out;
+  std::error_code ec;
+  if (!fs::is_directory(out, ec)) throw UsageError(fmt::format("--resume: {} is not a run directory", out.string()));
+  json written;
+  try {
+    written = read_json_file(out / kRunManifestName);
+  } catch (const Error&) {
+    // checked below: without this run's sections it is not this run
+  }
+  if (written.is_object() && written.value("complete", json()) == json(true))
+    throw UsageError(fmt::format("--resume: {} is complete already", out.string()));
+  const std::vector<RunPart> parts = read_run_parts(out);
+  if (parts.empty())
+    throw UsageError(fmt::format("--resume: {} holds no part of a run over several processes (part-rank*.json): "
+                                 "nothing to resume",
+                                 out.string()));
+  const json mine = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
+  for (const char* section : kRunSections)
+    if (!written.is_object() || written.value(section, json()) != mine.value(section, json()))
+      throw UsageError(fmt::format("--resume: {} was written by another run (its \"{}\" differs from this one's): give "
+                                   "the same arguments and files, or another --out",
+                                   out.string(), section));
+  RunPart kept;
+  kept.file = kResumedPartName;
+  kept.complete = true;
+  kept.manifest = json::object();
+  for (const char* section : kRunSections) kept.manifest[section] = mine[section];
+  std::size_t dropped = 0;
+  for (const auto& part : parts) {
+    std::map<int, std::vector<CaptureEntry>> by_prompt;
+    for (const auto& e : part.captures)
+      if (part.prompts_done.count(e.context.prompt)) by_prompt[e.context.prompt].push_back(e);
+    for (int p : part.prompts_done) {
+      if (std::size_t(p) >= prompts_.size() || kept.prompts_done.count(p)) continue;
+      const std::vector<CaptureEntry>& entries = by_prompt[p];
+      const std::vector<std::string> problems = check_shards(out, entries);
+      const auto problem = std::find_if(problems.begin(), problems.end(), [](const std::string& s) { return !s.empty(); });
+      if (problem != problems.end()) {
+        std::cerr << fmt::format("resume: prompt {} is captured again: {}\n", p, *problem);
+        ++dropped;
+        continue;
+      }
+      kept.prompts_done.insert(p);
+      kept.captures.insert(kept.captures.end(), entries.begin(), entries.end());
+    }
+  }
+  write_run_part(out, kept);  // first, so that a failure now loses nothing
+  for (const auto& part : parts)
+    if (part.file.filename() != kResumedPartName) fs::remove(part.file, ec);
+  std::cerr << fmt::format("resume: {} of {} prompts verified in {} ({} captures kept); capturing the other {}\n",
+                           kept.prompts_done.size(), prompts_.size(), out.string(), kept.captures.size(),
+                           prompts_.size() - kept.prompts_done.size());
+  (void)dropped;
+  return {kept.prompts_done.begin(), kept.prompts_done.end()};
+}
+
+// Each rank captures its share of the prompts into its part of --out; rank 0 then joins the parts
+// into the run's manifest.json, merges the analyzers' states and writes the reports.
+void RunSession::capture_across_ranks() {
+  ProcessGroup& group = *group_;
+  const RunSettings& o = settings_;
+  const int rank = group.rank(), ranks = group.size();
+  const bool first = rank == 0;
+  const bool prepares = o.local_out ? env_->local_rank == 0 : first;  // who creates --out
+  bool sink_open = false;
+  json started_manifest;  // rank 0's manifest.json until the run is complete
+  try {
+    // Every rank must run the same thing (a path may differ between machines; the model may not).
+    json identity = manifest(json());
+    identity["model"].erase("path");
+    const std::string mine = std::to_string(fingerprint(identity.dump()));
+    const std::vector<std::string> theirs = group.all_gather(mine);
+    for (int r = 0; r < ranks; ++r)
+      if (theirs[std::size_t(r)] != theirs[0])
+        throw Error(fmt::format("rank {} runs other prompts, options or model than rank 0: every process needs the "
+                                "same arguments, files and model",
+                                r));
+    // What is left to do: all of it, or what --resume did not keep (rank 0 decides).
+    std::vector<std::size_t> done;
+    if (first && o.resume) done = resume_parts();
+    done = from_cbor_bytes(group.all_gather(first ? cbor_bytes(done) : std::string())[0], 0).get<std::vector<std::size_t>>();
+    std::vector<std::size_t> todo, tokens;
+    for (std::size_t p = 0, d = 0; p < prompts_.size(); ++p) {
+      if (d < done.size() && done[d] == p) {
+        ++d;
+        continue;
+      }
+      todo.push_back(p);
+      tokens.push_back(prompts_[p].ids.size());
+    }
+    std::vector<std::size_t> share;
+    const std::vector<std::vector<std::size_t>> shares = split_by_tokens(tokens, ranks);
+    for (std::size_t i : shares[std::size_t(rank)]) share.push_back(todo[i]);
+    // The run directory: prepared (created, or emptied with --overwrite) before any rank writes.
+    if (prepares) {
+      open_sink(json{{"rank", rank}, {"prepare", true}, {"resume", o.resume}});
+      sink_open = true;
+      if (!o.local_out) {  // incomplete until the end; what --resume compares
+        started_manifest = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
+        started_manifest.update({{"format", kRunFormatName}, {"version", kRunFormatVersion}, {"complete", false},
+                                 {"captures", json::array()}});
+        write_manifest_file(fs::path(run_->sink->location()) / kRunManifestName, started_manifest);
+      }
+    }
+    group.barrier();
+    if (!prepares) {
+      open_sink(json{{"rank", rank}, {"prepare", false}});
+      sink_open = true;
+    }
+    attach_sink();
+    // The work, with rank 0 showing everyone's progress.
+    const auto started = Clock::now();
+    std::size_t my_sequences = 0, my_tokens = 0;
+    Progress progress(fmt::format("capture: {} ranks: sequence", ranks), int(todo.size()));
+    auto last_shown = Clock::now() - std::chrono::seconds(10);
+    const auto show = [&](std::optional<RankProgress> total) {
+      if (!first || (!total && Clock::now() - last_shown < std::chrono::seconds(1))) return;
+      last_shown = Clock::now();
+      if (!total) {
+        total.emplace();
+        for (const auto& p : group.progress()) total->sequences += p.sequences, total->tokens += p.tokens;
+      }
+      progress.update(int(total->sequences), fmt::format(" ({:.0f} tok/s over all ranks)",
+                                                          per_second(double(total->tokens), seconds_since(started))));
+    };
+    forward_prompts(share, [&](std::size_t begin, std::size_t end, std::size_t batch_tokens) {
+      for (std::size_t p = begin; p < end; ++p) run_->sink->end_prompt(int(p));
+      my_sequences += end - begin;
+      my_tokens += batch_tokens;
+      group.set_progress({std::int64_t(my_sequences), std::int64_t(my_tokens)});
+      group.check_peers();
+      show(std::nullopt);
+    });
+    const double work_seconds = seconds_since(started);
+    json fields = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
+    fields["distributed"] = {{"world_size", ranks}, {"resumed", o.resume}};
+    run_->sink->finish(fields);
+    sink_open = false;
+    // Every rank reports; rank 0 completes the run.
+    const std::string states = analyzers_ && !o.resume ? analyzers_->save_states() : std::string();
+    const std::vector<std::string> reports = group.all_gather(
+        cbor_bytes({{"captures", run_->captures}, {"sequences", my_sequences}, {"tokens", my_tokens}, {"states", json::binary(
+            std::vector<std::uint8_t>(states.begin(), states.end()))}}));
+    std::string failure;
+    std::size_t captures = 0, sequences = 0, all_tokens = 0;
+    if (first) {
+      try {
+        std::vector<json> from(reports.size());
+        for (int r = 0; r < ranks; ++r) {
+          from[std::size_t(r)] = from_cbor_bytes(reports[std::size_t(r)], r);
+          sequences += from[std::size_t(r)].at("sequences").get<std::size_t>();
+          all_tokens += from[std::size_t(r)].at("tokens").get<std::size_t>();
+        }
+        if (analyzers_ && !o.resume)
+          for (int r = 1; r < ranks; ++r) {
+            const auto& bytes = from[std::size_t(r)].at("states").get_binary();
+            analyzers_->merge_states(std::string(bytes.begin(), bytes.end()), r);
+          }
+        if (!o.local_out) captures = join_run_parts({run_->sink->location()}, run_->sink->location());
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+      show(RankProgress{std::int64_t(sequences), std::int64_t(all_tokens)});
+    }
+    const std::string verdict = group.all_gather(failure)[0];
+    if (!verdict.empty()) throw Error(first ? verdict : fmt::format("rank 0 could not complete the run: {}", verdict));
+    const std::string out = run_->sink->location();
+    if (!first) {
+      std::cout << fmt::format("rank {}: {} captures of {} sequence(s) in {}; rank 0 completes the run\n", rank,
+                               run_->captures, my_sequences, out);
+      return;
+    }
+    const double seconds = seconds_since(started);
+    if (o.local_out) {
+      std::cout << fmt::format("every rank finished its part in its --out {}: copy those directories to one machine and "
+                               "join them with `hooklens merge --out RUN DIR...`\n",
+                               out);
+    } else {
+      std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s) on {} ranks; manifest {}\n",
+                               out, captures, fmt::join(o.hooks, ", "), prompts_.size(), ranks,
+                               (fs::path(out) / kRunManifestName).string());
+    }
+    std::cerr << fmt::format("timing: load {:.2f} s; {} sequence(s), {} tokens over {} ranks {:.2f} s ({:.2f} "
+                             "sequences/s, {:.0f} tok/s); rank 0's share {:.2f} s\n",
+                             run_->load_seconds, sequences, all_tokens, ranks, seconds, per_second(double(sequences), seconds),
+                             per_second(double(all_tokens), seconds), work_seconds);
+    if (analyzers_ && !o.local_out) {
+      const json manifest = read_json_file(fs::path(out) / kRunManifestName);
+      print_reports(o.resume ? analyze_run(out, *analyzers_) : analyzers_->finish(manifest, out), std::cout);
+    } else if (analyzers_) {
+      print_reports(analyzers_->finish(fields, out), std::cout);
+    }
+    if (!o.local_out)
+      for (const auto& [format, renderer] : run_->renderers) {
+        const fs::path dir = default_render_dir(out, format);
+        const auto files = renderer->render(out, format, dir, json::object());
+        std::cout << fmt::format("{}: {} file(s) in {}\n", format, files.value("files", json::array()).size(), dir.string());
+      }
+  } catch (const std::exception& e) {
+    if (sink_open) run_->sink->abort(e.what());
+    group.fail(e.what());
+    if (!started_manifest.is_null()) {  // readers quote why the run is incomplete
+      try {
+        started_manifest["error"] = e.what();
+        write_manifest_file(fs::path(settings_.out) / kRunManifestName, started_manifest);
+      } catch (const std::exception&) {
+        // the parts still say what happened
+      }
+    }
+    throw;
+  }
 }
 
 void RunSession::generate() {
@@ -557,7 +875,8 @@ void RunSession::generate() {
 void RunSession::generate_tokens() {
   const SamplingOptions s = sampling();
   const auto& prompt = prompts_.at(0).ids;
-  open_sink();
+  open_sink(json::object());
+  attach_sink();
   run([&] {
     Progress progress("generate: token", s.max_new_tokens);
     const Tokenizer* tok = model_->tokenizer();
@@ -585,7 +904,8 @@ void RunSession::generate_tokens() {
 void RunSession::generate_diffusion() {
   const DiffusionOptions d = diffusion();
   const auto& prompt = prompts_.at(0).ids;
-  open_sink();
+  open_sink(json::object());
+  attach_sink();
   run([&] {
     Progress progress("generate: denoising step", d.steps);
     const auto started = Clock::now();

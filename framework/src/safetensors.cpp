@@ -292,6 +292,13 @@ std::map<std::string, std::string> read_safetensors_metadata(const std::filesyst
   return read_header(f.get(), file).metadata;
 }
 
+std::vector<TensorLayout> read_safetensors_layout(const std::filesystem::path& file) {
+  FilePtr f = open_for_reading(file);
+  std::vector<TensorLayout> out;
+  for (auto& e : read_header(f.get(), file).entries) out.push_back({std::move(e.name), e.type, std::move(e.shape)});
+  return out;
+}
+
 TensorMap map_safetensors(const std::filesystem::path& file) {
   Header header;
   {

@@ -22,6 +22,7 @@
 #include <hooklens/plugin_define.h>
 #include <hooklens/run_format.h>
 #include <hooklens/sink.h>
+#include <hooklens/text.h>
 #include <hooklens/weights.h>
 
 #include <ATen/core/Tensor.h>
@@ -44,6 +45,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_set>
 
@@ -68,6 +70,10 @@ struct WriterOptions {
   std::uint64_t queue_bytes = kDefaultQueueBytes;
   std::uint64_t shard_bytes = kDefaultShardBytes;
   bool overwrite = false;
+  // A run over several processes (docs/distributed.md): this rank's shards and part of the manifest.
+  std::optional<int> rank;
+  bool prepare = true;  // else the directory exists already (rank 0 prepared it)
+  bool resume = false;  // prepare without removing what a failed run left
 };
 
 std::uint64_t positive_bytes(const json& options, const char* name, std::uint64_t fallback) {
@@ -81,8 +87,11 @@ std::uint64_t positive_bytes(const json& options, const char* name, std::uint64_
 WriterOptions parse_options(const json& options) {
   if (!options.is_object()) throw UsageError("run writer: options must be a JSON object");
   for (const auto& [key, value] : options.items())
-    if (key != "out" && key != "dtype" && key != "queue_bytes" && key != "shard_bytes" && key != "overwrite")
-      throw UsageError(fmt::format("run writer: unknown option '{}' (known: out, dtype, queue_bytes, shard_bytes, overwrite)", key));
+    if (key != "out" && key != "dtype" && key != "queue_bytes" && key != "shard_bytes" && key != "overwrite" &&
+        key != "rank" && key != "prepare" && key != "resume")
+      throw UsageError(fmt::format("run writer: unknown option '{}' (known: out, dtype, queue_bytes, shard_bytes, "
+                                   "overwrite, rank, prepare, resume)",
+                                   key));
   WriterOptions parsed;
   if (!options.contains("out") || !options["out"].is_string() || options["out"].get<std::string>().empty())
     throw UsageError("run writer: option 'out' (the run directory) is required");
@@ -96,19 +105,24 @@ WriterOptions parse_options(const json& options) {
   if (options.contains("overwrite") && !options["overwrite"].is_boolean())
     throw UsageError("run writer: option 'overwrite' must be true or false");
   parsed.overwrite = options.value("overwrite", false);
+  if (options.contains("rank")) {
+    const json& rank = options["rank"];
+    if (!rank.is_number_integer() || rank.get<std::int64_t>() < 0 || rank.get<std::int64_t>() > kMaxRunRank)
+      throw UsageError(fmt::format("run writer: option 'rank' must be an integer in [0, {}]", kMaxRunRank));
+    parsed.rank = rank.get<int>();
+  }
+  for (const char* flag : {"prepare", "resume"})
+    if (options.contains(flag) && !options[flag].is_boolean())
+      throw UsageError(fmt::format("run writer: option '{}' must be true or false", flag));
+  parsed.prepare = options.value("prepare", true);
+  parsed.resume = options.value("resume", false);
+  if ((!parsed.prepare || parsed.resume) && !parsed.rank)
+    throw UsageError("run writer: options 'prepare' and 'resume' are for a rank's part of a run (option 'rank')");
   return parsed;
 }
 
 [[noreturn]] void throw_io(const fs::path& file, const char* what) {
   throw Error(fmt::format("{}: {}: {}", file.string(), what, std::strerror(errno)));
-}
-
-// Flushes a directory's entry changes (the renames) to disk.
-void fsync_dir(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;  // best effort: not every filesystem lets a directory be opened
-  ::fsync(fd);
-  ::close(fd);
 }
 
 // Data must be on disk before the file is renamed into place, or a crash could leave a complete
@@ -121,38 +135,6 @@ void flush_and_close(std::FILE* f, const fs::path& file) {
     throw_io(file, "cannot write");
   }
   if (std::fclose(f) != 0) throw_io(file, "cannot write");
-}
-
-void write_file_atomic(const fs::path& file, const std::string& content) {
-  const fs::path tmp = fs::path(file) += ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw_io(tmp, "cannot create");
-  if (std::fwrite(content.data(), 1, content.size(), f) != content.size()) {
-    std::fclose(f);
-    throw_io(tmp, "cannot write");
-  }
-  flush_and_close(f, tmp);
-  if (std::rename(tmp.c_str(), file.c_str()) != 0) throw_io(file, "cannot rename into place");
-  fsync_dir(file.parent_path());
-}
-
-// One capture per line: readable in an editor, diffable, and far smaller than an indented dump
-// when a run has many thousands of captures.
-std::string format_manifest(const json& manifest) {
-  std::string text = "{";
-  const char* separator = "\n";
-  for (const auto& [key, value] : manifest.items()) {
-    text += separator + std::string(" ") + json(key).dump() + ": ";
-    separator = ",\n";
-    if (key != "captures" || !value.is_array() || value.empty()) {
-      text += value.dump();
-      continue;
-    }
-    text += "[";
-    for (std::size_t i = 0; i < value.size(); ++i) text += (i ? ",\n  " : "\n  ") + value[i].dump();
-    text += "\n ]";
-  }
-  return text + "\n}\n";
 }
 
 bool looks_like_run_dir(const fs::path& dir) {
@@ -181,9 +163,10 @@ class DirectoryLock {
 
   bool held() const { return fd_ >= 0; }
 
-  void acquire(const fs::path& dir) {
+  // `name`: kName for the run directory, rank_lock_name(R) for one rank's part of it.
+  void acquire(const fs::path& dir, const std::string& name = kName) {
     if (held()) return;
-    const fs::path path = dir / kName;
+    const fs::path path = dir / name;
     for (int attempt = 0;; ++attempt) {
       const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
       if (fd < 0) throw_io(path, "cannot create the run directory's lock file");
@@ -255,6 +238,10 @@ bool holds_more_than_lock(const fs::path& dir) {
 void prepare_directory(const WriterOptions& options, DirectoryLock& lock) {
   const fs::path& out = options.out;
   std::error_code ec;
+  if (options.resume) {  // what the failed run wrote stays: the session keeps what it verified
+    if (!fs::is_directory(out, ec)) throw Error(fmt::format("{}: no run directory to resume", out.string()));
+    return lock.acquire(out);
+  }
   auto check_replaceable = [&] {
     if (!holds_more_than_lock(out)) return false;
     if (!options.overwrite)
@@ -305,8 +292,8 @@ struct Item {
 class Shard {
  public:
   // header_room: bytes reserved at the start of the file for the length and the JSON header.
-  Shard(const fs::path& dir, int index, std::uint64_t header_room)
-      : name_(fmt::format("captures-{:05d}.safetensors", index)),
+  Shard(const fs::path& dir, std::string name, std::uint64_t header_room)
+      : name_(std::move(name)),
         final_(dir / name_),
         data_path_(fs::path(final_) += ".tmp"),
         header_room_(header_room) {
@@ -433,10 +420,15 @@ class RunWriter final : public CaptureSink {
     if (state_ != State::closed) throw Error(fmt::format("{}: run writer opened twice", options_.out.string()));
     options_ = parse_options(options);
     try {
-      prepare_directory(options_, lock_);
+      std::error_code ec;
+      if (options_.prepare) prepare_directory(options_, lock_);
+      else if (!fs::is_directory(options_.out, ec))
+        throw Error(fmt::format("{}: the run directory does not exist (rank 0 creates it)", options_.out.string()));
+      if (options_.rank) open_part();
       write_manifest(json::object(), false);
       thread_ = std::thread([this] { writer_loop(); });
     } catch (...) {
+      rank_lock_.release();
       lock_.release();
       throw;
     }
@@ -475,10 +467,12 @@ class RunWriter final : public CaptureSink {
       } catch (const std::exception&) {
         // the writer's own error is the one to report
       }
+      rank_lock_.release();
       lock_.release();
       throw Error(error_);
     }
     write_manifest(manifest, true);
+    rank_lock_.release();
     lock_.release();
   }
 
@@ -491,13 +485,50 @@ class RunWriter final : public CaptureSink {
     } catch (...) {
       // nothing more can be done: the manifest on disk already says "complete": false
     }
+    rank_lock_.release();
     lock_.release();
   }
 
   std::string location() const override { return options_.out.string(); }
 
+  // A marker behind the prompt's captures: when the writer reaches it they are all in a shard, and
+  // once that shard is closed the part of the manifest lists the prompt as done (--resume keeps it).
+  void end_prompt(int prompt) override {
+    if (state_ != State::open || !options_.rank) return;
+    Item marker;
+    marker.ctx.prompt = prompt;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (error_.empty()) queue_.push_back(std::move(marker));
+  }
+
  private:
   enum class State { closed, open, done };
+
+  // A rank's part of a run: its own lock, and shard numbers after those a failed run left (its
+  // unfinished .tmp shards are removed). Rank 0, which prepared the directory, also writes the
+  // run's manifest.json, incomplete until the session writes the whole run's.
+  void open_part() {
+    const int rank = *options_.rank;
+    rank_lock_.acquire(options_.out, fmt::format(".hooklens-writer-rank{:05d}.lock", rank));
+    const std::string prefix = rank_shard_prefix(rank);
+    std::error_code ec;
+    for (fs::directory_iterator it(options_.out, ec), end; !ec && it != end; it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      if (name.rfind(prefix, 0) != 0) continue;
+      if (ends_with(name, ".tmp")) {
+        std::error_code removed;
+        fs::remove(it->path(), removed);
+        continue;
+      }
+      next_shard_ = std::max(next_shard_, std::atoi(name.c_str() + prefix.size()) + 1);
+    }
+    if (ec) throw Error(fmt::format("{}: cannot list the run directory: {}", options_.out.string(), ec.message()));
+    if (options_.prepare) write_manifest_to(kRunManifestName, json::object(), false, "");
+  }
+
+  std::string shard_name(int index) const {
+    return options_.rank ? rank_shard_name(*options_.rank, index) : fmt::format("captures-{:05d}.safetensors", index);
+  }
 
   std::string unique_key(std::string key) {
     if (keys_.insert(key).second) return key;
@@ -587,9 +618,13 @@ class RunWriter final : public CaptureSink {
   }
 
   void write_item(const Item& item) {
+    if (!item.tensor.defined()) {  // end_prompt's marker
+      pending_done_.push_back(item.ctx.prompt);
+      return;
+    }
     const auto [t, dtype] = convert(item);
     if (shard_ && !shard_->empty() && shard_->bytes() + t.nbytes() > options_.shard_bytes) close_shard(true);
-    if (!shard_) shard_ = std::make_unique<Shard>(options_.out, next_shard_++, header_room_);
+    if (!shard_) shard_ = std::make_unique<Shard>(options_.out, shard_name(next_shard_++), header_room_);
     shard_->add(item.key, t, dtype);
     pending_.push_back(encode_capture_entry({item.key, item.hook, shard_->name(), dtype, t.sizes().vec(), item.ctx}));
   }
@@ -597,7 +632,11 @@ class RunWriter final : public CaptureSink {
   // Closing a shard is also a checkpoint: the manifest then lists every capture on disk.
   // `rotating`: a new shard follows (the run goes on).
   void close_shard(bool rotating = false) {
-    if (!shard_) return;
+    if (!shard_) {  // the prompts marked since the last shard closed have nothing in an open one
+      done_.insert(done_.end(), pending_done_.begin(), pending_done_.end());
+      pending_done_.clear();
+      return;
+    }
     const std::uint64_t header_size = shard_->close();
     shard_.reset();
     // The next shard of the run holds about as many captures: room for this header and a quarter.
@@ -613,22 +652,34 @@ class RunWriter final : public CaptureSink {
 #endif
     for (auto& entry : pending_) captures_.push_back(std::move(entry));
     pending_.clear();
+    done_.insert(done_.end(), pending_done_.begin(), pending_done_.end());
+    pending_done_.clear();
     write_manifest(json::object(), false);
   }
 
   // Called before the thread starts, on the thread, or after it was joined: never concurrently.
+  // The run's manifest.json, or for a rank its part (which also lists the prompts done).
   void write_manifest(const json& fields, bool complete, const std::string& error = "") {
     json manifest = fields.is_object() ? fields : json::object();
+    if (options_.rank) {
+      manifest["part"] = {{"rank", *options_.rank}, {"prompts_done", done_}};
+      manifest["captures"] = captures_;
+    }
+    write_manifest_to(options_.rank ? rank_part_name(*options_.rank) : kRunManifestName, manifest, complete, error);
+  }
+
+  void write_manifest_to(const std::string& name, json manifest, bool complete, const std::string& error) {
     manifest["format"] = kRunFormatName;
     manifest["version"] = kRunFormatVersion;
     manifest["complete"] = complete;
-    manifest["captures"] = captures_;
+    if (!manifest.contains("captures")) manifest["captures"] = captures_;
     if (!error.empty()) manifest["error"] = error;
-    write_file_atomic(options_.out / "manifest.json", format_manifest(manifest));
+    write_manifest_file(options_.out / name, manifest);
   }
 
   WriterOptions options_;
-  DirectoryLock lock_;  // held from open() until the run is finished or aborted
+  DirectoryLock lock_;  // held from open() until the run is finished or aborted (by rank 0 in a run of several)
+  DirectoryLock rank_lock_;  // a rank's, over its part
   State state_ = State::closed;
   std::unordered_set<std::string> keys_;  // model thread only
   std::uint64_t header_room_ = kInitialHeaderRoom;  // writer thread only
@@ -646,6 +697,7 @@ class RunWriter final : public CaptureSink {
   int next_shard_ = 0;
   json captures_ = json::array();  // entries of closed shards
   json pending_ = json::array();   // entries of the open shard
+  std::vector<int> done_, pending_done_;  // end_prompt()s reached before the last closed shard, and since
 };
 
 }  // namespace

@@ -43,6 +43,8 @@ class AnalyzerSet {
   void attach(HookSet& hooks);
   // Offline: one capture, given to the analyzers that read this hook point.
   void observe(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor);
+  // The first analyzer that reads hook point `name` ("" when none does).
+  std::string reader_of(std::string_view name) const;
   // Runs over several processes (Analyzer::merges_state): UsageError naming every analyzer that
   // cannot merge its state.
   void require_mergeable() const;

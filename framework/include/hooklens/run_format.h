@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
@@ -27,6 +28,20 @@ inline constexpr int kRunFormatVersion = 1;
 // Positions and offsets a manifest may name: far past any model's context, and small enough that
 // offset + extent never overflows.
 inline constexpr std::int64_t kMaxRunPositions = std::int64_t(1) << 40;
+
+// ---- files
+
+inline constexpr const char* kRunManifestName = "manifest.json";
+// Writes a manifest atomically (hooklens::write_file_atomically), one capture entry per line:
+// readable in an editor, diffable, and far smaller than an indented dump.
+void write_manifest_file(const std::filesystem::path& file, const nlohmann::json& manifest);
+
+// A run over several processes (docs/distributed.md): rank R writes its shards as
+// captures-rankRRRRR-NNNNN.safetensors and its part of the manifest as part-rankRRRRR.json.
+inline constexpr int kMaxRunRank = 65535;
+std::string rank_shard_prefix(int rank);       // "captures-rankRRRRR-"
+std::string rank_shard_name(int rank, int index);  // the prefix, then "NNNNN.safetensors"
+std::string rank_part_name(int rank);           // "part-rankRRRRR.json"
 
 // ---- capture entries ("captures"[i])
 

@@ -21,6 +21,8 @@ namespace hooklens {
 class AnalyzerSet;
 class HookSet;
 class Model;
+class ProcessGroup;
+struct DistributedEnv;
 class PluginRegistry;
 struct ModelInfo;
 struct SamplingOptions;
@@ -57,6 +59,12 @@ struct RunSettings {
   std::size_t queue_mib = 256;
 
   int batch_size = 1;  // capture: prompts per forward pass
+
+  // Runs over several processes (`capture` launched with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+  // in the environment; docs/distributed.md).
+  int timeout_seconds = 300;  // a rank that does not join, or is silent, this long stops the run
+  bool resume = false;        // keep the captures a failed run left verified; capture the rest
+  bool local_out = false;     // --out is each machine's own storage: `hooklens merge` joins the parts
 
   // Generation. Unset temperature/top_k/top_p: greedy (autoregressive), no noise (diffusion).
   std::optional<double> temperature;
@@ -113,16 +121,27 @@ class RunSession {
   nlohmann::json manifest(const nlohmann::json& generation) const;
 
   // Write the run directory (stdout: where it is and the reports; stderr: progress and timing).
-  void capture();   // Kind::capture: one forward pass per prompt, --batch-size at a time
+  // Kind::capture: one forward pass per prompt, --batch-size at a time. In a run over several
+  // processes each rank captures its share of the prompts, and rank 0 completes the run.
+  void capture();
   void generate();  // Kind::generate: autoregressive or masked diffusion, by mode()
 
  private:
   struct Run;
+  void load();  // the constructor's work, after the process group is joined
   void check_capture_schedule(int steps, int blocks) const;
   void start_analyzers();
-  void open_sink();
+  void open_sink(nlohmann::json options);
+  void attach_sink();
   template <class Work>
   void run(Work work);
+  // Forward passes over the prompts `indices` (ascending): consecutive prompts of one length go
+  // together, up to --batch-size; after each batch, `done(first, end, tokens)`.
+  template <class Done>
+  std::size_t forward_prompts(const std::vector<std::size_t>& indices, Done done);
+  void capture_across_ranks();
+  std::vector<std::size_t> resume_parts();  // rank 0 of a --resume: the prompts already done
+  void check_resumable_analyzers() const;
   void generate_tokens();
   void generate_diffusion();
 
@@ -135,6 +154,8 @@ class RunSession {
   std::vector<SessionPrompt> prompts_;
   std::unique_ptr<HookSet> hooks_;
   std::unique_ptr<AnalyzerSet> analyzers_;
+  std::unique_ptr<DistributedEnv> env_;   // from the environment; null for a plain single process
+  std::unique_ptr<ProcessGroup> group_;   // a run over several processes (or --resume): null otherwise
 };
 
 }  // namespace hooklens

@@ -31,6 +31,9 @@ struct TensorLayout {
   c10::ScalarType type;
   std::vector<std::int64_t> shape;
 };
+// The tensors a file holds, from its header (checked as the readers check it: names, dtypes, shapes
+// and data offsets inside the file), in header order; no tensor data is read.
+std::vector<TensorLayout> read_safetensors_layout(const std::filesystem::path& file);
 // The bytes before the data of a safetensors file holding `tensors` in this order: the 8-byte header
 // length and the JSON header (padded to 8 bytes). Each tensor's raw data follows the previous one's,
 // so a writer can stream data it produces one tensor at a time (files larger than memory).

@@ -17,6 +17,9 @@ class CaptureSink {
   // Called from the model's thread. May block while the sink's bounded queue is full, so memory
   // stays bounded whatever the length of the run. The sink must not modify `tensor`.
   virtual void capture(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor) = 0;
+  // Every capture of `prompt` has been given. A sink that writes a run over several processes
+  // records the prompt as done once they are all on disk (what --resume keeps).
+  virtual void end_prompt(int prompt) { (void)prompt; }
   // Ends the run successfully. `manifest` holds "model", "prompts", "generation" and any other
   // top-level fields; the sink adds its own ("captures", "format", "version", "complete").
   virtual void finish(const nlohmann::json& manifest) = 0;

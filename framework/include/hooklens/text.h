@@ -33,4 +33,11 @@ inline void write_text_file(const std::filesystem::path& file, std::string_view 
   if (!out.flush()) throw Error(file.string() + ": cannot write the file");
 }
 
+// Replaces `file` with `content` so that a crash leaves the old file or the new one, never a part:
+// written to FILE.tmp, synced, renamed over FILE, and the directory synced. Error naming the file.
+void write_file_atomically(const std::filesystem::path& file, std::string_view content);
+// Flushes a directory's entry changes (renames) to disk; best effort, as not every filesystem lets
+// a directory be opened.
+void sync_directory(const std::filesystem::path& dir) noexcept;
+
 }  // namespace hooklens
