@@ -207,12 +207,12 @@ bool shorten_first_numbers(json& state) {
   return false;
 }
 
-// Sets every "layer" in `state` to `layer`; the number of places changed.
-int set_layers(json& state, int layer) {
+// Sets every `key` of an object in `state` to `value`; the number of places changed.
+int set_every(json& state, const std::string& key, int value) {
   int changed = 0;
-  if (state.is_object() && state.contains("layer")) state["layer"] = layer, ++changed;
+  if (state.is_object() && state.contains(key)) state[key] = value, ++changed;
   if (state.is_structured())
-    for (auto& item : state) changed += set_layers(item, layer);
+    for (auto& item : state) changed += set_every(item, key, value);
   return changed;
 }
 
@@ -221,10 +221,14 @@ void check_refusals(const std::string& name, const Run& run, const json& options
   INFO(name);
   const json state = sent(observed(name, run, options, rank_of, 1)->save_state());
   auto victim = observed(name, run, options, rank_of, 0);
-  json short_numbers = state, wrong_layers = state;
+  json short_numbers = state, wrong_layers = state, wrong_heads = state;
   REQUIRE(shorten_first_numbers(short_numbers));
-  REQUIRE(set_layers(wrong_layers, run.begin["model"]["n_layers"].get<int>()) > 0);
-  for (const json& bad : {json("garbage"), json(nullptr), json::object(), json::array(), short_numbers, wrong_layers}) {
+  // Layers and heads the model does not have (the state of a rank that ran another model).
+  REQUIRE(set_every(wrong_layers, "layer", run.begin["model"]["n_layers"].get<int>()) > 0);
+  std::vector<json> refused = {json("garbage"), json(nullptr), json::object(), json::array(), short_numbers, wrong_layers};
+  if (set_every(wrong_heads, "head", run.begin["model"]["n_heads"].get<int>()) > 0) refused.push_back(wrong_heads);
+  else CHECK(name == "neurons");  // the only analyzer without heads
+  for (const json& bad : refused) {
     INFO(hooklens::brief_json(bad));
     const std::string error = test::error_of([&] { victim->merge_state(bad); });
     CHECK(error.rfind(name + ": cannot merge another rank's state: ", 0) == 0);
@@ -364,7 +368,7 @@ TEST_CASE("AnalyzerSet: a rank's error or bad state disables the analyzer; requi
   bad.merge_states(std::string(wrong.begin(), wrong.end()), 1);
   test::TempDir bad_dir;
   bad.finish(run.manifest, bad_dir.path);
-  CHECK(hooklens::read_json_file(bad_dir / "reports/attention_stats.json").contains("error"));
+  CHECK(hooklens::read_json_file(bad_dir / "reports/attention_stats.json")["error"] == "rank 1 sent \"garbage\" instead of its state");
 
   hooklens::AnalyzerSet with_failing(registry(), {"attention_stats", "failing"}, {});
   const std::string refusal = test::usage_error_of([&] { with_failing.require_mergeable(); });
