@@ -75,7 +75,41 @@ class AttentionDistance final : public hooklens::Analyzer {
     }
   }
 
-  // 4. The run ended: turn the totals into the report (written to RUN/reports/attention_distance.json).
+  // 4. Runs over several processes: each process observes some of the prompts, then the first one
+  //    adds the others' save_state() to its own with merge_state() before finish(). Totals that
+  //    are sums merge by adding, so the report is the one a single process would write. The state
+  //    comes from another process: read it with the checked hooklens::state_* readers inside
+  //    read_state (a bad one becomes a one-line Error), into a copy first, then add the copy.
+  bool merges_state() const override { return true; }
+
+  json save_state() const override {
+    json heads = json::array();
+    for (const auto& [key, totals] : heads_)
+      heads.push_back({{"layer", key.first}, {"head", key.second}, {"distance", totals.distance},
+                       {"rows", totals.rows}, {"summary", totals.summary.to_state()}});
+    return {{"heads", std::move(heads)}};
+  }
+
+  void merge_state(const json& state) override {
+    std::map<std::pair<int, int>, HeadTotals> theirs;
+    hooklens::read_state("attention_distance", [&] {
+      for (const json& head : hooklens::state_array(state.at("heads"), "heads")) {
+        HeadTotals& totals = theirs[{hooklens::state_index(head.at("layer"), model_.n_layers, "layer"),
+                                     hooklens::state_index(head.at("head"), model_.n_heads, "head")}];
+        totals.distance += hooklens::state_number(head.at("distance"), "distance");
+        totals.rows += hooklens::state_count(head.at("rows"), "rows");
+        totals.summary.add(hooklens::AttentionSummary::from_state(head.at("summary")));
+      }
+    });
+    for (const auto& [key, totals] : theirs) {
+      HeadTotals& mine = heads_[key];
+      mine.distance += totals.distance;
+      mine.rows += totals.rows;
+      mine.summary.add(totals.summary);
+    }
+  }
+
+  // 5. The run ended: turn the totals into the report (written to RUN/reports/attention_distance.json).
   //    Every report names its analyzer, defines each score in one line, and is JSON-finite.
   json finish(const json& manifest) override {
     (void)manifest;  // the run's prompts and generation, should a report need them
@@ -106,6 +140,6 @@ class AttentionDistance final : public hooklens::Analyzer {
 
 }  // namespace
 
-// 5. The plugin's entry point: interface, class, kind, name (what --analyze takes), version, description.
+// 6. The plugin's entry point: interface, class, kind, name (what --analyze takes), version, description.
 HOOKLENS_DEFINE_PLUGIN(hooklens::Analyzer, AttentionDistance, "analyzer", "attention_distance", "1.0",
                        "mean attention distance per head: how far back each head looks")

@@ -161,8 +161,11 @@ void AnalyzerSet::merge_states(const std::string& bytes, int rank) {
     const auto it = states.is_object() ? states.find(entry->name) : states.end();
     if (it == states.end()) {
       fail(*entry, fmt::format("rank {} sent no state", rank));
+    } else if (!it->is_object()) {
+      fail(*entry, fmt::format("rank {} sent {} instead of its state", rank, brief_json(*it)));
     } else if (it->contains("error")) {
-      fail(*entry, fmt::format("on rank {}: {}", rank, it->value("error", std::string("failed"))));
+      const nlohmann::json& error = (*it)["error"];
+      fail(*entry, fmt::format("on rank {}: {}", rank, error.is_string() ? error.get<std::string>() : brief_json(error)));
     } else {
       try {
         entry->analyzer->merge_state(it->value("state", nlohmann::json()));

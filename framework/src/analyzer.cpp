@@ -1,10 +1,12 @@
 #include <hooklens/analyzer.h>
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace hooklens {
 
@@ -15,6 +17,48 @@ nlohmann::json Analyzer::save_state() const {
 void Analyzer::merge_state(const nlohmann::json& state) {
   (void)state;
   throw Error("this analyzer does not merge its state across processes (merges_state() is false)");
+}
+
+void read_state(const std::string& who, const std::function<void()>& read) {
+  try {
+    read();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: cannot merge another rank's state: {}", who, json_error_text(e)));
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: cannot merge another rank's state: {}", who, e.what()));
+  }
+}
+
+int state_index(const nlohmann::json& v, std::int64_t end, const char* what) {
+  if (!v.is_number_integer() || v.get<std::int64_t>() < 0 || v.get<std::int64_t>() >= end)
+    throw Error(fmt::format("{} {} is not in [0, {})", what, brief_json(v), end));
+  return int(v.get<std::int64_t>());
+}
+
+std::int64_t state_count(const nlohmann::json& v, const char* what) {
+  if (!v.is_number_integer() || v.get<std::int64_t>() < 0)
+    throw Error(fmt::format("{} {} is not a count", what, brief_json(v)));
+  return v.get<std::int64_t>();
+}
+
+double state_number(const nlohmann::json& v, const char* what) {
+  if (v.is_null()) return std::numeric_limits<double>::quiet_NaN();
+  if (!v.is_number()) throw Error(fmt::format("{} {} is not a number", what, brief_json(v)));
+  return v.get<double>();
+}
+
+std::vector<double> state_numbers(const nlohmann::json& v, std::size_t size, const char* what) {
+  if (!v.is_array() || v.size() != size)
+    throw Error(fmt::format("{} should be an array of {} numbers, got {}", what, size, brief_json(v)));
+  std::vector<double> out;
+  out.reserve(size);
+  for (const nlohmann::json& x : v) out.push_back(state_number(x, what));
+  return out;
+}
+
+const nlohmann::json& state_array(const nlohmann::json& v, const char* what) {
+  if (!v.is_array()) throw Error(fmt::format("{} should be an array, got {}", what, brief_json(v)));
+  return v;
 }
 
 PatternRows PatternRows::of(const at::Tensor& pattern, const CaptureContext& ctx, const ModelInfo& model) {

@@ -1,5 +1,6 @@
 #include <hooklens/attention_stats.h>
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
 
 #include <fmt/format.h>
 
@@ -48,6 +49,20 @@ nlohmann::json AttentionSummary::to_json() const {
           {"self_mass", stat(m.self_mass)},
           {"other_mass", stat(m.other_mass)},
           {"label", rows > 0 ? nlohmann::json(sharpness_label(m.normalized_entropy)) : nlohmann::json()}};
+}
+
+nlohmann::json AttentionSummary::to_state() const {
+  return {rows, entropy, normalized_entropy, row_std, max_weight, self_mass, other_mass};
+}
+
+AttentionSummary AttentionSummary::from_state(const nlohmann::json& state) {
+  if (!state.is_array() || state.size() != 7)
+    throw Error(fmt::format("an attention summary should be [rows and 6 sums], got {}", brief_json(state)));
+  AttentionSummary s;
+  s.rows = state_count(state[0], "an attention summary's rows");
+  double* sums[] = {&s.entropy, &s.normalized_entropy, &s.row_std, &s.max_weight, &s.self_mass, &s.other_mass};
+  for (std::size_t i = 0; i < 6; ++i) *sums[i] = state_number(state[i + 1], "an attention summary's sum");
+  return s;
 }
 
 std::vector<AttentionSummary> summarize_heads(const at::Tensor& pattern, const PatternRows& rows) {

@@ -22,6 +22,21 @@ void Welford::add(const float* values, std::size_t d) {
   }
 }
 
+void Welford::add(const Welford& other) {
+  if (other.n == 0) return;
+  if (n == 0) {
+    *this = other;
+    return;
+  }
+  const double na = double(n), nb = double(other.n), total = na + nb;
+  for (std::size_t i = 0; i < mean.size(); ++i) {
+    const double delta = other.mean[i] - mean[i];
+    mean[i] += delta * nb / total;
+    m2[i] += other.m2[i] + delta * delta * na * nb / total;
+  }
+  n += other.n;
+}
+
 std::vector<double> Welford::variances() const {
   std::vector<double> out(mean.size());
   for (std::size_t i = 0; i < out.size(); ++i) out[i] = variance(i);
@@ -44,17 +59,14 @@ std::pair<std::int64_t, std::int64_t> NeuronStats::add(int prompt, int layer, st
     throw Error(fmt::format("an mlp.hook_post capture of layer {} should be [1, pos, d_mlp], got {} dims", layer, acts.dim()));
   const at::Tensor a = (acts.dim() == 3 ? acts.select(0, 0) : acts).to(at::kFloat).contiguous();
   const std::int64_t rows = a.size(0), d = a.size(1);
-  Welford& pooled = pooled_[layer];
-  if (!pooled.mean.empty() && std::int64_t(pooled.mean.size()) != d)
-    throw Error(fmt::format("layer {}'s mlp.hook_post has {} neurons, earlier captures had {}", layer, d, pooled.mean.size()));
+  const auto width = widths_.emplace(layer, std::size_t(d)).first->second;
+  if (std::int64_t(width) != d)
+    throw Error(fmt::format("layer {}'s mlp.hook_post has {} neurons, earlier captures had {}", layer, d, width));
   std::int64_t& next = next_position_[{prompt, layer}];
   const std::int64_t begin = std::clamp<std::int64_t>(next - first_position, 0, rows);
   Welford& own = prompts_[prompt][layer];
   const float* data = a.data_ptr<float>();
-  for (std::int64_t r = begin; r < rows; ++r) {
-    pooled.add(data + r * d, std::size_t(d));
-    own.add(data + r * d, std::size_t(d));
-  }
+  for (std::int64_t r = begin; r < rows; ++r) own.add(data + r * d, std::size_t(d));
   next = std::max(next, first_position + rows);
   return {begin, rows};
 }
@@ -63,6 +75,57 @@ std::vector<int> NeuronStats::prompts() const {
   std::vector<int> out;
   for (const auto& [p, layers] : prompts_) out.push_back(p);
   return out;
+}
+
+std::map<int, Welford> NeuronStats::pooled() const {
+  std::map<int, Welford> out;
+  for (const auto& [p, layers] : prompts_)
+    for (const auto& [layer, stats] : layers) out[layer].add(stats);
+  return out;
+}
+
+nlohmann::json NeuronStats::to_state() const {
+  nlohmann::json entries = nlohmann::json::array();
+  for (const auto& [p, layers] : prompts_)
+    for (const auto& [layer, w] : layers)
+      entries.push_back({{"prompt", p}, {"layer", layer}, {"width", widths_.at(layer)}, {"n", w.n}, {"mean", w.mean},
+                         {"m2", w.m2}, {"next_position", next_position_.at({p, layer})}});
+  return entries;
+}
+
+NeuronStats NeuronStats::from_state(const nlohmann::json& state, int prompts, int layers) {
+  NeuronStats out;
+  for (const nlohmann::json& entry : state_array(state, "neuron statistics")) {
+    const int p = state_index(entry.at("prompt"), prompts, "prompt");
+    const int layer = state_index(entry.at("layer"), layers, "layer");
+    const std::size_t width = std::size_t(state_count(entry.at("width"), "width"));
+    if (out.widths_.emplace(layer, width).first->second != width)
+      throw Error(fmt::format("layer {} has two widths, {} and {}", layer, out.widths_[layer], width));
+    if (out.next_position_.count({p, layer})) throw Error(fmt::format("prompt {} layer {} is listed twice", p, layer));
+    Welford w;
+    w.n = state_count(entry.at("n"), "n");
+    const std::size_t size = w.n > 0 ? width : 0;
+    w.mean = state_numbers(entry.at("mean"), size, "mean");
+    w.m2 = state_numbers(entry.at("m2"), size, "m2");
+    out.next_position_[{p, layer}] = state_count(entry.at("next_position"), "next_position");
+    out.prompts_[p][layer] = std::move(w);
+  }
+  return out;
+}
+
+void NeuronStats::merge(const NeuronStats& other) {
+  for (const auto& [layer, width] : other.widths_) {
+    const auto mine = widths_.find(layer);
+    if (mine != widths_.end() && mine->second != width)
+      throw Error(fmt::format("layer {}'s mlp.hook_post has {} neurons here and {} in the other state", layer,
+                              mine->second, width));
+  }
+  for (const auto& [key, next] : other.next_position_)
+    if (next_position_.count(key))
+      throw Error(fmt::format("prompt {} layer {} was observed by both ranks", key.first, key.second));
+  widths_.insert(other.widths_.begin(), other.widths_.end());
+  next_position_.insert(other.next_position_.begin(), other.next_position_.end());
+  for (const auto& [p, layers] : other.prompts_) prompts_[p].insert(layers.begin(), layers.end());
 }
 
 const Welford* NeuronStats::of_prompt(int prompt, int layer) const {
@@ -89,14 +152,14 @@ nlohmann::json NeuronStats::top_variance_json(const std::map<int, Welford>& by_l
 nlohmann::json NeuronStats::mean_differences_json(std::size_t k) const {
   if (prompts_.size() < 2) return nullptr;
   nlohmann::json layers = nlohmann::json::array();
-  for (const auto& [layer, pooled] : pooled_) {
+  for (const auto& [layer, width] : widths_) {
     std::vector<const Welford*> each;
     for (const auto& [p, by_layer] : prompts_) {
       const Welford* w = of_prompt(p, layer);
       if (w && w->n > 0) each.push_back(w);
     }
     if (each.size() != prompts_.size()) continue;  // a layer some prompt never showed: nothing to compare
-    std::vector<double> spread(pooled.mean.size());
+    std::vector<double> spread(width);
     for (std::size_t i = 0; i < spread.size(); ++i) {
       double lo = each[0]->mean[i], hi = lo;
       for (const Welford* w : each) lo = std::min(lo, w->mean[i]), hi = std::max(hi, w->mean[i]);

@@ -4,7 +4,9 @@
 // Each absolute position of a prompt counts once per layer: the first capture that shows it (a
 // prompt's forward, an autoregressive prefill then one new position per decode step; later
 // captures of a position already seen, e.g. further diffusion steps, are skipped). Memory is
-// layers x d_mlp per prompt plus the same pooled, whatever the number of positions.
+// layers x d_mlp per prompt, whatever the number of positions. The statistics over all prompts
+// combine the prompts' in prompt order, so they do not depend on which process saw which prompt
+// (runs over several processes: to_state, from_state, merge).
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
@@ -22,6 +24,8 @@ struct Welford {
   std::vector<double> mean, m2;
 
   void add(const float* values, std::size_t d);
+  // Adds another sample's statistics (Chan et al.'s pairwise update): as if its values had been added.
+  void add(const Welford& other);
   double variance(std::size_t i) const { return n > 0 ? m2[i] / double(n) : 0.0; }
   std::vector<double> variances() const;
 };
@@ -36,10 +40,19 @@ class NeuronStats {
   // Throws Error for another shape or a layer whose width changed.
   std::pair<std::int64_t, std::int64_t> add(int prompt, int layer, std::int64_t first_position, const at::Tensor& acts);
 
-  bool empty() const { return pooled_.empty(); }
+  bool empty() const { return prompts_.empty(); }
   std::vector<int> prompts() const;
-  const std::map<int, Welford>& pooled() const { return pooled_; }  // by layer
+  std::map<int, Welford> pooled() const;  // by layer: every prompt's, combined in prompt order
   const Welford* of_prompt(int prompt, int layer) const;
+
+  // For Analyzer::save_state: every (prompt, layer)'s statistics and next position.
+  nlohmann::json to_state() const;
+  // Reads to_state()'s output back, prompts in [0, prompts) and layers in [0, layers); Error otherwise.
+  static NeuronStats from_state(const nlohmann::json& state, int prompts, int layers);
+  // Adds the prompts of `other` (another rank's). A (prompt, layer) both hold, or a layer of another
+  // width, is an Error (positions count once, from the first capture that shows them: a prompt
+  // is one rank's), and nothing is added.
+  void merge(const NeuronStats& other);
 
   // {"positions": n, "layers": [{"layer", "top": [{"neuron", "variance", "mean"}]}]} for the k
   // neurons of largest variance in each layer of `by_layer`.
@@ -50,7 +63,7 @@ class NeuronStats {
   nlohmann::json mean_differences_json(std::size_t k) const;
 
  private:
-  std::map<int, Welford> pooled_;
+  std::map<int, std::size_t> widths_;                // layer -> d_mlp
   std::map<int, std::map<int, Welford>> prompts_;  // prompt -> layer -> stats
   std::map<std::pair<int, int>, std::int64_t> next_position_;  // (prompt, layer) -> first position not seen
 };

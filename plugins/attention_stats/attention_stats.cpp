@@ -4,6 +4,7 @@
 // pools them and writes the report (docs/analyzers-attention.md).
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
+#include <hooklens/error.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/plugin_options.h>
@@ -79,6 +80,45 @@ class AttentionStats final : public Analyzer {
     layer.averaged.add(summarize_heads(at::mean(pattern, -3, /*keepdim=*/true), rows).front());
     layer.averaged_heads.insert(heads.begin(), heads.end());
     ++captures_;
+  }
+
+  // Every statistic is a sum over rows, so another rank's layers add to ours.
+  bool merges_state() const override { return true; }
+
+  json save_state() const override {
+    json layers = json::array();
+    for (const auto& [l, layer] : layers_) {
+      json heads = json::array();
+      for (const auto& [h, summary] : layer.heads) heads.push_back({{"head", h}, {"summary", summary.to_state()}});
+      layers.push_back({{"layer", l}, {"heads", std::move(heads)}, {"averaged", layer.averaged.to_state()},
+                        {"averaged_heads", layer.averaged_heads}});
+    }
+    return {{"captures", captures_}, {"layers", std::move(layers)}};
+  }
+
+  void merge_state(const json& state) override {
+    if (!run_) throw Error(fmt::format("{}: merge_state() before begin()", kName));
+    std::map<int, LayerStats> layers;
+    std::int64_t captures = 0;
+    read_state(kName, [&] {
+      captures = state_count(state.at("captures"), "captures");
+      for (const json& entry : state_array(state.at("layers"), "layers")) {
+        LayerStats& layer = layers[state_index(entry.at("layer"), run_->model.n_layers, "layer")];
+        for (const json& head : state_array(entry.at("heads"), "heads"))
+          layer.heads[state_index(head.at("head"), run_->model.n_heads, "head")].add(
+              AttentionSummary::from_state(head.at("summary")));
+        layer.averaged.add(AttentionSummary::from_state(entry.at("averaged")));
+        for (const json& h : state_array(entry.at("averaged_heads"), "averaged_heads"))
+          layer.averaged_heads.insert(state_index(h, run_->model.n_heads, "head"));
+      }
+    });
+    for (const auto& [l, theirs] : layers) {
+      LayerStats& mine = layers_[l];
+      for (const auto& [h, summary] : theirs.heads) mine.heads[h].add(summary);
+      mine.averaged.add(theirs.averaged);
+      mine.averaged_heads.insert(theirs.averaged_heads.begin(), theirs.averaged_heads.end());
+    }
+    captures_ += captures;
   }
 
   json finish(const json& manifest) override {

@@ -61,6 +61,7 @@ class ComparePrompts : public hooklens::Analyzer {
     k_ = std::size_t(options.integer("k", 10, 1));
     top_ = std::size_t(options.integer("top", 10, 1));
     model_ = hooklens::ModelInfo::from_json(run.at("model"));
+    prompt_count_ = int(run.value("prompts", json::array()).size());
     heads_.clear();
     averaged_.clear();
     neurons_ = hooklens::analysis::NeuronStats();
@@ -77,6 +78,40 @@ class ComparePrompts : public hooklens::Analyzer {
     const std::vector<AttentionSummary> per_head = hooklens::summarize_heads(pattern, rows);
     for (std::size_t h = 0; h < per_head.size(); ++h) heads_[{ctx.layer, int(h), ctx.prompt}].add(per_head[h]);
     averaged_[{ctx.prompt, ctx.layer}].add(hooklens::summarize_heads(pattern.mean({-3}, true), rows)[0]);
+  }
+
+  // Everything is kept per prompt index (sums of rows, and NeuronStats), so another rank's prompts
+  // join ours whatever the split; finish() orders by prompt index.
+  bool merges_state() const override { return true; }
+
+  json save_state() const override {
+    json heads = json::array(), averaged = json::array();
+    for (const auto& [key, s] : heads_)
+      heads.push_back({{"layer", std::get<0>(key)}, {"head", std::get<1>(key)}, {"prompt", std::get<2>(key)}, {"summary", s.to_state()}});
+    for (const auto& [key, s] : averaged_)
+      averaged.push_back({{"prompt", key.first}, {"layer", key.second}, {"summary", s.to_state()}});
+    return {{"heads", std::move(heads)}, {"averaged", std::move(averaged)}, {"neurons", neurons_.to_state()}};
+  }
+
+  void merge_state(const json& state) override {
+    decltype(heads_) heads;
+    decltype(averaged_) averaged;
+    hooklens::analysis::NeuronStats neurons;
+    hooklens::read_state("compare_prompts", [&] {
+      for (const json& e : hooklens::state_array(state.at("heads"), "heads"))
+        heads[{hooklens::state_index(e.at("layer"), model_.n_layers, "layer"),
+               hooklens::state_index(e.at("head"), model_.n_heads, "head"),
+               hooklens::state_index(e.at("prompt"), prompt_count_, "prompt")}]
+            .add(AttentionSummary::from_state(e.at("summary")));
+      for (const json& e : hooklens::state_array(state.at("averaged"), "averaged"))
+        averaged[{hooklens::state_index(e.at("prompt"), prompt_count_, "prompt"),
+                  hooklens::state_index(e.at("layer"), model_.n_layers, "layer")}]
+            .add(AttentionSummary::from_state(e.at("summary")));
+      neurons = hooklens::analysis::NeuronStats::from_state(state.at("neurons"), prompt_count_, model_.n_layers);
+      neurons_.merge(neurons);  // refuses before changing anything, so it goes first
+    });
+    for (const auto& [key, s] : heads) heads_[key].add(s);
+    for (const auto& [key, s] : averaged) averaged_[key].add(s);
   }
 
   json finish(const json& manifest) override {
@@ -189,6 +224,7 @@ class ComparePrompts : public hooklens::Analyzer {
 
   std::size_t k_ = 10, top_ = 10;
   hooklens::ModelInfo model_;
+  int prompt_count_ = 0;  // in the whole run
   std::map<std::tuple<int, int, int>, AttentionSummary> heads_;   // (layer, head, prompt)
   std::map<std::pair<int, int>, AttentionSummary> averaged_;      // (prompt, layer)
   hooklens::analysis::NeuronStats neurons_;

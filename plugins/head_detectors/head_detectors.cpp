@@ -5,6 +5,7 @@
 // Definitions, options and report fields: docs/analyzers-attention.md.
 #include <hooklens/analyzer.h>
 #include <hooklens/attention_stats.h>
+#include <hooklens/error.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/plugin_define.h>
 #include <hooklens/plugin_options.h>
@@ -34,6 +35,10 @@ constexpr std::size_t kRankedCount = 10;
 enum Detector { previous_token, duplicate_token, induction, first_token, kDetectors };
 constexpr std::array<const char*, kDetectors> kDetectorNames = {"previous_token", "duplicate_token", "induction",
                                                                "first_token"};
+
+// Why a capture is not scored: the keys of the report's skipped.captures.
+constexpr std::array<const char*, 5> kSkipReasons = {"not_step_0", "unconditional_pass", "batched",
+                                                    "prompt_ids_unknown", "rows_outside_prompt"};
 
 // ---- options ----------------------------------------------------------------------------------
 
@@ -191,6 +196,73 @@ class HeadDetectors final : public Analyzer {
     ++scored_captures_;
   }
 
+  // Scores, summaries and skip counts are sums and counts: another rank's add to ours. The ranking
+  // is made in finish() from the merged sums, with the same (layer, head) order for ties.
+  bool merges_state() const override { return true; }
+
+  json save_state() const override {
+    json heads = json::array();
+    for (const auto& [where, head] : heads_) {
+      json scores = json::array();
+      for (const Score& s : head.scores) scores.push_back({s.sum, s.queries});
+      heads.push_back({{"layer", where.first}, {"head", where.second}, {"scores", std::move(scores)},
+                       {"summary", head.summary.to_state()}});
+    }
+    return {{"heads", std::move(heads)},
+            {"skipped_captures", skipped_captures_},
+            {"keys_not_captured", keys_not_captured_},
+            {"outside_prompt", outside_prompt_},
+            {"scored_captures", scored_captures_}};
+  }
+
+  void merge_state(const json& state) override {
+    if (!run_) throw Error(fmt::format("{}: merge_state() before begin()", kName));
+    std::map<std::pair<int, int>, HeadScores> heads;
+    std::map<std::string, std::int64_t> skipped;
+    std::array<std::int64_t, kDetectors> not_captured{};
+    std::int64_t outside = 0, scored = 0;
+    read_state(kName, [&] {
+      for (const json& entry : state_array(state.at("heads"), "heads")) {
+        HeadScores& head = heads[{state_index(entry.at("layer"), run_->model.n_layers, "layer"),
+                                  state_index(entry.at("head"), run_->model.n_heads, "head")}];
+        const json& scores = entry.at("scores");
+        if (!scores.is_array() || scores.size() != kDetectors)
+          throw Error(fmt::format("scores should be {} [sum, queries] pairs", int(kDetectors)));
+        for (int d = 0; d < kDetectors; ++d) {
+          head.scores[d].sum += state_number(scores[d].at(0), "a score's sum");
+          head.scores[d].queries += state_count(scores[d].at(1), "a score's queries");
+        }
+        head.summary.add(AttentionSummary::from_state(entry.at("summary")));
+      }
+      const json& reasons = state.at("skipped_captures");
+      if (!reasons.is_object()) throw Error("skipped_captures should be an object");
+      for (const auto& [reason, count] : reasons.items()) {
+        if (std::find(std::begin(kSkipReasons), std::end(kSkipReasons), reason) == std::end(kSkipReasons))
+          throw Error(fmt::format("'{}' is not a reason to skip a capture", reason));
+        skipped[reason] += state_count(count, "skipped captures");
+      }
+      const json& keys = state.at("keys_not_captured");
+      if (!keys.is_array() || keys.size() != kDetectors)
+        throw Error(fmt::format("keys_not_captured should hold {} counts", int(kDetectors)));
+      for (int d = 0; d < kDetectors; ++d) not_captured[d] = state_count(keys[d], "keys_not_captured");
+      outside = state_count(state.at("outside_prompt"), "outside_prompt");
+      scored = state_count(state.at("scored_captures"), "scored_captures");
+    });
+    for (const auto& [where, theirs] : heads) {
+      HeadScores& mine = heads_[where];
+      for (int d = 0; d < kDetectors; ++d) {
+        mine.scores[d].sum += theirs.scores[d].sum;
+        mine.scores[d].queries += theirs.scores[d].queries;
+      }
+      mine.summary.add(theirs.summary);
+    }
+    for (const auto& [reason, count] : skipped)
+      skipped_captures_[reason] = skipped_captures_.value(reason, std::int64_t(0)) + count;
+    for (int d = 0; d < kDetectors; ++d) keys_not_captured_[d] += not_captured[d];
+    outside_prompt_ += outside;
+    scored_captures_ += scored;
+  }
+
   json finish(const json& manifest) override {
     (void)manifest;
     json report = {{"analyzer", kName},
@@ -221,14 +293,14 @@ class HeadDetectors final : public Analyzer {
   }
 
  private:
-  // Why a capture cannot be scored, or null.
+  // Why a capture cannot be scored (one of kSkipReasons), or null.
   const char* skip_reason(const CaptureContext& ctx, const at::Tensor& pattern) const {
-    if (ctx.step != 0) return "not_step_0";
-    if (ctx.pass != 0) return "unconditional_pass";
-    if (pattern.size(0) != 1) return "batched";
+    if (ctx.step != 0) return kSkipReasons[0];
+    if (ctx.pass != 0) return kSkipReasons[1];
+    if (pattern.size(0) != 1) return kSkipReasons[2];
     if (ctx.prompt < 0 || std::size_t(ctx.prompt) >= prompts_.size() || prompts_[std::size_t(ctx.prompt)].empty())
-      return "prompt_ids_unknown";
-    if (ctx.query_offset >= std::int64_t(prompts_[std::size_t(ctx.prompt)].size())) return "rows_outside_prompt";
+      return kSkipReasons[3];
+    if (ctx.query_offset >= std::int64_t(prompts_[std::size_t(ctx.prompt)].size())) return kSkipReasons[4];
     return nullptr;
   }
 

@@ -32,10 +32,12 @@ class Neurons : public hooklens::Analyzer {
     const hooklens::PluginOptions options("neurons", run.value("options", json::object()), {"k"});
     k_ = std::size_t(options.integer("k", 10, 1));
     mode_ = hooklens::analysis::run_mode(run);
+    model_ = hooklens::ModelInfo::from_json(run.at("model"));
+    prompt_count_ = int(run.value("prompts", json::array()).size());
     stats_ = NeuronStats();
     current_.reset();
     rows_.clear();
-    per_prompt_ = json::array();
+    tops_.clear();
   }
 
   void observe(std::string_view, const hooklens::CaptureContext& ctx, const at::Tensor& tensor) override {
@@ -53,15 +55,57 @@ class Neurons : public hooklens::Analyzer {
     }
   }
 
+  // The statistics are NeuronStats' (per prompt, merged by prompt index); each prompt's top-k
+  // activations travel with them, keyed by prompt, and finish() lists prompts by index.
+  bool merges_state() const override { return true; }
+
+  json save_state() const override {
+    std::map<int, PromptTop> tops = tops_;
+    if (current_) tops[*current_] = top_of_current();
+    json prompts = json::array();
+    for (const auto& [prompt, layers] : tops) {
+      json entry = {{"prompt", prompt}, {"layers", json::array()}};
+      for (const auto& [layer, top] : layers)
+        entry["layers"].push_back({{"layer", layer}, {"positions", top.positions}, {"neurons", top.neurons},
+                                   {"activations", top.activations}});
+      prompts.push_back(std::move(entry));
+    }
+    return {{"stats", stats_.to_state()}, {"tops", std::move(prompts)}};
+  }
+
+  void merge_state(const json& state) override {
+    hooklens::read_state("neurons", [&] {
+      const NeuronStats stats = NeuronStats::from_state(state.at("stats"), prompt_count_, model_.n_layers);
+      std::map<int, PromptTop> tops;
+      for (const json& entry : hooklens::state_array(state.at("tops"), "tops")) {
+        const int prompt = hooklens::state_index(entry.at("prompt"), prompt_count_, "prompt");
+        if (tops.count(prompt) || tops_.count(prompt) || current_ == prompt)
+          throw hooklens::Error(fmt::format("prompt {} was observed by both ranks", prompt));
+        PromptTop& layers = tops[prompt];
+        for (const json& l : hooklens::state_array(entry.at("layers"), "layers")) {
+          const int layer = hooklens::state_index(l.at("layer"), model_.n_layers, "layer");
+          layers[layer] = layer_top(l, stats.of_prompt(prompt, layer));
+        }
+      }
+      stats_.merge(stats);  // the last check: it refuses before changing anything
+      tops_.merge(tops);
+    });
+  }
+
   json finish(const json& manifest) override {
     flush_prompt();
-    for (json& entry : per_prompt_) entry["tokens"] = hooklens::analysis::position_tokens(manifest, entry["prompt"].get<int>());
+    json per_prompt = json::array();
+    for (const auto& [prompt, layers] : tops_) {
+      json entry = prompt_json(prompt, layers);
+      entry["tokens"] = hooklens::analysis::position_tokens(manifest, prompt);
+      per_prompt.push_back(std::move(entry));
+    }
     json report = {{"analyzer", "neurons"},
                    {"mode", generation_mode_name(mode_)},
                    {"k", k_},
                    {"definitions", definitions()},
                    {"heads", json::array()},
-                   {"per_prompt", per_prompt_},
+                   {"per_prompt", std::move(per_prompt)},
                    {"pooled", NeuronStats::top_variance_json(stats_.pooled(), k_)},
                    {"across_prompts", stats_.mean_differences_json(k_)}};
     return report;
@@ -73,27 +117,70 @@ class Neurons : public hooklens::Analyzer {
     std::vector<float> values;  // positions x d_mlp
   };
 
-  // Top-k of the prompt that just ended, with each neuron's activation at every position kept.
-  void flush_prompt() {
-    if (!current_) return;
-    json layers = json::array();
+  // A prompt's layer: its k neurons of largest variance, and their activation at each position.
+  struct LayerTop {
+    std::vector<std::int64_t> positions;
+    std::vector<std::size_t> neurons;  // top_k of the prompt's variances
+    std::vector<double> activations;   // neurons x positions
+  };
+  using PromptTop = std::map<int, LayerTop>;  // by layer
+
+  // The current prompt's top-k, from its statistics and the rows kept.
+  PromptTop top_of_current() const {
+    PromptTop out;
     for (const auto& [layer, rows] : rows_) {
       const hooklens::analysis::Welford* stats = stats_.of_prompt(*current_, layer);
       if (!stats || stats->n == 0) continue;
       const std::size_t d = stats->mean.size();
-      const std::vector<double> var = stats->variances();
-      json top = json::array();
-      for (std::size_t i : hooklens::analysis::top_k(var, k_)) {
-        json activations = json::array();
-        for (std::size_t r = 0; r < rows.positions.size(); ++r) activations.push_back(finite_or_null(rows.values[r * d + i]));
-        top.push_back({{"neuron", i}, {"variance", finite_or_null(var[i])}, {"mean", finite_or_null(stats->mean[i])},
-                       {"activations", std::move(activations)}});
-      }
-      layers.push_back({{"layer", layer}, {"positions", rows.positions}, {"top", std::move(top)}});
+      LayerTop& top = out[layer];
+      top.positions = rows.positions;
+      top.neurons = hooklens::analysis::top_k(stats->variances(), k_);
+      for (std::size_t i : top.neurons)
+        for (std::size_t r = 0; r < rows.positions.size(); ++r) top.activations.push_back(rows.values[r * d + i]);
     }
-    per_prompt_.push_back({{"prompt", *current_}, {"layers", std::move(layers)}});
+    return out;
+  }
+
+  // Keeps the top-k of the prompt that just ended; its rows are dropped.
+  void flush_prompt() {
+    if (!current_) return;
+    tops_[*current_] = top_of_current();
     rows_.clear();
     current_.reset();
+  }
+
+  // A LayerTop from another rank's state, checked against that prompt's statistics (`stats`).
+  LayerTop layer_top(const json& state, const hooklens::analysis::Welford* stats) const {
+    if (!stats || stats->n == 0) throw hooklens::Error("top neurons of a layer without statistics");
+    LayerTop top;
+    for (const json& p : hooklens::state_array(state.at("positions"), "positions"))
+      top.positions.push_back(hooklens::state_count(p, "position"));
+    if (std::int64_t(top.positions.size()) != stats->n)
+      throw hooklens::Error(fmt::format("{} positions for {} counted", top.positions.size(), stats->n));
+    for (const json& n : hooklens::state_array(state.at("neurons"), "neurons"))
+      top.neurons.push_back(std::size_t(hooklens::state_index(n, std::int64_t(stats->mean.size()), "neuron")));
+    if (top.neurons.size() != std::min(k_, stats->mean.size())) throw hooklens::Error("not the k top neurons");
+    top.activations = hooklens::state_numbers(state.at("activations"), top.neurons.size() * top.positions.size(), "activations");
+    return top;
+  }
+
+  json prompt_json(int prompt, const PromptTop& layers) const {
+    json out = json::array();
+    for (const auto& [layer, top] : layers) {
+      const hooklens::analysis::Welford* stats = stats_.of_prompt(prompt, layer);
+      const std::vector<double> var = stats->variances();
+      const std::size_t n = top.positions.size();
+      json neurons = json::array();
+      for (std::size_t j = 0; j < top.neurons.size(); ++j) {
+        const std::size_t i = top.neurons[j];
+        json activations = json::array();
+        for (std::size_t r = 0; r < n; ++r) activations.push_back(finite_or_null(top.activations[j * n + r]));
+        neurons.push_back({{"neuron", i}, {"variance", finite_or_null(var[i])}, {"mean", finite_or_null(stats->mean[i])},
+                           {"activations", std::move(activations)}});
+      }
+      out.push_back({{"layer", layer}, {"positions", top.positions}, {"top", std::move(neurons)}});
+    }
+    return {{"prompt", prompt}, {"layers", std::move(out)}};
   }
 
   static json definitions() {
@@ -112,10 +199,12 @@ class Neurons : public hooklens::Analyzer {
 
   std::size_t k_ = 10;
   GenerationMode mode_ = GenerationMode::none;
+  hooklens::ModelInfo model_;
+  int prompt_count_ = 0;  // in the whole run
   NeuronStats stats_;
   std::optional<int> current_;
-  std::map<int, Rows> rows_;  // layer -> the current prompt's counted rows
-  json per_prompt_ = json::array();
+  std::map<int, Rows> rows_;        // layer -> the current prompt's counted rows
+  std::map<int, PromptTop> tops_;  // prompt -> its top-k, once it ended
 };
 
 }  // namespace

@@ -129,6 +129,72 @@ class TokenInfluence : public hooklens::Analyzer {
     record(unit, ctx, hqk, r0, r1);
   }
 
+  // Units are keyed by their index (generated token or denoising step) and the per-head totals
+  // are sums, so another rank's join ours; a (unit, layer) both ranks saw is refused.
+  bool merges_state() const override { return true; }
+
+  json save_state() const override {
+    json units = json::array(), heads = json::array();
+    for (const auto& [index, unit] : units_) {
+      json to_prompt = json::array(), target = json::array();
+      for (const auto& [layer, values] : unit.to_prompt) to_prompt.push_back({{"layer", layer}, {"values", values}});
+      for (const auto& [layer, values] : unit.target_heads) target.push_back({{"layer", layer}, {"values", values}});
+      units.push_back({{"unit", index}, {"block", unit.block}, {"to_prompt", std::move(to_prompt)}, {"target_heads", std::move(target)}});
+    }
+    for (const auto& [key, totals] : heads_)
+      heads.push_back({{"layer", key.first}, {"head", key.second}, {"sum", totals.sum}, {"count", totals.count},
+                       {"summary", totals.summary.to_state()}});
+    return {{"units", std::move(units)}, {"heads", std::move(heads)}};
+  }
+
+  void merge_state(const json& state) override {
+    std::map<int, Unit> units;
+    std::map<std::pair<int, int>, HeadTotals> heads;
+    const std::size_t P = std::size_t(prompt_length_);
+    hooklens::read_state("token_influence", [&] {
+      for (const json& entry : hooklens::state_array(state.at("units"), "units")) {
+        const int index = hooklens::state_index(entry.at("unit"), std::numeric_limits<int>::max(), "unit");
+        Unit& unit = units[index];
+        const json& block = entry.at("block");
+        unit.block = block == -1 ? -1 : hooklens::state_index(block, std::numeric_limits<int>::max(), "block");
+        for (const json& l : hooklens::state_array(entry.at("to_prompt"), "to_prompt")) {
+          const int layer = hooklens::state_index(l.at("layer"), model_.n_layers, "layer");
+          const auto mine = units_.find(index);
+          if (mine != units_.end() && mine->second.to_prompt.count(layer))
+            throw hooklens::Error(fmt::format("unit {} layer {} was observed by both ranks", index, layer));
+          unit.to_prompt[layer] = hooklens::state_numbers(l.at("values"), P, "attention to the prompt");
+        }
+        for (const json& l : hooklens::state_array(entry.at("target_heads"), "target_heads")) {
+          const int layer = hooklens::state_index(l.at("layer"), model_.n_layers, "layer");
+          if (!unit.to_prompt.count(layer)) throw hooklens::Error(fmt::format("unit {} layer {} has a target only", index, layer));
+          const json& values = hooklens::state_array(l.at("values"), "attention to the target");
+          if (values.size() > std::size_t(model_.n_heads)) throw hooklens::Error("attention to the target of more heads than the model has");
+          unit.target_heads[layer] = hooklens::state_numbers(values, values.size(), "attention to the target");
+        }
+      }
+      for (const json& entry : hooklens::state_array(state.at("heads"), "heads")) {
+        HeadTotals& totals = heads[{hooklens::state_index(entry.at("layer"), model_.n_layers, "layer"),
+                                    hooklens::state_index(entry.at("head"), model_.n_heads, "head")}];
+        totals.sum = hooklens::state_numbers(entry.at("sum"), P, "sum");
+        for (const json& c : hooklens::state_array(entry.at("count"), "count")) totals.count.push_back(hooklens::state_count(c, "count"));
+        if (totals.count.size() != P) throw hooklens::Error(fmt::format("count should hold {} counts", P));
+        totals.summary = hooklens::AttentionSummary::from_state(entry.at("summary"));
+      }
+    });
+    for (auto& [index, theirs] : units) {
+      Unit& mine = units_[index];
+      if (mine.block < 0) mine.block = theirs.block;
+      mine.to_prompt.merge(theirs.to_prompt);
+      mine.target_heads.merge(theirs.target_heads);
+    }
+    for (const auto& [key, theirs] : heads) {
+      HeadTotals& totals = heads_[key];
+      if (totals.sum.empty()) totals.sum.assign(P, 0.0), totals.count.assign(P, 0);
+      for (std::size_t k = 0; k < P; ++k) totals.sum[k] += theirs.sum[k], totals.count[k] += theirs.count[k];
+      totals.summary.add(theirs.summary);
+    }
+  }
+
   json finish(const json& manifest) override {
     json report = {{"analyzer", "token_influence"}, {"mode", generation_mode_name(mode_)}, {"definitions", definitions()}};
     if (mode_ == GenerationMode::none) {

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -73,8 +74,25 @@ class Analyzer {
   // so doubles arrive exactly.
   virtual nlohmann::json save_state() const;
   // Adds another rank's save_state() (its analyzer begun with the same run) to this analyzer's.
+  // The state comes from another process: check everything (read_state below); a bad one is Error.
   virtual void merge_state(const nlohmann::json& state);
 };
+
+// Reading another rank's state in merge_state(): run `read` (which reads with .at() and the checked
+// readers below), turning any refusal or nlohmann exception into one line,
+// Error("WHO: cannot merge another rank's state: ..."). Read into temporaries, then add them to the
+// analyzer's state, so that a refused state leaves it as it was.
+void read_state(const std::string& who, const std::function<void()>& read);
+// An integer in [0, end): a layer, head or prompt index (`what` names it in the refusal).
+int state_index(const nlohmann::json& v, std::int64_t end, const char* what);
+// An integer >= 0.
+std::int64_t state_count(const nlohmann::json& v, const char* what);
+// A number; null stands for NaN (JSON text has none; the CBOR AnalyzerSet sends keeps them).
+double state_number(const nlohmann::json& v, const char* what);
+// An array of exactly `size` numbers (state_number each).
+std::vector<double> state_numbers(const nlohmann::json& v, std::size_t size, const char* what);
+// `v` if it is an array (Error otherwise).
+const nlohmann::json& state_array(const nlohmann::json& v, const char* what);
 
 // Which keys each query row of a captured attention pattern could attend to, from the layer's
 // attention kind: causal keys <= query, local also > query - window, bidirectional every key.

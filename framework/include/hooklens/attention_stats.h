@@ -36,6 +36,10 @@ struct AttentionSummary {
   // The means and the label: {"rows", "entropy", "normalized_entropy", "row_std", "max_weight",
   // "self_mass", "other_mass", "label"}; the statistics are null when no row counted.
   nlohmann::json to_json() const;
+  // The sums as they are, for Analyzer::save_state: [rows, entropy, normalized_entropy, row_std,
+  // max_weight, self_mass, other_mass]. from_state reads that back (Error for anything else).
+  nlohmann::json to_state() const;
+  static AttentionSummary from_state(const nlohmann::json& state);
 };
 
 // One summary per head of `pattern` ([batch, head, query, key] or [head, query, key]; batch rows
