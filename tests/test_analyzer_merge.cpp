@@ -3,6 +3,7 @@
 // interleaved splits, merged in rank order and in another order), must write the report one
 // analyzer observing every capture writes. Also the refusals of bad states, and AnalyzerSet's
 // save_states / merge_states / require_mergeable.
+#include "report_util.h"
 #include "test_util.h"
 
 #include <hooklens/analysis.h>
@@ -92,39 +93,6 @@ json report_of(Analyzer& analyzer, const Run& run) {
 // What a state looks like after the trip between processes.
 json sent(const json& state) { return json::from_cbor(json::to_cbor(state)); }
 
-// The first difference between two reports, "" when none: the same keys, strings, integers, bools
-// and nulls; doubles within 1e-9 relative (+1e-12 absolute). (A report read back from its file
-// holds its non-negative integers as unsigned: integers compare by value.)
-std::string difference(const json& a, const json& b, const std::string& where = "report") {
-  if (a.is_number() && b.is_number()) {
-    if (!a.is_number_float() && !b.is_number_float()) return a == b ? "" : fmt::format("{}: {} vs {}", where, a.dump(), b.dump());
-    const double x = a.get<double>(), y = b.get<double>();
-    return a.is_number_float() == b.is_number_float() &&
-                   std::abs(x - y) <= 1e-9 * std::max(std::abs(x), std::abs(y)) + 1e-12
-               ? ""
-               : fmt::format("{}: {} vs {}", where, a.dump(), b.dump());
-  }
-  if (a.type() != b.type()) return fmt::format("{}: {} vs {}", where, hooklens::brief_json(a), hooklens::brief_json(b));
-  if (a.is_object()) {
-    if (a.size() != b.size()) return fmt::format("{}: {} keys vs {}", where, a.size(), b.size());
-    for (const auto& [key, value] : a.items()) {
-      if (!b.contains(key)) return fmt::format("{}: key {} only in the first", where, key);
-      const std::string d = difference(value, b[key], where + "." + key);
-      if (!d.empty()) return d;
-    }
-    return "";
-  }
-  if (a.is_array()) {
-    if (a.size() != b.size()) return fmt::format("{}: {} items vs {}", where, a.size(), b.size());
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      const std::string d = difference(a[i], b[i], fmt::format("{}[{}]", where, i));
-      if (!d.empty()) return d;
-    }
-    return "";
-  }
-  return a == b ? "" : fmt::format("{}: {} vs {}", where, hooklens::brief_json(a), hooklens::brief_json(b));
-}
-
 // The report of rank 0 after merging the other ranks' states in `order`, through the Analyzer interface.
 json merged_report(const std::string& name, const Run& run, const json& options, const RankOf& rank_of,
                    const std::vector<int>& order) {
@@ -184,13 +152,13 @@ void check_merges(const std::string& name, const Run& run, const json& options, 
     for (const Capture& c : run.captures) ++captures[std::size_t(rank_of(c.ctx))];
     for (int r = 0; r < kRanks; ++r) REQUIRE(captures[std::size_t(r)] > 0);  // every rank has a share
     // Rank 0 alone is not the whole run: the comparison can fail.
-    if (!nonempty.empty()) CHECK(!difference(report_of(*observed(name, run, options, rank_of, 0), run), expected).empty());
+    if (!nonempty.empty()) CHECK(!test::report_difference(report_of(*observed(name, run, options, rank_of, 0), run), expected).empty());
     for (const std::vector<int>& order : {std::vector<int>{1, 2}, std::vector<int>{2, 1}}) {
       INFO("merged in order " << order[0] << ", " << order[1]);
-      CHECK(difference(merged_report(name, run, options, rank_of, order), expected) == "");
+      CHECK(test::report_difference(merged_report(name, run, options, rank_of, order), expected) == "");
     }
   }
-  CHECK(difference(merged_report_of_sets(name, run, options, interleaved(key), {2, 1}), expected) == "");
+  CHECK(test::report_difference(merged_report_of_sets(name, run, options, interleaved(key), {2, 1}), expected) == "");
 }
 
 // ---- states that must be refused ----------------------------------------------------------
@@ -234,7 +202,7 @@ void check_refusals(const std::string& name, const Run& run, const json& options
     CHECK(error.rfind(name + ": cannot merge another rank's state: ", 0) == 0);
     CHECK(error.find('\n') == std::string::npos);
   }
-  CHECK(difference(report_of(*victim, run), report_of(*observed(name, run, options, rank_of, 0), run)) == "");
+  CHECK(test::report_difference(report_of(*victim, run), report_of(*observed(name, run, options, rank_of, 0), run)) == "");
 }
 
 // The runs every case reads: seven prompts of 1 to 65 tokens (the last head_detectors' repeated

@@ -110,7 +110,10 @@ class C10dGroup final : public ProcessGroup {
     }
   }
 
-  ~C10dGroup() override { stop_heartbeat(); }
+  ~C10dGroup() override {
+    if (env_.rank == 0 && failed_) linger();
+    stop_heartbeat();
+  }
 
   int rank() const override { return env_.rank; }
   int size() const override { return env_.world_size; }
@@ -183,6 +186,7 @@ class C10dGroup final : public ProcessGroup {
   }
 
   void fail(const std::string& why) noexcept override {
+    failed_ = true;
     try {
       store_->set(key("failed", rank()), text_bytes(why));
       store_->add(kFailures, 1);
@@ -218,6 +222,24 @@ class C10dGroup final : public ProcessGroup {
     }
     beat_wake_.notify_all();
     if (heartbeat_.joinable()) heartbeat_.join();
+  }
+
+  // Rank 0 serves the store: after it failed it stays until every other rank still alive has
+  // failed too (they read why from the store), so they report the cause, not a lost store.
+  void linger() noexcept {
+    try {
+      const auto deadline = Clock::now() + std::min(timeout_, milliseconds(10000));
+      while (Clock::now() < deadline) {
+        const std::vector<int> silent = silent_ranks(3 * beat_period_);
+        bool waiting = false;
+        for (int r = 1; r < size() && !waiting; ++r)
+          waiting = !store_->check({key("failed", r)}) && std::find(silent.begin(), silent.end(), r) == silent.end();
+        if (!waiting) return;
+        std::this_thread::sleep_for(milliseconds(20));
+      }
+    } catch (...) {
+      // nothing more to do for the others
+    }
   }
 
   Error lost_store(const std::exception& e) const {
@@ -314,6 +336,7 @@ class C10dGroup final : public ProcessGroup {
   std::mutex beat_mutex_;
   std::condition_variable beat_wake_;
   bool stopping_ = false;
+  bool failed_ = false;
 };
 
 class SingleProcess final : public ProcessGroup {

@@ -35,19 +35,19 @@ class Neurons : public hooklens::Analyzer {
     model_ = hooklens::ModelInfo::from_json(run.at("model"));
     prompt_count_ = int(run.value("prompts", json::array()).size());
     stats_ = NeuronStats();
-    current_.reset();
-    rows_.clear();
+    pending_.clear();
     tops_.clear();
   }
 
   void observe(std::string_view, const hooklens::CaptureContext& ctx, const at::Tensor& tensor) override {
     if (ctx.pass != 0 || ctx.layer < 0) return;  // the unconditional CFG pass is not the prompt's text
-    if (current_ && *current_ != ctx.prompt) flush_prompt();
-    current_ = ctx.prompt;
+    flush_finished(ctx);
     const auto [begin, end] = stats_.add(ctx.prompt, ctx.layer, ctx.query_offset, tensor);
     const at::Tensor acts = (tensor.dim() == 3 ? tensor.select(0, 0) : tensor).to(at::kFloat).contiguous();
     const std::int64_t d = acts.size(1);
-    Rows& kept = rows_[ctx.layer];
+    Pending& pending = pending_[ctx.prompt];
+    pending.last_layer = ctx.layer;
+    Rows& kept = pending.rows[ctx.layer];
     for (std::int64_t r = begin; r < end; ++r) {
       kept.positions.push_back(ctx.query_offset + r);
       const float* row = acts.data_ptr<float>() + r * d;
@@ -61,7 +61,7 @@ class Neurons : public hooklens::Analyzer {
 
   json save_state() const override {
     std::map<int, PromptTop> tops = tops_;
-    if (current_) tops[*current_] = top_of_current();
+    for (const auto& entry : pending_) tops[entry.first] = top_of(entry.first);
     json prompts = json::array();
     for (const auto& [prompt, layers] : tops) {
       json entry = {{"prompt", prompt}, {"layers", json::array()}};
@@ -79,7 +79,7 @@ class Neurons : public hooklens::Analyzer {
       std::map<int, PromptTop> tops;
       for (const json& entry : hooklens::state_array(state.at("tops"), "tops")) {
         const int prompt = hooklens::state_index(entry.at("prompt"), prompt_count_, "prompt");
-        if (tops.count(prompt) || tops_.count(prompt) || current_ == prompt)
+        if (tops.count(prompt) || tops_.count(prompt) || pending_.count(prompt))
           throw hooklens::Error(fmt::format("prompt {} was observed by both ranks", prompt));
         PromptTop& layers = tops[prompt];
         for (const json& l : hooklens::state_array(entry.at("layers"), "layers")) {
@@ -93,7 +93,7 @@ class Neurons : public hooklens::Analyzer {
   }
 
   json finish(const json& manifest) override {
-    flush_prompt();
+    flush_finished(nullptr);
     json per_prompt = json::array();
     for (const auto& [prompt, layers] : tops_) {
       json entry = prompt_json(prompt, layers);
@@ -125,11 +125,11 @@ class Neurons : public hooklens::Analyzer {
   };
   using PromptTop = std::map<int, LayerTop>;  // by layer
 
-  // The current prompt's top-k, from its statistics and the rows kept.
-  PromptTop top_of_current() const {
+  // A pending prompt's top-k, from its statistics and the rows kept.
+  PromptTop top_of(int prompt) const {
     PromptTop out;
-    for (const auto& [layer, rows] : rows_) {
-      const hooklens::analysis::Welford* stats = stats_.of_prompt(*current_, layer);
+    for (const auto& [layer, rows] : pending_.at(prompt).rows) {
+      const hooklens::analysis::Welford* stats = stats_.of_prompt(prompt, layer);
       if (!stats || stats->n == 0) continue;
       const std::size_t d = stats->mean.size();
       LayerTop& top = out[layer];
@@ -141,13 +141,24 @@ class Neurons : public hooklens::Analyzer {
     return out;
   }
 
-  // Keeps the top-k of the prompt that just ended; its rows are dropped.
-  void flush_prompt() {
-    if (!current_) return;
-    tops_[*current_] = top_of_current();
-    rows_.clear();
-    current_.reset();
+  // Keeps the top-k of each prompt whose captures have all been seen; their rows are dropped. A
+  // batched forward pass interleaves its prompts layer by layer (p2 L0, p3 L0, p2 L1, ...), so a
+  // prompt has ended when a capture of another prompt comes at a layer below the prompt's last one
+  // (the next pass began), or one of a prompt past any batch it could share (a run captured at one
+  // layer only). `ctx` null: the run ended.
+  void flush_finished(const hooklens::CaptureContext* ctx) {
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      const bool ended = !ctx || (it->first != ctx->prompt && (it->second.last_layer > ctx->layer ||
+                                                                ctx->prompt >= it->first + kMaxBatchRows));
+      if (!ended) {
+        ++it;
+        continue;
+      }
+      tops_[it->first] = top_of(it->first);
+      it = pending_.erase(it);
+    }
   }
+  void flush_finished(const hooklens::CaptureContext& ctx) { flush_finished(&ctx); }
 
   // A LayerTop from another rank's state, checked against that prompt's statistics (`stats`).
   LayerTop layer_top(const json& state, const hooklens::analysis::Welford* stats) const {
@@ -202,8 +213,13 @@ class Neurons : public hooklens::Analyzer {
   hooklens::ModelInfo model_;
   int prompt_count_ = 0;  // in the whole run
   NeuronStats stats_;
-  std::optional<int> current_;
-  std::map<int, Rows> rows_;        // layer -> the current prompt's counted rows
+  // The rows of prompts still being captured (one, or a batch's), by prompt.
+  struct Pending {
+    std::map<int, Rows> rows;  // layer -> the prompt's counted rows
+    int last_layer = -1;
+  };
+  static constexpr int kMaxBatchRows = 4096;  // `hooklens capture --batch-size` at most
+  std::map<int, Pending> pending_;
   std::map<int, PromptTop> tops_;  // prompt -> its top-k, once it ended
 };
 

@@ -505,8 +505,7 @@ class RunWriter final : public CaptureSink {
   enum class State { closed, open, done };
 
   // A rank's part of a run: its own lock, and shard numbers after those a failed run left (its
-  // unfinished .tmp shards are removed). Rank 0, which prepared the directory, also writes the
-  // run's manifest.json, incomplete until the session writes the whole run's.
+  // unfinished .tmp shards are removed). The run's manifest.json is the session's to write.
   void open_part() {
     const int rank = *options_.rank;
     rank_lock_.acquire(options_.out, fmt::format(".hooklens-writer-rank{:05d}.lock", rank));
@@ -523,7 +522,6 @@ class RunWriter final : public CaptureSink {
       next_shard_ = std::max(next_shard_, std::atoi(name.c_str() + prefix.size()) + 1);
     }
     if (ec) throw Error(fmt::format("{}: cannot list the run directory: {}", options_.out.string(), ec.message()));
-    if (options_.prepare) write_manifest_to(kRunManifestName, json::object(), false, "");
   }
 
   std::string shard_name(int index) const {
