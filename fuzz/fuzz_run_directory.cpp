@@ -7,9 +7,12 @@
 // target). The run is opened with RunReader at both check levels, with and without
 // allow_incomplete, every entry and its tensor read; then rendered as png, svg and html, analyzed
 // by attention_stats, head_detectors, token_influence and neurons, and read by the viewer's model.
+// The parts of a run over several processes (part-rankRRRRR.json, part-resumed.json) are read and
+// joined into a second directory, which is read like the first.
 // Each must give its result or refuse with a one-line hooklens::Error.
 #include "fuzz_run_util.h"
 #include "hooklens/json_read.h"
+#include "hooklens/run_parts.h"
 
 #include <ATen/ops/sum.h>
 #include <c10/core/ScalarType.h>
@@ -71,6 +74,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
 
   read_everything(run);
+  try {
+    (void)hooklens::read_run_parts(run);
+    hooklens::join_run_parts({run}, out / "joined");
+    read_everything(out / "joined");
+  }
+  FUZZ_REFUSALS("the run's parts")
+  fs::remove_all(out, ec);
   fuzz::render_all(run, out, options);
   fuzz::analyze_all(run);
   fuzz::view_run(run);

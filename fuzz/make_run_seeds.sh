@@ -2,7 +2,7 @@
 # Writes the seeds of the run_directory and analysis_report fuzz targets: small real run
 # directories made with build/bin/hooklens on the shared fixtures (a capture with every analyzer's
 # report, a sliced capture, greedy generation, a masked-diffusion run with classifier-free guidance,
-# GPT-Neo's local attention), captures stored as F16, converted to the targets' part format
+# GPT-Neo's local attention, the parts of a capture over two processes), captures stored as F16, converted to the targets' part format
 # (manifest.json first, then "==> NAME <==" per file); and a few hand-broken runs and reports.
 # Needs a normal build (build/, or BUILD=DIR) and ../shared/fixtures (or FIXTURES=DIR). The
 # output is committed; rerun only to change the seeds.
@@ -30,6 +30,9 @@ PATTERNS='blocks.*.attn.hook_pattern'
   --cfg-scale 1.5 --dtype F16 --out "$RUNS/diffusion" --hooks "$PATTERNS" >/dev/null
 "$HL" capture --model "$FIXTURES/tiny-neo-a" --prompt-ids 464,3797,3332 --dtype F16 --out "$RUNS/local" \
   --hooks "$PATTERNS" --layers 0,1 >/dev/null
+# Two ranks each keeping its part (--local-out: no manifest.json, what `hooklens merge` joins).
+HOOKLENS="$HL" scripts/launch.sh 2 capture --model "$FIXTURES/tiny-gpt2-a" --prompt-ids 464,3797 --prompt-ids 40,588,1 \
+  --dtype F16 --out "$RUNS/parts" --local-out --hooks 'blocks.0.attn.hook_pattern' >/dev/null
 
 # A run directory as one input: manifest.json, then every other file as a part.
 python3 - "$RUNS" "$OUT" "$REPORTS" <<'EOF'
@@ -37,8 +40,10 @@ import json, os, sys
 runs, out, reports = sys.argv[1:4]
 
 def pack(run, extra=None):
-    with open(os.path.join(run, "manifest.json"), "rb") as f:
-        data = f.read()
+    data = b""
+    if os.path.exists(os.path.join(run, "manifest.json")):
+        with open(os.path.join(run, "manifest.json"), "rb") as f:
+            data = f.read()
     for root, _, files in sorted(os.walk(run)):
         for name in sorted(files):
             rel = os.path.relpath(os.path.join(root, name), run)
@@ -82,6 +87,22 @@ def broken(name, run, change):
     data = pack(os.path.join(runs, run))
     rest = data[data.index(b"\n==> "):] if b"\n==> " in data else b""
     write(out, "broken_" + name, json.dumps(m, indent=1).encode() + rest)
+
+def broken_part(name, change):
+    data = pack(os.path.join(runs, "parts"))
+    header = b"==> part-rank00000.json <==\n"
+    start = data.index(header) + len(header)
+    end = data.index(b"\n==> ", start)
+    part = json.loads(data[start:end])
+    change(part)
+    write(out, "broken_" + name, data[:start] + json.dumps(part).encode() + data[end:])
+
+def world_as_text(p):
+    p["distributed"]["world_size"] = "2"
+def done_twice(p):
+    p["part"]["prompts_done"] = [0, 0, 1]
+broken_part("part_world_size", world_as_text)
+broken_part("part_done_twice", done_twice)
 
 def negative_offset(m):
     m["captures"][0]["query_offset"] = -3

@@ -306,6 +306,12 @@ TEST_CASE("A rank killed with -9 stops the run naming it; --resume completes it"
   CHECK(kept > 0);
   CHECK(kept < 300);
   CHECK(manifest_of(run)["complete"] == true);
+  CHECK(manifest_of(run)["distributed"]["resumed"] == true);
+  for (const auto& item : fs::directory_iterator(run)) {  // no part, no unfinished shard of the killed rank
+    INFO(item.path());
+    CHECK(!hooklens::ends_with(item.path().string(), ".tmp"));
+    CHECK(item.path().filename().string().rfind("part-", 0) != 0);
+  }
   test::require_hooklens(fmt::format("{} --out '{}'", args, (tmp / "one").string()), tmp / "one.log");
   require_same_captures(tmp / "one", run);
   // A complete run has nothing to resume.
@@ -361,7 +367,10 @@ TEST_CASE("Runs over several processes refuse what they cannot do, in one line",
   CHECK(usage(args + " --out x", "RANK=0 WORLD_SIZE=2 MASTER_PORT=http").find("MASTER_PORT='http'") != std::string::npos);
   CHECK(usage(args, "RANK=0 WORLD_SIZE=1").find("needs --out DIR") != std::string::npos);
   CHECK(usage(args + " --local-out --out x", "").find("--local-out is for runs over several processes") != std::string::npos);
-  CHECK(usage(fmt::format("{} --resume --out '{}'", args, tmp.path.string()), "").find("holds no part") != std::string::npos);
+  fs::create_directories(tmp / "empty");
+  CHECK(usage(fmt::format("{} --resume --out '{}'", args, (tmp / "empty").string()), "").find("holds no part") !=
+        std::string::npos);
+  CHECK(fs::is_empty(tmp / "empty"));  // a refused --resume writes nothing
   CHECK(usage(fmt::format("generate --model '{}' --prompt hi --out x", toy_neo().string()), "RANK=0 WORLD_SIZE=1")
             .find("only `hooklens capture` runs over several processes") != std::string::npos);
 

@@ -277,7 +277,7 @@ class C10dGroup final : public ProcessGroup {
     const auto started = Clock::now();
     try {
       store_->set(key(tag, rank()), text_bytes("1"));
-      for (milliseconds pause(5);; pause = std::min(pause * 2, milliseconds(100))) {
+      for (milliseconds pause(1);; pause = std::min(pause * 2, milliseconds(20))) {
         check_failures();
         std::vector<int> missing;
         for (int r = 0; r < size(); ++r)

@@ -169,7 +169,12 @@ std::size_t join_run_parts(const std::vector<fs::path>& inputs, const fs::path& 
       throw Error(fmt::format("{} and {}: two parts of {}", by_rank[f.part.rank]->part.file.string(), f.part.file.string(),
                               f.part.rank >= 0 ? fmt::format("rank {}", f.part.rank) : "resumed captures"));
   }
-  const int world_size = ref.value("distributed", json::object()).value("world_size", 0);
+  const json distributed = ref.value("distributed", json::object());
+  const json world = distributed.is_object() ? distributed.value("world_size", json(0)) : json(0);
+  if (!world.is_number_integer() || world.get<std::int64_t>() < 0 || world.get<std::int64_t>() > kMaxRunRank + 1)
+    throw Error(fmt::format("{}: \"distributed\".\"world_size\" is {}, not a number of ranks", reference->part.file.string(),
+                            brief_json(world)));
+  const int world_size = world.get<int>();
   for (int r = 0; r < world_size; ++r)
     if (!by_rank.count(r))
       throw Error(fmt::format("{} (rank {} of {}) is in none of the directories given", rank_part_name(r), r, world_size));

@@ -701,6 +701,13 @@ std::vector<std::size_t> RunSession::resume_parts() {
   write_run_part(out, kept);  // first, so that a failure now loses nothing
   for (const auto& part : parts)
     if (part.file.filename() != kResumedPartName) fs::remove(part.file, ec);
+  // Shards the failed run's ranks never finished (each rank removes its own, but the run may
+  // now have fewer ranks). No rank writes yet: only rank 0's writer is open, with no shard.
+  for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code removed;
+    if (name.rfind("captures-rank", 0) == 0 && ends_with(name, ".safetensors.tmp")) fs::remove(it->path(), removed);
+  }
   std::cerr << fmt::format("resume: {} of {} prompts verified in {} ({} captures kept); capturing the other {}\n",
                            kept.prompts_done.size(), prompts_.size(), out.string(), kept.captures.size(),
                            prompts_.size() - kept.prompts_done.size());
@@ -729,6 +736,12 @@ void RunSession::capture_across_ranks() {
         throw Error(fmt::format("rank {} runs other prompts, options or model than rank 0: every process needs the "
                                 "same arguments, files and model",
                                 r));
+    // The run directory: prepared (created, or emptied with --overwrite; with --resume locked as it
+    // is) before any rank writes.
+    if (prepares) {
+      open_sink(json{{"rank", rank}, {"prepare", true}, {"resume", o.resume}});
+      sink_open = true;
+    }
     // What is left to do: all of it, or what --resume did not keep (rank 0 decides).
     std::vector<std::size_t> done;
     if (first && o.resume) done = resume_parts();
@@ -745,10 +758,7 @@ void RunSession::capture_across_ranks() {
     std::vector<std::size_t> share;
     const std::vector<std::vector<std::size_t>> shares = split_by_tokens(tokens, ranks);
     for (std::size_t i : shares[std::size_t(rank)]) share.push_back(todo[i]);
-    // The run directory: prepared (created, or emptied with --overwrite) before any rank writes.
     if (prepares) {
-      open_sink(json{{"rank", rank}, {"prepare", true}, {"resume", o.resume}});
-      sink_open = true;
       if (!o.local_out) {  // incomplete until the end; what --resume compares
         started_manifest = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
         started_manifest.update({{"format", kRunFormatName}, {"version", kRunFormatVersion}, {"complete", false},
@@ -765,7 +775,7 @@ void RunSession::capture_across_ranks() {
     // The work, with rank 0 showing everyone's progress.
     const auto started = Clock::now();
     std::size_t my_sequences = 0, my_tokens = 0;
-    Progress progress(fmt::format("capture: {} ranks: sequence", ranks), int(todo.size()));
+    Progress progress(fmt::format("capture: {} rank{}: sequence", ranks, ranks == 1 ? "" : "s"), int(todo.size()));
     auto last_shown = Clock::now() - std::chrono::seconds(10);
     const auto show = [&](std::optional<RankProgress> total) {
       if (!first || (!total && Clock::now() - last_shown < std::chrono::seconds(1))) return;
@@ -830,13 +840,13 @@ void RunSession::capture_across_ranks() {
                                "join them with `hooklens merge --out RUN DIR...`\n",
                                out);
     } else {
-      std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s) on {} ranks; manifest {}\n",
-                               out, captures, fmt::join(o.hooks, ", "), prompts_.size(), ranks,
+      std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s) on {} rank{}; manifest {}\n",
+                               out, captures, fmt::join(o.hooks, ", "), prompts_.size(), ranks, ranks == 1 ? "" : "s",
                                (fs::path(out) / kRunManifestName).string());
     }
-    std::cerr << fmt::format("timing: load {:.2f} s; {} sequence(s), {} tokens over {} ranks {:.2f} s ({:.2f} "
+    std::cerr << fmt::format("timing: load {:.2f} s; {} sequence(s), {} tokens over {} rank{} {:.2f} s ({:.2f} "
                              "sequences/s, {:.0f} tok/s); rank 0's share {:.2f} s\n",
-                             run_->load_seconds, sequences, all_tokens, ranks, seconds, per_second(double(sequences), seconds),
+                             run_->load_seconds, sequences, all_tokens, ranks, ranks == 1 ? "" : "s", seconds, per_second(double(sequences), seconds),
                              per_second(double(all_tokens), seconds), work_seconds);
     if (analyzers_ && !o.local_out) {
       const json manifest = read_json_file(fs::path(out) / kRunManifestName);

@@ -425,7 +425,9 @@ class RunWriter final : public CaptureSink {
       else if (!fs::is_directory(options_.out, ec))
         throw Error(fmt::format("{}: the run directory does not exist (rank 0 creates it)", options_.out.string()));
       if (options_.rank) open_part();
-      write_manifest(json::object(), false);
+      // A resumed rank 0's part is first written at its first checkpoint: until then the failed
+      // run's part of the same name is the session's to read.
+      if (!options_.resume) write_manifest(json::object(), false);
       thread_ = std::thread([this] { writer_loop(); });
     } catch (...) {
       rank_lock_.release();
@@ -481,7 +483,9 @@ class RunWriter final : public CaptureSink {
     state_ = State::done;
     try {
       stop_thread();  // the thread writes what is already queued, then closes the shard
-      write_manifest(json::object(), false, error_.empty() ? reason : reason + "; writer error: " + error_);
+      // A resumed part never written leaves the failed run's as it was.
+      if (!options_.resume || manifest_written_)
+        write_manifest(json::object(), false, error_.empty() ? reason : reason + "; writer error: " + error_);
     } catch (...) {
       // nothing more can be done: the manifest on disk already says "complete": false
     }
@@ -673,6 +677,7 @@ class RunWriter final : public CaptureSink {
     if (!manifest.contains("captures")) manifest["captures"] = captures_;
     if (!error.empty()) manifest["error"] = error;
     write_manifest_file(options_.out / name, manifest);
+    manifest_written_ = true;
   }
 
   WriterOptions options_;
@@ -695,7 +700,8 @@ class RunWriter final : public CaptureSink {
   int next_shard_ = 0;
   json captures_ = json::array();  // entries of closed shards
   json pending_ = json::array();   // entries of the open shard
-  std::vector<int> done_, pending_done_;  // end_prompt()s reached before the last closed shard, and since
+  std::vector<int> done_, pending_done_;
+  bool manifest_written_ = false;  // end_prompt()s reached before the last closed shard, and since
 };
 
 }  // namespace
