@@ -396,6 +396,19 @@ TEST_CASE("Runs over several processes refuse what they cannot do, in one line",
     CHECK(differ.log(0).find("rank 1 runs other prompts, options or model than rank 0") != std::string::npos);
     CHECK(!fs::exists(tmp / "differ" / "manifest.json"));
   }
+  // --out that one rank does not see (not shared storage): the run stops, saying what --out must be.
+  {
+    Ranks apart(tmp.path, 2,
+                {fmt::format("{} --out '{}'", args, (tmp / "here").string()),
+                 fmt::format("{} --out '{}'", args, (tmp / "there").string())},
+                free_port());
+    const auto statuses = apart.wait(std::chrono::seconds(60));
+    INFO(apart.logs());
+    CHECK(statuses == std::vector<int>{1, 1});
+    CHECK(apart.log(0).find("rank 1 failed: ") != std::string::npos);
+    CHECK(apart.log(0).find("--out must be on storage every rank shares") != std::string::npos);
+    CHECK(manifest_of(tmp / "here")["complete"] == false);
+  }
 }
 
 TEST_CASE("read_run_parts and join_run_parts refuse damaged parts in one line", "[distributed]") {

@@ -823,6 +823,8 @@ void RunSession::capture_across_ranks() {
         if (!o.local_out) captures = join_run_parts({run_->sink->location()}, run_->sink->location());
       } catch (const std::exception& e) {
         failure = e.what();
+        if (failure.find("is in none of the directories given") != std::string::npos)  // rank 0 cannot see a part
+          failure += ": every rank needs --out on storage they all share (or --local-out, then `hooklens merge`)";
       }
       show(RankProgress{std::int64_t(sequences), std::int64_t(all_tokens)});
     }

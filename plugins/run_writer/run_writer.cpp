@@ -423,7 +423,9 @@ class RunWriter final : public CaptureSink {
       std::error_code ec;
       if (options_.prepare) prepare_directory(options_, lock_);
       else if (!fs::is_directory(options_.out, ec))
-        throw Error(fmt::format("{}: the run directory does not exist (rank 0 creates it)", options_.out.string()));
+        throw Error(fmt::format("{}: the run directory does not exist: rank 0 creates it, so --out must be on storage "
+                                "every rank shares (or give --local-out, then `hooklens merge`)",
+                                options_.out.string()));
       if (options_.rank) open_part();
       // A resumed rank 0's part is first written at its first checkpoint: until then the failed
       // run's part of the same name is the session's to read.
