@@ -163,7 +163,7 @@ class DirectoryLock {
 
   bool held() const { return fd_ >= 0; }
 
-  // `name`: kName for the run directory, rank_lock_name(R) for one rank's part of it.
+  // `name`: kName for the run directory, or a rank's own lock file (open_part).
   void acquire(const fs::path& dir, const std::string& name = kName) {
     if (held()) return;
     const fs::path path = dir / name;
@@ -665,20 +665,13 @@ class RunWriter final : public CaptureSink {
   // The run's manifest.json, or for a rank its part (which also lists the prompts done).
   void write_manifest(const json& fields, bool complete, const std::string& error = "") {
     json manifest = fields.is_object() ? fields : json::object();
-    if (options_.rank) {
-      manifest["part"] = {{"rank", *options_.rank}, {"prompts_done", done_}};
-      manifest["captures"] = captures_;
-    }
-    write_manifest_to(options_.rank ? rank_part_name(*options_.rank) : kRunManifestName, manifest, complete, error);
-  }
-
-  void write_manifest_to(const std::string& name, json manifest, bool complete, const std::string& error) {
+    if (options_.rank) manifest["part"] = {{"rank", *options_.rank}, {"prompts_done", done_}};
     manifest["format"] = kRunFormatName;
     manifest["version"] = kRunFormatVersion;
     manifest["complete"] = complete;
-    if (!manifest.contains("captures")) manifest["captures"] = captures_;
+    manifest["captures"] = captures_;
     if (!error.empty()) manifest["error"] = error;
-    write_manifest_file(options_.out / name, manifest);
+    write_manifest_file(options_.out / (options_.rank ? rank_part_name(*options_.rank) : kRunManifestName), manifest);
     manifest_written_ = true;
   }
 
