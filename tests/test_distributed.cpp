@@ -397,17 +397,31 @@ TEST_CASE("Runs over several processes refuse what they cannot do, in one line",
     CHECK(!fs::exists(tmp / "differ" / "manifest.json"));
   }
   // --out that one rank does not see (not shared storage): the run stops, saying what --out must be.
-  {
-    Ranks apart(tmp.path, 2,
-                {fmt::format("{} --out '{}'", args, (tmp / "here").string()),
-                 fmt::format("{} --out '{}'", args, (tmp / "there").string())},
+  // Both fail; the logs of ranks 0 and 1.
+  const auto apart = [&](const fs::path& mine, const fs::path& theirs) {
+    Ranks ranks(tmp.path, 2,
+                {fmt::format("{} --out '{}'", args, mine.string()), fmt::format("{} --out '{}'", args, theirs.string())},
                 free_port());
-    const auto statuses = apart.wait(std::chrono::seconds(60));
-    INFO(apart.logs());
+    const auto statuses = ranks.wait(std::chrono::seconds(60));
+    INFO(ranks.logs());
     CHECK(statuses == std::vector<int>{1, 1});
-    CHECK(apart.log(0).find("rank 1 failed: ") != std::string::npos);
-    CHECK(apart.log(0).find("--out must be on storage every rank shares") != std::string::npos);
-    CHECK(manifest_of(tmp / "here")["complete"] == false);
+    CHECK(manifest_of(mine)["complete"] == false);
+    return std::make_pair(ranks.log(0), ranks.log(1));
+  };
+  {
+    const auto [rank0, rank1] = apart(tmp / "here", tmp / "there");  // rank 1's directory does not exist
+    INFO(rank0);
+    CHECK(rank0.find("rank 1 failed: ") != std::string::npos);
+    CHECK(rank0.find("--out must be on storage every rank shares") != std::string::npos);
+  }
+  {
+    // Where rank 1's directory exists, it writes its part there, and rank 0 does not find it.
+    fs::create_directories(tmp / "elsewhere");
+    const auto [rank0, rank1] = apart(tmp / "mine", tmp / "elsewhere");
+    INFO(rank0 << rank1);
+    CHECK(rank0.find("rank 1's part part-rank00001.json is not there: every rank needs --out on storage they "
+                     "all share") != std::string::npos);
+    CHECK(rank1.find("rank 0 could not complete the run") != std::string::npos);
   }
 }
 

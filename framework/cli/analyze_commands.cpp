@@ -65,7 +65,7 @@ void add_analyze_commands(CLI::App& app) {
       ->required();
   merge->callback([m] {
     std::vector<fs::path> parts(m->parts.begin(), m->parts.end());
-    const std::size_t captures = join_run_parts(parts, m->out);
+    const std::size_t captures = join_run_parts(parts, m->out).at("captures").size();
     std::cout << fmt::format("run directory: {}\n  {} captures from {} director{}; manifest {}\n", m->out, captures,
                              parts.size(), parts.size() == 1 ? "y" : "ies", (fs::path(m->out) / "manifest.json").string());
   });

@@ -133,17 +133,16 @@ void AnalyzerSet::require_mergeable() const {
 std::string AnalyzerSet::save_states() const {
   nlohmann::json states = nlohmann::json::object();
   for (const auto& entry : entries_) {
-    nlohmann::json& state = states[entry->name];
-    if (entry->error.empty()) {
+    std::string error = entry->error;
+    if (error.empty()) {
       try {
-        state = {{"state", entry->analyzer->save_state()}};
+        states[entry->name] = {{"state", entry->analyzer->save_state()}};
         continue;
       } catch (const std::exception& e) {
-        state = {{"error", e.what()}};
+        error = e.what();
       }
-    } else {
-      state = {{"error", entry->error}};
     }
+    states[entry->name] = {{"error", error}};
   }
   const std::vector<std::uint8_t> bytes = nlohmann::json::to_cbor(states);
   return std::string(bytes.begin(), bytes.end());

@@ -96,7 +96,7 @@ class C10dGroup final : public ProcessGroup {
       throw lost_store(e);
     }
     try {
-      wait_for("joined", fmt::format("did not join within {} s", timeout.count() / 1000), true);
+      wait_for("joined", true);
       auto options = c10d::ProcessGroupGloo::Options::create(timeout);
       options->devices.push_back(gloo_device(env));
       gloo_ = c10::make_intrusive<c10d::ProcessGroupGloo>(c10::make_intrusive<c10d::PrefixStore>("gloo", store_),
@@ -120,7 +120,7 @@ class C10dGroup final : public ProcessGroup {
 
   std::vector<std::string> all_gather(const std::string& bytes) override {
     const std::string tag = fmt::format("sync{}", collectives_++);
-    wait_for(tag.c_str(), "stopped", false);
+    wait_for(tag.c_str(), false);
     try {
       std::vector<at::Tensor> length{at::full({1}, std::int64_t(bytes.size()), at::kLong)};
       std::vector<std::vector<at::Tensor>> lengths(1);
@@ -151,9 +151,7 @@ class C10dGroup final : public ProcessGroup {
     try {
       check_failures();
       const std::vector<int> silent = silent_ranks(timeout_);
-      if (!silent.empty())
-        throw Error(fmt::format("rank{} {} stopped: no sign of life for {} s (killed, or its machine is unreachable)",
-                                silent.size() > 1 ? "s" : "", fmt::join(silent, ", "), timeout_.count() / 1000));
+      if (!silent.empty()) throw gone(silent, false);
     } catch (const Error&) {
       throw;
     } catch (const std::exception& e) {
@@ -272,8 +270,18 @@ class C10dGroup final : public ProcessGroup {
     return silent;
   }
 
-  // Marks this rank at `tag` and waits until every rank is, as long as the others are alive.
-  void wait_for(const char* tag, const std::string& missing_means, bool deadline) {
+  // Ranks that stopped beating for the timeout, or (`joining`) never joined within it.
+  Error gone(const std::vector<int>& ranks, bool joining) const {
+    const std::string who = fmt::format("rank{} {}", ranks.size() > 1 ? "s" : "", fmt::join(ranks, ", "));
+    const long long seconds = timeout_.count() / 1000;
+    return Error(joining ? fmt::format("{} did not join within {} s", who, seconds)
+                         : fmt::format("{} stopped: no sign of life for {} s (killed, or its machine is unreachable)", who,
+                                       seconds));
+  }
+
+  // Marks this rank at `tag` and waits until every rank is, as long as the others are alive;
+  // `joining`: the rendezvous, where a rank absent for the timeout has not joined.
+  void wait_for(const char* tag, bool joining) {
     const auto started = Clock::now();
     try {
       store_->set(key(tag, rank()), text_bytes("1"));
@@ -284,14 +292,11 @@ class C10dGroup final : public ProcessGroup {
           if (r != rank() && !store_->check({key(tag, r)})) missing.push_back(r);
         if (missing.empty()) return;
         const std::vector<int> silent = silent_ranks(timeout_);
-        std::vector<int> gone;
+        std::vector<int> absent;
         for (int r : missing)
-          if (std::count(silent.begin(), silent.end(), r) || (deadline && Clock::now() - started >= timeout_))
-            gone.push_back(r);
-        if (!gone.empty())
-          throw Error(fmt::format("rank{} {} {}{}", gone.size() > 1 ? "s" : "", fmt::join(gone, ", "), missing_means,
-                                  deadline ? "" : fmt::format(": no sign of life for {} s (killed, or its machine is "
-                                                              "unreachable)", timeout_.count() / 1000)));
+          if (std::count(silent.begin(), silent.end(), r) || (joining && Clock::now() - started >= timeout_))
+            absent.push_back(r);
+        if (!absent.empty()) throw gone(absent, joining);
         std::this_thread::sleep_for(pause);
       }
     } catch (const Error&) {

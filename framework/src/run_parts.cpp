@@ -136,7 +136,7 @@ std::vector<std::string> check_shards(const fs::path& dir, const std::vector<Cap
   return problems;
 }
 
-std::size_t join_run_parts(const std::vector<fs::path>& inputs, const fs::path& out) {
+json join_run_parts(const std::vector<fs::path>& inputs, const fs::path& out) {
   struct Found {
     fs::path dir;
     RunPart part;
@@ -242,7 +242,7 @@ std::size_t join_run_parts(const std::vector<fs::path>& inputs, const fs::path& 
       std::error_code ec;
       fs::remove(f.part.file, ec);
     }
-  return captures.size();
+  return manifest;
 }
 
 }  // namespace hooklens

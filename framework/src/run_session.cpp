@@ -548,10 +548,15 @@ void RunSession::run(Work work) {
                            seconds_since(run.started));
   if (analyzers_)  // the run is complete; a report that cannot be written fails the command only
     print_reports(analyzers_->finish(manifest, run.sink->location()), std::cout);
-  for (const auto& [format, renderer] : run.renderers) {
-    const fs::path out = default_render_dir(run.sink->location(), format);
-    const auto files = renderer->render(run.sink->location(), format, out, json::object());
-    std::cout << fmt::format("{}: {} file(s) in {}\n", format, files.value("files", json::array()).size(), out.string());
+  render(run.sink->location());
+}
+
+// --render: each format drawn from the complete run directory `out`.
+void RunSession::render(const std::string& out) {
+  for (const auto& [format, renderer] : run_->renderers) {
+    const fs::path dir = default_render_dir(out, format);
+    const auto files = renderer->render(out, format, dir, json::object());
+    std::cout << fmt::format("{}: {} file(s) in {}\n", format, files.value("files", json::array()).size(), dir.string());
   }
 }
 
@@ -651,7 +656,7 @@ void RunSession::check_resumable_analyzers() const {
   }
 }
 
-std::vector<std::size_t> RunSession::resume_parts() {
+std::vector<std::size_t> RunSession::resume_parts(const json& mine) {
   const fs::path out = settings_.out;
   std::error_code ec;
   if (!fs::is_directory(out, ec)) throw UsageError(fmt::format("--resume: {} is not a run directory", out.string()));
@@ -668,7 +673,6 @@ std::vector<std::size_t> RunSession::resume_parts() {
     throw UsageError(fmt::format("--resume: {} holds no part of a run over several processes (part-rank*.json): "
                                  "nothing to resume",
                                  out.string()));
-  const json mine = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
   for (const char* section : kRunSections)
     if (!written.is_object() || written.value(section, json()) != mine.value(section, json()))
       throw UsageError(fmt::format("--resume: {} was written by another run (its \"{}\" differs from this one's): give "
@@ -679,7 +683,6 @@ std::vector<std::size_t> RunSession::resume_parts() {
   kept.complete = true;
   kept.manifest = json::object();
   for (const char* section : kRunSections) kept.manifest[section] = mine[section];
-  std::size_t dropped = 0;
   for (const auto& part : parts) {
     std::map<int, std::vector<CaptureEntry>> by_prompt;
     for (const auto& e : part.captures)
@@ -691,7 +694,6 @@ std::vector<std::size_t> RunSession::resume_parts() {
       const auto problem = std::find_if(problems.begin(), problems.end(), [](const std::string& s) { return !s.empty(); });
       if (problem != problems.end()) {
         std::cerr << fmt::format("resume: prompt {} is captured again: {}\n", p, *problem);
-        ++dropped;
         continue;
       }
       kept.prompts_done.insert(p);
@@ -711,7 +713,6 @@ std::vector<std::size_t> RunSession::resume_parts() {
   std::cerr << fmt::format("resume: {} of {} prompts verified in {} ({} captures kept); capturing the other {}\n",
                            kept.prompts_done.size(), prompts_.size(), out.string(), kept.captures.size(),
                            prompts_.size() - kept.prompts_done.size());
-  (void)dropped;
   return {kept.prompts_done.begin(), kept.prompts_done.end()};
 }
 
@@ -726,8 +727,10 @@ void RunSession::capture_across_ranks() {
   bool sink_open = false;
   json started_manifest;  // rank 0's manifest.json until the run is complete
   try {
+    // The run's sections, made once (prompts_json decodes every prompt's tokens).
+    const json sections = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
     // Every rank must run the same thing (a path may differ between machines; the model may not).
-    json identity = manifest(json());
+    json identity = sections;
     identity["model"].erase("path");
     const std::string mine = std::to_string(fingerprint(identity.dump()));
     const std::vector<std::string> theirs = group.all_gather(mine);
@@ -744,7 +747,7 @@ void RunSession::capture_across_ranks() {
     }
     // What is left to do: all of it, or what --resume did not keep (rank 0 decides).
     std::vector<std::size_t> done;
-    if (first && o.resume) done = resume_parts();
+    if (first && o.resume) done = resume_parts(sections);
     done = from_cbor_bytes(group.all_gather(first ? cbor_bytes(done) : std::string())[0], 0).get<std::vector<std::size_t>>();
     std::vector<std::size_t> todo, tokens;
     for (std::size_t p = 0, d = 0; p < prompts_.size(); ++p) {
@@ -758,13 +761,11 @@ void RunSession::capture_across_ranks() {
     std::vector<std::size_t> share;
     const std::vector<std::vector<std::size_t>> shares = split_by_tokens(tokens, ranks);
     for (std::size_t i : shares[std::size_t(rank)]) share.push_back(todo[i]);
-    if (prepares) {
-      if (!o.local_out) {  // incomplete until the end; what --resume compares
-        started_manifest = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
-        started_manifest.update({{"format", kRunFormatName}, {"version", kRunFormatVersion}, {"complete", false},
-                                 {"captures", json::array()}});
-        write_manifest_file(fs::path(run_->sink->location()) / kRunManifestName, started_manifest);
-      }
+    if (prepares && !o.local_out) {  // incomplete until the end; what a --resume compares (read above)
+      started_manifest = sections;
+      started_manifest.update({{"format", kRunFormatName}, {"version", kRunFormatVersion}, {"complete", false},
+                               {"captures", json::array()}});
+      write_manifest_file(fs::path(run_->sink->location()) / kRunManifestName, started_manifest);
     }
     group.barrier();
     if (!prepares) {
@@ -796,17 +797,18 @@ void RunSession::capture_across_ranks() {
       show(std::nullopt);
     });
     const double work_seconds = seconds_since(started);
-    json fields = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
+    json fields = sections;
     fields["distributed"] = {{"world_size", ranks}, {"resumed", o.resume}};
     run_->sink->finish(fields);
     sink_open = false;
     // Every rank reports; rank 0 completes the run.
     const std::string states = analyzers_ && !o.resume ? analyzers_->save_states() : std::string();
     const std::vector<std::string> reports = group.all_gather(
-        cbor_bytes({{"captures", run_->captures}, {"sequences", my_sequences}, {"tokens", my_tokens}, {"states", json::binary(
+        cbor_bytes({{"sequences", my_sequences}, {"tokens", my_tokens}, {"states", json::binary(
             std::vector<std::uint8_t>(states.begin(), states.end()))}}));
     std::string failure;
-    std::size_t captures = 0, sequences = 0, all_tokens = 0;
+    std::size_t sequences = 0, all_tokens = 0;
+    json joined;  // the complete manifest.json rank 0 wrote
     if (first) {
       try {
         std::vector<json> from(reports.size());
@@ -820,11 +822,17 @@ void RunSession::capture_across_ranks() {
             const auto& bytes = from[std::size_t(r)].at("states").get_binary();
             analyzers_->merge_states(std::string(bytes.begin(), bytes.end()), r);
           }
-        if (!o.local_out) captures = join_run_parts({run_->sink->location()}, run_->sink->location());
+        if (!o.local_out) {
+          const fs::path out = run_->sink->location();
+          for (int r = 0; r < ranks; ++r)  // every rank reported its part finished: rank 0 must see it
+            if (!fs::exists(out / rank_part_name(r)))
+              throw Error(fmt::format("{}: rank {}'s part {} is not there: every rank needs --out on storage they all "
+                                      "share (or --local-out, then `hooklens merge`)",
+                                      out.string(), r, rank_part_name(r)));
+          joined = join_run_parts({out}, out);
+        }
       } catch (const std::exception& e) {
         failure = e.what();
-        if (failure.find("is in none of the directories given") != std::string::npos)  // rank 0 cannot see a part
-          failure += ": every rank needs --out on storage they all share (or --local-out, then `hooklens merge`)";
       }
       show(RankProgress{std::int64_t(sequences), std::int64_t(all_tokens)});
     }
@@ -843,25 +851,18 @@ void RunSession::capture_across_ranks() {
                                out);
     } else {
       std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s) on {} rank{}; manifest {}\n",
-                               out, captures, fmt::join(o.hooks, ", "), prompts_.size(), ranks, ranks == 1 ? "" : "s",
+                               out, joined.at("captures").size(), fmt::join(o.hooks, ", "), prompts_.size(), ranks,
+                               ranks == 1 ? "" : "s",
                                (fs::path(out) / kRunManifestName).string());
     }
     std::cerr << fmt::format("timing: load {:.2f} s; {} sequence(s), {} tokens over {} rank{} {:.2f} s ({:.2f} "
                              "sequences/s, {:.0f} tok/s); rank 0's share {:.2f} s\n",
                              run_->load_seconds, sequences, all_tokens, ranks, ranks == 1 ? "" : "s", seconds, per_second(double(sequences), seconds),
                              per_second(double(all_tokens), seconds), work_seconds);
-    if (analyzers_ && !o.local_out) {
-      const json manifest = read_json_file(fs::path(out) / kRunManifestName);
-      print_reports(o.resume ? analyze_run(out, *analyzers_) : analyzers_->finish(manifest, out), std::cout);
-    } else if (analyzers_) {
-      print_reports(analyzers_->finish(fields, out), std::cout);
-    }
-    if (!o.local_out)
-      for (const auto& [format, renderer] : run_->renderers) {
-        const fs::path dir = default_render_dir(out, format);
-        const auto files = renderer->render(out, format, dir, json::object());
-        std::cout << fmt::format("{}: {} file(s) in {}\n", format, files.value("files", json::array()).size(), dir.string());
-      }
+    if (analyzers_)
+      print_reports(o.resume ? analyze_run(out, *analyzers_) : analyzers_->finish(o.local_out ? fields : joined, out),
+                    std::cout);
+    if (!o.local_out) render(out);
   } catch (const std::exception& e) {
     if (sink_open) run_->sink->abort(e.what());
     group.fail(e.what());

@@ -39,7 +39,7 @@ inline constexpr const char* kRunSections[] = {"model", "prompts", "capture", "a
 // Joins the parts found in `inputs` into the complete run `out` (one of the inputs, or a new
 // directory that the shards are linked or copied into): every prompt done by exactly one part, every
 // capture verified against its shard, the sections equal; then manifest.json, complete, with the
-// captures in prompt order. Error naming what is missing or different. Returns the captures' count.
-std::size_t join_run_parts(const std::vector<std::filesystem::path>& inputs, const std::filesystem::path& out);
+// captures in prompt order. Error naming what is missing or different. Returns that manifest.
+nlohmann::json join_run_parts(const std::vector<std::filesystem::path>& inputs, const std::filesystem::path& out);
 
 }  // namespace hooklens

@@ -140,7 +140,9 @@ class RunSession {
   template <class Done>
   std::size_t forward_prompts(const std::vector<std::size_t>& indices, Done done);
   void capture_across_ranks();
-  std::vector<std::size_t> resume_parts();  // rank 0 of a --resume: the prompts already done
+  // Rank 0 of a --resume: the prompts already done (`mine`: this run's manifest sections).
+  std::vector<std::size_t> resume_parts(const nlohmann::json& mine);
+  void render(const std::string& out);
   void check_resumable_analyzers() const;
   void generate_tokens();
   void generate_diffusion();
