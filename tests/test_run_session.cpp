@@ -74,7 +74,7 @@ TEST_CASE("a session's manifest has the CLI's sections, and \"hooks\" once", "[f
                                               "'blocks.*.attn.hook_pattern,blocks.*.attn.hook_z' --layers 0,1 --ablate 1.2",
                                               neo().string()));
     CHECK(keys(session) == std::set<std::string>{"ablations", "analyzers", "capture", "captures", "complete", "format",
-                                                 "generation", "model", "prompts", "version"});
+                                                 "generation", "interventions", "model", "prompts", "version"});
     CHECK_FALSE(session.contains("hooks"));
     CHECK(session["capture"]["hooks"] == json({"blocks.*.attn.hook_pattern", "blocks.*.attn.hook_z"}));
     CHECK(session["capture"]["layers"] == json({0, 1}));

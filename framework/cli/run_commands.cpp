@@ -32,7 +32,40 @@ void add_common_options(CLI::App& cmd, RunSettings& o) {
   cmd.add_option("--key-range", o.key_range, "Capture only key positions A:B, A: or :B")->group(slicing);
   cmd.add_option("--capture-steps", o.capture_steps, "Capture only at these generation steps")->delimiter(',')->group(slicing);
   cmd.add_option("--capture-blocks", o.capture_blocks, "Capture only in these diffusion blocks")->delimiter(',')->group(slicing);
-  cmd.add_option("--ablate", o.ablate, "Zero-ablate head H of layer L (LAYER.HEAD, repeatable)");
+  const std::string changes =
+      "Interventions (docs/interventions.md). A SITE is one hook point, whole or part: HOOK[KEY=RANGE,...] with KEY a "
+      "dim of the point (pos, head, neuron, d_model, ...) or step/block, RANGE I, A:B, A: or :B (negative: from the "
+      "end), e.g. 'blocks.1.attn.hook_z[head=3,pos=-1]'";
+  cmd.add_option("--ablate", o.ablate, "Zero-ablate head H of layer L (LAYER.HEAD), or a SITE (repeatable)")->group(changes);
+  cmd.add_option("--patch", o.patch,
+                 "Activation patching: SITE takes the value --patch-from RUN captured there (same prompt, step, block; a "
+                 "run of one prompt patches every prompt) (repeatable)")
+      ->group(changes);
+  cmd.add_option("--patch-from", o.patch_from, "The run directory --patch takes its values from")->group(changes);
+  cmd.add_option("--steer", o.steer,
+                 "Steering: SITE=FILE.safetensors[:TENSOR][*SCALE] adds SCALE times the vector (the point's last dim) "
+                 "at every selected position (repeatable; `hooklens steering-vector` makes one)")
+      ->group(changes);
+  cmd.add_option("--mean-ablate", o.mean_ablate,
+                 "SITE takes its mean over every position of --ablate-from's sequences; SITE@FILE[:TENSOR] replaces only "
+                 "the component along that direction (repeatable)")
+      ->group(changes);
+  cmd.add_option("--resample-ablate", o.resample_ablate,
+                 "SITE takes the value of one of --ablate-from's sequences (drawn per prompt with --seed) at the same "
+                 "positions; SITE@FILE[:TENSOR]: only along that direction (repeatable)")
+      ->group(changes);
+  cmd.add_option("--ablate-from", o.ablate_from,
+                 "The data of --mean-ablate / --resample-ablate: a run directory that captured their points, or a text "
+                 "file cut into --ablate-seq-len token sequences")
+      ->group(changes);
+  cmd.add_option("--ablate-seq-len", o.ablate_seq_len, "Tokens per sequence of a text --ablate-from")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20))
+      ->group(changes);
+  cmd.add_option("--ablate-sequences", o.ablate_sequences, "Most sequences of a text --ablate-from")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20))
+      ->group(changes);
   cmd.add_option("--analyze", o.analyze,
                  "Run analyzer plugins live (comma-separated, e.g. attention_stats,head_detectors); reports go to "
                  "RUN/reports/NAME.json ('hooklens plugins' lists them)")
@@ -75,6 +108,7 @@ void add_run_commands(CLI::App& app) {
                   "as one at a time)")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
+  cap->add_option("--seed", capture->seed, "Random seed (which sequence --resample-ablate draws)")->capture_default_str();
   const std::string ranks = "Over several processes (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set, as scripts/launch.sh does)";
   cap->add_option("--timeout", capture->timeout_seconds,
                   "Seconds a rank may fail to join, or stay silent, before the run stops naming it")

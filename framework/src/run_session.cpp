@@ -18,6 +18,8 @@
 #include <hooklens/sink.h>
 #include <hooklens/text.h>
 
+#include "interventions.h"
+
 #include <ATen/ATen.h>
 #include <fmt/chrono.h>
 #include <fmt/format.h>
@@ -64,26 +66,15 @@ std::vector<SessionPrompt> text_file_prompts(const RunSettings& o, const Model& 
   if (o.seq_len <= 0) throw UsageError("--text-file needs --seq-len N (tokens per sequence)");
   if (!model.tokenizer())
     throw UsageError(fmt::format("{} has no tokenizer: --text-file needs one (--tokenizer DIR)", model.info().path));
-  std::ifstream in(o.text_file, std::ios::binary);
-  if (!in) throw UsageError(fmt::format("--text-file {}: cannot open it", o.text_file));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  // Enough text for the sequences asked for (a WikiText split is megabytes; tokenizing all of it is waste).
-  const std::size_t bytes = std::size_t(o.seq_len) * std::size_t(o.max_sequences) * 16 + 4096;
-  std::string text = buffer.str().substr(0, bytes);
-  const auto ids = model.tokenizer()->encode(text);
   std::vector<SessionPrompt> prompts;
-  for (std::int64_t start = 0; start + o.seq_len <= std::int64_t(ids.size()) && int(prompts.size()) < o.max_sequences;
-       start += o.seq_len) {
+  for (auto& ids : text_file_sequences(o.text_file, *model.tokenizer(), o.seq_len, o.max_sequences, "--text-file")) {
+    const std::int64_t start = std::int64_t(prompts.size()) * o.seq_len;
     SessionPrompt p;
-    p.ids.assign(ids.begin() + start, ids.begin() + start + o.seq_len);
+    p.ids = std::move(ids);
     p.source = fmt::format("text-file {} sequence {} (tokens {}-{})", o.text_file, prompts.size(), start,
                            start + o.seq_len - 1);
     prompts.push_back(std::move(p));
   }
-  if (prompts.empty())
-    throw UsageError(fmt::format("--text-file {}: {} tokens, fewer than one --seq-len {} sequence", o.text_file,
-                                 ids.size(), o.seq_len));
   return prompts;
 }
 
@@ -174,36 +165,6 @@ void check_hook_patterns(const std::vector<std::string>& patterns, const std::ve
     throw UsageError(fmt::format("--hooks '{}' matches no hook point of this model{}; valid names: {}", pattern,
                                  layers.empty() ? "" : fmt::format(" in --layers {}", fmt::join(layers, ",")),
                                  fmt::join(names, ", ")));
-  }
-}
-
-// --ablate L.H zero-ablates head H of layer L: its slice of blocks.L.attn.hook_z, or for models
-// without hook_z (TorchScript) its pattern, which gives the same z = pattern @ v = 0.
-void add_ablations(HookSet& hooks, const std::vector<std::string>& specs, const Model& model) {
-  const ModelInfo& info = model.info();
-  std::set<std::string> points;
-  for (const auto& p : model.hook_points()) points.insert(p.name);
-  for (const auto& spec : specs) {
-    int layer = -1, head = -1;
-    char dot = 0, extra = 0;
-    if (std::sscanf(spec.c_str(), "%d%c%d%c", &layer, &dot, &head, &extra) != 3 || dot != '.')
-      throw UsageError(fmt::format("--ablate '{}': expected LAYER.HEAD, e.g. 1.3", spec));
-    const bool heads_known = info.n_heads > 0;  // TorchScript: known after the first forward
-    if (layer < 0 || layer >= info.n_layers || head < 0 || (heads_known && head >= info.n_heads))
-      throw UsageError(fmt::format("--ablate '{}': the model has layers 0-{} and heads 0-{}", spec, info.n_layers - 1,
-                                   heads_known ? fmt::format("{}", info.n_heads - 1) : std::string("?")));
-    const std::string z = hook_names::in_layer(layer, hook_names::z);
-    const std::string pattern = hook_names::in_layer(layer, hook_names::pattern);
-    const bool by_z = points.count(z) > 0;
-    if (!by_z && !points.count(pattern))
-      throw UsageError(fmt::format("--ablate '{}': the model has neither {} nor {}", spec, z, pattern));
-    const int head_dim = by_z ? 2 : 1;  // hook_z [batch, pos, head, d_head]; pattern [batch, head, query, key]
-    hooks.add({{by_z ? z : pattern}}, [spec, head, head_dim](std::string_view, const CaptureContext&, at::Tensor& t) {
-      if (t.dim() <= head_dim || head >= t.size(head_dim))
-        throw UsageError(fmt::format("--ablate '{}': the model has {} heads", spec, t.dim() > head_dim ? t.size(head_dim) : 0));
-      t = t.clone();
-      t.select(head_dim, head).zero_();
-    });
   }
 }
 
@@ -362,7 +323,7 @@ void RunSession::load() {
            !o.capture_steps.empty() || !o.capture_blocks.empty())
     throw UsageError("--hooks none captures nothing: capture slicing options do not apply");
   if (o.dtype != "F32" && o.dtype != "F16") throw UsageError("--dtype must be F32 or F16");
-  add_ablations(*hooks_, o.ablate, *model_);
+  start_interventions();
   run_->slice.heads = o.heads;
   for (int h : o.heads)
     if (h < 0 || h >= model_->info().n_heads)
@@ -376,6 +337,34 @@ void RunSession::load() {
 }
 
 RunSession::~RunSession() = default;
+
+// Every intervention checked against the model and what this run will reach, with its values read
+// (vectors, another run's captures) or computed (a text file's means) before anything is written.
+void RunSession::start_interventions() {
+  const RunSettings& o = settings_;
+  std::vector<InterventionSpec> specs;
+  for (const auto& text : o.ablate) specs.push_back(zero_ablation(text, *model_));
+  for (const auto& text : o.patch) specs.push_back(InterventionSpec::patch(text));
+  for (const auto& text : o.steer) specs.push_back(InterventionSpec::steer(text));
+  for (const auto& text : o.mean_ablate) specs.push_back(InterventionSpec::ablation(InterventionKind::mean_ablate, text));
+  for (const auto& text : o.resample_ablate)
+    specs.push_back(InterventionSpec::ablation(InterventionKind::resample_ablate, text));
+  InterventionScope scope;
+  std::int64_t generated = 0;
+  if (mode_ == GenerationMode::autoregressive) {
+    generated = std::max(0, o.autoregressive.max_new_tokens);
+    scope.steps = std::max(1, o.autoregressive.max_new_tokens);
+  } else if (mode_ == GenerationMode::masked_diffusion) {
+    const DiffusionOptions d = diffusion();
+    generated = std::max(0, d.gen_length);
+    scope.steps = std::max(1, d.steps);
+    scope.blocks = std::max(1, d.gen_length / std::max(1, d.block_length_or_all()));
+  }
+  for (const auto& p : prompts_) scope.positions.push_back(std::int64_t(p.ids.size()) + generated);
+  InterventionSources sources{o.patch_from, o.ablate_from, o.ablate_seq_len, o.ablate_sequences, o.seed};
+  interventions_ = std::make_unique<Interventions>(*model_, std::move(specs), std::move(sources), std::move(scope));
+  interventions_->attach(*hooks_);
+}
 
 // --analyze: analyzers see every capture of their hook points, whatever --hooks stores. On
 // `capture` their extra prompts (e.g. head_detectors' repeated random tokens) join the run.
@@ -396,7 +385,7 @@ json RunSession::prompts_json() const {
   return prompts;
 }
 
-json RunSession::manifest(const json& generation) const {
+json RunSession::manifest(const json& generation, bool counted) const {
   const RunSettings& o = settings_;
   auto range = [](const std::string& r) { return r.empty() ? json() : json(r); };
   json capture = {{"hooks", o.hooks},         {"layers", o.layers},
@@ -408,7 +397,8 @@ json RunSession::manifest(const json& generation) const {
           {"prompts", prompts_json()},
           {"analyzers", o.analyze},
           {"capture", std::move(capture)},  // what was asked to be captured
-          {"ablations", o.ablate}};
+          {"ablations", o.ablate},          // as given (older readers); "interventions" says what each did
+          {"interventions", interventions_->manifest(counted)}};
 }
 
 SamplingOptions RunSession::sampling() const {
@@ -537,6 +527,7 @@ void RunSession::run(Work work) {
     throw;
   }
   const double finish_seconds = seconds_since(work_started) - work_seconds;
+  for (const auto& message : interventions_->unapplied()) warn(message);
   std::cout << fmt::format("run directory: {}\n  {} captures of [{}] from {} prompt(s); manifest {}\n",
                            run.sink->location(), run.captures, fmt::join(settings_.hooks, ", "), prompts_.size(),
                            (fs::path(run.sink->location()) / "manifest.json").string());
@@ -728,7 +719,7 @@ void RunSession::capture_across_ranks() {
   json started_manifest;  // rank 0's manifest.json until the run is complete
   try {
     // The run's sections, made once (prompts_json decodes every prompt's tokens).
-    const json sections = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}});
+    const json sections = manifest(json{{"mode", generation_mode_name(GenerationMode::none)}}, false);
     // Every rank must run the same thing (a path may differ between machines; the model may not).
     json identity = sections;
     identity["model"].erase("path");

@@ -34,7 +34,8 @@ void write_run_part(const std::filesystem::path& dir, const RunPart& part);  // 
 std::vector<std::string> check_shards(const std::filesystem::path& dir, const std::vector<CaptureEntry>& entries);
 
 // The sections every part of one run shares, and which --resume and `merge` compare.
-inline constexpr const char* kRunSections[] = {"model", "prompts", "capture", "ablations", "analyzers", "generation"};
+inline constexpr const char* kRunSections[] = {"model", "prompts", "capture", "ablations", "interventions",
+                                                "analyzers", "generation"};
 
 // Joins the parts found in `inputs` into the complete run `out` (one of the inputs, or a new
 // directory that the shards are linked or copied into): every prompt done by exactly one part, every

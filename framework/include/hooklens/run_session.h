@@ -20,6 +20,7 @@ namespace hooklens {
 
 class AnalyzerSet;
 class HookSet;
+class Interventions;
 class Model;
 class ProcessGroup;
 struct DistributedEnv;
@@ -44,14 +45,20 @@ struct RunSettings {
   std::int64_t seq_len = 0;
   int max_sequences = 8;
 
-  // What to capture (no_hooks: nothing), how to slice it, and which heads to zero-ablate (L.H).
+  // What to capture (no_hooks: nothing) and how to slice it.
   static constexpr std::string_view no_hooks = "none";  // --hooks none: the run records no captures
   std::vector<std::string> hooks;
   std::vector<int> layers, heads, capture_steps, capture_blocks;
   std::string query_range, key_range;
-  std::vector<std::string> ablate;
   std::vector<std::string> analyze, analyze_options, render;
   bool captures() const { return !(hooks.size() == 1 && hooks[0] == no_hooks); }
+
+  // Interventions (hooklens/intervention.h, docs/interventions.md): zero-ablation (L.H or a site),
+  // patching from another run, steering, mean- and resample-ablation over a dataset.
+  std::vector<std::string> ablate, patch, steer, mean_ablate, resample_ablate;
+  std::string patch_from, ablate_from;  // a run directory; a run directory or a text file
+  std::int64_t ablate_seq_len = 64;     // a text --ablate-from: tokens per sequence
+  int ablate_sequences = 64;            // and sequences
 
   // The run directory.
   std::string out, dtype = "F32";  // out "" = runs/COMMAND-DATE-TIME
@@ -106,7 +113,7 @@ class RunSession {
   GenerationMode mode() const { return mode_; }
   Model& model() { return *model_; }
   const std::vector<SessionPrompt>& prompts() const { return prompts_; }
-  // The ablations (and, once a run is open, the analyzers and the sink's captures).
+  // The interventions (and, once a run is open, the analyzers and the sink's captures).
   HookSet& hooks() { return *hooks_; }
   AnalyzerSet* analyzers() { return analyzers_.get(); }  // null without --analyze
 
@@ -117,8 +124,9 @@ class RunSession {
   void check_generation() const;
 
   nlohmann::json prompts_json() const;
-  // The manifest (all but the captures, which the sink lists) of a run that produced `generation`.
-  nlohmann::json manifest(const nlohmann::json& generation) const;
+  // The manifest (all but the captures, which the sink lists) of a run that produced `generation`;
+  // `counted`: with how often each intervention applied (not known before the run).
+  nlohmann::json manifest(const nlohmann::json& generation, bool counted = true) const;
 
   // Write the run directory (stdout: where it is and the reports; stderr: progress and timing).
   // Kind::capture: one forward pass per prompt, --batch-size at a time. In a run over several
@@ -130,6 +138,7 @@ class RunSession {
   struct Run;
   void load();  // the constructor's work, after the process group is joined
   void check_capture_schedule(int steps, int blocks) const;
+  void start_interventions();
   void start_analyzers();
   void open_sink(nlohmann::json options);
   void attach_sink();
@@ -154,6 +163,7 @@ class RunSession {
   std::unique_ptr<Run> run_;  // the sink, the renderers, the slicing and the timing
   std::shared_ptr<Model> model_;
   std::vector<SessionPrompt> prompts_;
+  std::unique_ptr<Interventions> interventions_;  // before hooks_: its hooks point into it
   std::unique_ptr<HookSet> hooks_;
   std::unique_ptr<AnalyzerSet> analyzers_;
   std::unique_ptr<DistributedEnv> env_;   // from the environment; null for a plain single process
