@@ -303,6 +303,71 @@ TEST_CASE("patching clean into corrupted restores the clean logits where the cir
   }
 }
 
+TEST_CASE("patch-sweep finds the circuit: where the token is, layer by layer", "[interventions]") {
+  test::TempDir tmp;
+  const fs::path model = tmp / "copy-first";
+  write_copy_first_token_model(model);
+  const auto sweep = [&](const std::string& args) {
+    test::require_hooklens(fmt::format("patch-sweep --model '{}' --clean-ids 2,1,3,4,6 --corrupted-ids 5,1,3,4,6 --threads 1 "
+                                       "--out '{}' --overwrite --render png,svg {}",
+                                       model.string(), (tmp / "sweep").string(), args),
+                           tmp / "log");
+    return json::parse(test::read_file(tmp / "sweep" / "patch_sweep.json"));
+  };
+  // Layers x positions of the residual stream: the clean token restores the prediction at position 0
+  // before layer 0 and at the last position after it; nowhere else.
+  json report = sweep("--batch-size 3");
+  CHECK(report.at("answer").at("id") == 2);  // the default tokens: each prompt's top prediction
+  CHECK(report.at("wrong").at("id") == 5);
+  REQUIRE(report.at("cells").size() == 10);
+  for (const json& cell : report["cells"]) {
+    const int layer = cell.at("layer"), position = cell.at("position");
+    const bool restores = (layer == 0 && position == 0) || (layer == 1 && position == 4);
+    CAPTURE(layer, position);
+    CHECK(cell.at("restored").get<double>() == (restores ? 1.0 : 0.0));
+  }
+  // The metric is the logit difference of the two answers, as a forward pass here computes it.
+  auto m = test::load_model("gpt_neo", model);
+  const auto diff = [&](const std::vector<std::int64_t>& ids) {
+    const at::Tensor logits = reference_logits(*m, ids, HookSet())[0][-1];
+    return (logits[2] - logits[5]).item<double>();
+  };
+  CHECK(report.at("clean_metric").get<double>() == Approx(diff({2, 1, 3, 4, 6})).epsilon(1e-6));
+  CHECK(report.at("corrupted_metric").get<double>() == Approx(diff({5, 1, 3, 4, 6})).epsilon(1e-6));
+  CHECK(fs::file_size(tmp / "sweep" / "patch_sweep.png") > 1000);
+  CHECK(test::read_file(tmp / "sweep" / "patch_sweep.svg").find("<svg") != std::string::npos);
+  CHECK(test::read_file(tmp / "sweep" / "patch_sweep.csv").rfind("layer,position,label,logit-diff,restored\n0,0,", 0) == 0);
+
+  // Layers x heads of hook_z, by KL: layer 0's head carries the token, layer 1's does nothing.
+  report = sweep("--point attn.hook_z --by head --metric kl");
+  REQUIRE(report.at("cells").size() == 2);
+  CHECK(report["cells"][0].at("restored").get<double>() == Approx(1.0).margin(1e-9));
+  CHECK(report["cells"][1].at("restored").get<double>() == Approx(0.0).margin(1e-9));
+  const at::Tensor clean = at::log_softmax(reference_logits(*m, {2, 1, 3, 4, 6}, HookSet())[0][-1].to(at::kDouble), -1);
+  const at::Tensor corrupted = at::log_softmax(reference_logits(*m, {5, 1, 3, 4, 6}, HookSet())[0][-1].to(at::kDouble), -1);
+  CHECK(report.at("corrupted_metric").get<double>() ==
+        Approx((clean.exp() * (clean - corrupted)).sum().item<double>()).epsilon(1e-6));
+
+  for (const auto& [args, why] : std::vector<std::pair<std::string, std::string>>{
+           {"--by head", "has no head dim"},
+           {"--point hook_nothing", "the model has no blocks.0.hook_nothing"},
+           {"--metric loss", "--metric must be logit-diff or kl"},
+           {"--layers 7", "--layers 7: the model has layers 0-1"},
+           {"--answer-id 3 --wrong-id 3", "both predict"}}) {
+    CAPTURE(args);
+    CHECK(test::run_hooklens(fmt::format("patch-sweep --model '{}' --clean-ids 2,1,3,4,6 --corrupted-ids 5,1,3,4,6 "
+                                         "--out '{}' {}",
+                                         model.string(), (tmp / "bad").string(), args),
+                             tmp / "bad.log") == 2);
+    CHECK_THAT(test::read_file(tmp / "bad.log"), Catch::Contains(why));
+  }
+  CHECK(test::run_hooklens(fmt::format("patch-sweep --model '{}' --clean-ids 2,1,3 --corrupted-ids 5,1 --out '{}'",
+                                       model.string(), (tmp / "bad").string()),
+                           tmp / "bad.log") == 2);
+  CHECK_THAT(test::read_file(tmp / "bad.log"), Catch::Contains("needs the same length"));
+  CHECK_FALSE(fs::exists(tmp / "bad"));
+}
+
 TEST_CASE("steering adds the scaled vector where the site says", "[interventions]") {
   test::TempDir tmp;
   const fs::path neo = kModels / "toy-neo";
