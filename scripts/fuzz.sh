@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     (targets: zip_directory chat_template chat_template_made
 #                                             tokenizer_hf tokenizer_llama2c safetensors weight_index
 #                                             pytorch_bin hf_config llama2c_checkpoint arch_spec
-#                                             torchscript run_directory analysis_report)
+#                                             torchscript run_directory analysis_report intervention_site)
 # New corpus entries go to build-fuzz/corpus/TARGET (fuzz/corpus/TARGET, the seeds, is only read);
 # crashing, hanging or memory-hungry inputs to build-fuzz/artifacts/TARGET/ (libFuzzer stops a
 # target at its first), inputs slower than 10 s there too as slow-unit-*. See docs/reliability.md.
@@ -18,7 +18,7 @@ shift || true
 TARGETS=("$@")
 ((${#TARGETS[@]})) || TARGETS=(zip_directory chat_template chat_template_made tokenizer_hf tokenizer_llama2c safetensors
                                weight_index pytorch_bin hf_config llama2c_checkpoint arch_spec torchscript
-                               run_directory analysis_report)
+                               run_directory analysis_report intervention_site)
 JOBS=${FUZZ_JOBS:-2}
 OUT=build-fuzz
 # The targets write each input's files to a scratch directory: in memory, not on the disk, if we can.
@@ -36,6 +36,7 @@ options() {
   local common="-rss_limit_mb=2048 -print_final_stats=1"
   case $1 in
     zip_directory) echo "$common -timeout=10 -max_len=4096" ;;
+    intervention_site) echo "$common -timeout=10 -max_len=512" ;;
     chat_template) echo "$common -timeout=60 -max_len=8192 -dict=fuzz/dict/chat_template.dict" ;;
     chat_template_made) echo "$common -timeout=60 -max_len=2048" ;;
     tokenizer_hf) echo "$common -timeout=10 -max_len=16384 -dict=fuzz/dict/tokenizer_hf.dict" ;;

@@ -129,6 +129,8 @@ TEST_CASE("intervention sites and specs parse, and malformed ones are refused", 
   CHECK(site.steps->absolute(5) == std::make_pair<std::int64_t, std::int64_t>(1, 3));
   CHECK(site.text() == "blocks.1.attn.hook_z[head=3,pos=-2:,step=1:3]");
   CHECK(InterventionSite::parse(site.text(), "--patch").text() == site.text());
+  // A range from 0 through the end prints as "0:" (":" alone is not a range; the fuzzer found it).
+  CHECK(InterventionSite::parse("hook_embed[pos=0:]", "--patch").text() == "hook_embed[pos=0:]");
   // -1 is the last position however long the sequence has grown; a cached step holds the newest only.
   const IndexRange last = IndexRange::parse("-1", "x");
   CHECK(last.resolve(0, 10, 10) == std::make_pair<std::int64_t, std::int64_t>(9, 10));
@@ -159,7 +161,8 @@ TEST_CASE("intervention sites and specs parse, and malformed ones are refused", 
            {"blocks.1.hook_z[pos=5:3]", "is empty"},
            {"blocks.1.hook_z[pos=-1:0]", "is empty"},
            {"blocks.1.hook_z[pos=1,pos=2]", "selected twice"},
-           {"blocks.1.hook_z[step=-1]", "no negative"}})
+           {"blocks.1.hook_z[step=-1]", "no negative"},
+           {"blocks.1.hook_z[pos=1]\n", "control character"}})
     CHECK_THROWS_WITH(InterventionSite::parse(text, "--patch"), Contains(why));
   CHECK_THROWS_WITH(InterventionSpec::steer("blocks.0.hook_resid_pre"), Contains("expected SITE=FILE"));
   CHECK_THROWS_WITH(InterventionSpec::steer("blocks.0.hook_resid_pre=v.safetensors*x"), Contains("not a finite number"));

@@ -27,6 +27,12 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
+// Error messages quote the user's text: refused first if it would break their one line.
+void check_printable(std::string_view text, std::string_view option) {
+  if (std::any_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+    throw UsageError(fmt::format("{}: the text holds a control character (a line break or tab?)", option));
+}
+
 // The index of the ']' closing a site's selectors, or npos when it has none; `text` up to it must
 // be HOOK[...].
 std::size_t selectors_end(std::string_view text) {
@@ -38,6 +44,7 @@ std::size_t selectors_end(std::string_view text) {
 }  // namespace
 
 IndexRange IndexRange::parse(std::string_view text, std::string_view what) {
+  check_printable(text, what);
   const auto fail = [&] {
     return UsageError(fmt::format("{}: '{}' is not an index I or a range A:B, A: or :B (negative counts from the end)",
                                   what, text));
@@ -87,10 +94,12 @@ std::pair<std::int64_t, std::int64_t> IndexRange::resolve(std::int64_t offset, s
 std::string IndexRange::text() const {
   if (end && *end == begin + 1 && begin != -1) return std::to_string(begin);
   if (!end && begin == -1) return "-1";
-  return fmt::format("{}:{}", begin == 0 ? std::string() : std::to_string(begin), end ? std::to_string(*end) : std::string());
+  if (!end) return fmt::format("{}:", begin);
+  return fmt::format("{}:{}", begin == 0 ? std::string() : std::to_string(begin), *end);
 }
 
 InterventionSite InterventionSite::parse(std::string_view text, std::string_view option) {
+  check_printable(text, option);
   text = trim(text);
   InterventionSite site;
   const auto open = text.find('[');
@@ -176,6 +185,7 @@ InterventionSpec InterventionSpec::patch(std::string_view text) {
 }
 
 InterventionSpec InterventionSpec::steer(std::string_view text) {
+  check_printable(text, "--steer");
   InterventionSpec s;
   s.kind = InterventionKind::steer;
   const auto close = selectors_end(text);
@@ -204,6 +214,7 @@ InterventionSpec InterventionSpec::ablation(InterventionKind kind, std::string_v
   InterventionSpec s;
   s.kind = kind;
   const std::string option = s.option();
+  check_printable(text, option);
   const auto close = selectors_end(text);
   const auto at = text.find('@', close == std::string_view::npos ? 0 : close);
   s.site = InterventionSite::parse(text.substr(0, at), option);
