@@ -250,6 +250,16 @@ TEST_CASE("hooklens-view live mode shows the patterns of a model generating now"
   check_cells(b, expected(r.generate, 2, 1, 3, true));
   CHECK(differing_pixels(a, b) > a.w * a.h / 10);
 
+  // Interventions apply live as in `hooklens generate`: zeroing the residual stream of the first two
+  // positions after layer 1 changes layer 2's patterns, exactly as the generated run captured them.
+  const std::string site = "'blocks.1.hook_resid_post[pos=0:2]'";
+  test::require_hooklens(fmt::format("generate --model '{}' --prompt 'The cat sat' --max-new-tokens 4 --ablate {} --out '{}'",
+                                     (test::fixtures() / "tiny-neo-a").string(), site, (r.dir / "ablated").string()),
+                         r.dir / "ablated.log");
+  const Shot c = screenshot(model, live + "--select 2.1 --ablate " + site, r.dir.path, "live21ablated");
+  check_cells(c, expected(r.dir / "ablated", 2, 1, 3, true));
+  CHECK(differing_pixels(b, c) > 0);
+
   // --exit-after closes the window while the model still generates (slowed by --pace to 20 s): the
   // worker must stop and join (a hang fails through timeout's status), the status is that of a model
   // at work. 5 s leaves a loaded machine time for the first step (1.5 s did not, at load 7 on 2 cores).

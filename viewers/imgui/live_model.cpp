@@ -63,6 +63,13 @@ hooklens::RunSettings LiveModel::settings(const LiveOptions& options) {
   s.diffusion.gen_length = options.gen_length;
   s.diffusion.steps = options.steps;
   s.diffusion.block_length = options.block_length;
+  s.ablate = options.ablate;
+  s.patch = options.patch;
+  s.patch_from = options.patch_from;
+  s.steer = options.steer;
+  s.mean_ablate = options.mean_ablate;
+  s.resample_ablate = options.resample_ablate;
+  s.ablate_from = options.ablate_from;
   return s;
 }
 
@@ -236,7 +243,9 @@ void LiveModel::wait_for_pace() {
 
 void LiveModel::work() {
   yield_to_ui();
-  hooklens::HookSet hooks;
+  // The session's hooks hold its interventions (nothing else: it captures nothing); the analyzers
+  // and the viewer's own hooks come after them, so they see the changed values.
+  hooklens::HookSet& hooks = session_->hooks();
   if (hooklens::AnalyzerSet* analyzers = session_->analyzers()) analyzers->attach(hooks);
   const auto capture = [this](Store& store) {
     return [this, &store](std::string_view, const hooklens::CaptureContext& ctx, at::Tensor& t) {

@@ -39,6 +39,9 @@ struct LiveOptions {
   double pace = 0;                                // seconds: the least time each step stays the newest
   int stop_after = 0;                             // press Stop once this many steps finished (0: never)
   std::size_t memory_mib = 4096;                  // diffusion: older steps are dropped beyond this
+  // Interventions, as `hooklens generate` takes them (docs/interventions.md).
+  std::vector<std::string> ablate, patch, steer, mean_ablate, resample_ablate;
+  std::string patch_from, ablate_from;
 };
 
 class LiveModel : public PanelModel {
