@@ -294,12 +294,21 @@ void run_sweep(const SweepOptions& o) {
   panel.cell_w = panel.cell_h = cell;
   panel.row_labels = row_labels;
   panel.col_labels = drawing::thin_labels(column_labels, cell);
+  // The figure's own line says what was corrupted (the prompts are in patch_sweep.json).
+  std::vector<std::string> changed;
+  for (std::size_t p = 0; p < clean.size(); ++p)
+    if (clean[p] != corrupted[p])
+      changed.push_back(fmt::format("position {} '{}' -> '{}'", p, drawing::token_label(token_text(*model, clean[p])),
+                                    drawing::token_label(token_text(*model, corrupted[p]))));
+  const std::size_t shown = std::min<std::size_t>(changed.size(), 4);
+  const std::string differences =
+      changed.empty() ? std::string("no token differs")
+                      : fmt::format("{}{}", fmt::join(changed.begin(), changed.begin() + std::ptrdiff_t(shown), ", "),
+                                    changed.size() > shown ? fmt::format(" and {} more", changed.size() - shown) : "");
   std::vector<std::string> figures;
   for (const auto& format : o.render) {
     const fs::path file = out / ("patch_sweep." + format);
-    drawing::write_figure(file, {panel}, 1, fmt::format("{} | clean: {} | corrupted: {}", info.path,
-                                                      o.clean.empty() ? o.clean_ids : o.clean,
-                                                      o.corrupted.empty() ? o.corrupted_ids : o.corrupted));
+    drawing::write_figure(file, {panel}, 1, fmt::format("{} | clean -> corrupted: {}", info.path, differences));
     figures.push_back(file.string());
   }
   std::vector<const Cell*> best;
