@@ -365,6 +365,48 @@ TEST_CASE("logit_lens options: target as text or id, chosen positions; missing c
   test::require_hooklens(fmt::format("analyze '{}' --analyze logit_lens --model '{}'", none.string(), kToyNeo.string()), dir / "log6");
   const json failed = hooklens::read_json_file(none / "reports/logit_lens.json");
   CHECK(failed["error"].get<std::string>().find("no blocks.0.hook_resid_post capture") != std::string::npos);
+  // Without hook_logits no pass ends: an error, not an empty report (one prompt: at the end; two: at the second).
+  for (const std::string prompts : {"--prompt 'Tom'", "--prompt 'Tom' --prompt 'Sam liked to'"}) {
+    const fs::path no_logits = dir / "no_logits";
+    fs::remove_all(no_logits);
+    test::require_hooklens(fmt::format("capture --model '{}' {} --hooks 'blocks.*.hook_resid_post' --out '{}'", kToyNeo.string(),
+                                       prompts, no_logits.string()),
+                           dir / "log7");
+    test::require_hooklens(fmt::format("analyze '{}' --analyze logit_lens --model '{}'", no_logits.string(), kToyNeo.string()),
+                           dir / "log8");
+    const json report = hooklens::read_json_file(no_logits / "reports/logit_lens.json");
+    CHECK(report.value("error", "").find("prompt 0 step 0 has no hook_logits capture") != std::string::npos);
+  }
+}
+
+TEST_CASE("logit_lens over a batch of prompts: the same report as one prompt at a time") {
+  test::TempDir dir;
+  json reports[2];
+  std::size_t length = 0;
+  for (int batch : {1, 2}) {
+    const fs::path run = dir / fmt::format("run{}", batch);
+    test::require_hooklens(fmt::format("capture --model '{}' --prompt 'Sam liked to play.' --prompt 'Tom liked to run.' "
+                                       "--batch-size {} --hooks none --analyze logit_lens --analyze-option logit_lens.positions=all "
+                                       "--out '{}'",
+                                       kToyNeo.string(), batch, run.string()),
+                           dir / "log");
+    const json manifest = hooklens::read_json_file(run / "manifest.json");
+    length = manifest["prompts"][0]["ids"].size();
+    REQUIRE(manifest["prompts"][1]["ids"].size() == length);  // one batch of 2
+    reports[batch - 1] = hooklens::read_json_file(run / "reports/logit_lens.json");
+  }
+  REQUIRE(!reports[0].contains("error"));
+  REQUIRE(reports[0]["entries"].size() == 2 * length);
+  REQUIRE(reports[1]["entries"].size() == 2 * length);
+  // Batched matrix products round differently: the same entries within 1e-4.
+  for (std::size_t i = 0; i < reports[0]["entries"].size(); ++i) {
+    const json &a = reports[0]["entries"][i], &b = reports[1]["entries"][i];
+    CHECK(a["prompt"] == b["prompt"]);
+    CHECK(a["position"] == b["position"]);
+    CHECK(a["final"]["id"] == b["final"]["id"]);
+    CHECK(std::abs(a["dla"]["heads"][3][1].get<double>() - b["dla"]["heads"][3][1].get<double>()) < 1e-4);
+    CHECK(a["lens"][2]["top"][0]["id"] == b["lens"][2]["top"][0]["id"]);
+  }
 }
 
 TEST_CASE("logit_lens on generation: one entry per forward pass, its final top-1 is the greedy token") {

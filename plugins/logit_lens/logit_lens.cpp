@@ -73,7 +73,6 @@ struct Entry {
 
 // What one forward pass has shown so far, at its chosen positions.
 struct Pass {
-  bool active = false;
   Key key;  // position unused
   std::vector<std::int64_t> positions;
   at::Tensor embed;                                          // [P, D]
@@ -115,30 +114,37 @@ class LogitLens : public Analyzer {
                      {"top_k", top_k_},
                      {"target", target_ ? json(*target_) : json("final top-1")}};
     entries_.clear();
-    pass_ = Pass{};
+    passes_.clear();
   }
 
   void observe(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor) override {
     if (ctx.pass != 0) return;  // classifier-free guidance's unconditional pass
     if (tensor.dim() < 3 || tensor.size(0) != 1)
       throw Error(fmt::format("logit_lens: {} should be [1, pos, ...], got {} dims", hook, tensor.dim()));
+    // Passes of a batch of prompts fire layer by layer, row by row: one pending pass per prompt.
     const Key key{ctx.prompt, ctx.block, ctx.step, ctx.phase, 0};
-    if (!pass_.active || pass_.key < key || key < pass_.key) start_pass(key, ctx, tensor.size(1));
-    if (pass_.positions.empty()) return;  // none of the chosen positions is in this pass
-    const at::Tensor rows = rows_of(hook, ctx, tensor);
+    auto it = passes_.find(key);
+    if (it == passes_.end()) it = start_pass(key, ctx, tensor.size(1));
+    Pass& pass = it->second;
+    if (hook == hn::logits) {
+      if (!pass.positions.empty()) finish_pass(pass, rows_of(pass, hook, ctx, tensor));
+      passes_.erase(it);
+      return;
+    }
+    if (pass.positions.empty()) return;  // none of the chosen positions is in this pass
+    const at::Tensor rows = rows_of(pass, hook, ctx, tensor);
     const auto layer = [&](std::string_view suffix) { return hn::layer_of(hook, suffix); };
-    if (hook == hn::logits) return finish_pass(rows);
     if (const auto l = layer(hn::resid_pre)) {
-      if (*l == 0) pass_.embed = rows;
+      if (*l == 0) pass.embed = rows;
     } else if (const auto l = layer(hn::resid_post)) {
-      slot(pass_.resid_post, *l, hook) = rows;
+      slot(pass.resid_post, *l, hook) = rows;
     } else if (const auto l = layer(hn::result)) {
       if (rows.size(1) != info_.n_heads) throw Error(fmt::format("logit_lens: {} has {} heads, the model {}", hook, rows.size(1), info_.n_heads));
-      slot(pass_.result, *l, hook) = rows;
+      slot(pass.result, *l, hook) = rows;
     } else if (const auto l = layer(hn::attn_out)) {
-      slot(pass_.attn_out, *l, hook) = rows;
+      slot(pass.attn_out, *l, hook) = rows;
     } else if (const auto l = layer(hn::mlp_out)) {
-      slot(pass_.mlp_out, *l, hook) = rows;
+      slot(pass.mlp_out, *l, hook) = rows;
     }
   }
 
@@ -167,6 +173,7 @@ class LogitLens : public Analyzer {
 
   json finish(const json& manifest) override {
     if (!model_) throw UsageError("logit_lens needs the model's weights: see `hooklens analyze --help` (--model DIR)");
+    if (!passes_.empty()) no_logits(passes_.begin()->first);
     json report = {{"analyzer", kName}, {"options", options_json_}, {"definitions", definitions()}};
     json entries = json::array(), headline = json::array();
     std::map<std::pair<int, int>, std::pair<double, int>> head_sums;  // (layer, head) -> sum, count
@@ -213,27 +220,35 @@ class LogitLens : public Analyzer {
     return ids[0];
   }
 
-  void start_pass(const Key& key, const CaptureContext& ctx, std::int64_t length) {
-    pass_ = Pass{};
-    pass_.active = true;
-    pass_.key = key;
+  // A prompt's passes come one after the other: one still pending when the next starts never saw hook_logits.
+  [[noreturn]] static void no_logits(const Key& key) {
+    throw Error(fmt::format("logit_lens: prompt {} step {} has no hook_logits capture: capture hook_logits (or run it live "
+                            "with --analyze logit_lens)", key.prompt, key.step));
+  }
+
+  std::map<Key, Pass>::iterator start_pass(const Key& key, const CaptureContext& ctx, std::int64_t length) {
+    for (const auto& [other, pending] : passes_)
+      if (other.prompt == key.prompt) no_logits(other);
+    Pass& pass = passes_[key];
+    pass.key = key;
     const std::int64_t first = ctx.query_offset, end = ctx.query_offset + length;
     if (positions_all_) {
-      for (std::int64_t p = first; p < end; ++p) pass_.positions.push_back(p);
+      for (std::int64_t p = first; p < end; ++p) pass.positions.push_back(p);
     } else if (!positions_.empty()) {
       for (int p : positions_)
-        if (p >= first && p < end) pass_.positions.push_back(p);
+        if (p >= first && p < end) pass.positions.push_back(p);
     } else {
-      pass_.positions.push_back(end - 1);
+      pass.positions.push_back(end - 1);
     }
     const size_t L = size_t(info_.n_layers);
-    pass_.resid_post.resize(L), pass_.result.resize(L), pass_.attn_out.resize(L), pass_.mlp_out.resize(L);
+    pass.resid_post.resize(L), pass.result.resize(L), pass.attn_out.resize(L), pass.mlp_out.resize(L);
+    return passes_.find(key);
   }
 
   // The chosen positions' rows of a capture [1, pos, ...] (copied: captures live for the call only).
-  at::Tensor rows_of(std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor) const {
+  static at::Tensor rows_of(const Pass& pass, std::string_view hook, const CaptureContext& ctx, const at::Tensor& tensor) {
     std::vector<std::int64_t> rows;
-    for (std::int64_t p : pass_.positions) {
+    for (std::int64_t p : pass.positions) {
       const std::int64_t r = p - ctx.query_offset;
       if (r < 0 || r >= tensor.size(1))
         throw Error(fmt::format("logit_lens: {} of prompt {} step {} does not cover position {}", hook, ctx.prompt, ctx.step, p));
@@ -253,17 +268,15 @@ class LogitLens : public Analyzer {
     return "";
   }
 
-  void finish_pass(const at::Tensor& logits) {
-    pass_.active = false;
-    if (pass_.positions.empty()) return;
-    if (const std::string missing = missing_of(pass_.resid_post, hn::resid_post); !missing.empty())
+  void finish_pass(const Pass& pass, const at::Tensor& logits) {
+    if (const std::string missing = missing_of(pass.resid_post, hn::resid_post); !missing.empty())
       throw Error(fmt::format("logit_lens: prompt {} step {} has no {} capture: capture blocks.*.hook_resid_post "
-                              "(or run it live with --analyze logit_lens)", pass_.key.prompt, pass_.key.step, missing));
-    const std::int64_t P = std::int64_t(pass_.positions.size()), L = info_.n_layers, H = info_.n_heads;
+                              "(or run it live with --analyze logit_lens)", pass.key.prompt, pass.key.step, missing));
+    const std::int64_t P = std::int64_t(pass.positions.size()), L = info_.n_layers, H = info_.n_heads;
     // Lens: [P, rows, D] with rows = embeddings (when captured) and every layer's resid_post.
     std::vector<at::Tensor> streams;
-    if (pass_.embed.defined()) streams.push_back(pass_.embed);
-    for (const auto& t : pass_.resid_post) streams.push_back(t);
+    if (pass.embed.defined()) streams.push_back(pass.embed);
+    for (const auto& t : pass.resid_post) streams.push_back(t);
     const at::Tensor stacked = at::stack(streams, 1);
     const at::Tensor lens_logits = model_->unembed(stacked);      // [P, rows, V]
     const at::Tensor lens_probs = at::softmax(lens_logits.to(at::kDouble), -1);
@@ -272,19 +285,19 @@ class LogitLens : public Analyzer {
     const at::Tensor top_probs = std::get<0>(top), top_ids = std::get<1>(top);
 
     std::string dla_missing;
-    for (const auto& [per_layer, suffix] : {std::pair{&pass_.result, hn::result}, {&pass_.attn_out, hn::attn_out},
-                                           {&pass_.mlp_out, hn::mlp_out}})
+    for (const auto& [per_layer, suffix] : {std::pair{&pass.result, hn::result}, {&pass.attn_out, hn::attn_out},
+                                           {&pass.mlp_out, hn::mlp_out}})
       if (dla_missing.empty()) dla_missing = missing_of(*per_layer, suffix);
-    if (dla_missing.empty() && !pass_.embed.defined()) dla_missing = hn::in_layer(0, hn::resid_pre);
+    if (dla_missing.empty() && !pass.embed.defined()) dla_missing = hn::in_layer(0, hn::resid_pre);
     at::Tensor components, constant;
     if (dla_missing.empty()) {
       // [P, C, D]: embeddings, then per layer its heads, its output bias (attn_out - sum of heads), its MLP.
-      std::vector<at::Tensor> parts{pass_.embed.unsqueeze(1)};
+      std::vector<at::Tensor> parts{pass.embed.unsqueeze(1)};
       for (std::int64_t l = 0; l < L; ++l) {
-        const at::Tensor& heads = pass_.result[size_t(l)];
+        const at::Tensor& heads = pass.result[size_t(l)];
         parts.push_back(heads);
-        parts.push_back((pass_.attn_out[size_t(l)] - heads.sum(1)).unsqueeze(1));
-        parts.push_back(pass_.mlp_out[size_t(l)].unsqueeze(1));
+        parts.push_back((pass.attn_out[size_t(l)] - heads.sum(1)).unsqueeze(1));
+        parts.push_back(pass.mlp_out[size_t(l)].unsqueeze(1));
       }
       components = at::cat(parts, 1);
       constant = model_->unembed(at::zeros({1, info_.d_model}, at::kFloat)).select(0, 0);  // beta W_U + b_U
@@ -298,7 +311,7 @@ class LogitLens : public Analyzer {
       const std::int64_t rows = stacked.size(1);
       for (std::int64_t r = 0; r < rows; ++r) {
         LensLayer layer;
-        layer.layer = int(r) - (pass_.embed.defined() ? 1 : 0);
+        layer.layer = int(r) - (pass.embed.defined() ? 1 : 0);
         const at::Tensor ids = top_ids[p][r].contiguous(), probs = top_probs[p][r].contiguous();
         layer.top_ids.assign(ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
         layer.top_probs.assign(probs.data_ptr<double>(), probs.data_ptr<double>() + probs.numel());
@@ -311,7 +324,7 @@ class LogitLens : public Analyzer {
         Dla d;
         d.target = target_.value_or(e.final_id);
         // The linear part of the final norm and unembedding, the scale frozen at the final residual.
-        const at::Tensor by_part = model_->unembed(components[p], pass_.resid_post.back()[p].unsqueeze(0))
+        const at::Tensor by_part = model_->unembed(components[p], pass.resid_post.back()[p].unsqueeze(0))
                                        .select(1, d.target).to(at::kDouble).contiguous();
         const double* v = by_part.data_ptr<double>();
         d.logit = final_logits[d.target].item<double>();
@@ -330,8 +343,8 @@ class LogitLens : public Analyzer {
       } else {
         e.dla_missing = dla_missing;
       }
-      Key key = pass_.key;
-      key.position = pass_.positions[size_t(p)];
+      Key key = pass.key;
+      key.position = pass.positions[size_t(p)];
       entries_[key] = std::move(e);
     }
   }
@@ -508,7 +521,7 @@ class LogitLens : public Analyzer {
   std::optional<std::int64_t> target_;
   json options_json_;
   std::map<Key, Entry> entries_;
-  Pass pass_;
+  std::map<Key, Pass> passes_;  // forward passes begun and not yet ended by hook_logits
 };
 
 }  // namespace
