@@ -48,12 +48,16 @@ struct Run {
   json manifest;
   json begin;  // what Analyzer::begin gets, but its "options"
   std::vector<Capture> captures;
+  std::shared_ptr<hooklens::Model> model;  // what Analyzer::use_model gets (logit_lens computes with it)
 };
 
 Run record_run(const std::string& command, const test::TempDir& dir) {
   const test::fs::path out = dir / "run";
-  test::require_hooklens(fmt::format("{} --hooks 'blocks.*.attn.hook_pattern,blocks.*.mlp.hook_post' --out '{}'", command,
-                                     out.string()),
+  // Patterns and neurons, and what logit_lens reads.
+  test::require_hooklens(fmt::format("{} --hooks 'blocks.*.attn.hook_pattern,blocks.*.mlp.hook_post,blocks.0.hook_resid_pre,"
+                                     "blocks.*.hook_resid_post,blocks.*.attn.hook_result,blocks.*.hook_attn_out,"
+                                     "blocks.*.hook_mlp_out,hook_logits' --out '{}'",
+                                     command, out.string()),
                          dir / "log.txt");
   hooklens::RunReader reader(out, /*allow_incomplete=*/false, hooklens::RunCheck::consistent);
   Run run;
@@ -63,6 +67,7 @@ Run record_run(const std::string& command, const test::TempDir& dir) {
                {"mode", hooklens::generation_mode_name(reader.generation().mode)}};
   for (std::size_t i = 0; i < reader.capture_count(); ++i)
     run.captures.push_back({reader.entry(i).hook, reader.entry(i).context, reader.load(i).to(at::kFloat)});
+  run.model = hooklens::open_model(registry(), run.manifest.at("model").at("path").get<std::string>());
   return run;
 }
 
@@ -75,6 +80,7 @@ constexpr int kRanks = 3;
 std::shared_ptr<Analyzer> observed(const std::string& name, const Run& run, const json& options, const RankOf& rank_of,
                                    int rank) {
   auto analyzer = registry().create_analyzer(name);
+  analyzer->use_model(*run.model);
   json begin = run.begin;
   begin["options"] = options;
   analyzer->begin(begin);
@@ -111,6 +117,7 @@ json merged_report_of_sets(const std::string& name, const Run& run, const json& 
   for (int r = 0; r < kRanks; ++r) {
     ranks.push_back(std::make_unique<hooklens::AnalyzerSet>(registry(), std::vector<std::string>{name}, option_args));
     ranks.back()->require_mergeable();
+    ranks.back()->use_model(*run.model);
     ranks.back()->begin(run.begin);
     for (const Capture& c : run.captures)
       if (rank_of(c.ctx) == r) ranks.back()->observe(c.hook, c.ctx, c.tensor);
@@ -195,7 +202,7 @@ void check_refusals(const std::string& name, const Run& run, const json& options
   REQUIRE(set_every(wrong_layers, "layer", run.begin["model"]["n_layers"].get<int>()) > 0);
   std::vector<json> refused = {json("garbage"), json(nullptr), json::object(), json::array(), short_numbers, wrong_layers};
   if (set_every(wrong_heads, "head", run.begin["model"]["n_heads"].get<int>()) > 0) refused.push_back(wrong_heads);
-  else CHECK(name == "neurons");  // the only analyzer without heads
+  else CHECK((name == "neurons" || name == "logit_lens"));  // the analyzers without head records in their state
   for (const json& bad : refused) {
     INFO(hooklens::brief_json(bad));
     const std::string error = test::error_of([&] { victim->merge_state(bad); });
@@ -233,8 +240,8 @@ const Run& diffusion_run() {
   return run;
 }
 
-const std::vector<std::string> kAnalyzers = {"attention_stats", "compare_prompts", "head_detectors",
-                                             "neurons",         "token_influence", "attention_distance"};
+const std::vector<std::string> kAnalyzers = {"attention_stats", "compare_prompts",    "head_detectors", "neurons",
+                                             "token_influence", "attention_distance", "logit_lens"};
 
 }  // namespace
 
@@ -264,6 +271,8 @@ TEST_CASE("merged reports equal the single-process report: prompts split over ra
   check_merges("neurons", run, {{"k", "3"}}, prompt_of, prompts, "per_prompt");
   check_merges("attention_distance", run, json::object(), prompt_of, prompts, "heads");
   check_merges("token_influence", run, json::object(), prompt_of, prompts, "");  // mode none: it reads nothing
+  check_merges("logit_lens", run, json::object(), prompt_of, prompts, "entries");
+  check_merges("logit_lens", run, {{"positions", "all"}, {"top_k", "3"}, {"target", "5"}}, prompt_of, prompts, "entries");
 }
 
 TEST_CASE("merged reports equal the single-process report: generation steps split over ranks") {
@@ -274,21 +283,24 @@ TEST_CASE("merged reports equal the single-process report: generation steps spli
   check_merges("attention_stats", ar, {{"steps", "0,4"}}, step_of, steps, "layers");
   check_merges("head_detectors", ar, json::object(), step_of, steps, "heads");
   check_merges("attention_distance", ar, json::object(), step_of, steps, "heads");
+  check_merges("logit_lens", ar, json::object(), step_of, steps, "entries");
   const Run& md = diffusion_run();
   check_merges("token_influence", md, {{"target", "6"}}, step_of, int(md.manifest["generation"]["steps"].size()), "steps");
   check_merges("attention_stats", md, json::object(), step_of, int(md.manifest["generation"]["steps"].size()), "heads");
+  check_merges("logit_lens", md, json::object(), step_of, int(md.manifest["generation"]["steps"].size()), "entries");
 }
 
 TEST_CASE("merge_state refuses bad states with one line and changes nothing") {
   const Run& run = prompts_run();
   for (const std::string& name : {"attention_stats", "compare_prompts", "head_detectors", "neurons", "attention_distance"})
     check_refusals(name, run, json::object(), interleaved(prompt_of));
+  check_refusals("logit_lens", run, json::object(), interleaved(prompt_of));
   check_refusals("token_influence", autoregressive_run(), {{"target", "1"}}, interleaved(step_of));
 }
 
 TEST_CASE("a prompt (or generation step) observed by two ranks is refused where it would count twice") {
   const Run& run = prompts_run();
-  for (const std::string& name : {"neurons", "compare_prompts"}) {
+  for (const std::string& name : {"neurons", "compare_prompts", "logit_lens"}) {
     INFO(name);
     const json state = sent(observed(name, run, json::object(), interleaved(prompt_of), 1)->save_state());
     auto twice = observed(name, run, json::object(), interleaved(prompt_of), 0);

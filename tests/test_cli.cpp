@@ -980,7 +980,7 @@ TEST_CASE("hooklens info --json describes tiny-neo-a and its hook points", "[fix
   std::set<std::string> expected{"hook_embed", "hook_pos_embed", "ln_final.hook_normalized", "hook_logits"};
   for (int l = 0; l < 4; ++l)
     for (const char* name : {"hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
-                             "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre",
+                             "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre",
                              "mlp.hook_post", "hook_mlp_out", "hook_resid_post"})
       expected.insert(fmt::format("blocks.{}.{}", l, name));
   std::set<std::string> names;

@@ -5,6 +5,8 @@
 
 #include <hooklens/analysis.h>
 #include <hooklens/error.h>
+#include <hooklens/json_read.h>
+#include <hooklens/model.h>
 #include <hooklens/plugin.h>
 #include <hooklens/renderer.h>
 #include <hooklens/run_parts.h>
@@ -22,9 +24,28 @@ namespace {
 namespace fs = std::filesystem;
 
 struct AnalyzeOptions {
-  std::string run;
+  std::string run, model, adapter, spec;
   std::vector<std::string> analyze, options;
 };
+
+// The model named by `hooklens analyze --model`, refused unless it has the shapes of the run's.
+std::shared_ptr<Model> model_of_run(const PluginRegistry& registry, const AnalyzeOptions& a) {
+  const fs::path manifest_file = fs::path(a.run) / "manifest.json";
+  const nlohmann::json manifest = read_json_file(manifest_file);
+  if (!manifest.is_object() || !manifest.contains("model"))
+    throw Error(fmt::format("{}: the run manifest has no \"model\"", manifest_file.string()));
+  const ModelInfo run_model = ModelInfo::from_json(manifest.at("model"));
+  LoadOptions load;
+  load.spec = a.spec;
+  auto model = open_model(registry, a.model, a.adapter, load);
+  const ModelInfo& info = model->info();
+  if (info.n_layers != run_model.n_layers || info.d_model != run_model.d_model || info.vocab_size != run_model.vocab_size)
+    throw UsageError(fmt::format("--model {}: {} layers, d_model {}, vocabulary {}; the run {} was made by a model with {} "
+                                 "layers, d_model {}, vocabulary {}",
+                                 a.model, info.n_layers, info.d_model, info.vocab_size, a.run, run_model.n_layers,
+                                 run_model.d_model, run_model.vocab_size));
+  return model;
+}
 
 struct MergeOptions {
   std::vector<std::string> parts;
@@ -48,9 +69,19 @@ void add_analyze_commands(CLI::App& app) {
       ->required()
       ->delimiter(',');
   analyze->add_option("--analyze-option", a->options, "An analyzer's option, NAME.KEY=VALUE (repeatable)");
+  analyze->add_option("--model", a->model,
+                      "The run's model, for analyzers that compute with its weights (logit_lens); must have its shapes");
+  analyze->add_option("--adapter", a->adapter, "Adapter plugin for --model instead of the one chosen from config.json");
+  analyze->add_option("--spec", a->spec, "Architecture spec of a --model state dict (as for capture)");
   analyze->callback([a] {
     PluginRegistry registry;
+    if (a->model.empty() && (!a->adapter.empty() || !a->spec.empty())) throw UsageError("--adapter and --spec need --model");
+    std::shared_ptr<Model> model;  // outlives the analyzers
     AnalyzerSet analyzers(registry, a->analyze, a->options);
+    if (!a->model.empty()) {
+      model = model_of_run(registry, *a);
+      analyzers.use_model(*model);
+    }
     print_reports(analyze_run(a->run, analyzers), std::cout);
   });
 

@@ -73,6 +73,10 @@ std::vector<Analyzer::ExtraPrompt> AnalyzerSet::extra_prompts(const ModelInfo& m
   return extra;
 }
 
+void AnalyzerSet::use_model(const Model& model) {
+  for (auto& entry : entries_) entry->analyzer->use_model(model);
+}
+
 void AnalyzerSet::begin(const nlohmann::json& run) {
   for (auto& entry : entries_) {
     nlohmann::json mine = run;

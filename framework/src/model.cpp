@@ -24,6 +24,11 @@ const char* attention_kind_name(AttentionKind kind) {
 
 std::ostream& operator<<(std::ostream& out, AttentionKind kind) { return out << attention_kind_name(kind); }
 
+at::Tensor Model::unembed(const at::Tensor&, const at::Tensor&) const {
+  throw UsageError(fmt::format("{} cannot apply its final norm and unembedding to a residual stream (logit lens)",
+                               info().path));
+}
+
 nlohmann::json ModelInfo::to_json() const {
   nlohmann::json j = {{"adapter", adapter},       {"architecture", architecture}, {"path", path},
                       {"n_layers", n_layers},     {"n_heads", n_heads},           {"n_kv_heads", n_kv_heads},

@@ -374,6 +374,7 @@ void RunSession::start_analyzers() {
     return;
   }
   analyzers_ = std::make_unique<AnalyzerSet>(*registry_, settings_.analyze, settings_.analyze_options);
+  analyzers_->use_model(*model_);
   if (kind_ == Kind::capture)
     for (auto& extra : analyzers_->extra_prompts(model_->info())) prompts_.push_back({"", extra.ids, extra.source});
   analyzers_->begin({{"model", model_->info().to_json()}, {"prompts", prompts_json()}, {"mode", generation_mode_name(mode_)}});

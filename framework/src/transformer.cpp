@@ -19,11 +19,11 @@ using Spec = TransformerSpec;
 
 // Hook point names of one block, built once so the forward pass does no string formatting.
 // Indices into LayerNames::all().
-constexpr int kPointResidPre = 0, kPointRotK = 5, kPointPattern = 7, kPointZ = 8, kPointResidMid = 10,
-              kPointMlpPost = 13, kPointMlpOut = 14, kPointResidPost = 15;
+constexpr int kPointResidPre = 0, kPointRotK = 5, kPointPattern = 7, kPointZ = 8, kPointResult = 9, kPointResidMid = 11,
+              kPointMlpPost = 14, kPointMlpOut = 15, kPointResidPost = 16;
 
 struct LayerNames {
-  std::string resid_pre, q, k, v, rot_q, rot_k, scores, pattern, z, attn_out, resid_mid;
+  std::string resid_pre, q, k, v, rot_q, rot_k, scores, pattern, z, result, attn_out, resid_mid;
   std::string mlp_pre, mlp_pre_linear, mlp_post, mlp_out, resid_post;
 
   explicit LayerNames(int l) {
@@ -38,6 +38,7 @@ struct LayerNames {
     scores = n(hn::attn_scores);
     pattern = n(hn::pattern);
     z = n(hn::z);
+    result = n(hn::result);
     attn_out = n(hn::attn_out);
     resid_mid = n(hn::resid_mid);
     mlp_pre = n(hn::mlp_pre);
@@ -47,9 +48,9 @@ struct LayerNames {
     resid_post = n(hn::resid_post);
   }
   // Execution order: a layer run up to point i (kPoint*) fires exactly all()[0..i].
-  std::array<const std::string*, 16> all() const {
-    return {&resid_pre, &q,        &k,        &v,          &rot_q,   &rot_k,         &scores,  &pattern,
-            &z,         &attn_out, &resid_mid, &mlp_pre, &mlp_pre_linear, &mlp_post, &mlp_out, &resid_post};
+  std::array<const std::string*, 17> all() const {
+    return {&resid_pre, &q,      &k,        &v,         &rot_q,   &rot_k,          &scores,   &pattern, &z,
+            &result,    &attn_out, &resid_mid, &mlp_pre, &mlp_pre_linear, &mlp_post, &mlp_out, &resid_post};
   }
 };
 
@@ -156,6 +157,7 @@ class HookedTransformer final : public Model {
   std::vector<HookPointInfo> hook_points() const override;
   at::Tensor forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx, ModelState* state,
                      Logits wanted) override;
+  at::Tensor unembed(const at::Tensor& x, const at::Tensor& norm_from) const override;
 
  private:
   at::Tensor norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
@@ -174,6 +176,11 @@ class HookedTransformer final : public Model {
                    KvCache* cache, int last_point = kPointResidPost) const;
 
   void make_resident();
+  // The resident conversion, once, from forward() or unembed() (which may come first, or from
+  // another thread): both read the matrices it replaces.
+  void ensure_resident() const {
+    if (resident_) std::call_once(resident_once_, [this] { const_cast<HookedTransformer*>(this)->make_resident(); });
+  }
   struct ObservedPoint {
     int layer = -1, point = -1;  // -1: nothing observed
   };
@@ -186,7 +193,7 @@ class HookedTransformer final : public Model {
   std::unique_ptr<Tokenizer> tokenizer_;
   at::Tensor rope_inv_freq_;
   bool resident_ = false;  // small enough to convert every matrix to float32 once and keep it
-  std::once_flag resident_once_;
+  mutable std::once_flag resident_once_;
   std::uint64_t chunk_bytes_;  // streaming conversion chunk (LoadOptions::conversion_chunk_bytes)
 };
 
@@ -319,6 +326,7 @@ std::vector<HookPointInfo> HookedTransformer::hook_points() const {
     points.push_back({n.scores, pattern, l});
     points.push_back({n.pattern, pattern, l});
     points.push_back({n.z, heads, l});
+    points.push_back({n.result, {"batch", "pos", "head", "d_model"}, l});
     points.push_back({n.attn_out, resid, l});
     points.push_back({n.resid_mid, resid, l});
     points.push_back({n.mlp_pre, mlp, l});
@@ -337,6 +345,26 @@ at::Tensor HookedTransformer::norm(const at::Tensor& x, const at::Tensor& w, con
   at::Tensor normed = x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + spec_.norm_eps);
   normed = normed * w;
   return b.defined() ? normed + b : normed;
+}
+
+// The final norm and unembedding as forward() applies them; with `norm_from`, their linear part
+// with the norm's scale frozen at norm_from (direct logit attribution), see Model::unembed.
+at::Tensor HookedTransformer::unembed(const at::Tensor& x, const at::Tensor& norm_from) const {
+  const std::int64_t D = info_.d_model;
+  if (!x.defined() || x.dim() < 1 || x.size(-1) != D || x.scalar_type() != at::kFloat)
+    throw UsageError(fmt::format("unembed: the residual stream must be float32 [..., {}]", D));
+  if (norm_from.defined() && (norm_from.dim() < 1 || norm_from.size(-1) != D || norm_from.scalar_type() != at::kFloat))
+    throw UsageError(fmt::format("unembed: norm_from must be a float32 residual stream [..., {}]", D));
+  ensure_resident();
+  if (!norm_from.defined()) return linear(norm(x, w_.lnf_w, w_.lnf_b), w_.unembed, w_.unembed_b);
+  at::Tensor scaled;
+  if (spec_.norm == Spec::Norm::layer_norm) {
+    const at::Tensor var = norm_from.var(-1, /*unbiased=*/false, /*keepdim=*/true);
+    scaled = (x - x.mean(-1, /*keepdim=*/true)) * at::rsqrt(var + spec_.norm_eps);
+  } else {
+    scaled = x * at::rsqrt(norm_from.pow(2).mean(-1, /*keepdim=*/true) + spec_.norm_eps);
+  }
+  return linear(scaled * w_.lnf_w, w_.unembed);
 }
 
 at::Tensor HookedTransformer::activation(const at::Tensor& x) const {
@@ -432,7 +460,18 @@ at::Tensor HookedTransformer::block(Layer& layer, size_t index, at::Tensor x, co
   at::Tensor z = at::matmul(pattern, vh).transpose(1, 2);  // [B, T, H, dh]
   hooks.fire(n.z, ctx, z);
   if (last_point <= kPointZ) return {};
-  at::Tensor attn_out = linear(z.reshape({B, T, H * dh}), w.W_o, w.b_o);
+  at::Tensor attn_out;
+  if (hooks.wants(n.result, ctx)) {
+    // Per head z_h W_O_hᵀ: W_o [d_model, heads*d_head] read as [d_model, heads, d_head].
+    const at::Tensor W_o = w.W_o.to(at::kFloat).reshape({info_.d_model, H, dh});
+    at::Tensor result = at::einsum("bthd,mhd->bthm", {z, W_o});
+    hooks.fire(n.result, ctx, result);
+    if (last_point <= kPointResult) return {};
+    attn_out = result.sum(2);
+    if (w.b_o.defined()) attn_out = attn_out + w.b_o;
+  } else {
+    attn_out = linear(z.reshape({B, T, H * dh}), w.W_o, w.b_o);
+  }
   hooks.fire(n.attn_out, ctx, attn_out);
   x = x + attn_out;
   hooks.fire(n.resid_mid, ctx, x);
@@ -482,7 +521,7 @@ at::Tensor HookedTransformer::forward(const at::Tensor& ids, const HookSet& hook
   if (ids.min().item<std::int64_t>() < 0 || ids.max().item<std::int64_t>() >= info_.vocab_size)
     throw UsageError(fmt::format("token ids must lie in [0, {})", info_.vocab_size));
 
-  if (resident_) std::call_once(resident_once_, [this] { make_resident(); });
+  ensure_resident();
   ctx.query_offset = offset;
   ctx.layer = -1;
   // Compute only what is asked: logits when the caller or a hook wants them, the final norm when

@@ -270,6 +270,8 @@ at::Tensor as_tensor(const Matrix& m) {
 }
 
 double finite_or_nan(const json& v) { return v.is_number() ? v.get<double>() : kNaN; }
+// Item i of a list of numbers; NaN when it is not one.
+double item_or_nan(const json& list, std::size_t i) { return list.is_array() && i < list.size() ? finite_or_nan(list[i]) : kNaN; }
 
 // ---- the renderer --------------------------------------------------------------------------------
 
@@ -681,9 +683,107 @@ class FiguresRenderer final : public hooklens::Renderer {
     for (const fs::path& file : files) draw_report(job, file);
   }
 
+  // reports/logit_lens.json, per prompt: layer x position matrices of the probability the lens gives
+  // the final prediction and of the lens's top-1 probability (columns: the entries in order, i.e.
+  // positions, or generation steps), and the direct logit attribution of its headline entry (its
+  // first pass's last position) per layer x (heads, attention bias, MLP), on a signed scale.
+  static void draw_logit_lens(Job& job, const json& report, const fs::path& file) {
+    const json& entries = report["entries"];
+    if (!entries.is_array()) throw Error(fmt::format("{}: \"entries\" is not a list", file.string()));
+    std::map<int, std::vector<const json*>> by_prompt;
+    for (const json& e : entries) {
+      if (!e.is_object() || !e.contains("prompt") || !e["prompt"].is_number_integer() || !e.contains("lens") ||
+          !e["lens"].is_array() || e["lens"].empty())
+        throw Error(fmt::format("{}: an entry lacks an integer \"prompt\" and its \"lens\"", file.string()));
+      const int p = e["prompt"].get<int>();
+      if (job.opts.prompts.empty() || contains(job.opts.prompts, p)) by_prompt[p].push_back(&e);
+    }
+    constexpr std::size_t kMaxColumns = 512;  // a wider figure would not be readable
+    for (const auto& [p, list] : by_prompt) {
+      const std::string what = fmt::format("report logit_lens prompt {}", p);
+      const std::size_t rows = list.front()->at("lens").size(), cols = std::min(list.size(), kMaxColumns);
+      if (list.size() > kMaxColumns) job.skip(fmt::format("{}: entries past the first {}", what, kMaxColumns), "more do not fit one figure");
+      Matrix final_prob{std::int64_t(rows), std::int64_t(cols), std::vector<double>(rows * cols, kNaN)}, top_prob = final_prob;
+      std::vector<std::string> row_labels, inputs, predictions;
+      for (const json& l : list.front()->at("lens")) {
+        const int layer = l.value("layer", -2);
+        row_labels.push_back(layer == -1 ? "embed" : fmt::format("L{}", layer));
+      }
+      for (std::size_t c = 0; c < cols; ++c) {
+        const json& e = *list[c];
+        const json& lens = e["lens"];
+        if (lens.size() != rows) throw Error(fmt::format("{}: prompt {}'s entries have lenses of different depths", file.string(), p));
+        for (std::size_t r = 0; r < rows; ++r) {
+          final_prob.values[r * cols + c] = finite_or_nan(lens[r].value("final_prob", json()));
+          const json& top = lens[r].value("top", json::array());
+          top_prob.values[r * cols + c] = top.is_array() && !top.empty() ? finite_or_nan(top[0].value("prob", json())) : kNaN;
+        }
+        const std::string input = e.value("input_token", json()).is_string() ? e["input_token"].get<std::string>() : "?";
+        const json& final = e.value("final", json::object());
+        const std::string predicted = final.is_object() && final.value("token", json()).is_string() ? final["token"].get<std::string>() : "?";
+        const std::string where = e.value("phase", "") == "prefill" ? fmt::format("{}", e.value("position", 0))
+                                                                    : fmt::format("s{}", e.value("step", 0));
+        inputs.push_back(fmt::format("{}:{}", where, drawing::token_label(input)));
+        predictions.push_back(fmt::format("{}:{}", where, drawing::token_label(predicted)));
+      }
+      const int cell = labelled_cell(std::int64_t(std::max(rows, cols)));
+      const drawing::Scale unit{0.0, 1.0, &drawing::kViridis};
+      const std::vector<Panel> panels{
+          {"probability of the final prediction at each layer (columns: input tokens)", "", final_prob, unit, cell, cell,
+           row_labels, drawing::thin_labels(inputs, cell)},
+          {"the lens's top-1 probability (columns: the final prediction)", "", top_prob, unit, cell, cell, row_labels,
+           drawing::thin_labels(predictions, cell)}};
+      const std::string context = job.run->describe(p);
+      const std::string stem = fmt::format("logit_lens_p{}", p);
+      job.add(stem, fmt::format("logit lens of prompt {}: layer x position probabilities of reports/logit_lens.json", p),
+              drawing::write_figure(job.path(stem), panels, 0, context + "; rows: layers (embed: the embeddings)"));
+      draw_logit_attribution(job, list, p, context, file);
+    }
+  }
+
+  static void draw_logit_attribution(Job& job, const std::vector<const json*>& list, int p, const std::string& context,
+                                     const fs::path& file) {
+    // The headline entry: the last position of the prompt's first pass.
+    const json* chosen = list.front();
+    for (const json* e : list)
+      if (e->value("step", 0) == list.front()->value("step", 0) && e->value("block", -1) == list.front()->value("block", -1))
+        chosen = e;
+    const json& d = chosen->value("dla", json());
+    if (!d.is_object()) {
+      job.skip(fmt::format("report logit_lens prompt {} attribution", p), "the entry has no attribution (dla_missing says why)");
+      return;
+    }
+    const json& heads = d.value("heads", json::array());
+    const int L = int(heads.size()), H = job.run->model().n_heads;
+    if (L != job.run->model().n_layers) throw Error(fmt::format("{}: an attribution of {} layers", file.string(), L));
+    Matrix m{L, H + 2, std::vector<double>(std::size_t(L * (H + 2)), kNaN)};
+    for (int l = 0; l < L; ++l) {
+      if (!heads[size_t(l)].is_array() || int(heads[size_t(l)].size()) != H)
+        throw Error(fmt::format("{}: layer {} of an attribution does not have {} heads", file.string(), l, H));
+      for (int h = 0; h < H; ++h) m.values[std::size_t(l * (H + 2) + h)] = finite_or_nan(heads[size_t(l)][size_t(h)]);
+      m.values[std::size_t(l * (H + 2) + H)] = item_or_nan(d.value("attn_bias", json()), size_t(l));
+      m.values[std::size_t(l * (H + 2) + H + 1)] = item_or_nan(d.value("mlp", json()), size_t(l));
+    }
+    std::vector<std::string> rows, cols;
+    for (int l = 0; l < L; ++l) rows.push_back(fmt::format("L{}", l));
+    for (int h = 0; h < H; ++h) cols.push_back(fmt::format("H{}", h));
+    cols.push_back("bias");
+    cols.push_back("MLP");
+    const json& target = d.value("target", json::object());
+    const std::string token = target.is_object() && target.value("token", json()).is_string() ? target["token"].get<std::string>() : "?";
+    const std::string title = fmt::format("direct logit attribution to '{}' at position {} (embeddings {:+.2f}, logit {:.2f})",
+                                          drawing::token_label(token, 24), chosen->value("position", 0),
+                                          finite_or_nan(d.value("embeddings", json())), finite_or_nan(d.value("logit", json())));
+    const std::string stem = fmt::format("logit_lens_p{}_attribution", p);
+    job.add(stem, fmt::format("prompt {}: direct logit attribution per layer x head (and attention bias, MLP)", p),
+            drawing::write_figure(job.path(stem), {Panel{title, "", m, drawing::signed_scale(m), 28, 28, rows, cols}}, 0,
+                                  context + "; rows: layers, columns: heads, attention output bias, MLP"));
+  }
+
   static void draw_report(Job& job, const fs::path& file) {
     const json report = hooklens::read_json_file(file);
     const std::string name = file.stem().string();
+    if (name == "logit_lens" && report.is_object() && report.contains("entries")) draw_logit_lens(job, report, file);
     // Referenced, not copied: copying recurses, and a hostile report may nest very deep.
     static const json kNone;
     const json& heads = report.is_object() && report.contains("heads") ? report["heads"] : kNone;

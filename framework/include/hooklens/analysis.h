@@ -34,6 +34,8 @@ class AnalyzerSet {
   ~AnalyzerSet();
 
   bool empty() const { return entries_.empty(); }
+  // Hands every analyzer the model (Analyzer::use_model), before begin().
+  void use_model(const Model& model);
   std::vector<Analyzer::ExtraPrompt> extra_prompts(const ModelInfo& model) const;
 
   // `run`: {"model", "prompts", "mode"}; each analyzer also gets its "options". An analyzer that

@@ -42,6 +42,12 @@ class Analyzer {
     return {};
   }
 
+  // The model the captures come from, before begin(): live runs always give it, `hooklens analyze`
+  // when the user names it with --model (its shapes checked against the run's). It outlives the
+  // analyzer's last finish(). Analyzers that compute with the weights (logit_lens: Model::unembed)
+  // keep it; others ignore it.
+  virtual void use_model(const Model& model) { (void)model; }
+
   // Starts a run. `run` holds:
   //   "model":   ModelInfo::to_json() (ModelInfo::from_json gives it back typed);
   //   "prompts": per prompt {"text", "ids", "tokens" (display strings), "source"} where source is

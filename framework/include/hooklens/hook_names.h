@@ -24,6 +24,9 @@ inline constexpr std::string_view rot_k = "attn.hook_rot_k";
 inline constexpr std::string_view attn_scores = "attn.hook_attn_scores";  // [batch, head, query, key]
 inline constexpr std::string_view pattern = "attn.hook_pattern";          // [batch, head, query, key]
 inline constexpr std::string_view z = "attn.hook_z";             // [batch, pos, head, d_head]
+// Each head's output before the heads are summed, z_h W_O_h without the bias: [batch, pos, head,
+// d_model]. Computed only when a hook wants it (attn_out is then its sum over heads plus b_O).
+inline constexpr std::string_view result = "attn.hook_result";
 inline constexpr std::string_view attn_out = "hook_attn_out";
 inline constexpr std::string_view resid_mid = "hook_resid_mid";
 inline constexpr std::string_view mlp_pre = "mlp.hook_pre";      // [batch, pos, d_mlp]

@@ -82,6 +82,17 @@ class Model {
   // UsageError for ids outside the vocabulary or past n_ctx.
   virtual at::Tensor forward(const at::Tensor& ids, const HookSet& hooks, CaptureContext ctx,
                              ModelState* state, Logits logits = Logits::all) = 0;
+
+  // The logit lens: the model's final norm and unembedding (with its bias), exactly as forward()
+  // applies them, on a residual stream x, float32 [..., d_model] -> logits [..., vocab]; so the
+  // final hook_resid_post gives the model's logits.
+  // With `norm_from` (a residual stream broadcastable to x): the linear part of that map for direct
+  // logit attribution, the norm's scale frozen at norm_from's: LayerNorm (x - mean(x)) /
+  // sqrt(var(norm_from) + eps) * gamma, RMSNorm x / sqrt(mean(norm_from^2) + eps) * gamma, then
+  // W_U, without the norm's bias and the unembedding's. The parts of a final residual x_final then
+  // give terms that sum to logits - unembed(0) (unembed(0) = beta W_U + b_U).
+  // Models that cannot (TorchScript) throw UsageError.
+  virtual at::Tensor unembed(const at::Tensor& x, const at::Tensor& norm_from = {}) const;
 };
 
 struct LoadOptions {

@@ -28,6 +28,7 @@
 //
 // Version 2: the build identity and the adapters' static score; Adapter::accepts removed.
 // Version 3: Analyzer::merges_state, save_state and merge_state (runs over several processes).
+// Version 4: Analyzer::use_model and Model::unembed (the logit lens).
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -35,7 +36,7 @@
 #include <string>
 #include <vector>
 
-#define HOOKLENS_PLUGIN_ABI_VERSION 3u
+#define HOOKLENS_PLUGIN_ABI_VERSION 4u
 
 extern "C" {
 struct hooklens_plugin_build;  // hooklens/plugin_build.h
