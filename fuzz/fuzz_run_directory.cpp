@@ -8,7 +8,8 @@
 // allow_incomplete, every entry and its tensor read; then rendered as png, svg and html, analyzed
 // by attention_stats, head_detectors, token_influence and neurons, and read by the viewer's model.
 // The parts of a run over several processes (part-rankRRRRR.json, part-resumed.json) are read and
-// joined into a second directory, which is read like the first.
+// joined into a second directory, which is read like the first. The manifest's interventions
+// (and an older run's "ablations") are decoded on their own too (decode_interventions).
 // Each must give its result or refuse with a one-line hooklens::Error.
 #include "fuzz_run_util.h"
 #include "hooklens/json_read.h"
@@ -17,18 +18,33 @@
 #include <ATen/ops/sum.h>
 #include <c10/core/ScalarType.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <iterator>
+#include <string>
 
 namespace {
 
 namespace fs = std::filesystem;
+
+// What decode_interventions promises of what it returns.
+void check_interventions(const std::vector<hooklens::RunIntervention>& interventions) {
+  static const std::string kKinds[] = {"zero_ablate", "patch", "steer", "mean_ablate", "resample_ablate"};
+  for (const hooklens::RunIntervention& i : interventions) {
+    if (std::find(std::begin(kKinds), std::end(kKinds), i.kind) == std::end(kKinds)) fuzz::violated("an intervention of an unknown kind");
+    if (i.kind == "steer" && !i.scale) fuzz::violated("a steer intervention without a scale");
+    if (i.applied && *i.applied < 0) fuzz::violated("an intervention applied a negative number of times");
+  }
+}
 
 void read_everything(const fs::path& run) {
   for (const bool allow_incomplete : {false, true})
     for (const hooklens::RunCheck check : {hooklens::RunCheck::entries, hooklens::RunCheck::consistent}) {
       try {
         hooklens::RunReader reader(run, allow_incomplete, check);
+        if (check == hooklens::RunCheck::consistent) check_interventions(reader.interventions());
+        else check_interventions(hooklens::decode_interventions(reader.manifest()));  // a manifest checked entry by entry only
         for (std::size_t i = 0; i < reader.capture_count(); ++i) {
           const hooklens::CaptureEntry& entry = reader.entry(i);
           (void)reader.capture(i);

@@ -81,12 +81,31 @@ def manifest(run):
     with open(os.path.join(runs, run, "manifest.json")) as f:
         return json.load(f)
 
-def broken(name, run, change):
+def edited(name, run, change):
     m = manifest(run)
     change(m)
     data = pack(os.path.join(runs, run))
     rest = data[data.index(b"\n==> "):] if b"\n==> " in data else b""
-    write(out, "broken_" + name, json.dumps(m, indent=1).encode() + rest)
+    write(out, name, json.dumps(m, indent=1).encode() + rest)
+
+def broken(name, run, change):
+    edited("broken_" + name, run, change)
+
+# A run whose model was changed: every kind of intervention, and an --ablate head of an older run.
+def intervene(m):
+    site = "blocks.1.attn.hook_z[head=3,pos=2]"
+    m["interventions"] = [
+        {"kind": "patch", "site": site, "hook": "blocks.1.attn.hook_z", "source": "runs/clean", "applied": 1,
+         "text": "patched " + site + " from runs/clean"},
+        {"kind": "steer", "site": "blocks.0.hook_resid_post", "hook": "blocks.0.hook_resid_post",
+         "source": "vec.safetensors:steering", "scale": 4.0, "applied": 1,
+         "text": "steered blocks.0.hook_resid_post by 4 x vec.safetensors:steering"},
+        {"kind": "mean_ablate", "site": "blocks.0.hook_mlp_out", "hook": "blocks.0.hook_mlp_out", "source": None,
+         "applied": 1, "text": "mean-ablated blocks.0.hook_mlp_out <b>&amp;</b>"},
+        {"kind": "resample_ablate", "site": "blocks.1.hook_attn_out", "hook": "blocks.1.hook_attn_out",
+         "source": "runs/other", "applied": 0, "text": "resample-ablated blocks.1.hook_attn_out from runs/other"}]
+    m["ablations"] = ["0.1", "1.3"]
+edited("intervened", "local", intervene)
 
 def broken_part(name, change):
     data = pack(os.path.join(runs, "parts"))
@@ -120,12 +139,18 @@ def nested(m):
     m["prompts"][0]["source"] = v
 def step_past(m):
     m["captures"][-1]["step"] = 99
+def bad_intervention(m):
+    intervene(m)
+    del m["interventions"][1]["scale"]
+    m["interventions"][2]["applied"] = -1
+    m["ablations"] = ["1.x"]
 broken("negative_offset", "analyzed", negative_offset)
 broken("short_output_ids", "generated", short_output)
 broken("huge_mask_id", "diffusion", huge_mask)
 broken("huge_model", "analyzed", huge_model)
 broken("nested_json", "sliced", nested)
 broken("step_past_end", "generated", step_past)
+broken("intervention", "local", bad_intervention)
 
 # ---- hand-broken reports.
 write(reports, "broken_layer_out_of_range", json.dumps({"heads": [{"layer": 7, "head": 0, "score": 1.0}]}).encode())

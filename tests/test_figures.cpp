@@ -627,3 +627,48 @@ TEST_CASE("shard names outside the run directory and captures of unknown prompts
   render_refuses(mutated(r.capture, tmp.path, "prompt", [](json& j) { j["captures"][0]["prompt"] = 2; }), tmp.path,
                  {"'prompt' is 2", "2 prompt(s)"});
 }
+
+// Issue 17: a figure of a run whose model was changed says so in its caption line, whatever figure it is.
+TEST_CASE("figures of an intervened run end their caption with the interventions, shortened", "[figures][fixtures]") {
+  const Runs& r = runs();
+  test::TempDir tmp;
+  const auto changed_copy = [&](const std::string& name, const json& interventions) {
+    const fs::path run = tmp / name;
+    fs::copy(r.capture, run, fs::copy_options::recursive);
+    json m = json::parse(test::read_file(run / "manifest.json"));
+    m["interventions"] = interventions;
+    std::ofstream(run / "manifest.json", std::ios::trunc) << m.dump();
+    return run;
+  };
+  const auto intervention = [](const std::string& text) {
+    return json{{"kind", "patch"}, {"site", "blocks.1.attn.hook_z[head=3]"}, {"hook", "blocks.1.attn.hook_z"},
+                {"source", "runs/clean"}, {"applied", 2}, {"text", text}};
+  };
+
+  // A plain run: no mention.
+  renderer()->render(r.capture, "pdf", tmp / "plain", json::object());
+  CHECK_FALSE(has_text(pdf_lines(tmp / "plain" / "p0_layer0_heads.pdf"), "intervened"));
+
+  const fs::path two = changed_copy("two", {intervention("patched head 1.3 from runs/clean"),
+                                            intervention("steered blocks.0.hook_resid_post by 4")});
+  renderer()->render(two, "pdf", tmp / "two-out", json::object());
+  const std::string both = "intervened: patched head 1.3 from runs/clean; steered blocks.0.hook_resid_post by 4";
+  // A figure with a caption line: the interventions end it.
+  CHECK(has_text(pdf_lines(tmp / "two-out" / "p0_layer0_heads.pdf"),
+                 "GPTNeoForCausalLM (tiny-neo-a), \"The cat sat on the mat\"; " + both));
+  CHECK(has_text(pdf_lines(tmp / "two-out" / "p0_overview.pdf"), "rows: layers, columns: heads; " + both));
+  // A figure that had none gets one.
+  CHECK(has_text(pdf_lines(tmp / "two-out" / "p0_layer0_mean.pdf"), both));
+  CHECK(has_text(pdf_lines(tmp / "two-out" / "p0_layer_entropy.pdf"), both));
+
+  // Many long lines: as many whole lines as fit, then how many more; the figure stays its width.
+  json many = json::array();
+  for (int i = 0; i < 6; ++i) many.push_back(intervention(fmt::format("patched blocks.{}.attn.hook_z[head=3,pos=5] from runs/a-rather-long-run-name", i)));
+  const fs::path lots = changed_copy("lots", many);
+  const json result = renderer()->render(lots, "pdf", tmp / "lots-out", json::object());
+  const auto lines = pdf_lines(tmp / "lots-out" / "p0_layer0_heads.pdf");
+  CHECK(has_text(lines, "intervened: patched blocks.0.attn.hook_z[head=3,pos=5] from runs/a-rather-long-run-name; +5 more"));
+  const json plain_result = renderer()->render(r.capture, "pdf", tmp / "plain2", json::object());
+  CHECK(entry(result, "p0_layer0_mean.pdf").at("width").get<int>() <
+        entry(plain_result, "p0_layer0_mean.pdf").at("width").get<int>() + 1000);
+}

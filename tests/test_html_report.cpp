@@ -627,3 +627,72 @@ TEST_CASE("html report: deeply nested manifests and reports are refused, not rec
                          tmp / "log");
   CHECK(fs::exists(tmp / "fine_html" / "report.html"));
 }
+
+// ---- interventions (issue 17): the header says the model was changed, the section lists how ------
+
+TEST_CASE("html report lists a run's interventions, escaped, and says so in the header", "[fixtures]") {
+  const Runs& r = runs();
+  TempDir tmp;
+  const auto page_of = [&](const fs::path& run) {
+    render(run, tmp / (run.filename().string() + "-html"));
+    return test::read_file(tmp / (run.filename().string() + "-html") / "report.html");
+  };
+  const auto header_of = [](const std::string& html) {
+    const std::size_t start = html.find("<header>"), end = html.find("</header>");
+    REQUIRE(start != std::string::npos);
+    REQUIRE(end != std::string::npos);
+    return html.substr(start, end - start);
+  };
+
+  // A run nothing changed: no note, no section.
+  const std::string plain = page_of(r.capture);
+  CHECK(plain.find("id=\"hl-intervened\"") == std::string::npos);
+  CHECK(plain.find("<section id=\"hl-interventions\">") == std::string::npos);
+
+  const json patch = {{"kind", "patch"}, {"site", "blocks.1.attn.hook_z[head=3,pos=5]"}, {"hook", "blocks.1.attn.hook_z"},
+                      {"source", "runs/<clean>"}, {"applied", 12},
+                      {"text", "patched blocks.1.attn.hook_z[head=3,pos=5] from </script><b>&amp;"}};
+  const json steer = {{"kind", "steer"}, {"site", "blocks.0.hook_resid_post"}, {"hook", "blocks.0.hook_resid_post"},
+                      {"source", "vec.safetensors:steering"}, {"scale", 4.5}, {"applied", 1},
+                      {"text", "steered blocks.0.hook_resid_post by 4.5 x vec.safetensors:steering"}};
+  const fs::path changed = broken_copy(r.capture, tmp.path, "changed", [&](json& m) {
+    json zero = {{"kind", "zero_ablate"}, {"site", "blocks.1.attn.hook_z[head=2]"}, {"hook", "blocks.1.attn.hook_z"},
+                 {"source", nullptr}, {"text", "zero-ablated blocks.1.attn.hook_z[head=2]"}};  // not counted: no "applied"
+    m["interventions"] = {patch, steer, zero};
+    m["ablations"] = {"1.2"};  // --ablate's value as given: "interventions" lists it already
+  });
+  const std::string html = page_of(changed);
+  const std::string header = header_of(html);
+  CHECK_THAT(header, Catch::Contains("this run was changed by 3 interventions: its figures show the changed model"));
+  std::smatch section;
+  REQUIRE(std::regex_search(html, section, std::regex("<section id=\"hl-interventions\">[\\s\\S]*?</section>")));
+  const std::string list = section.str();
+  CHECK(count(list, "<li data-kind=") == 3);
+  CHECK_THAT(list, Catch::Contains("<h2>Interventions</h2>"));
+  CHECK_THAT(list, Catch::Contains(">patched blocks.1.attn.hook_z[head=3,pos=5] from &lt;/script&gt;&lt;b&gt;&amp;amp;</span>"));
+  CHECK_THAT(list, Catch::Contains("kind patch, site blocks.1.attn.hook_z[head=3,pos=5], source runs/&lt;clean&gt;, "
+                                   "applied to 12 hook events"));
+  CHECK_THAT(list, Catch::Contains("kind steer, site blocks.0.hook_resid_post, source vec.safetensors:steering, scale 4.5, "
+                                   "applied to 1 hook event<"));
+  CHECK_THAT(list, Catch::Contains(">zero-ablated blocks.1.attn.hook_z[head=2]</span>"));
+  CHECK_THAT(list, Catch::Contains("kind zero_ablate, site blocks.1.attn.hook_z[head=2]</span>"));
+  CHECK(list.find("</script>") == std::string::npos);  // the text cannot end the page's script blocks early
+  // Before the attention section: near the top.
+  CHECK(html.find("<section id=\"hl-interventions\">") < html.find("<section id=\"hl-attention\">"));
+
+  // A run written before "interventions", with one --ablate head: the note counts it in the singular.
+  const fs::path ablated = broken_copy(r.capture, tmp.path, "ablated", [&](json& m) {
+    m.erase("interventions");
+    m["ablations"] = {"0.1"};
+  });
+  CHECK_THAT(header_of(page_of(ablated)), Catch::Contains("changed by 1 intervention: its figures"));
+
+  // A malformed entry: one line naming the manifest and the field.
+  const fs::path broken = broken_copy(r.capture, tmp.path, "broken", [&](json& m) {
+    m["interventions"] = {patch};
+    m["interventions"][0]["kind"] = "amplify";
+  });
+  const std::string line = html_refusal(broken, tmp.path);
+  CHECK_THAT(line, Catch::Contains((broken / "manifest.json").string()) &&
+                       Catch::Contains("intervention 0 field 'kind' is 'amplify'"));
+}

@@ -396,3 +396,161 @@ TEST_CASE("RunReader decodes the prompts and the generation block with the modul
   hooklens::RunReader entries(dir.path, false, hooklens::RunCheck::entries);
   CHECK(error_of([&] { entries.generation(); }) == file + ": the generation is decoded by RunCheck::consistent only");
 }
+
+// ---- interventions
+
+namespace {
+
+hooklens::RunIntervention patch_intervention() {
+  hooklens::RunIntervention i;
+  i.kind = "patch";
+  i.site = "blocks.1.attn.hook_z[head=3,pos=5]";
+  i.hook = "blocks.1.attn.hook_z";
+  i.source = "runs/clean";
+  i.applied = 12;
+  i.text = "patched blocks.1.attn.hook_z[head=3,pos=5] from runs/clean";
+  return i;
+}
+
+hooklens::RunIntervention steer_intervention() {
+  hooklens::RunIntervention i;
+  i.kind = "steer";
+  i.site = "blocks.0.hook_resid_post";
+  i.hook = "blocks.0.hook_resid_post";
+  i.source = "vec.safetensors:steering";
+  i.scale = 4.0;
+  i.applied = 3;
+  i.text = "steered blocks.0.hook_resid_post by 4 x vec.safetensors:steering";
+  return i;
+}
+
+void require_same(const hooklens::RunIntervention& a, const hooklens::RunIntervention& b) {
+  CHECK(a.kind == b.kind);
+  CHECK(a.site == b.site);
+  CHECK(a.hook == b.hook);
+  CHECK(a.text == b.text);
+  CHECK(a.source == b.source);
+  CHECK(a.scale == b.scale);
+  CHECK(a.applied == b.applied);
+}
+
+}  // namespace
+
+TEST_CASE("interventions encode in the fixed format and round-trip") {
+  CHECK(hooklens::encode_intervention(patch_intervention()) == json::parse(R"J({"kind": "patch",
+    "site": "blocks.1.attn.hook_z[head=3,pos=5]", "hook": "blocks.1.attn.hook_z", "source": "runs/clean",
+    "applied": 12, "text": "patched blocks.1.attn.hook_z[head=3,pos=5] from runs/clean"})J"));
+  hooklens::RunIntervention mean;
+  mean.kind = "mean_ablate";
+  mean.site = mean.hook = "blocks.0.hook_mlp_out";
+  mean.text = "mean-ablated blocks.0.hook_mlp_out";
+  const json encoded = hooklens::encode_intervention(mean);
+  CHECK(encoded["source"].is_null());  // written as null, not left out
+  CHECK_FALSE(encoded.contains("scale"));  // steer only
+
+  const json manifest = {{"interventions", {hooklens::encode_intervention(patch_intervention()),
+                                            hooklens::encode_intervention(steer_intervention()), encoded}}};
+  const auto decoded = hooklens::decode_interventions(manifest);
+  REQUIRE(decoded.size() == 3);
+  require_same(decoded[0], patch_intervention());
+  require_same(decoded[1], steer_intervention());
+  require_same(decoded[2], mean);
+  CHECK(hooklens::intervention_summary(decoded) ==
+        "patched blocks.1.attn.hook_z[head=3,pos=5] from runs/clean; steered blocks.0.hook_resid_post by 4 x "
+        "vec.safetensors:steering; mean-ablated blocks.0.hook_mlp_out");
+  CHECK(hooklens::decode_interventions(json::object()).empty());  // absent: none
+  CHECK(hooklens::decode_interventions(json{{"interventions", json::array()}, {"ablations", json::array()}}).empty());
+}
+
+TEST_CASE("a run written before interventions decodes its --ablate heads as zero ablations") {
+  const auto old = hooklens::decode_interventions(json{{"ablations", {"1.3", "0.12"}}});
+  REQUIRE(old.size() == 2);
+  CHECK(old[0].kind == "zero_ablate");
+  CHECK(old[0].site == "blocks.1.attn.hook_z[head=3]");
+  CHECK(old[0].hook == "blocks.1.attn.hook_z");
+  CHECK(old[0].text == "zero-ablated head 1.3");
+  CHECK_FALSE(old[0].source);
+  CHECK_FALSE(old[0].scale);
+  CHECK_FALSE(old[0].applied);  // not recorded then
+  CHECK(old[1].site == "blocks.0.attn.hook_z[head=12]");
+  CHECK(old[1].text == "zero-ablated head 0.12");
+
+  // A newer run's "interventions" is the whole list: its "ablations" repeats --ablate's values as
+  // given (a head or a site), so they are not read again.
+  hooklens::RunIntervention zero = old[0];
+  zero.applied = 4;
+  zero.text = "zero-ablated blocks.1.attn.hook_z[head=3]";
+  const auto both = hooklens::decode_interventions(
+      json{{"interventions", {hooklens::encode_intervention(zero)}}, {"ablations", {"1.3", "blocks.2.mlp.hook_post[neuron=1]"}}});
+  REQUIRE(both.size() == 1);
+  require_same(both[0], zero);
+  // Runs over several processes do not count: no "applied".
+  zero.applied.reset();
+  const json uncounted = hooklens::encode_intervention(zero);
+  CHECK_FALSE(uncounted.contains("applied"));
+  CHECK_FALSE(hooklens::decode_interventions(json{{"interventions", {uncounted}}}).at(0).applied);
+}
+
+TEST_CASE("malformed interventions are refused in one line naming the entry and the field") {
+  const json good = hooklens::encode_intervention(steer_intervention());
+  struct Case {
+    json manifest;
+    std::string message;
+  };
+  const auto damaged = [&](const std::function<void(json&)>& damage) {
+    json entry = good;
+    damage(entry);
+    return json{{"interventions", {hooklens::encode_intervention(patch_intervention()), entry}}};
+  };
+  const std::vector<Case> cases = {
+      {json{{"interventions", json::object()}}, "\"interventions\" is not an array"},
+      {json{{"interventions", {1}}}, "intervention 0 is not an object"},
+      {damaged([](json& j) { j["kind"] = "amplify"; }),
+       "intervention 1 field 'kind' is 'amplify', not zero_ablate, patch, steer, mean_ablate or resample_ablate"},
+      {damaged([](json& j) { j["kind"] = std::string("x\ny") + std::string(200, 'z'); }), "field 'kind' is 'x\\ny"},
+      {damaged([](json& j) { j.erase("kind"); }), "intervention 1 has no string field 'kind'"},
+      {damaged([](json& j) { j["site"] = 7; }), "intervention 1 has no string field 'site'"},
+      {damaged([](json& j) { j.erase("hook"); }), "intervention 1 has no string field 'hook'"},
+      {damaged([](json& j) { j["text"] = json::array(); }), "intervention 1 has no string field 'text'"},
+      {damaged([](json& j) { j["source"] = {1, 2}; }), "intervention 1 field 'source' is [1,2], not a string or null"},
+      {damaged([](json& j) { j["scale"] = "4"; }), "intervention 1 field 'scale' is \"4\", not a number"},
+      {damaged([](json& j) { j.erase("scale"); }), "intervention 1 (steer) has no number field 'scale'"},
+      {damaged([](json& j) { j["applied"] = -1; }), "intervention 1 field 'applied' is -1, not an integer in [0, "},
+      {damaged([](json& j) { j["applied"] = 1.5; }), "intervention 1 has no integer field 'applied'"},
+      {damaged([](json& j) { j["applied"] = std::numeric_limits<std::uint64_t>::max(); }),
+       "intervention 1 field 'applied' is 18446744073709551615, not an integer in [0, "},
+      {json{{"ablations", "1.3"}}, "\"ablations\" is not an array"},
+      {json{{"ablations", {"1.3", 13}}}, "\"ablations\" [1] is 13, not a string LAYER.HEAD"},
+      {json{{"ablations", {"1.-3"}}}, "\"ablations\" [0] is '1.-3', not LAYER.HEAD"},
+      {json{{"ablations", {"13"}}}, "\"ablations\" [0] is '13', not LAYER.HEAD"},
+      {json{{"ablations", {"1.3.4"}}}, "\"ablations\" [0] is '1.3.4', not LAYER.HEAD"},
+      {json{{"ablations", {"99999999999.1"}}}, "\"ablations\" [0] is '99999999999.1', not LAYER.HEAD"},
+  };
+  for (const Case& c : cases) {
+    const std::string message = error_of([&] { hooklens::decode_interventions(c.manifest); });
+    INFO(message);
+    CHECK(message.find(c.message) != std::string::npos);
+    CHECK(message.find('\n') == std::string::npos);
+    CHECK(message.size() < 300);
+  }
+}
+
+TEST_CASE("RunReader decodes the interventions when it checks a whole run") {
+  test::TempDir dir;
+  json manifest = {{"format", "hooklens-run"}, {"version", 1}, {"complete", true}, {"captures", json::array()},
+                   {"ablations", {"0.1"}}};
+  std::ofstream(dir / "manifest.json") << manifest.dump();
+  hooklens::RunReader reader(dir.path, false, hooklens::RunCheck::consistent);
+  REQUIRE(reader.interventions().size() == 1);
+  CHECK(reader.interventions()[0].text == "zero-ablated head 0.1");
+
+  manifest["interventions"] = {hooklens::encode_intervention(patch_intervention())};
+  manifest["interventions"][0]["applied"] = "12";
+  std::ofstream(dir / "manifest.json") << manifest.dump();
+  const std::string file = (dir / "manifest.json").string();
+  CHECK(error_of([&] { reader.open(dir.path, false, hooklens::RunCheck::consistent); }) ==
+        file + ": intervention 0 has no integer field 'applied'");
+  // Entry by entry only: not decoded (so not refused), and asking for them is an error.
+  hooklens::RunReader entries(dir.path, false, hooklens::RunCheck::entries);
+  CHECK(error_of([&] { entries.interventions(); }) == file + ": the interventions are decoded by RunCheck::consistent only");
+}

@@ -346,3 +346,40 @@ TEST_CASE("prompt-token bars: attention from generated tokens to the prompt", "[
     CHECK(view::prompt_bars(g, 1, 3, true, -1).rows == std::vector<int>{2, 3, 4});
   }
 }
+
+// Issue 17: a run whose model was changed says so in the window title and the Run panel.
+TEST_CASE("hooklens-view marks a run with interventions and lists them in the Run panel", "[viewer][fixtures]") {
+  if (!have_xvfb()) {
+    test::skip("xvfb-run is not installed: the viewer tests did not run");
+    return;
+  }
+  Runs& r = runs();
+  const fs::path run = r.dir / "intervened";
+  fs::copy(r.capture, run, fs::copy_options::recursive);
+  json m = json::parse(test::read_file(run / "manifest.json"));
+  m["interventions"] = {{{"kind", "steer"}, {"site", "blocks.0.hook_resid_post"}, {"hook", "blocks.0.hook_resid_post"},
+                         {"source", "vec.safetensors:steering"}, {"scale", 4.0}, {"applied", 1},
+                         {"text", "steered blocks.0.hook_resid_post by 4 x vec.safetensors:steering %s%n"}}};
+  m["ablations"] = {"1.2"};
+  std::ofstream(run / "manifest.json", std::ios::trunc) << m.dump();
+
+  const Shot plain = screenshot(r.capture, "--select 0.0", r.dir.path, "plain_title");
+  const Shot changed = screenshot(run, "--select 0.0", r.dir.path, "intervened");
+  CHECK(plain.out.find(fmt::format("title: hooklens-view: {}\n", r.capture.string())) != std::string::npos);
+  CHECK(changed.out.find(fmt::format("title: hooklens-view: {} [intervened: 2]\n", run.string())) != std::string::npos);
+  CHECK(changed.err.find("error") == std::string::npos);  // ("%s%n" in a text: the panel never formats it)
+  // The same heatmap, and the note in the Run panel (the top fifth of the window) in its orange
+  // (255, 140, 64 drawn on a dark background): text no other line of that panel has.
+  check_cells(changed, expected(run, 0, 0, 0, false));
+  const auto orange = [](const Shot& s) {
+    int n = 0;
+    for (int y = 0; y < s.png.height / 5; ++y)
+      for (int x = 0; x < s.png.width; ++x) {
+        const auto c = s.pixel(x, y);
+        n += c[0] > 180 && c[1] > 80 && c[1] < 170 && c[2] < 110 && c[0] - c[1] > 60;
+      }
+    return n;
+  };
+  CHECK(orange(plain) == 0);
+  CHECK(orange(changed) > 100);
+}

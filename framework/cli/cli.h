@@ -17,6 +17,7 @@ void add_demo_model_command(CLI::App& app);  // demo-model
 void add_bench_model_command(CLI::App& app);  // bench-model
 void add_train_command(CLI::App& app);  // train
 void add_patch_sweep_command(CLI::App& app);  // patch-sweep
+void add_steering_vector_command(CLI::App& app);  // steering-vector
 
 // The shape of a randomly initialised GPT-Neo written as a Hugging Face directory (demo, bench).
 struct RandomNeoShape {

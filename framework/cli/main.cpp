@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   hooklens::cli::add_bench_model_command(app);
   hooklens::cli::add_train_command(app);
   hooklens::cli::add_patch_sweep_command(app);
+  hooklens::cli::add_steering_vector_command(app);
   try {
     app.parse(argc, argv);
     return 0;

@@ -560,14 +560,15 @@ void Interventions::attach(HookSet& hooks) {
 json Interventions::manifest(bool counted) const {
   json out = json::array();
   for (const auto& a : applied_) {
-    json entry = {{"kind", intervention_kind_name(a->spec.kind)},
-                  {"site", a->spec.site.text()},
-                  {"hook", a->point.name},
-                  {"source", a->source.empty() ? json() : json(a->source)},
-                  {"text", a->text}};
-    if (counted) entry["applied"] = a->applied;
-    if (a->spec.kind == InterventionKind::steer) entry["scale"] = a->spec.scale;
-    out.push_back(std::move(entry));
+    RunIntervention entry;
+    entry.kind = intervention_kind_name(a->spec.kind);
+    entry.site = a->spec.site.text();
+    entry.hook = a->point.name;
+    entry.text = a->text;
+    if (!a->source.empty()) entry.source = a->source;
+    if (a->spec.kind == InterventionKind::steer) entry.scale = a->spec.scale;
+    if (counted) entry.applied = a->applied;
+    out.push_back(encode_intervention(entry));
   }
   return out;
 }

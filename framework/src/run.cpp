@@ -331,6 +331,7 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check)
   entries.reserve(manifest["captures"].size());
   std::vector<RunPrompt> prompts;
   RunGeneration generation;
+  std::vector<RunIntervention> interventions;
   try {
     for (std::size_t i = 0; i < manifest["captures"].size(); ++i)
       entries.push_back(decode_capture_entry(manifest["captures"][i], i));
@@ -338,6 +339,7 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check)
       check_consistency(checker, manifest, entries);
       prompts = decode_prompts(manifest);
       generation = decode_generation(manifest);
+      interventions = decode_interventions(manifest);
     }
   } catch (const Error& e) {
     if (std::string_view(e.what()).rfind(file.string() + ": ", 0) == 0) throw;  // the checker's, named already
@@ -350,6 +352,7 @@ void RunReader::open(const fs::path& dir, bool allow_incomplete, RunCheck check)
   consistent_ = check == RunCheck::consistent;
   prompts_ = std::move(prompts);
   generation_ = std::move(generation);
+  interventions_ = std::move(interventions);
   cached_file_.clear();
   cached_tensors_.clear();
 }
@@ -374,6 +377,11 @@ const std::vector<RunPrompt>& RunReader::prompts() const {
 const RunGeneration& RunReader::generation() const {
   if (!consistent_) throw Error(fmt::format("{}: the generation is decoded by RunCheck::consistent only", (dir_ / "manifest.json").string()));
   return generation_;
+}
+
+const std::vector<RunIntervention>& RunReader::interventions() const {
+  if (!consistent_) throw Error(fmt::format("{}: the interventions are decoded by RunCheck::consistent only", (dir_ / "manifest.json").string()));
+  return interventions_;
 }
 
 at::Tensor RunReader::load(std::size_t index) {

@@ -1,4 +1,5 @@
 #include <hooklens/error.h>
+#include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
 #include <hooklens/run_format.h>
 #include <hooklens/text.h>
@@ -11,6 +12,8 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <set>
+#include <utility>
 
 namespace hooklens {
 
@@ -385,6 +388,95 @@ RunGeneration decode_generation(const json& manifest) {
     }
   }
   return g;
+}
+
+// ---- interventions
+
+namespace {
+
+constexpr const char* kInterventionKinds[] = {"zero_ablate", "patch", "steer", "mean_ablate", "resample_ablate"};
+
+std::string required_string(const json& object, const char* name, const std::string& where) {
+  const auto it = object.find(name);
+  if (it == object.end() || !it->is_string()) fail(fmt::format("{} has no string field '{}'", where, name));
+  return it->get<std::string>();
+}
+
+RunIntervention decode_intervention(const json& entry, std::size_t index) {
+  const std::string where = fmt::format("intervention {}", index);
+  if (!entry.is_object()) fail(where + " is not an object");
+  RunIntervention i;
+  i.kind = required_string(entry, "kind", where);
+  if (std::find(std::begin(kInterventionKinds), std::end(kInterventionKinds), i.kind) == std::end(kInterventionKinds))
+    fail(fmt::format("{} field 'kind' is '{}', not zero_ablate, patch, steer, mean_ablate or resample_ablate", where,
+                     brief_text(i.kind, 40)));
+  i.site = required_string(entry, "site", where);
+  i.hook = required_string(entry, "hook", where);
+  i.text = required_string(entry, "text", where);
+  if (const auto it = entry.find("source"); it != entry.end() && !it->is_null()) {
+    if (!it->is_string()) fail(fmt::format("{} field 'source' is {}, not a string or null", where, brief_json(*it)));
+    i.source = it->get<std::string>();
+  }
+  if (const auto it = entry.find("scale"); it != entry.end() && !it->is_null()) {
+    if (!it->is_number()) fail(fmt::format("{} field 'scale' is {}, not a number", where, brief_json(*it)));
+    i.scale = it->get<double>();
+  }
+  if (i.kind == "steer" && !i.scale) fail(where + " (steer) has no number field 'scale'");
+  if (entry.contains("applied")) i.applied = integer(entry, "applied", where, 0, std::numeric_limits<std::int64_t>::max());
+  return i;
+}
+
+// An --ablate spec of a run written before "interventions": "L.H", both integers >= 0.
+RunIntervention decode_old_ablation(const json& spec, std::size_t index) {
+  const std::string where = fmt::format("\"ablations\" [{}]", index);
+  if (!spec.is_string()) fail(fmt::format("{} is {}, not a string LAYER.HEAD", where, brief_json(spec)));
+  const std::string s = spec.get<std::string>();
+  const std::size_t dot = s.find('.');
+  const auto number = [&](const std::string& part) {
+    if (part.empty() || part.size() > 9 || part.find_first_not_of("0123456789") != std::string::npos)
+      fail(fmt::format("{} is '{}', not LAYER.HEAD", where, brief_text(s, 40)));
+    return std::stoi(part);
+  };
+  if (dot == std::string::npos) fail(fmt::format("{} is '{}', not LAYER.HEAD", where, brief_text(s, 40)));
+  const int layer = number(s.substr(0, dot)), head = number(s.substr(dot + 1));
+  RunIntervention i;
+  i.kind = "zero_ablate";
+  i.hook = hook_names::in_layer(layer, hook_names::z);
+  i.site = fmt::format("{}[head={}]", i.hook, head);
+  i.text = fmt::format("zero-ablated head {}.{}", layer, head);
+  return i;
+}
+
+}  // namespace
+
+json encode_intervention(const RunIntervention& i) {
+  json out = {{"kind", i.kind}, {"site", i.site}, {"hook", i.hook}, {"source", nullptr}};
+  if (i.source) out["source"] = *i.source;
+  if (i.scale) out["scale"] = *i.scale;
+  if (i.applied) out["applied"] = *i.applied;
+  out["text"] = i.text;
+  return out;
+}
+
+std::vector<RunIntervention> decode_interventions(const json& manifest) {
+  std::vector<RunIntervention> out;
+  if (!manifest.is_object()) return out;
+  if (const auto it = manifest.find("interventions"); it != manifest.end()) {
+    if (!it->is_array()) fail("\"interventions\" is not an array");
+    for (std::size_t n = 0; n < it->size(); ++n) out.push_back(decode_intervention((*it)[n], n));
+    return out;  // the whole list ("ablations" repeats --ablate's values as given)
+  }
+  if (const auto it = manifest.find("ablations"); it != manifest.end()) {
+    if (!it->is_array()) fail("\"ablations\" is not an array");
+    for (std::size_t n = 0; n < it->size(); ++n) out.push_back(decode_old_ablation((*it)[n], n));
+  }
+  return out;
+}
+
+std::string intervention_summary(const std::vector<RunIntervention>& interventions, const std::string& separator) {
+  std::string out;
+  for (const RunIntervention& i : interventions) out += (out.empty() ? "" : separator) + i.text;
+  return out;
 }
 
 }  // namespace hooklens

@@ -45,6 +45,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr std::int64_t kFullyLabelled = 128;  // up to this many tokens every token gets a label
 constexpr std::size_t kChartsPerFigure = 48;  // prompt tokens per "attention to the prompt" figure
 constexpr std::size_t kCaptionText = 40;      // characters of the prompt text in captions
+constexpr std::size_t kCaptionInterventions = 120;  // bytes of the interventions' lines in captions
 
 // ---- options -------------------------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class Run {
   hooklens::GenerationMode mode() const { return mode_; }
   bool diffusion() const { return mode_ == hooklens::GenerationMode::masked_diffusion; }
   std::size_t prompt_count() const { return reader_.prompts().size(); }
+  const std::vector<hooklens::RunIntervention>& interventions() const { return reader_.interventions(); }
   const std::vector<int>& captured_heads() const { return captured_heads_; }
   int unconditional_skipped() const { return unconditional_; }
 
@@ -273,6 +275,24 @@ double finite_or_nan(const json& v) { return v.is_number() ? v.get<double>() : k
 // Item i of a list of numbers; NaN when it is not one.
 double item_or_nan(const json& list, std::size_t i) { return list.is_array() && i < list.size() ? finite_or_nan(list[i]) : kNaN; }
 
+// What ends every figure's caption of a run whose model was changed, so that a figure taken out of
+// its run still says so: "intervened: TEXT; TEXT", whole lines while they fit kCaptionInterventions
+// ("; +N more" for the rest), the first cut when even it does not; "" for a run nothing changed.
+std::string intervened_caption(const std::vector<hooklens::RunIntervention>& interventions) {
+  if (interventions.empty()) return "";
+  std::string shown;
+  std::size_t count = 0;
+  for (const hooklens::RunIntervention& i : interventions) {
+    const std::string line = hooklens::brief_text(i.text, kCaptionInterventions);  // one line, whatever it holds
+    const std::string next = shown.empty() ? line : shown + "; " + line;
+    if (count > 0 && next.size() > kCaptionInterventions) break;
+    shown = next;
+    ++count;
+  }
+  if (count < interventions.size()) shown += fmt::format("; +{} more", interventions.size() - count);
+  return "intervened: " + shown;
+}
+
 // ---- the renderer --------------------------------------------------------------------------------
 
 class FiguresRenderer final : public hooklens::Renderer {
@@ -300,8 +320,15 @@ class FiguresRenderer final : public hooklens::Renderer {
     Options opts;
     std::vector<int> layers, heads;  // chosen (default: all layers, all captured heads)
     std::vector<std::int64_t> averaged;  // captured-head indices of every captured head: what "heads averaged" means
+    std::string intervened;  // intervened_caption of the run
     json files = json::array(), skipped = json::array();
 
+    // Writes figure `stem` (drawing::write_figure), its caption ended with the run's interventions.
+    template <typename Part>
+    json figure(const std::string& stem, const std::vector<Part>& parts, int columns = 0, const std::string& caption = "") const {
+      const std::string line = intervened.empty() ? caption : caption.empty() ? intervened : caption + "; " + intervened;
+      return drawing::write_figure(path(stem), parts, columns, line);
+    }
     void add(const std::string& stem, const std::string& shows, json geometry) {
       json entry = {{"file", stem + "." + ext}, {"shows", shows}};
       entry.update(geometry);
@@ -325,6 +352,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     if (ec) throw Error(fmt::format("{}: cannot create the output directory: {}", out.string(), ec.message()));
 
     Job job{&run, format, out, opts};
+    job.intervened = intervened_caption(run.interventions());
     job.layers = opts.layers.empty() ? all_up_to(n_layers) : opts.layers;
     job.heads = opts.heads.empty() ? run.captured_heads() : opts.heads;
     job.averaged = std::vector<std::int64_t>(run.captured_heads().size());  // every captured head's column
@@ -406,7 +434,7 @@ class FiguresRenderer final : public hooklens::Renderer {
         const Panel panel{fmt::format("layer {}, {}", layer, who), context, m, drawing::sequential_scale({&m}),
                           cell, cell, rows, cols};
         job.add(stem, fmt::format("layer {} attention pattern, {} (rows: queries, columns: keys)", layer, who),
-                drawing::write_figure(job.path(stem), {panel}));
+                job.figure(stem, std::vector<Panel>{panel}));
       };
       one(fmt::format("{}_layer{}_mean", tag, layer), fmt::format("mean of {} heads", captured.size()), captured);
       for (int h : job.opts.heads) one(fmt::format("{}_layer{}_head{}", tag, layer, h), fmt::format("head {}", h), {h});
@@ -425,7 +453,7 @@ class FiguresRenderer final : public hooklens::Renderer {
       const int columns = int(std::ceil(std::sqrt(double(panels.size()))));
       const std::string stem = fmt::format("{}_layer{}_heads", tag, layer);
       job.add(stem, fmt::format("layer {}: every head's pattern on one shared colour scale", layer),
-              drawing::write_figure(job.path(stem), panels, columns, context));
+              job.figure(stem, panels, columns, context));
     }
   }
 
@@ -456,7 +484,7 @@ class FiguresRenderer final : public hooklens::Renderer {
         {"mean max weight", "", max_weight, unit, 28, 28, row_labels, col_labels}};
     const std::string stem = tag + "_overview";
     job.add(stem, "layer x head overview: each head's mean normalized row entropy and mean max weight",
-            drawing::write_figure(job.path(stem), panels, 0, context + "; rows: layers, columns: heads"));
+            job.figure(stem, panels, 0, context + "; rows: layers, columns: heads"));
   }
 
   // Per layer: the mean entropy of its heads and the entropy of its head-averaged pattern.
@@ -484,7 +512,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     chart.bar_w = 16;
     const std::string stem = tag + "_layer_entropy";
     job.add(stem, "per layer: mean row entropy of its heads vs the row entropy of its head-averaged pattern",
-            drawing::write_figure(job.path(stem), std::vector<BarChart>{chart}));
+            job.figure(stem, std::vector<BarChart>{chart}));
   }
 
   // The last token's head-averaged attention in each chosen layer, and its attention rollout.
@@ -530,7 +558,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     const std::string stem = tag + "_rollout";
     job.add(stem, "attention flow: the last token's head-averaged attention in each layer, and its attention rollout "
                   "(Abnar & Zuidema 2020) through that layer, over the input tokens",
-            drawing::write_figure(job.path(stem), panels, 0, caption));
+            job.figure(stem, panels, 0, caption));
   }
 
   // Per chosen layer, every query's head-averaged attention to the key at option "target".
@@ -560,7 +588,7 @@ class FiguresRenderer final : public hooklens::Renderer {
                       drawing::thin_labels(position_labels(tokens, 0, T), cell)};
     const std::string stem = fmt::format("{}_attention_to_{}", tag, target);
     job.add(stem, fmt::format("per layer (rows), each query's head-averaged attention to key position {}", target),
-            drawing::write_figure(job.path(stem), {panel}));
+            job.figure(stem, std::vector<Panel>{panel}));
   }
 
   // Autoregressive runs: per prompt token, a bar chart of the attention it gets from each generated
@@ -619,7 +647,7 @@ class FiguresRenderer final : public hooklens::Renderer {
                                          : fmt::format("p{}_prompt_attention_{}", p, page);
       job.add(stem, fmt::format("attention to each prompt token {}-{} from every generated token ({})", first,
                                 first + charts.size() - 1, averaged),
-              drawing::write_figure(job.path(stem), charts, 1));
+              job.figure(stem, charts, 1));
     }
   }
 
@@ -667,7 +695,7 @@ class FiguresRenderer final : public hooklens::Renderer {
       const std::string stem = fmt::format("p{}_layer{}_evolution", p, layer);
       job.add(stem, fmt::format("layer {} head-averaged pattern at steps {} and the signed difference last - first",
                                 layer, fmt::join(steps, ",")),
-              drawing::write_figure(job.path(stem), panels, 0, job.run->describe(p)));
+              job.figure(stem, panels, 0, job.run->describe(p)));
     }
   }
 
@@ -837,7 +865,7 @@ class FiguresRenderer final : public hooklens::Renderer {
     if (dropped) job.skip(fmt::format("report {}: scores past the first {}", name, max_scores), "more do not fit one figure");
     const std::string stem = "report_" + name;
     job.add(stem, fmt::format("layer x head matrices of every per-head score in reports/{}.json", name),
-            drawing::write_figure(job.path(stem), panels, kColumns, fmt::format("report {}: rows layers, columns heads", name)));
+            job.figure(stem, panels, kColumns, fmt::format("report {}: rows layers, columns heads", name)));
   }
 };
 

@@ -8,6 +8,9 @@
 // Patterns are read one capture at a time and streamed to the file, so memory stays at one capture
 // plus the metadata. The embedded data is limited (max_mib, default 64): generation steps are
 // subsampled with a visible note when that is enough, otherwise render() refuses with advice.
+// A run whose model was changed (its "interventions", or an older run's "ablations") says so in the
+// page header, and its Interventions section lists them; both are written here as escaped HTML, so
+// they show without the script.
 #include <hooklens/error.h>
 #include <hooklens/hook_names.h>
 #include <hooklens/json_read.h>
@@ -299,11 +302,53 @@ std::vector<std::uint8_t> quantise(const at::Tensor& stored, const Pattern& p, s
   return out;
 }
 
-// The template's three markers split it into four pieces.
+// Text as HTML element content or attribute value.
+std::string html_escape(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// The header's note: the figures below show the changed model.
+std::string intervened_note(const std::vector<RunIntervention>& interventions) {
+  if (interventions.empty()) return "";
+  const std::size_t n = interventions.size();
+  return fmt::format("<p id=\"hl-intervened\" data-count=\"{}\">this run was changed by {} intervention{}: its figures "
+                     "show the changed model (see Interventions below)</p>\n", n, n, n == 1 ? "" : "s");
+}
+
+// The Interventions section: each one's line, and what it changed where.
+std::string interventions_section(const std::vector<RunIntervention>& interventions) {
+  if (interventions.empty()) return "";
+  std::string html = "<section id=\"hl-interventions\">\n  <h2>Interventions</h2>\n  <ol id=\"hl-interventions-list\">\n";
+  for (const RunIntervention& i : interventions) {
+    std::string detail = fmt::format("kind {}, site {}", i.kind, i.site);
+    if (i.source) detail += ", source " + *i.source;
+    if (i.scale) detail += fmt::format(", scale {}", *i.scale);
+    if (i.applied) detail += fmt::format(", applied to {} hook event{}", *i.applied, *i.applied == 1 ? "" : "s");
+    html += fmt::format("    <li data-kind=\"{}\"><span class=\"text\">{}</span><br><span class=\"detail\">{}</span></li>\n",
+                        html_escape(i.kind), html_escape(i.text), html_escape(detail));
+  }
+  return html + "  </ol>\n</section>\n";
+}
+
+// The template's markers split it into pieces: before the style, the header's intervention note,
+// the Interventions section, the data and the script.
 std::vector<std::string_view> template_pieces() {
   std::string_view page = kTemplate_page;
   std::vector<std::string_view> pieces;
-  for (std::string_view marker : {"<!--HL:STYLE-->", "<!--HL:DATA-->", "<!--HL:SCRIPT-->"}) {
+  for (std::string_view marker : {"<!--HL:STYLE-->", "<!--HL:INTERVENED-->", "<!--HL:INTERVENTIONS-->",
+                                  "<!--HL:DATA-->", "<!--HL:SCRIPT-->"}) {
     const std::size_t at = page.find(marker);
     if (at == std::string_view::npos) throw Error(fmt::format("html report: the page template lacks {}", marker));
     pieces.push_back(page.substr(0, at));
@@ -417,7 +462,9 @@ class HtmlReport final : public Renderer {
     std::ofstream html(partial, std::ios::binary | std::ios::trunc);
     if (!html) throw Error(fmt::format("{}: cannot write the report", partial.string()));
     const std::vector<std::string_view> pieces = template_pieces();
-    html << pieces[0] << kTemplate_style << pieces[1];
+    const std::vector<RunIntervention>& interventions = reader.interventions();
+    html << pieces[0] << kTemplate_style << pieces[1] << intervened_note(interventions) << pieces[2]
+         << interventions_section(interventions) << pieces[3];
 
     // Patterns first into the file, so the notes about them are known when hl-meta is written last.
     html << "<script type=\"text/plain\" id=\"hl-patterns\">";
@@ -433,7 +480,7 @@ class HtmlReport final : public Renderer {
     if (non_finite) notes.push_back(fmt::format("{} attention weights were not finite (NaN or infinite) and are drawn as 0", non_finite));
     meta["notes"] = notes;
     html << "<script type=\"application/json\" id=\"hl-meta\">" << script_json(meta) << "</script>\n";
-    html << pieces[2] << kTemplate_script << pieces[3];
+    html << pieces[4] << kTemplate_script << pieces[5];
     html.close();
     if (!html) throw Error(fmt::format("{}: writing the report failed", partial.string()));
   }

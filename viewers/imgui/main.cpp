@@ -166,6 +166,7 @@ int run(const Options& opt) {
   ImGui_ImplOpenGL3_Init("#version 150");
   {
     view::Viewer viewer(std::move(data), error, sel);  // owns GL textures: destroyed before the context
+    glfwSetWindowTitle(window, viewer.window_title().c_str());
     const double start = glfwGetTime();
     // Screenshot mode waits for the thumbnails (built one layer per frame), within reason.
     const int max_frames = opt.frames + 10000;
@@ -204,7 +205,7 @@ int run(const Options& opt) {
     }
     std::cout << fmt::format("rendered {} frames in {:.1f} s ({})\n", frames, glfwGetTime() - start, times.summary());
     if (!viewer.live_status().empty()) std::cout << "live: " << viewer.live_status() << "\n";
-    std::cout << viewer.table_summary();
+    std::cout << "title: " << viewer.window_title() << "\n" << viewer.table_summary();
     // The window showed it; stderr tells scripts and tests too.
     if (!viewer.error().empty()) std::cerr << "hooklens-view: error: " << viewer.error() << "\n";
   }

@@ -15,6 +15,7 @@ constexpr float kPlayInterval = 0.6f;  // seconds per step while playing
 constexpr int kThumbnailSide = 64;     // texels: thumbnails of long runs are block means
 const ImVec4 kErrorColour{1.0f, 0.35f, 0.3f, 1.0f};
 const ImVec4 kNewTokenColour{0.95f, 0.75f, 0.2f, 1.0f};
+const ImVec4 kIntervenedColour{1.0f, 0.55f, 0.25f, 1.0f};
 
 // A token as a label: its text (the window's font has more than ASCII, unlike the figures' PNG
 // font), spaces as '_', control characters as \xNN, at most `max_chars` characters ("~" marks a cut).
@@ -78,6 +79,12 @@ std::string Viewer::table_summary() const {
   if (model_)
     for (const HeadTable& t : model_->head_tables()) out += fmt::format("table {}: {} rows\n", t.name, t.rows.size());
   return out;
+}
+
+std::string Viewer::window_title() const {
+  if (!model_) return "hooklens-view";
+  const std::size_t n = model_->interventions().size();
+  return fmt::format("hooklens-view: {}{}", model_->title(), n ? fmt::format(" [intervened: {}]", n) : "");
 }
 
 void Viewer::record_error(const std::string& message) {
@@ -219,6 +226,24 @@ void Viewer::controls_panel() {
   if (model_->running()) {
     ImGui::SameLine();
     if (ImGui::Button("Stop")) model_->stop();
+  }
+  // A run that changed its model says so before anything else: every panel shows the changed model.
+  if (const std::vector<std::string>& changed = model_->interventions(); !changed.empty()) {
+    ImGui::PushStyleColor(ImGuiCol_Text, kIntervenedColour);
+    const std::string label = fmt::format("INTERVENED: this run was changed by {} intervention{} (the panels show the changed model)",
+                                          changed.size(), changed.size() == 1 ? "" : "s");
+    // Closed at first (the list, open, takes the token strip's room); hovering shows it too.
+    const bool open = ImGui::TreeNode("interventions", "%s", label.c_str());
+    ImGui::PopStyleColor();
+    if (!open && ImGui::IsItemHovered()) {
+      ImGui::BeginTooltip();
+      for (const std::string& line : changed) ImGui::TextUnformatted(line.c_str());
+      ImGui::EndTooltip();
+    }
+    if (open) {
+      for (const std::string& line : changed) ImGui::BulletText("%s", line.c_str());  // never a format string
+      ImGui::TreePop();
+    }
   }
   if (!error_.empty()) ImGui::TextColored(kErrorColour, "error: %s", error_.c_str());
   ImGui::SetNextItemWidth(ImGui::GetFontSize() * 6);

@@ -41,6 +41,8 @@ class Viewer {
   std::string live_status() const { return model_ ? model_->status() : std::string(); }
   // One line per analyzer table shown ("table NAME: N rows"), for scripts and tests.
   std::string table_summary() const;
+  // "hooklens-view: RUN", and " [intervened: N]" when the run changed its model.
+  std::string window_title() const;
   // The first error met (opening the run, reading a capture), empty if none.
   const std::string& error() const { return error_; }
 

@@ -97,6 +97,13 @@ RunModel::RunModel(const fs::path& dir) : dir_(dir), reader_(std::make_unique<ho
     const json& model = m.at("model");
     if (model.contains("mask_id") && model["mask_id"].is_number_integer()) model_mask_id_ = model["mask_id"].get<std::int64_t>();
     for (const hooklens::RunPrompt& p : reader_->prompts()) prompts_.push_back({p.tokens});
+    for (const hooklens::RunIntervention& i : reader_->interventions()) {
+      std::string line = fmt::format("{}  ({}, {}", i.text, i.kind, i.site);
+      if (i.source) line += ", from " + *i.source;
+      if (i.scale) line += fmt::format(", scale {}", *i.scale);
+      if (i.applied) line += fmt::format(", {} hook events", *i.applied);
+      interventions_.push_back(hooklens::brief_text(line + ")", 300));
+    }
     for (std::size_t i = 0; i < reader_->capture_count(); ++i) {
       const hooklens::CaptureEntry& c = reader_->entry(i);
       const std::string& hook = c.hook;

@@ -71,6 +71,12 @@ class PanelModel {
   virtual const std::vector<HeadTable>& head_tables() const = 0;
   // Errors met while reading reports (a damaged report is skipped, not fatal).
   virtual const std::vector<std::string>& warnings() const = 0;
+  // How the run changed the model, one line each ("TEXT (kind, site, source, N hook events)"):
+  // what the panels show is the changed model's. None for a live model.
+  virtual const std::vector<std::string>& interventions() const {
+    static const std::vector<std::string> none;
+    return none;
+  }
 
   // Live data only: grows while the model runs. The UI polls version() each frame and rereads
   // whatever it shows when it changed.
@@ -107,6 +113,7 @@ class RunModel : public PanelModel {
   std::shared_ptr<const Grid> neurons(int prompt, int step, int layer) override;
   const std::vector<HeadTable>& head_tables() const override { return tables_; }
   const std::vector<std::string>& warnings() const override { return warnings_; }
+  const std::vector<std::string>& interventions() const override { return interventions_; }
 
  private:
   using Where = std::tuple<int, int, int>;  // prompt, step, layer
@@ -131,6 +138,7 @@ class RunModel : public PanelModel {
   std::list<std::pair<std::pair<std::string, Where>, std::shared_ptr<const Grid>>> cache_;  // most recent first
   std::vector<HeadTable> tables_;
   std::vector<std::string> warnings_;
+  std::vector<std::string> interventions_;
   std::mutex mutex_;  // guards reader_ and cache_
 };
 

@@ -26,7 +26,7 @@ enum class RunCheck {
   // the nesting depth of the whole manifest.
   entries,
   // Also the manifest as a whole, what renderers and analyzers index with: the "model",
-  // "prompts", "capture" and "generation" sections (at most 4096 layers and 4096 heads, every
+  // "prompts", "capture", "generation" and "interventions" sections (at most 4096 layers and 4096 heads, every
   // prompt's ids and tokens, ids within the vocabulary, output_ids and
   // step lengths, mask_id, blocks), and each capture against them: prompt index, layer < n_layers,
   // step and block within the generation, attention patterns' heads and
@@ -56,6 +56,8 @@ class RunReader {
   // RunCheck::consistent only, which checked them against each other and the model (Error otherwise).
   const std::vector<RunPrompt>& prompts() const;
   const RunGeneration& generation() const;
+  // The "interventions" (and an older run's "ablations"), decode_interventions: RunCheck::consistent only.
+  const std::vector<RunIntervention>& interventions() const;
   // The captured tensor as stored (F32 or F16). Its shard's header must agree with the manifest's
   // shape and dtype (Error otherwise). Keeps the tensors of the last shard read, so reading
   // captures in manifest order reads each shard once.
@@ -68,6 +70,7 @@ class RunReader {
   bool consistent_ = false;
   std::vector<RunPrompt> prompts_;
   RunGeneration generation_;
+  std::vector<RunIntervention> interventions_;
   std::string cached_file_;
   std::map<std::string, at::Tensor> cached_tensors_;
 };

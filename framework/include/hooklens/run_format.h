@@ -3,7 +3,8 @@
 // sink, the CLI) and decoded by every reader (RunReader, analyzers over a run, renderers, the
 // viewer, the examples). Decoders take JSON that may be hostile and refuse with one-line
 // hooklens::Error messages that name the part at fault ("capture 3 ...", "prompt 0 ...",
-// "\"generation\" ...", "generation step 2 ..."); RunReader prefixes the manifest's file name.
+// "\"generation\" ...", "generation step 2 ...", "intervention 1 ..."); RunReader prefixes the
+// manifest's file name.
 // No libtorch here: the types are plain.
 #pragma once
 #include <hooklens/capture_context.h>
@@ -151,5 +152,30 @@ GenerationMode decode_generation_mode(const nlohmann::json& manifest);
 // the defaults above; fields of the wrong type, an unknown mode and steps without their required
 // fields ("step"; for diffusion also "block" and "ids") are refused.
 RunGeneration decode_generation(const nlohmann::json& manifest);
+
+// ---- interventions ("interventions"[i])
+
+// One change `hooklens capture|generate` made to the model's computation (docs/run-format.md):
+// every figure of such a run shows the changed model, so the readers say so.
+struct RunIntervention {
+  std::string kind;  // zero_ablate, patch, steer, mean_ablate or resample_ablate
+  std::string site;  // as the user wrote it, normalised: "blocks.1.attn.hook_z[head=3,pos=5]"
+  std::string hook;  // the hook point it changes: "blocks.1.attn.hook_z"
+  std::string text;  // one line for people: "patched blocks.1.attn.hook_z[head=3,pos=5] from runs/clean"
+  std::optional<std::string> source;  // the run directory or "FILE.safetensors:NAME" it took values from
+  std::optional<double> scale;        // steer only
+  std::optional<std::int64_t> applied;  // hook events it changed (not counted in runs over several processes)
+};
+
+// {"kind", "site", "hook", "source" (null when none), "scale" (steer only), "applied" (when counted), "text"}.
+nlohmann::json encode_intervention(const RunIntervention& intervention);
+// The manifest's "interventions", each entry checked (kind known; site, hook and text strings;
+// source a string or null; scale a number, required for steer; applied absent or an integer >= 0).
+// Where "interventions" is present it is the whole list. A run written before it existed has only
+// "ablations" ["L.H", ...] (--ablate): zero ablations of head H of layer L, decoded as such
+// ("zero-ablated head L.H").
+std::vector<RunIntervention> decode_interventions(const nlohmann::json& manifest);
+// The people's lines of the interventions, joined with `separator` (for captions and titles).
+std::string intervention_summary(const std::vector<RunIntervention>& interventions, const std::string& separator = "; ");
 
 }  // namespace hooklens
