@@ -764,7 +764,7 @@ class FiguresRenderer final : public hooklens::Renderer {
       const std::string context = job.run->describe(p);
       const std::string stem = fmt::format("logit_lens_p{}", p);
       job.add(stem, fmt::format("logit lens of prompt {}: layer x position probabilities of reports/logit_lens.json", p),
-              drawing::write_figure(job.path(stem), panels, 0, context + "; rows: layers (embed: the embeddings)"));
+              job.figure(stem, panels, 0, context + "; rows: layers (embed: the embeddings)"));
       draw_logit_attribution(job, list, p, context, file);
     }
   }
@@ -804,7 +804,7 @@ class FiguresRenderer final : public hooklens::Renderer {
                                           finite_or_nan(d.value("embeddings", json())), finite_or_nan(d.value("logit", json())));
     const std::string stem = fmt::format("logit_lens_p{}_attribution", p);
     job.add(stem, fmt::format("prompt {}: direct logit attribution per layer x head (and attention bias, MLP)", p),
-            drawing::write_figure(job.path(stem), {Panel{title, "", m, drawing::signed_scale(m), 28, 28, rows, cols}}, 0,
+            job.figure(stem, std::vector<Panel>{Panel{title, "", m, drawing::signed_scale(m), 28, 28, rows, cols}}, 0,
                                   context + "; rows: layers, columns: heads, attention output bias, MLP"));
   }
 
