@@ -14,15 +14,6 @@ const char* const kKeys[] = {"n_layer", "num_hidden_layers", "hidden_size", "n_e
                              "bos_token_id", "eos_token_id", "mask_token_id", "max_position_embeddings",
                              "intermediate_size", "rope_scaling", "attention_layers", ""};
 
-template <typename F>
-void attempt(F f) {
-  try {
-    f();
-  } catch (const hooklens::Error& e) {
-    fuzz::check_refusal(e);
-  }
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -41,22 +32,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!config->json().is_object()) fuzz::violated("HfConfig accepted a config that is not an object");
   for (const char* key : kKeys) {
     (void)config->has(key);
-    attempt([&] {
+    fuzz::attempt([&] {
       const std::int64_t v = config->integer(key);
       if (v <= 0 || v > INT32_MAX) fuzz::violated("integer() returned a value outside (0, 2^31)");
     });
-    attempt([&] { (void)config->integer(key, 7); });
-    attempt([&] { (void)config->number(key, 0.5); });
-    attempt([&] { (void)config->string(key); });
-    attempt([&] { (void)config->string(key, "x"); });
-    attempt([&] {
+    fuzz::attempt([&] { (void)config->integer(key, 7); });
+    fuzz::attempt([&] { (void)config->number(key, 0.5); });
+    fuzz::attempt([&] { (void)config->string(key); });
+    fuzz::attempt([&] { (void)config->string(key, "x"); });
+    fuzz::attempt([&] {
       if (config->token_id(key) < 0) fuzz::violated("token_id() returned a negative id");
     });
-    attempt([&] {
+    fuzz::attempt([&] {
       const auto id = config->optional_id(key);
       if (id && *id < 0) fuzz::violated("optional_id() returned a negative id");
     });
   }
-  attempt([&] { config->warn_unknown_keys({"n_layer", "vocab_size"}); });
+  fuzz::attempt([&] { config->warn_unknown_keys({"n_layer", "vocab_size"}); });
   return 0;
 }

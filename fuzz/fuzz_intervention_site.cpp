@@ -39,30 +39,21 @@ void check_site(const hooklens::InterventionSite& site, const char* option) {
   if (again.text() != text) fuzz::violated("a normalised site reads back differently: " + text + " vs " + again.text());
 }
 
-template <typename F>
-void attempt(F f) {
-  try {
-    f();
-  } catch (const hooklens::Error& e) {
-    fuzz::check_refusal(e);
-  }
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
-  attempt([&] { check_site(hooklens::InterventionSpec::patch(text).site, "--patch"); });
-  attempt([&] {
+  fuzz::attempt([&] { check_site(hooklens::InterventionSpec::patch(text).site, "--patch"); });
+  fuzz::attempt([&] {
     const auto s = hooklens::InterventionSpec::steer(text);
     check_site(s.site, "--steer");
     if (s.vector.empty()) fuzz::violated("a steering spec without its vector");
     (void)hooklens::split_tensor_file(s.vector);
   });
-  attempt([&] {
+  fuzz::attempt([&] {
     const auto s = hooklens::InterventionSpec::ablation(hooklens::InterventionKind::mean_ablate, text);
     check_site(s.site, "--mean-ablate");
   });
-  attempt([&] { (void)hooklens::IndexRange::parse(text, "range"); });
+  fuzz::attempt([&] { (void)hooklens::IndexRange::parse(text, "range"); });
   return 0;
 }

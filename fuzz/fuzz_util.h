@@ -101,6 +101,16 @@ inline void check_refusal(const hooklens::Error& e) {
     violated(std::string("an error message without its reason: '") + e.what() + "'");
 }
 
+// Runs `f`: a hooklens::Error it throws is a refusal, which must be one proper line (check_refusal).
+template <typename F>
+void attempt(F f) {
+  try {
+    f();
+  } catch (const hooklens::Error& e) {
+    check_refusal(e);
+  }
+}
+
 // Warnings also reach users as one line ("hooklens: warning: ..."): installs a handler that checks
 // that and keeps them off the fuzzer's output.
 inline void check_warnings() {

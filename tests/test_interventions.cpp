@@ -189,8 +189,8 @@ TEST_CASE("patching a run with its own captures changes nothing, in every mode",
         patched.prompts = clean.prompts;
         patched.batch_size = 2;
         patched.overwrite = true;
-        patched.patch = {point + select};
-        patched.patch_from = (tmp / "clean").string();
+        patched.interventions.patch = {point + select};
+        patched.interventions.patch_from = (tmp / "clean").string();
         capture(patched);
         for (std::size_t p = 0; p < 2; ++p) CHECK(same(logits_of(tmp / "patched", p), logits_of(tmp / "clean", p)));
         const json entry = hooklens::RunReader(tmp / "patched").manifest().at("interventions").at(0);
@@ -198,42 +198,35 @@ TEST_CASE("patching a run with its own captures changes nothing, in every mode",
         CHECK(entry.at("applied") == 2);
       }
   }
+  // A generation patched at `site` with its own captures: the same logits at every step.
+  const auto self_patched_generation = [&](RunSettings clean, const std::string& site, std::size_t steps,
+                                           int applied) {
+    RunSession(clean, RunSession::Kind::generate).generate();
+    RunSettings patched = clean;
+    patched.out = (tmp / "patched").string();
+    patched.interventions.patch = {site};
+    patched.interventions.patch_from = (tmp / "clean").string();
+    RunSession(patched, RunSession::Kind::generate).generate();
+    const auto a = captures_of(tmp / "clean", std::string(names::logits)),
+               b = captures_of(tmp / "patched", std::string(names::logits));
+    REQUIRE(a.size() == steps);
+    REQUIRE(b.size() == a.size());
+    for (std::size_t i = 0; i < a.size(); ++i) CHECK(same(a[i], b[i]));
+    CHECK(hooklens::RunReader(tmp / "patched").manifest().at("interventions").at(0).at("applied") == applied);
+  };
   SECTION("autoregressive generation, every step") {
     RunSettings clean = settings(neo, tmp / "clean", {"blocks.2.hook_resid_post", std::string(names::logits)});
     clean.prompts = {prompt};
     clean.autoregressive.max_new_tokens = 6;
-    RunSession(clean, RunSession::Kind::generate).generate();
-    RunSettings patched = clean;
-    patched.out = (tmp / "patched").string();
-    patched.patch = {"blocks.2.hook_resid_post"};
-    patched.patch_from = (tmp / "clean").string();
-    RunSession(patched, RunSession::Kind::generate).generate();
-    const auto a = captures_of(tmp / "clean", std::string(names::logits)),
-               b = captures_of(tmp / "patched", std::string(names::logits));
-    REQUIRE(a.size() == 6);
-    REQUIRE(b.size() == a.size());
-    for (std::size_t i = 0; i < a.size(); ++i) CHECK(same(a[i], b[i]));
-    CHECK(hooklens::RunReader(tmp / "patched").manifest().at("interventions").at(0).at("applied") == 6);
+    self_patched_generation(clean, "blocks.2.hook_resid_post", 6, 6);
   }
   SECTION("masked diffusion, every step of every block") {
-    const fs::path llada = kModels / "toy-llada";
-    RunSettings clean = settings(llada, tmp / "clean", {"blocks.0.hook_resid_post", std::string(names::logits)});
+    RunSettings clean = settings(kModels / "toy-llada", tmp / "clean", {"blocks.0.hook_resid_post", std::string(names::logits)});
     clean.prompts = {prompt};
     clean.diffusion.gen_length = 8;
     clean.diffusion.steps = 4;
     clean.diffusion.block_length = 4;
-    RunSession(clean, RunSession::Kind::generate).generate();
-    RunSettings patched = clean;
-    patched.out = (tmp / "patched").string();
-    patched.patch = {"blocks.0.hook_resid_post[block=1]"};
-    patched.patch_from = (tmp / "clean").string();
-    RunSession(patched, RunSession::Kind::generate).generate();
-    const auto a = captures_of(tmp / "clean", std::string(names::logits)),
-               b = captures_of(tmp / "patched", std::string(names::logits));
-    REQUIRE(a.size() == 4);
-    REQUIRE(b.size() == a.size());
-    for (std::size_t i = 0; i < a.size(); ++i) CHECK(same(a[i], b[i]));
-    CHECK(hooklens::RunReader(tmp / "patched").manifest().at("interventions").at(0).at("applied") == 2);
+    self_patched_generation(clean, "blocks.0.hook_resid_post[block=1]", 4, 2);  // block 1: steps 2 and 3
   }
 }
 
@@ -261,8 +254,8 @@ TEST_CASE("patching clean into corrupted restores the clean logits where the cir
     s.out = (tmp / "patched").string();
     s.overwrite = true;
     s.hooks = {logits};
-    s.patch = {site};
-    s.patch_from = (tmp / "clean").string();
+    s.interventions.patch = {site};
+    s.interventions.patch_from = (tmp / "clean").string();
     capture(s);
     return logits_of(tmp / "patched");
   };
@@ -281,7 +274,7 @@ TEST_CASE("patching clean into corrupted restores the clean logits where the cir
     longer.out = (tmp / "longer").string();
     longer.prompt_ids = {"5,1,3,4,6,6"};
     longer.hooks = {logits};
-    longer.patch_from = (tmp / "clean").string();
+    longer.interventions.patch_from = (tmp / "clean").string();
     for (const auto& [site, why] : std::vector<std::pair<std::string, std::string>>{
              {"blocks.0.hook_resid_pre[pos=7]", "prompt 0 reaches 6 positions (0-5): pos 7 lies outside"},
              {"blocks.1.hook_resid_post", "has no capture of blocks.1.hook_resid_post"},
@@ -290,17 +283,17 @@ TEST_CASE("patching clean into corrupted restores the clean logits where the cir
              {"blocks.0.hook_resid_pre[head=0]", "has no dim 'head'; its dims are pos, d_model"},
              {"blocks.0.hook_resid_pre[step=2]", "this run has steps 0-0"},
              {"blocks.0.hook_resid_pre[block=0]", "block= is for masked-diffusion generation"}}) {
-      longer.patch = {site};
+      longer.interventions.patch = {site};
       CHECK_THROWS_WITH(capture(longer), Catch::Contains(why));
     }
-    longer.patch_from.clear();
+    longer.interventions.patch_from.clear();
     CHECK_THROWS_WITH(capture(longer), Catch::Contains("--patch needs --patch-from RUN"));
-    longer.patch.clear();
-    longer.patch_from = (tmp / "clean").string();
+    longer.interventions.patch.clear();
+    longer.interventions.patch_from = (tmp / "clean").string();
     CHECK_THROWS_WITH(capture(longer), Catch::Contains("--patch-from applies to --patch SITE"));
     CHECK_FALSE(fs::exists(tmp / "longer"));  // refused before anything was written
     // Found only when the patched point fires: the run is left incomplete, with the reason.
-    longer.patch = {"blocks.0.hook_resid_pre"};
+    longer.interventions.patch = {"blocks.0.hook_resid_pre"};
     CHECK_THROWS_WITH(capture(longer), Catch::Contains("[1, 5, 32] in") && Catch::Contains("[1, 6, 32] here"));
     CHECK_THROWS_WITH(hooklens::RunReader(tmp / "longer"), Catch::Contains("incomplete"));
   }
@@ -382,7 +375,7 @@ TEST_CASE("steering adds the scaled vector where the site says", "[interventions
 
   RunSettings s = settings(neo, tmp / "steered", {"blocks.1.hook_resid_pre", std::string(names::logits)});
   s.prompt_ids = {fmt::format("{}", fmt::join(ids, ","))};
-  s.steer = {fmt::format("blocks.1.hook_resid_pre[pos=2:5]={}:toward*{}", (tmp / "v.safetensors").string(), scale)};
+  s.interventions.steer = {fmt::format("blocks.1.hook_resid_pre[pos=2:5]={}:toward*{}", (tmp / "v.safetensors").string(), scale)};
   capture(s);
 
   // The same change, made by a hook of this test: rows 2-4 plus scale * v.
@@ -404,9 +397,9 @@ TEST_CASE("steering adds the scaled vector where the site says", "[interventions
   SECTION("a vector of another size, or an ambiguous file, is refused") {
     hooklens::write_safetensors(tmp / "short.safetensors", {{"v", at::ones({5})}}, {});
     s.out = (tmp / "bad").string();
-    s.steer = {fmt::format("blocks.1.hook_resid_pre={}", (tmp / "short.safetensors").string())};
+    s.interventions.steer = {fmt::format("blocks.1.hook_resid_pre={}", (tmp / "short.safetensors").string())};
     CHECK_THROWS_WITH(capture(s), Catch::Contains("the vector has 5 elements, blocks.1.hook_resid_pre's d_model is 64"));
-    s.steer = {fmt::format("blocks.1.hook_resid_pre={}", (tmp / "v.safetensors").string())};
+    s.interventions.steer = {fmt::format("blocks.1.hook_resid_pre={}", (tmp / "v.safetensors").string())};
     CHECK_THROWS_WITH(capture(s), Catch::Contains("holds 2 tensors: name one"));
   }
 }
@@ -437,8 +430,8 @@ TEST_CASE("mean- and resample-ablation take their values from the dataset", "[in
     const at::Tensor mean = (sum / double(positions)).to(at::kFloat);
     RunSettings s = settings(neo, tmp / "ablated", {std::string(names::logits)});
     s.prompt_ids = {ids_text};
-    s.mean_ablate = {fmt::format("{}[head={}]", z, head)};
-    s.ablate_from = (tmp / "data").string();
+    s.interventions.mean_ablate = {fmt::format("{}[head={}]", z, head)};
+    s.interventions.ablate_from = (tmp / "data").string();
     capture(s);
     HookSet hooks;
     hooks.add({{z}}, [&](std::string_view, const CaptureContext&, at::Tensor& t) {
@@ -465,8 +458,8 @@ TEST_CASE("mean- and resample-ablation take their values from the dataset", "[in
     const float mean = float(sum / double(positions));
     RunSettings s = settings(neo, tmp / "ablated", {std::string(names::logits)});
     s.prompt_ids = {ids_text};
-    s.mean_ablate = {fmt::format("{}[pos=1:]@{}", resid, (tmp / "d.safetensors").string())};
-    s.ablate_from = (tmp / "data").string();
+    s.interventions.mean_ablate = {fmt::format("{}[pos=1:]@{}", resid, (tmp / "d.safetensors").string())};
+    s.interventions.ablate_from = (tmp / "data").string();
     capture(s);
     HookSet hooks;
     hooks.add({{resid}}, [&](std::string_view, const CaptureContext&, at::Tensor& t) {
@@ -495,10 +488,10 @@ TEST_CASE("mean- and resample-ablation take their values from the dataset", "[in
     const at::Tensor mean = (sum / double(positions)).to(at::kFloat);
     RunSettings s = settings(neo, tmp / "ablated", {std::string(names::logits)});
     s.prompt_ids = {ids_text};
-    s.mean_ablate = {fmt::format("{}[head={}]", z, head)};
-    s.ablate_from = text.string();
-    s.ablate_seq_len = len;
-    s.ablate_sequences = 3;
+    s.interventions.mean_ablate = {fmt::format("{}[head={}]", z, head)};
+    s.interventions.ablate_from = text.string();
+    s.interventions.ablate_seq_len = len;
+    s.interventions.ablate_sequences = 3;
     capture(s);
     HookSet hooks;
     hooks.add({{z}}, [&](std::string_view, const CaptureContext&, at::Tensor& t) {
@@ -512,8 +505,8 @@ TEST_CASE("mean- and resample-ablation take their values from the dataset", "[in
     const std::vector<std::int64_t> short_ids(ids.begin(), ids.begin() + 6);
     RunSettings s = settings(neo, tmp / "resampled", {z, std::string(names::logits)});
     s.prompt_ids = {fmt::format("{}", fmt::join(short_ids, ","))};
-    s.resample_ablate = {fmt::format("{}[head={}]", z, head)};
-    s.ablate_from = (tmp / "data").string();
+    s.interventions.resample_ablate = {fmt::format("{}[head={}]", z, head)};
+    s.interventions.ablate_from = (tmp / "data").string();
     std::set<int> drawn;
     for (std::uint64_t seed : {0, 1, 2, 3, 4, 5, 6, 7}) {
       s.seed = seed;
@@ -537,17 +530,17 @@ TEST_CASE("mean- and resample-ablation take their values from the dataset", "[in
   SECTION("refusals") {
     RunSettings s = settings(neo, tmp / "bad", {std::string(names::logits)});
     s.prompt_ids = {ids_text};
-    s.mean_ablate = {z};
+    s.interventions.mean_ablate = {z};
     CHECK_THROWS_WITH(capture(s), Catch::Contains("need --ablate-from RUN or TEXT_FILE"));
-    s.ablate_from = (tmp / "data").string();
-    s.mean_ablate = {"blocks.1.attn.hook_pattern"};
+    s.interventions.ablate_from = (tmp / "data").string();
+    s.interventions.mean_ablate = {"blocks.1.attn.hook_pattern"};
     CHECK_THROWS_WITH(capture(s), Catch::Contains("is not a point of positions"));
-    s.mean_ablate = {"blocks.3.hook_resid_post"};
+    s.interventions.mean_ablate = {"blocks.3.hook_resid_post"};
     CHECK_THROWS_WITH(capture(s), Catch::Contains("has no capture of blocks.3.hook_resid_post"));
-    s.mean_ablate = {z + "@" + (tmp / "nothing.safetensors").string()};
+    s.interventions.mean_ablate = {z + "@" + (tmp / "nothing.safetensors").string()};
     CHECK_THROWS_WITH(capture(s), Catch::Contains("a direction applies to a point [batch, pos, d]"));
-    s.mean_ablate.clear();
-    s.resample_ablate = {z};  // a prompt longer than every sequence of the data
+    s.interventions.mean_ablate.clear();
+    s.interventions.resample_ablate = {z};  // a prompt longer than every sequence of the data
     s.prompt_ids = {ids_text + "," + ids_text};
     CHECK_THROWS_WITH(capture(s), Catch::Contains("positions, this run needs"));
   }
@@ -560,7 +553,7 @@ TEST_CASE("--ablate takes a site too, and the manifest names every intervention"
   const auto ids = model->tokenizer()->encode("Tom liked to run in the school.");
   RunSettings s = settings(neo, tmp / "run", {std::string(names::logits)});
   s.prompt_ids = {fmt::format("{}", fmt::join(ids, ","))};
-  s.ablate = {"1.3", "blocks.2.mlp.hook_post[neuron=7:9,pos=-1]"};
+  s.interventions.ablate = {"1.3", "blocks.2.mlp.hook_post[neuron=7:9,pos=-1]"};
   capture(s);
   HookSet hooks;
   hooks.add({{"blocks.1.attn.hook_z"}}, [](std::string_view, const CaptureContext&, at::Tensor& t) {

@@ -67,7 +67,7 @@ TEST_CASE("a session's manifest has the CLI's sections, and \"hooks\" once", "[f
     s.prompt_ids = {"464,3797,318", "40,588"};
     s.hooks = {names::every_layer(names::pattern), names::every_layer(names::z)};
     s.layers = {0, 1};
-    s.ablate = {"1.2"};
+    s.interventions.ablate = {"1.2"};
     RunSession(s, RunSession::Kind::capture).capture();
     const auto [session, cli] =
         session_and_cli(tmp.path, fmt::format("capture --model '{}' --prompt-ids 464,3797,318 --prompt-ids 40,588 --hooks "
@@ -167,7 +167,7 @@ TEST_CASE("--ablate L.H zeroes that head's z and nothing else of the layer", "[f
     RunSettings s = settings_for(neo(), tmp / name);
     s.prompt_ids = {"464,3797,318,257,3290"};
     s.hooks = {z, pattern, later};
-    s.ablate = std::move(ablate);
+    s.interventions.ablate = std::move(ablate);
     RunSession(s, RunSession::Kind::capture).capture();
     hooklens::RunReader run(tmp / name);
     std::map<std::string, at::Tensor> out;

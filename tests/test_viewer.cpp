@@ -360,7 +360,10 @@ TEST_CASE("hooklens-view marks a run with interventions and lists them in the Ru
   m["interventions"] = {{{"kind", "steer"}, {"site", "blocks.0.hook_resid_post"}, {"hook", "blocks.0.hook_resid_post"},
                          {"source", "vec.safetensors:steering"}, {"scale", 4.0}, {"applied", 1},
                          {"text", "steered blocks.0.hook_resid_post by 4 x vec.safetensors:steering %s%n"}}};
-  m["ablations"] = {"1.2"};
+  m["interventions"].push_back({{"kind", "zero_ablate"}, {"site", "blocks.1.attn.hook_z[head=2]"},
+                                {"hook", "blocks.1.attn.hook_z"}, {"source", nullptr}, {"applied", 1},
+                                {"text", "zero-ablated blocks.1.attn.hook_z[head=2]"}});
+  m["ablations"] = {"1.2"};  // --ablate's value as given: listed in "interventions" already
   std::ofstream(run / "manifest.json", std::ios::trunc) << m.dump();
 
   const Shot plain = screenshot(r.capture, "--select 0.0", r.dir.path, "plain_title");

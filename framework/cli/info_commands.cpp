@@ -36,8 +36,7 @@ void print_info(const Model& model) {
   std::cout << "hook points:\n";
   std::map<std::string, bool> shown;
   for (const auto& p : model.hook_points()) {
-    std::string name = p.name;
-    if (p.layer >= 0) name.replace(name.find('.') + 1, std::to_string(p.layer).size(), "{L}");
+    const std::string name = listed_name(p);
     if (shown[name]) continue;
     shown[name] = true;
     const std::string dims = p.dims.empty() ? "shape as computed" : fmt::format("{}", fmt::join(p.dims, ", "));

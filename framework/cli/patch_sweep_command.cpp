@@ -55,18 +55,11 @@ std::vector<std::int64_t> prompt_ids(const Model& model, const std::string& text
   if (text.empty() == ids.empty())
     throw UsageError(fmt::format("give --{0} TEXT or --{0}-ids 1,2,3 (one of them)", which));
   if (!ids.empty()) {
-    std::vector<std::int64_t> out;
-    for (const auto& item : split_list(ids)) {
-      std::size_t used = 0;
-      long long id = -1;
-      try {
-        id = std::stoll(item, &used);
-      } catch (const std::exception&) {
-      }
-      if (used != item.size() || id < 0 || (model.info().vocab_size > 0 && id >= model.info().vocab_size))
-        throw UsageError(fmt::format("--{}-ids: '{}' is not a token id of this model", which, item));
-      out.push_back(id);
-    }
+    const std::string option = "--" + which + "-ids";
+    auto out = parse_token_ids(ids, option);
+    for (auto id : out)
+      if (model.info().vocab_size > 0 && id >= model.info().vocab_size)
+        throw UsageError(fmt::format("{}: token id {} is outside the vocabulary of {}", option, id, model.info().vocab_size));
     return out;
   }
   if (!model.tokenizer()) throw UsageError(fmt::format("{} has no tokenizer: give --{}-ids", model.info().path, which));

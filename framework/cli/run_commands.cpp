@@ -36,33 +36,33 @@ void add_common_options(CLI::App& cmd, RunSettings& o) {
       "Interventions (docs/interventions.md). A SITE is one hook point, whole or part: HOOK[KEY=RANGE,...] with KEY a "
       "dim of the point (pos, head, neuron, d_model, ...) or step/block, RANGE I, A:B, A: or :B (negative: from the "
       "end), e.g. 'blocks.1.attn.hook_z[head=3,pos=-1]'";
-  cmd.add_option("--ablate", o.ablate, "Zero-ablate head H of layer L (LAYER.HEAD), or a SITE (repeatable)")->group(changes);
-  cmd.add_option("--patch", o.patch,
+  cmd.add_option("--ablate", o.interventions.ablate, "Zero-ablate head H of layer L (LAYER.HEAD), or a SITE (repeatable)")->group(changes);
+  cmd.add_option("--patch", o.interventions.patch,
                  "Activation patching: SITE takes the value --patch-from RUN captured there (same prompt, step, block; a "
                  "run of one prompt patches every prompt) (repeatable)")
       ->group(changes);
-  cmd.add_option("--patch-from", o.patch_from, "The run directory --patch takes its values from")->group(changes);
-  cmd.add_option("--steer", o.steer,
+  cmd.add_option("--patch-from", o.interventions.patch_from, "The run directory --patch takes its values from")->group(changes);
+  cmd.add_option("--steer", o.interventions.steer,
                  "Steering: SITE=FILE.safetensors[:TENSOR][*SCALE] adds SCALE times the vector (the point's last dim) "
                  "at every selected position (repeatable; `hooklens steering-vector` makes one)")
       ->group(changes);
-  cmd.add_option("--mean-ablate", o.mean_ablate,
+  cmd.add_option("--mean-ablate", o.interventions.mean_ablate,
                  "SITE takes its mean over every position of --ablate-from's sequences; SITE@FILE[:TENSOR] replaces only "
                  "the component along that direction (repeatable)")
       ->group(changes);
-  cmd.add_option("--resample-ablate", o.resample_ablate,
+  cmd.add_option("--resample-ablate", o.interventions.resample_ablate,
                  "SITE takes the value of one of --ablate-from's sequences (drawn per prompt with --seed) at the same "
                  "positions; SITE@FILE[:TENSOR]: only along that direction (repeatable)")
       ->group(changes);
-  cmd.add_option("--ablate-from", o.ablate_from,
+  cmd.add_option("--ablate-from", o.interventions.ablate_from,
                  "The data of --mean-ablate / --resample-ablate: a run directory that captured their points, or a text "
                  "file cut into --ablate-seq-len token sequences")
       ->group(changes);
-  cmd.add_option("--ablate-seq-len", o.ablate_seq_len, "Tokens per sequence of a text --ablate-from")
+  cmd.add_option("--ablate-seq-len", o.interventions.ablate_seq_len, "Tokens per sequence of a text --ablate-from")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20))
       ->group(changes);
-  cmd.add_option("--ablate-sequences", o.ablate_sequences, "Most sequences of a text --ablate-from")
+  cmd.add_option("--ablate-sequences", o.interventions.ablate_sequences, "Most sequences of a text --ablate-from")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20))
       ->group(changes);

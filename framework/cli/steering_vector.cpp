@@ -15,6 +15,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <map>
@@ -36,22 +37,6 @@ struct SetPrompt {
   std::string label;
 };
 
-std::vector<std::int64_t> parse_id_list(const std::string& flag, const std::string& list) {
-  std::vector<std::int64_t> ids;
-  for (const std::string& item : split_list(list)) {
-    std::size_t used = 0;
-    long long id = -1;
-    try {
-      id = std::stoll(item, &used);
-    } catch (const std::exception&) {
-    }
-    if (item.empty() || used != item.size() || id < 0)
-      throw UsageError(fmt::format("{} '{}': '{}' is not a token id", flag, brief_text(list), brief_text(item)));
-    ids.push_back(id);
-  }
-  return ids;
-}
-
 // The prompts of one set (`which` is "positive" or "negative"): texts through the model's
 // tokenizer, as `hooklens capture --prompt` tokenizes them, then id lists; each checked against
 // the model's vocabulary and context.
@@ -67,7 +52,7 @@ std::vector<SetPrompt> read_set(const std::string& which, const std::vector<std:
     prompts.push_back(std::move(p));
   }
   for (const std::string& list : id_lists) {
-    SetPrompt p{parse_id_list("--" + which + "-ids", list), "ids " + list};
+    SetPrompt p{parse_token_ids(list, "--" + which + "-ids"), "ids " + list};
     if (p.ids.empty()) throw UsageError(fmt::format("--{}-ids '{}' has no tokens", which, brief_text(list)));
     prompts.push_back(std::move(p));
   }
@@ -89,21 +74,14 @@ std::vector<SetPrompt> read_set(const std::string& which, const std::vector<std:
 // The hook point named exactly `hook`, of dims [batch, pos, X]; UsageError naming the valid ones.
 void check_hook(const Model& model, const std::string& hook) {
   const std::vector<HookPointInfo> points = model.hook_points();
+  const auto found = std::find_if(points.begin(), points.end(), [&](const HookPointInfo& p) { return p.name == hook; });
   // Valid names, per-layer points shown once as blocks.{L}.NAME (as `hooklens info` lists them).
-  std::vector<std::string> names;
-  std::set<std::string> seen;
-  const HookPointInfo* found = nullptr;
-  for (const HookPointInfo& p : points) {
-    if (p.name == hook) found = &p;
-    const bool usable = p.dims.empty() || (p.dims.size() == 3 && p.dims[1] == "pos");
-    if (!usable) continue;
-    std::string name = p.name;
-    if (p.layer >= 0) name.replace(name.find('.') + 1, std::to_string(p.layer).size(), "{L}");
-    if (seen.insert(name).second) names.push_back(name);
-  }
+  const std::vector<std::string> names = listed_names(points, [](const HookPointInfo& p) {
+    return p.dims.empty() || (p.dims.size() == 3 && p.dims[1] == "pos");
+  });
   const int layers = model.info().n_layers;
   const std::string valid = fmt::format("{}{}", fmt::join(names, ", "), layers > 0 ? fmt::format(" ({{L}} = 0..{})", layers - 1) : "");
-  if (!found)
+  if (found == points.end())
     throw UsageError(fmt::format("--hook '{}' is not a hook point of {} (an exact name, no pattern); valid: {}",
                                  brief_text(hook), model.info().path, valid));
   // TorchScript models state no dims: their tensor is checked when it fires.

@@ -1,7 +1,11 @@
-// Durable file replacement (hooklens/text.h).
+// Durable file replacement and token-id lists (hooklens/text.h).
 #include <hooklens/text.h>
 
+#include <hooklens/message_text.h>
+
 #include <fmt/format.h>
+
+#include <charconv>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -39,6 +43,19 @@ void write_file_atomically(const std::filesystem::path& file, std::string_view c
   }
   if (std::rename(tmp.c_str(), file.c_str()) != 0) throw_io(file, "cannot rename into place");
   sync_directory(file.parent_path());
+}
+
+std::vector<std::int64_t> parse_token_ids(std::string_view list, std::string_view option) {
+  std::vector<std::int64_t> ids;
+  for (const std::string& item : split_list(list)) {
+    std::int64_t id = -1;
+    const char* end = item.data() + item.size();
+    const auto [ptr, ec] = std::from_chars(item.data(), end, id);
+    if (item.empty() || ec != std::errc() || ptr != end || id < 0)
+      throw UsageError(fmt::format("{} '{}': '{}' is not a token id", option, brief_text(list), brief_text(item)));
+    ids.push_back(id);
+  }
+  return ids;
 }
 
 }  // namespace hooklens

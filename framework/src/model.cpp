@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <ostream>
+#include <set>
 
 namespace hooklens {
 
@@ -108,6 +109,23 @@ std::unique_ptr<Tokenizer> load_model_tokenizer(const std::filesystem::path& mod
 
 TensorMap load_model_weights(const std::filesystem::path& model_dir, const LoadOptions& options) {
   return options.weights ? *options.weights : load_hf_weights(model_dir);
+}
+
+std::string listed_name(const HookPointInfo& point) {
+  std::string name = point.name;
+  if (point.layer >= 0 && name.rfind("blocks.", 0) == 0)
+    name.replace(name.find('.') + 1, std::to_string(point.layer).size(), "{L}");
+  return name;
+}
+
+std::vector<std::string> listed_names(const std::vector<HookPointInfo>& points,
+                                      const std::function<bool(const HookPointInfo&)>& keep) {
+  std::vector<std::string> names;
+  std::set<std::string> seen;
+  for (const auto& p : points)
+    if (!keep || keep(p))
+      if (std::string name = listed_name(p); seen.insert(name).second) names.push_back(std::move(name));
+  return names;
 }
 
 }  // namespace hooklens

@@ -78,22 +78,6 @@ std::vector<SessionPrompt> text_file_prompts(const RunSettings& o, const Model& 
   return prompts;
 }
 
-std::vector<std::int64_t> parse_ids(const std::string& list) {
-  std::vector<std::int64_t> ids;
-  for (const std::string& item : split_list(list)) {
-    std::size_t used = 0;
-    long long id = -1;
-    try {
-      id = std::stoll(item, &used);
-    } catch (const std::exception&) {
-    }
-    if (item.empty() || used != item.size() || id < 0)
-      throw UsageError(fmt::format("--prompt-ids '{}': '{}' is not a token id", list, item));
-    ids.push_back(id);
-  }
-  return ids;
-}
-
 std::vector<SessionPrompt> read_prompts(const RunSettings& o, const Model& model) {
   const ModelInfo& info = model.info();
   std::vector<SessionPrompt> prompts;
@@ -110,7 +94,7 @@ std::vector<SessionPrompt> read_prompts(const RunSettings& o, const Model& model
     const std::string chat = chat_prompt(*model.tokenizer(), text);
     prompts.push_back({chat, model.tokenizer()->encode(chat, false)});
   }
-  for (const auto& list : o.prompt_ids) prompts.push_back({"", parse_ids(list)});
+  for (const auto& list : o.prompt_ids) prompts.push_back({"", parse_token_ids(list, "--prompt-ids")});
   if (!o.text_file.empty()) {
     auto more = text_file_prompts(o, model);
     prompts.insert(prompts.end(), more.begin(), more.end());
@@ -154,17 +138,9 @@ void check_hook_patterns(const std::vector<std::string>& patterns, const std::ve
       return selected(p) && hook_name_matches(pattern, p.name);
     });
     if (any) continue;
-    // Show each per-layer name once, as blocks.{L}.name.
-    std::vector<std::string> names;
-    std::set<std::string> seen;
-    for (const auto& p : points) {
-      std::string name = p.name;
-      if (p.layer >= 0) name.replace(name.find('.') + 1, std::to_string(p.layer).size(), "{L}");
-      if (seen.insert(name).second) names.push_back(name);
-    }
     throw UsageError(fmt::format("--hooks '{}' matches no hook point of this model{}; valid names: {}", pattern,
                                  layers.empty() ? "" : fmt::format(" in --layers {}", fmt::join(layers, ",")),
-                                 fmt::join(names, ", ")));
+                                 fmt::join(listed_names(points), ", ")));
   }
 }
 
@@ -341,7 +317,7 @@ RunSession::~RunSession() = default;
 // Every intervention checked against the model and what this run will reach, with its values read
 // (vectors, another run's captures) or computed (a text file's means) before anything is written.
 void RunSession::start_interventions() {
-  const RunSettings& o = settings_;
+  const RunSettings::InterventionOptions& o = settings_.interventions;
   std::vector<InterventionSpec> specs;
   for (const auto& text : o.ablate) specs.push_back(zero_ablation(text, *model_));
   for (const auto& text : o.patch) specs.push_back(InterventionSpec::patch(text));
@@ -352,8 +328,8 @@ void RunSession::start_interventions() {
   InterventionScope scope;
   std::int64_t generated = 0;
   if (mode_ == GenerationMode::autoregressive) {
-    generated = std::max(0, o.autoregressive.max_new_tokens);
-    scope.steps = std::max(1, o.autoregressive.max_new_tokens);
+    generated = std::max(0, settings_.autoregressive.max_new_tokens);
+    scope.steps = std::max(1, settings_.autoregressive.max_new_tokens);
   } else if (mode_ == GenerationMode::masked_diffusion) {
     const DiffusionOptions d = diffusion();
     generated = std::max(0, d.gen_length);
@@ -361,7 +337,7 @@ void RunSession::start_interventions() {
     scope.blocks = std::max(1, d.gen_length / std::max(1, d.block_length_or_all()));
   }
   for (const auto& p : prompts_) scope.positions.push_back(std::int64_t(p.ids.size()) + generated);
-  InterventionSources sources{o.patch_from, o.ablate_from, o.ablate_seq_len, o.ablate_sequences, o.seed};
+  InterventionSources sources{o.patch_from, o.ablate_from, o.ablate_seq_len, o.ablate_sequences, settings_.seed};
   interventions_ = std::make_unique<Interventions>(*model_, std::move(specs), std::move(sources), std::move(scope));
   interventions_->attach(*hooks_);
 }
@@ -398,7 +374,7 @@ json RunSession::manifest(const json& generation, bool counted) const {
           {"prompts", prompts_json()},
           {"analyzers", o.analyze},
           {"capture", std::move(capture)},  // what was asked to be captured
-          {"ablations", o.ablate},          // as given (older readers); "interventions" says what each did
+          {"ablations", o.interventions.ablate},  // as given (older readers); "interventions" says what each did
           {"interventions", interventions_->manifest(counted)}};
 }
 

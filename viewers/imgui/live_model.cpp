@@ -63,13 +63,7 @@ hooklens::RunSettings LiveModel::settings(const LiveOptions& options) {
   s.diffusion.gen_length = options.gen_length;
   s.diffusion.steps = options.steps;
   s.diffusion.block_length = options.block_length;
-  s.ablate = options.ablate;
-  s.patch = options.patch;
-  s.patch_from = options.patch_from;
-  s.steer = options.steer;
-  s.mean_ablate = options.mean_ablate;
-  s.resample_ablate = options.resample_ablate;
-  s.ablate_from = options.ablate_from;
+  s.interventions = options.interventions;
   return s;
 }
 

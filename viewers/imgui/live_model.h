@@ -7,6 +7,7 @@
 #include "run_model.h"
 
 #include <hooklens/generation_mode.h>
+#include <hooklens/run_session.h>
 
 #include <atomic>
 #include <chrono>
@@ -18,11 +19,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-namespace hooklens {
-class RunSession;
-struct RunSettings;
-}
 
 namespace view {
 
@@ -39,9 +35,7 @@ struct LiveOptions {
   double pace = 0;                                // seconds: the least time each step stays the newest
   int stop_after = 0;                             // press Stop once this many steps finished (0: never)
   std::size_t memory_mib = 4096;                  // diffusion: older steps are dropped beyond this
-  // Interventions, as `hooklens generate` takes them (docs/interventions.md).
-  std::vector<std::string> ablate, patch, steer, mean_ablate, resample_ablate;
-  std::string patch_from, ablate_from;
+  hooklens::RunSettings::InterventionOptions interventions;  // as `hooklens generate` takes them
 };
 
 class LiveModel : public PanelModel {

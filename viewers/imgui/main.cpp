@@ -247,15 +247,15 @@ int main(int argc, char** argv) {
   app.add_option("--live-memory", opt.live.memory_mib, "Live mode, masked diffusion: MiB of kept steps; older steps are dropped")
       ->capture_default_str()->needs(model)->check(CLI::Range(64, 1 << 20));
   const std::string changes = "Live mode: interventions, as hooklens generate takes them (docs/interventions.md)";
-  for (auto [name, values, help] : {std::tuple{"--ablate", &opt.live.ablate, "Zero-ablate LAYER.HEAD or a SITE"},
-                                    std::tuple{"--patch", &opt.live.patch, "Patch SITE from --patch-from RUN"},
-                                    std::tuple{"--steer", &opt.live.steer, "Steer: SITE=FILE.safetensors[:TENSOR][*SCALE]"},
-                                    std::tuple{"--mean-ablate", &opt.live.mean_ablate, "Mean-ablate SITE over --ablate-from"},
-                                    std::tuple{"--resample-ablate", &opt.live.resample_ablate,
+  for (auto [name, values, help] : {std::tuple{"--ablate", &opt.live.interventions.ablate, "Zero-ablate LAYER.HEAD or a SITE"},
+                                    std::tuple{"--patch", &opt.live.interventions.patch, "Patch SITE from --patch-from RUN"},
+                                    std::tuple{"--steer", &opt.live.interventions.steer, "Steer: SITE=FILE.safetensors[:TENSOR][*SCALE]"},
+                                    std::tuple{"--mean-ablate", &opt.live.interventions.mean_ablate, "Mean-ablate SITE over --ablate-from"},
+                                    std::tuple{"--resample-ablate", &opt.live.interventions.resample_ablate,
                                                "Resample-ablate SITE from --ablate-from"}})
     app.add_option(name, *values, help)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)->needs(model)->group(changes);
-  app.add_option("--patch-from", opt.live.patch_from, "The run --patch takes its values from")->needs(model)->group(changes);
-  app.add_option("--ablate-from", opt.live.ablate_from, "The run or text file of --mean-ablate / --resample-ablate")
+  app.add_option("--patch-from", opt.live.interventions.patch_from, "The run --patch takes its values from")->needs(model)->group(changes);
+  app.add_option("--ablate-from", opt.live.interventions.ablate_from, "The run or text file of --mean-ablate / --resample-ablate")
       ->needs(model)->group(changes);
   app.add_option("--screenshot", opt.screenshot, "Render, write this PNG and exit (for tests and CI)");
   app.add_option("--frames", opt.frames, "Frames to render before the screenshot")->check(CLI::Range(1, 100000));

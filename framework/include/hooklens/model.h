@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <iosfwd>
 #include <memory>
 #include <optional>
@@ -49,6 +50,12 @@ struct HookPointInfo {
   std::vector<std::string> dims;  // e.g. {"batch", "head", "query", "key"}
   int layer = -1;
 };
+
+// How listings and messages show a point: a per-layer one as "blocks.{L}.SUFFIX".
+std::string listed_name(const HookPointInfo& point);
+// Each listed name once, in the model's order, of the points `keep` accepts (all without it).
+std::vector<std::string> listed_names(const std::vector<HookPointInfo>& points,
+                                      const std::function<bool(const HookPointInfo&)>& keep = {});
 
 // Per-sequence state kept between forward passes (the KV cache).
 class ModelState {

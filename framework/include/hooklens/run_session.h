@@ -55,10 +55,12 @@ struct RunSettings {
 
   // Interventions (hooklens/intervention.h, docs/interventions.md): zero-ablation (L.H or a site),
   // patching from another run, steering, mean- and resample-ablation over a dataset.
-  std::vector<std::string> ablate, patch, steer, mean_ablate, resample_ablate;
-  std::string patch_from, ablate_from;  // a run directory; a run directory or a text file
-  std::int64_t ablate_seq_len = 64;     // a text --ablate-from: tokens per sequence
-  int ablate_sequences = 64;            // and sequences
+  struct InterventionOptions {
+    std::vector<std::string> ablate, patch, steer, mean_ablate, resample_ablate;
+    std::string patch_from, ablate_from;  // a run directory; a run directory or a text file
+    std::int64_t ablate_seq_len = 64;     // a text --ablate-from: tokens per sequence
+    int ablate_sequences = 64;            // and sequences
+  } interventions;
 
   // The run directory.
   std::string out, dtype = "F32";  // out "" = runs/COMMAND-DATE-TIME

@@ -2,6 +2,7 @@
 #pragma once
 #include <hooklens/error.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -25,6 +26,10 @@ inline std::vector<std::string> split_list(std::string_view list, char separator
     start = end + 1;
   }
 }
+
+// A comma-separated list of token ids, "464,3797,318": integers >= 0. UsageError naming `option`
+// and the item otherwise (the range of the model's vocabulary is its reader's to check).
+std::vector<std::int64_t> parse_token_ids(std::string_view list, std::string_view option);
 
 // Writes `text` to `file`, replacing it; throws Error naming the file when it cannot.
 inline void write_text_file(const std::filesystem::path& file, std::string_view text) {
