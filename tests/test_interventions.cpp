@@ -420,6 +420,16 @@ TEST_CASE("mean- and resample-ablation take their values from the dataset", "[in
   const auto ids = model->tokenizer()->encode("Once upon a time, there was a little cat named Tom.");
   const std::string ids_text = fmt::format("{}", fmt::join(ids, ","));
 
+  // The model's logits with the head's hook_z replaced by `mean` at every position, computed here.
+  const auto with_head_mean = [&](const at::Tensor& mean) {
+    HookSet hooks;
+    hooks.add({{z}}, [&](std::string_view, const CaptureContext&, at::Tensor& t) {
+      t = t.clone();
+      t.select(2, head).copy_(mean.expand({t.size(0), t.size(1), mean.size(0)}));
+    });
+    return reference_logits(*model, ids, hooks);
+  };
+
   SECTION("mean of a head over every position of every sequence") {
     at::Tensor sum = at::zeros({zs[0].size(3)}, at::kDouble);
     std::int64_t positions = 0;
@@ -433,12 +443,7 @@ TEST_CASE("mean- and resample-ablation take their values from the dataset", "[in
     s.interventions.mean_ablate = {fmt::format("{}[head={}]", z, head)};
     s.interventions.ablate_from = (tmp / "data").string();
     capture(s);
-    HookSet hooks;
-    hooks.add({{z}}, [&](std::string_view, const CaptureContext&, at::Tensor& t) {
-      t = t.clone();
-      t.select(2, head).copy_(mean.expand({t.size(0), t.size(1), mean.size(0)}));
-    });
-    CHECK(test::max_abs_diff(logits_of(tmp / "ablated"), reference_logits(*model, ids, hooks)) < 1e-6);
+    CHECK(test::max_abs_diff(logits_of(tmp / "ablated"), with_head_mean(mean)) < 1e-6);
     HookSet none;
     CHECK(test::max_abs_diff(logits_of(tmp / "ablated"), reference_logits(*model, ids, none)) > 1e-3);
     CHECK(hooklens::RunReader(tmp / "ablated").manifest().at("interventions").at(0).at("text").get<std::string>().find(
@@ -493,12 +498,7 @@ TEST_CASE("mean- and resample-ablation take their values from the dataset", "[in
     s.interventions.ablate_seq_len = len;
     s.interventions.ablate_sequences = 3;
     capture(s);
-    HookSet hooks;
-    hooks.add({{z}}, [&](std::string_view, const CaptureContext&, at::Tensor& t) {
-      t = t.clone();
-      t.select(2, head).copy_(mean.expand({t.size(0), t.size(1), mean.size(0)}));
-    });
-    CHECK(test::max_abs_diff(logits_of(tmp / "ablated"), reference_logits(*model, ids, hooks)) < 1e-6);
+    CHECK(test::max_abs_diff(logits_of(tmp / "ablated"), with_head_mean(mean)) < 1e-6);
   }
   SECTION("resample: one other sequence's values at the same positions, drawn by the seed") {
     // A prompt no longer than the shortest sequence, so that every sequence covers its positions.
