@@ -161,7 +161,7 @@ void run(const SteeringOptions& o) {
                            "norm {:.6g}{}\n",
                            o.hook, positive.size(), negative.size(), o.positions, stored.size(0), stored.norm().item<double>(),
                            o.normalize ? fmt::format(" (normalized from {:.6g})", raw_norm) : "")
-            << fmt::format("wrote {} (tensor '{}'; steer with {}:{})\n", o.out, o.name, o.out, o.name);
+            << fmt::format("wrote {} (tensor '{}'): steer with --steer '{}={}:{}*SCALE'\n", o.out, o.name, o.hook, o.out, o.name);
 }
 
 }  // namespace
@@ -174,7 +174,7 @@ void add_steering_vector_command(CLI::App& app) {
   cmd->footer(
       "The vector is mean(positive) - mean(negative): each prompt is first averaged over its positions (all, or the "
       "last only), then the prompts of a set are averaged, each weighing the same. It is written as one float32 tensor "
-      "[X] named --name to --out, for steering a run at the same hook (the intervention's source FILE:NAME).\n"
+      "[X] named --name to --out, for steering a run at the same hook: --steer 'HOOK=FILE:NAME*SCALE'.\n"
       "Example: hooklens steering-vector --model models/toy-neo --hook blocks.1.hook_resid_post --positive 'Tom was happy' "
       "--negative 'Tom was sad' --out happy.safetensors\n"
       "The hook is an exact hook point name of dims [batch, pos, X] ('hooklens info --model DIR' lists them); the "
