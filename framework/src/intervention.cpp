@@ -77,7 +77,7 @@ std::int64_t dim_size(const std::string& hook, const std::string& dim, const Mod
 }
 
 // Reads FILE or FILE:TENSOR as a float32 vector.
-at::Tensor read_vector(const std::string& spec, const std::string& option) {
+at::Tensor read_vector_file(const std::string& spec, const std::string& option) {
   const auto [file, name] = split_tensor_file(spec);
   TensorMap tensors;
   try {
@@ -164,7 +164,11 @@ struct Interventions::Source {
     return s;
   }
 
-  bool has(const std::string& hook) const { return sequences_of.count(hook) || recorded.count(hook); }
+  // Whether the source holds `hook` at all (at any event).
+  bool has(const std::string& hook) const {
+    return recorded.count(hook) ||
+           std::any_of(by_event.begin(), by_event.end(), [&](const auto& e) { return std::get<0>(e.first) == hook; });
+  }
   std::size_t sequence_count(const std::string& hook) const {
     if (run) return sequences_of.count(hook) ? sequences_of.at(hook).size() : 0;
     return recorded.count(hook) ? recorded.at(hook).size() : 0;
@@ -205,6 +209,19 @@ struct Interventions::Applied {
   Source* from = nullptr;
   std::uint64_t seed = 0;
   std::int64_t applied = 0;
+
+  // The spec's vector file, checked against the point: its length must be the point's last dim
+  // where the model states it and the site keeps all of it (else when the point fires).
+  at::Tensor read_vector(const std::string& where, const ModelInfo& info, const char* what) const {
+    at::Tensor v = read_vector_file(spec.vector, where);
+    const std::int64_t last = point.dims.empty() ? 0 : dim_size(point.name, point.dims.back(), info);
+    const bool last_selected = std::any_of(axes.begin(), axes.end(),
+                                           [&](const Axis& x) { return x.dim == std::int64_t(point.dims.size()) - 1; });
+    if (last > 0 && !last_selected && v.numel() != last)
+      throw UsageError(fmt::format("{}: the {} has {} elements, {}'s {} is {}", where, what, v.numel(), point.name,
+                                   point.dims.back(), last));
+    return v;
+  }
 
   bool in_schedule(const CaptureContext& ctx) const {
     const auto inside = [](const std::optional<IndexRange>& r, int value, int total) {
@@ -288,17 +305,15 @@ struct Interventions::Applied {
                               event_text(ctx), shape_text(replacement), source, shape_text(t)));
     at::Tensor changed = t.clone();
     at::Tensor part = narrowed(changed, *where);
+    if (vector.defined() && part.size(-1) != vector.numel())  // a point whose dims the model does not state
+      throw Error(fmt::format("{} '{}': the {} has {} elements, {}'s last dim {} ({})", spec.option(), spec.site.text(),
+                              spec.kind == InterventionKind::steer ? "vector" : "direction", vector.numel(), point.name,
+                              part.size(-1), shape_text(t)));
     if (spec.kind == InterventionKind::zero_ablate) {
       part.zero_();
     } else if (spec.kind == InterventionKind::steer) {
-      if (part.size(-1) != vector.numel())
-        throw Error(fmt::format("--steer '{}': the vector has {} elements, {}'s last dim {} ({})", spec.site.text(),
-                                vector.numel(), point.name, part.size(-1), shape_text(t)));
       part.add_(vector);
     } else if (vector.defined()) {  // along a direction: only that component changes
-      if (part.size(-1) != vector.numel())
-        throw Error(fmt::format("{} '{}': the direction has {} elements, {}'s last dim {}", spec.option(),
-                                spec.site.text(), vector.numel(), point.name, part.size(-1)));
       const at::Tensor now = (part * vector).sum(-1, true);
       const at::Tensor target =
           spec.kind == InterventionKind::mean_ablate ? mean : (narrowed(replacement, *where).to(at::kFloat) * vector).sum(-1, true);
@@ -421,13 +436,7 @@ Interventions::Interventions(Model& model, std::vector<InterventionSpec> specs, 
         a->text = fmt::format("patched {} with the captures of {}", site.text(), sources.patch_from);
         break;
       case InterventionKind::steer: {
-        at::Tensor v = read_vector(a->spec.vector, where);
-        const std::int64_t last = point.dims.empty() ? 0 : dim_size(point.name, point.dims.back(), info);
-        const bool last_selected = std::any_of(a->axes.begin(), a->axes.end(),
-                                               [&](const Axis& x) { return x.dim == std::int64_t(point.dims.size()) - 1; });
-        if (last > 0 && !last_selected && v.numel() != last)
-          throw UsageError(fmt::format("{}: the vector has {} elements, {}'s {} is {}", where, v.numel(), point.name,
-                                       point.dims.back(), last));
+        const at::Tensor v = a->read_vector(where, info, "vector");
         a->source = a->spec.vector;
         a->text = fmt::format("steered {} by {} x {} (norm {:.4g})", site.text(), a->spec.scale, a->spec.vector,
                               v.norm().item<double>());
@@ -444,11 +453,7 @@ Interventions::Interventions(Model& model, std::vector<InterventionSpec> specs, 
             throw UsageError(fmt::format("{}: a direction applies to a point [batch, pos, d] (the residual stream, an "
                                          "MLP's neurons), not {} [{}]",
                                          where, point.name, fmt::join(point.dims, ", ")));
-          at::Tensor d = read_vector(a->spec.vector, where);
-          const std::int64_t last = dim_size(point.name, point.dims.back(), info);
-          if (last > 0 && d.numel() != last)
-            throw UsageError(fmt::format("{}: the direction has {} elements, {}'s {} is {}", where, d.numel(), point.name,
-                                         point.dims.back(), last));
+          const at::Tensor d = a->read_vector(where, info, "direction");
           const double norm = d.norm().item<double>();
           if (!(norm > 0)) throw UsageError(fmt::format("{}: the direction {} is zero", where, a->spec.vector));
           a->vector = d / norm;
@@ -469,9 +474,7 @@ Interventions::Interventions(Model& model, std::vector<InterventionSpec> specs, 
                                    sources.patch_from, patch_source_->prompts, prompts));
     for (auto& a : applied_)
       if (a->spec.kind == InterventionKind::patch) {
-        if (!patch_source_->has(a->point.name) &&
-            std::none_of(patch_source_->by_event.begin(), patch_source_->by_event.end(),
-                         [&](const auto& e) { return std::get<0>(e.first) == a->point.name; }))
+        if (!patch_source_->has(a->point.name))
           throw UsageError(fmt::format("--patch '{}': {} has no capture of {} (capture it there with --hooks {})",
                                        a->spec.site.text(), sources.patch_from, a->point.name, a->point.name));
         a->from = patch_source_.get();

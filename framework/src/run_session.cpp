@@ -325,18 +325,11 @@ void RunSession::start_interventions() {
   for (const auto& text : o.mean_ablate) specs.push_back(InterventionSpec::ablation(InterventionKind::mean_ablate, text));
   for (const auto& text : o.resample_ablate)
     specs.push_back(InterventionSpec::ablation(InterventionKind::resample_ablate, text));
+  const Schedule run = schedule();
   InterventionScope scope;
-  std::int64_t generated = 0;
-  if (mode_ == GenerationMode::autoregressive) {
-    generated = std::max(0, settings_.autoregressive.max_new_tokens);
-    scope.steps = std::max(1, settings_.autoregressive.max_new_tokens);
-  } else if (mode_ == GenerationMode::masked_diffusion) {
-    const DiffusionOptions d = diffusion();
-    generated = std::max(0, d.gen_length);
-    scope.steps = std::max(1, d.steps);
-    scope.blocks = std::max(1, d.gen_length / std::max(1, d.block_length_or_all()));
-  }
-  for (const auto& p : prompts_) scope.positions.push_back(std::int64_t(p.ids.size()) + generated);
+  scope.steps = run.steps;
+  scope.blocks = run.blocks;
+  for (const auto& p : prompts_) scope.positions.push_back(std::int64_t(p.ids.size()) + run.new_tokens);
   InterventionSources sources{o.patch_from, o.ablate_from, o.ablate_seq_len, o.ablate_sequences, settings_.seed};
   interventions_ = std::make_unique<Interventions>(*model_, std::move(specs), std::move(sources), std::move(scope));
   interventions_->attach(*hooks_);
@@ -412,8 +405,24 @@ DiffusionOptions RunSession::diffusion() const {
   return d;
 }
 
+RunSession::Schedule RunSession::schedule() const {
+  Schedule out;
+  if (mode_ == GenerationMode::autoregressive) {
+    out.new_tokens = std::max(0, settings_.autoregressive.max_new_tokens);
+    out.steps = std::max(1, settings_.autoregressive.max_new_tokens);
+  } else if (mode_ == GenerationMode::masked_diffusion) {
+    const DiffusionOptions d = diffusion();
+    out.new_tokens = std::max(0, d.gen_length);
+    out.steps = std::max(1, d.steps);
+    out.blocks = std::max(1, d.gen_length / std::max(1, d.block_length_or_all()));
+  }
+  return out;
+}
+
 // --capture-steps / --capture-blocks that no event of this run can match are mistakes.
-void RunSession::check_capture_schedule(int steps, int blocks) const {
+void RunSession::check_capture_schedule() const {
+  const Schedule run = schedule();
+  const int steps = run.steps, blocks = run.blocks;
   for (int s : settings_.capture_steps)
     if (s < 0 || s >= steps) throw UsageError(fmt::format("--capture-steps {}: this run has steps 0-{}", s, steps - 1));
   for (int b : settings_.capture_blocks)
@@ -427,19 +436,19 @@ void RunSession::check_generation() const {
   const std::size_t prompt = prompts_.at(0).ids.size();
   switch (mode_) {
     case GenerationMode::none:
-      return check_capture_schedule(1, 0);
+      return check_capture_schedule();
     case GenerationMode::autoregressive: {
       const SamplingOptions s = sampling();
       s.validate();
       check_context(info, prompt, s.max_new_tokens, "--max-new-tokens");
-      return check_capture_schedule(s.max_new_tokens, 0);
+      return check_capture_schedule();
     }
     case GenerationMode::masked_diffusion: {
       const DiffusionOptions d = diffusion();
       d.validate();
       check_context(info, prompt, d.gen_length, "--gen-length");
       if (!d.mask_id && !info.mask_id) throw UsageError(fmt::format("{} names no mask token: give --mask-id", info.path));
-      return check_capture_schedule(d.steps, d.gen_length / d.block_length_or_all());
+      return check_capture_schedule();
     }
   }
 }

@@ -139,7 +139,14 @@ class RunSession {
  private:
   struct Run;
   void load();  // the constructor's work, after the process group is joined
-  void check_capture_schedule(int steps, int blocks) const;
+  // What the run will do, from the options as given (check_generation validates them): its
+  // generation steps, diffusion blocks and new tokens (1, 0, 0 for one forward pass).
+  struct Schedule {
+    int steps = 1, blocks = 0;
+    std::int64_t new_tokens = 0;
+  };
+  Schedule schedule() const;
+  void check_capture_schedule() const;
   void start_interventions();
   void start_analyzers();
   void open_sink(nlohmann::json options);
